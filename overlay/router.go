@@ -1,0 +1,365 @@
+// Package overlay is weft's router: it moves pod packets between the TUN
+// device and the underlay.
+//
+// Direction words, used throughout: outbound is TUN → wire (a local pod
+// sends to a pod on another node), inbound is wire → TUN.
+//
+// Design: one goroutine reads batches from the TUN, looks up each inner
+// destination in an immutable prefix table (atomic pointer, no lock), writes
+// the VXLAN and inner Ethernet headers in place into headroom in front of
+// the packet, and sends the batch grouped by peer, one Send per peer. One
+// goroutine per UDP receive function reads batches, validates each frame
+// (VNI, flags, known sender, inner source inside the sender's pod CIDRs) and
+// writes the surviving inner packets to the TUN in one call. Buffers are
+// allocated once per loop and reused; the per-packet work allocates nothing.
+package overlay
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/weftnet/weft/encap/vxlan"
+)
+
+const (
+	// tunOffset is where packets start in TUN buffers. Outbound it is the
+	// headroom for the VXLAN and Ethernet headers; it must also be at least
+	// the virtio-net header the TUN device may prepend (10 bytes).
+	tunOffset = 32
+	// rxPad is the headroom in front of received frames, so that after the
+	// 22 header bytes are stripped the inner packet sits at a TUN write
+	// offset of rxPad: backing[rxPad+22-rxPad:] has it at [rxPad:].
+	rxPad = 16
+	// bufSize holds the largest UDP datagram or TUN super-packet.
+	bufSize = 1 << 16
+)
+
+// Config is what the router needs to know about this node.
+type Config struct {
+	VNI      uint32  // VXLAN network identifier, 24 bits
+	LocalMAC [6]byte // our VTEP MAC: inner Ethernet source out, expected destination in
+	Logger   *slog.Logger
+}
+
+// Router carries packets between a TUN device and a UDP bind.
+type Router struct {
+	cfg   Config
+	tun   tun.Device
+	bind  conn.Bind
+	log   *slog.Logger
+	table atomic.Pointer[table]
+	stats Stats
+
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// New returns a router over dev and bind. Start opens the bind and starts
+// the loops; the router owns both from then on and Close closes them.
+func New(cfg Config, dev tun.Device, bind conn.Bind) *Router {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	r := &Router{cfg: cfg, tun: dev, bind: bind, log: log}
+	r.table.Store(newTable(nil))
+	return r
+}
+
+// Start opens the bind on port and starts the packet loops.
+func (r *Router) Start(port uint16) error {
+	fns, _, err := r.bind.Open(port)
+	if err != nil {
+		return fmt.Errorf("open udp port %d: %w", port, err)
+	}
+	r.wg.Add(1 + len(fns))
+	go r.outbound()
+	for _, fn := range fns {
+		go r.inbound(fn)
+	}
+	return nil
+}
+
+// SetPeers replaces the whole peer set. Peers whose underlay address does
+// not parse are skipped and reported in the error; the rest take effect.
+func (r *Router) SetPeers(peers []Peer) error {
+	entries := make([]*peerEntry, 0, len(peers))
+	var errs []error
+	for _, p := range peers {
+		ep, err := r.bind.ParseEndpoint(p.Underlay.String())
+		if err != nil {
+			errs = append(errs, fmt.Errorf("peer %s: endpoint %s: %w", p.Name, p.Underlay, err))
+			continue
+		}
+		p.PodCIDRs = append([]netip.Prefix(nil), p.PodCIDRs...)
+		entries = append(entries, &peerEntry{Peer: p, ep: ep})
+	}
+	r.table.Store(newTable(entries))
+	return errors.Join(errs...)
+}
+
+// Peers returns the peer set in force.
+func (r *Router) Peers() []Peer {
+	t := r.table.Load()
+	out := make([]Peer, len(t.peers))
+	for i, e := range t.peers {
+		out[i] = e.Peer
+	}
+	return out
+}
+
+// Stats returns the router's counters.
+func (r *Router) Stats() *Stats { return &r.stats }
+
+// Close stops the loops and closes the TUN device and the bind. It is
+// idempotent.
+func (r *Router) Close() error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil
+	}
+	r.closed = true
+	r.mu.Unlock()
+	err := errors.Join(r.tun.Close(), r.bind.Close())
+	r.wg.Wait()
+	return err
+}
+
+func isClosed(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed)
+}
+
+// sendGroup is the packets of one batch bound for one peer.
+type sendGroup struct {
+	peer *peerEntry
+	bufs [][]byte
+}
+
+func (r *Router) outbound() {
+	defer r.wg.Done()
+	batch := r.tun.BatchSize()
+	bufs := make([][]byte, batch)
+	for i := range bufs {
+		bufs[i] = make([]byte, bufSize)
+	}
+	sizes := make([]int, batch)
+	// groups is reused across batches; each group's bufs keeps its capacity.
+	groups := make([]sendGroup, 0, 8)
+	var counts batchCounts
+	for {
+		n, err := r.tun.Read(bufs, sizes, tunOffset)
+		if err != nil && n == 0 {
+			if isClosed(err) {
+				return
+			}
+			if errors.Is(err, tun.ErrTooManySegments) {
+				r.log.Debug("tun read: too many segments", "err", err)
+				continue
+			}
+			r.log.Error("tun read failed; outbound loop stops", "err", err)
+			return
+		}
+		t := r.table.Load()
+		counts.reset()
+		for g := range groups {
+			groups[g].bufs = groups[g].bufs[:0]
+		}
+		groups = groups[:0]
+		for i := 0; i < n; i++ {
+			p, v := r.encapsulate(t, bufs[i], sizes[i])
+			if v != pass {
+				counts.drops[v]++
+				continue
+			}
+			frame := bufs[i][tunOffset-vxlan.FrameHeaderLen : tunOffset+sizes[i]]
+			counts.packets++
+			counts.bytes += uint64(sizes[i])
+			groups = addToGroup(groups, p, frame)
+		}
+		for _, g := range groups {
+			if err := r.bind.Send(g.bufs, g.peer.ep); err != nil {
+				if isClosed(err) {
+					return
+				}
+				counts.drops[dropSendError] += uint64(len(g.bufs))
+				counts.packets -= uint64(len(g.bufs))
+				r.log.Debug("udp send failed", "peer", g.peer.Name, "err", err)
+			}
+		}
+		r.stats.TxPackets.Add(counts.packets)
+		r.stats.TxBytes.Add(counts.bytes)
+		r.stats.addDrops(&counts)
+	}
+}
+
+// addToGroup appends frame to p's group, making the group if needed. A
+// batch rarely spans more than a few peers, so a linear scan wins over a map.
+func addToGroup(groups []sendGroup, p *peerEntry, frame []byte) []sendGroup {
+	for i := range groups {
+		if groups[i].peer == p {
+			groups[i].bufs = append(groups[i].bufs, frame)
+			return groups
+		}
+	}
+	if len(groups) < cap(groups) {
+		groups = groups[:len(groups)+1]
+		g := &groups[len(groups)-1]
+		g.peer = p
+		g.bufs = append(g.bufs[:0], frame)
+		return groups
+	}
+	return append(groups, sendGroup{peer: p, bufs: [][]byte{frame}})
+}
+
+// encapsulate finds the peer for the packet at buf[tunOffset:tunOffset+size]
+// and writes the frame header into the headroom in front of it.
+func (r *Router) encapsulate(t *table, buf []byte, size int) (*peerEntry, verdict) {
+	pkt := buf[tunOffset : tunOffset+size]
+	dst, et, ok := innerDst(pkt)
+	if !ok {
+		return nil, dropNotIP
+	}
+	p := t.lookup(dst)
+	if p == nil {
+		return nil, dropNoRoute
+	}
+	f := vxlan.Frame{VNI: r.cfg.VNI, Dst: p.VTEPMAC, Src: r.cfg.LocalMAC, EtherType: et}
+	f.Encode(buf[tunOffset-vxlan.FrameHeaderLen : tunOffset])
+	return p, pass
+}
+
+func (r *Router) inbound(receive conn.ReceiveFunc) {
+	defer r.wg.Done()
+	batch := r.bind.BatchSize()
+	backing := make([][]byte, batch)
+	rbufs := make([][]byte, batch)
+	for i := range backing {
+		backing[i] = make([]byte, rxPad+bufSize)
+		rbufs[i] = backing[i][rxPad:]
+	}
+	sizes := make([]int, batch)
+	eps := make([]conn.Endpoint, batch)
+	wbufs := make([][]byte, 0, batch)
+	var counts batchCounts
+	for {
+		n, err := receive(rbufs, sizes, eps)
+		if err != nil {
+			if isClosed(err) {
+				return
+			}
+			r.log.Debug("udp receive failed", "err", err)
+			continue
+		}
+		t := r.table.Load()
+		counts.reset()
+		wbufs = wbufs[:0]
+		for i := 0; i < n; i++ {
+			if sizes[i] == 0 {
+				continue
+			}
+			if v := r.decapsulate(t, rbufs[i][:sizes[i]], eps[i].DstIP()); v != pass {
+				counts.drops[v]++
+				continue
+			}
+			counts.packets++
+			counts.bytes += uint64(sizes[i] - vxlan.FrameHeaderLen)
+			// The inner packet is rbufs[i][22:sizes[i]]; hand the TUN a
+			// slice that has it at offset rxPad.
+			wbufs = append(wbufs, backing[i][vxlan.FrameHeaderLen:rxPad+sizes[i]])
+		}
+		if len(wbufs) > 0 {
+			if _, err := r.tun.Write(wbufs, rxPad); err != nil {
+				if isClosed(err) {
+					return
+				}
+				counts.drops[dropTunWrite] += uint64(len(wbufs))
+				counts.packets -= uint64(len(wbufs))
+				r.log.Debug("tun write failed", "err", err)
+			}
+		}
+		r.stats.RxPackets.Add(counts.packets)
+		r.stats.RxBytes.Add(counts.bytes)
+		r.stats.addDrops(&counts)
+	}
+}
+
+// decapsulate validates one received frame from the underlay address from.
+// Only a frame that passes every check reaches the TUN.
+func (r *Router) decapsulate(t *table, frame []byte, from netip.Addr) verdict {
+	var f vxlan.Frame
+	if err := f.Decode(frame); err != nil {
+		switch {
+		case errors.Is(err, vxlan.ErrFlags):
+			return dropFlags
+		case errors.Is(err, vxlan.ErrEtherType):
+			return dropEtherType
+		case errors.Is(err, vxlan.ErrInnerIP):
+			return dropInnerIP
+		default:
+			return dropShort
+		}
+	}
+	if f.VNI != r.cfg.VNI {
+		return dropVNI
+	}
+	if f.Dst != r.cfg.LocalMAC {
+		return dropDstMAC
+	}
+	p := t.peerAt(from)
+	if p == nil {
+		return dropUnknownPeer
+	}
+	src, ok := innerSrc(frame[vxlan.FrameHeaderLen:])
+	if !ok {
+		return dropInnerIP
+	}
+	if !p.owns(src) {
+		return dropSpoofedSource
+	}
+	return pass
+}
+
+// innerDst returns the destination address and EtherType of an IP packet.
+func innerDst(pkt []byte) (netip.Addr, uint16, bool) {
+	switch vxlan.EtherTypeFor(pkt) {
+	case vxlan.EtherTypeIPv4:
+		if len(pkt) < 20 {
+			return netip.Addr{}, 0, false
+		}
+		return netip.AddrFrom4([4]byte(pkt[16:20])), vxlan.EtherTypeIPv4, true
+	case vxlan.EtherTypeIPv6:
+		if len(pkt) < 40 {
+			return netip.Addr{}, 0, false
+		}
+		return netip.AddrFrom16([16]byte(pkt[24:40])), vxlan.EtherTypeIPv6, true
+	}
+	return netip.Addr{}, 0, false
+}
+
+// innerSrc returns the source address of an IP packet.
+func innerSrc(pkt []byte) (netip.Addr, bool) {
+	switch vxlan.EtherTypeFor(pkt) {
+	case vxlan.EtherTypeIPv4:
+		if len(pkt) < 20 {
+			return netip.Addr{}, false
+		}
+		return netip.AddrFrom4([4]byte(pkt[12:16])), true
+	case vxlan.EtherTypeIPv6:
+		if len(pkt) < 40 {
+			return netip.Addr{}, false
+		}
+		return netip.AddrFrom16([16]byte(pkt[8:24])), true
+	}
+	return netip.Addr{}, false
+}

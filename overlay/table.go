@@ -1,0 +1,93 @@
+package overlay
+
+import (
+	"net/netip"
+	"slices"
+
+	"golang.zx2c4.com/wireguard/conn"
+)
+
+// Peer is a remote node as the router sees it: where to send, which inner
+// addresses it owns, and the inner Ethernet address its VTEP expects.
+type Peer struct {
+	Name     string
+	Underlay netip.AddrPort
+	PodCIDRs []netip.Prefix
+	VTEPMAC  [6]byte
+}
+
+// peerEntry is a Peer plus what the packet path needs precomputed.
+type peerEntry struct {
+	Peer
+	ep conn.Endpoint // parsed once per snapshot, not per packet
+}
+
+// owns reports whether a is inside one of the peer's pod CIDRs.
+func (p *peerEntry) owns(a netip.Addr) bool {
+	for _, c := range p.PodCIDRs {
+		if c.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// table is an immutable snapshot of the peer set. The packet goroutines read
+// it through an atomic pointer and take no lock; SetPeers builds a new one.
+type table struct {
+	// lens4 and lens6 are the distinct prefix lengths in use, longest first,
+	// so a lookup is one map probe per distinct length.
+	lens4, lens6 []int
+	routes       map[netip.Prefix]*peerEntry
+	byUnderlay   map[netip.Addr]*peerEntry
+	peers        []*peerEntry
+}
+
+func newTable(entries []*peerEntry) *table {
+	t := &table{
+		routes:     make(map[netip.Prefix]*peerEntry),
+		byUnderlay: make(map[netip.Addr]*peerEntry),
+		peers:      entries,
+	}
+	for _, e := range entries {
+		t.byUnderlay[e.Underlay.Addr().Unmap()] = e
+		for _, c := range e.PodCIDRs {
+			c = c.Masked()
+			t.routes[c] = e
+			if c.Addr().Is4() {
+				t.lens4 = append(t.lens4, c.Bits())
+			} else {
+				t.lens6 = append(t.lens6, c.Bits())
+			}
+		}
+	}
+	desc := func(a, b int) int { return b - a }
+	slices.SortFunc(t.lens4, desc)
+	slices.SortFunc(t.lens6, desc)
+	t.lens4 = slices.Compact(t.lens4)
+	t.lens6 = slices.Compact(t.lens6)
+	return t
+}
+
+// lookup returns the peer owning the longest prefix that contains dst.
+func (t *table) lookup(dst netip.Addr) *peerEntry {
+	lens := t.lens4
+	if dst.Is6() {
+		lens = t.lens6
+	}
+	for _, l := range lens {
+		p, err := dst.Prefix(l)
+		if err != nil {
+			continue
+		}
+		if e := t.routes[p]; e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// peerAt returns the peer whose underlay address is a.
+func (t *table) peerAt(a netip.Addr) *peerEntry {
+	return t.byUnderlay[a.Unmap()]
+}
