@@ -1,0 +1,391 @@
+// Command weftd is weft's node daemon: it gossips this node's record,
+// learns every peer's pod CIDRs, and carries pod traffic between the TUN
+// device and the underlay in VXLAN-format UDP.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/weftnet/weft/cni"
+	"github.com/weftnet/weft/encap/vxlan"
+	"github.com/weftnet/weft/overlay"
+	"github.com/weftnet/weft/overlay/control"
+	"github.com/weftnet/weft/peer"
+)
+
+// config is weftd's whole configuration, filled from flags.
+type config struct {
+	Name         string
+	UnderlayAddr netip.Addr
+	PodCIDR      netip.Prefix
+	ClusterCIDR  netip.Prefix
+	Seeds        []string
+	GossipPort   int
+	VXLANPort    int
+	VNI          uint32
+	UnderlayMTU  int
+	TUN          string
+	RunDir       string
+	StateDir     string
+	Site         string
+	VTEPMAC      [6]byte // zero: derived from the gateway address
+	StaticPeers  []overlay.Peer
+	LogLevel     slog.Level
+}
+
+// staticPeers collects repeated --static-peer flags.
+type staticPeers []overlay.Peer
+
+func (s *staticPeers) String() string { return fmt.Sprint(len(*s), " static peers") }
+func (s *staticPeers) Set(v string) error {
+	p, err := parseStaticPeer(v)
+	if err != nil {
+		return err
+	}
+	*s = append(*s, p)
+	return nil
+}
+
+func parseFlags(args []string) (config, error) {
+	fs := flag.NewFlagSet("weftd", flag.ContinueOnError)
+	host, _ := os.Hostname()
+	var (
+		c                                          config
+		underlay, podCIDR, clusterCIDR, seeds, mac string
+		vni                                        uint
+		statics                                    staticPeers
+		level                                      string
+	)
+	fs.StringVar(&c.Name, "name", host, "node name, unique in the cluster")
+	fs.StringVar(&underlay, "underlay-addr", "", "underlay address to gossip and carry traffic on (default: the first global IPv4 address)")
+	fs.StringVar(&podCIDR, "pod-cidr", "", "this node's pod CIDR, e.g. 10.244.1.0/24 (required)")
+	fs.StringVar(&clusterCIDR, "cluster-cidr", "10.244.0.0/16", "the cluster's pod CIDR; routed to the TUN device")
+	fs.StringVar(&seeds, "seeds", "", "comma-separated gossip seeds, host or host:port; one live node is enough")
+	fs.IntVar(&c.GossipPort, "gossip-port", 7946, "memberlist TCP and UDP port")
+	fs.IntVar(&c.VXLANPort, "vxlan-port", vxlan.DefaultPort, "VXLAN UDP port (flannel uses 8472)")
+	fs.UintVar(&vni, "vni", 1, "VXLAN network identifier (1..16777215)")
+	fs.IntVar(&c.UnderlayMTU, "underlay-mtu", 1500, "MTU of the underlay path; the pod MTU is this minus the VXLAN overhead")
+	fs.StringVar(&c.TUN, "tun", "weft0", "name of the TUN device")
+	fs.StringVar(&c.RunDir, "run-dir", "/run/weft", "directory for the control socket and the CNI hand-off file node.json")
+	fs.StringVar(&c.StateDir, "state-dir", "/var/lib/weft", "directory for state that survives restarts")
+	fs.StringVar(&c.Site, "site", "", "site label gossiped with the node record")
+	fs.StringVar(&mac, "vtep-mac", "", "VTEP MAC address (default: 0a:58 followed by the gateway IPv4 address)")
+	fs.Var(&statics, "static-peer", "a peer that does not gossip, e.g. a kernel vxlan node: name=N,addr=IP[:PORT],cidr=CIDR,mac=MAC (repeatable)")
+	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	var err error
+	if err := c.LogLevel.UnmarshalText([]byte(level)); err != nil {
+		return c, fmt.Errorf("--log-level: %w", err)
+	}
+	if c.Name == "" {
+		return c, errors.New("--name is required (no hostname)")
+	}
+	if podCIDR == "" {
+		return c, errors.New("--pod-cidr is required")
+	}
+	if c.PodCIDR, err = netip.ParsePrefix(podCIDR); err != nil {
+		return c, fmt.Errorf("--pod-cidr: %w", err)
+	}
+	if c.ClusterCIDR, err = netip.ParsePrefix(clusterCIDR); err != nil {
+		return c, fmt.Errorf("--cluster-cidr: %w", err)
+	}
+	if !c.PodCIDR.Addr().Is4() || c.PodCIDR != c.PodCIDR.Masked() || c.PodCIDR.Bits() > 30 {
+		return c, fmt.Errorf("--pod-cidr %s: want a masked IPv4 prefix of /30 or larger", c.PodCIDR)
+	}
+	if !c.ClusterCIDR.Contains(c.PodCIDR.Addr()) || c.ClusterCIDR.Bits() > c.PodCIDR.Bits() {
+		return c, fmt.Errorf("--pod-cidr %s is not inside --cluster-cidr %s", c.PodCIDR, c.ClusterCIDR)
+	}
+	if underlay != "" {
+		if c.UnderlayAddr, err = netip.ParseAddr(underlay); err != nil {
+			return c, fmt.Errorf("--underlay-addr: %w", err)
+		}
+	} else if c.UnderlayAddr, err = firstGlobalAddr(); err != nil {
+		return c, fmt.Errorf("--underlay-addr not given and none found: %w", err)
+	}
+	if vni < 1 || vni > vxlan.MaxVNI {
+		return c, fmt.Errorf("--vni %d out of range 1..%d", vni, vxlan.MaxVNI)
+	}
+	c.VNI = uint32(vni)
+	for _, p := range []struct {
+		name string
+		v    int
+	}{{"--gossip-port", c.GossipPort}, {"--vxlan-port", c.VXLANPort}} {
+		if p.v < 1 || p.v > 65535 {
+			return c, fmt.Errorf("%s %d out of range", p.name, p.v)
+		}
+	}
+	if c.UnderlayMTU < 576+vxlan.OverheadIPv4 || c.UnderlayMTU > 65535 {
+		return c, fmt.Errorf("--underlay-mtu %d out of range %d..65535", c.UnderlayMTU, 576+vxlan.OverheadIPv4)
+	}
+	if seeds != "" {
+		c.Seeds = strings.Split(seeds, ",")
+	}
+	if mac != "" {
+		if c.VTEPMAC, err = parseMAC(mac); err != nil {
+			return c, fmt.Errorf("--vtep-mac: %w", err)
+		}
+	} else {
+		c.VTEPMAC = macFromAddr(gatewayOf(c.PodCIDR))
+	}
+	c.StaticPeers = statics
+	return c, nil
+}
+
+// parseStaticPeer parses name=N,addr=IP[:PORT],cidr=CIDR[,cidr=CIDR],mac=MAC.
+func parseStaticPeer(v string) (overlay.Peer, error) {
+	var p overlay.Peer
+	for _, kv := range strings.Split(v, ",") {
+		k, val, ok := strings.Cut(kv, "=")
+		if !ok {
+			return p, fmt.Errorf("static peer %q: %q is not key=value", v, kv)
+		}
+		switch k {
+		case "name":
+			p.Name = val
+		case "addr":
+			if ap, err := netip.ParseAddrPort(val); err == nil {
+				p.Underlay = ap
+			} else if a, err2 := netip.ParseAddr(val); err2 == nil {
+				p.Underlay = netip.AddrPortFrom(a, vxlan.DefaultPort)
+			} else {
+				return p, fmt.Errorf("static peer %q: addr: %w", v, err2)
+			}
+		case "cidr":
+			c, err := netip.ParsePrefix(val)
+			if err != nil {
+				return p, fmt.Errorf("static peer %q: cidr: %w", v, err)
+			}
+			p.PodCIDRs = append(p.PodCIDRs, c.Masked())
+		case "mac":
+			m, err := parseMAC(val)
+			if err != nil {
+				return p, fmt.Errorf("static peer %q: mac: %w", v, err)
+			}
+			p.VTEPMAC = m
+		default:
+			return p, fmt.Errorf("static peer %q: unknown key %q", v, k)
+		}
+	}
+	if p.Name == "" || !p.Underlay.IsValid() || len(p.PodCIDRs) == 0 || p.VTEPMAC == ([6]byte{}) {
+		return p, fmt.Errorf("static peer %q: name, addr, cidr and mac are all required", v)
+	}
+	return p, nil
+}
+
+func parseMAC(s string) ([6]byte, error) {
+	hw, err := net.ParseMAC(s)
+	if err != nil {
+		return [6]byte{}, err
+	}
+	if len(hw) != 6 {
+		return [6]byte{}, fmt.Errorf("%s is not a 48-bit MAC", s)
+	}
+	return [6]byte(hw), nil
+}
+
+// gatewayOf is the first host of an IPv4 pod CIDR: it lives on the TUN and
+// every pod on the node routes through it.
+func gatewayOf(p netip.Prefix) netip.Addr { return p.Masked().Addr().Next() }
+
+// macFromAddr derives a stable, locally administered MAC from an IPv4
+// address, so a restarted node keeps its VTEP MAC without any state.
+func macFromAddr(a netip.Addr) [6]byte {
+	b := a.As4()
+	return [6]byte{0x0a, 0x58, b[0], b[1], b[2], b[3]}
+}
+
+// firstGlobalAddr returns the first global unicast IPv4 address on an up,
+// non-loopback interface.
+func firstGlobalAddr() (netip.Addr, error) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	for _, ifc := range ifs {
+		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
+			continue
+		}
+		addrs, _ := ifc.Addrs()
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap().Is4() && ip.IsGlobalUnicast() {
+					return ip.Unmap(), nil
+				}
+			}
+		}
+	}
+	return netip.Addr{}, errors.New("no global IPv4 address on any up interface")
+}
+
+func main() {
+	c, err := parseFlags(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "weftd:", err)
+		os.Exit(2)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: c.LogLevel}))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, c, log); err != nil {
+		log.Error("weftd failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, c config, log *slog.Logger) error {
+	if err := overlay.CheckPrivileges(); err != nil {
+		return err
+	}
+	for _, dir := range []string{c.RunDir, c.StateDir} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("create %s: %w", dir, err)
+		}
+	}
+	mtu := c.UnderlayMTU - vxlan.OverheadIPv4
+	gw := gatewayOf(c.PodCIDR)
+
+	dev, err := tun.CreateTUN(c.TUN, mtu)
+	if err != nil {
+		return fmt.Errorf("create tun %s: %w", c.TUN, err)
+	}
+	if err := overlay.ConfigureHost(overlay.HostConfig{TUN: c.TUN, MTU: mtu, Gateway: gw, ClusterCIDR: c.ClusterCIDR}); err != nil {
+		dev.Close()
+		return err
+	}
+	router := overlay.New(overlay.Config{VNI: c.VNI, LocalMAC: c.VTEPMAC, Logger: log}, dev, conn.NewStdNetBind())
+	if err := router.Start(uint16(c.VXLANPort)); err != nil {
+		dev.Close()
+		return err
+	}
+	defer router.Close()
+	if err := router.SetPeers(c.StaticPeers); err != nil {
+		return err
+	}
+
+	self := peer.Record{
+		Name:       c.Name,
+		Underlay:   netip.AddrPortFrom(c.UnderlayAddr, uint16(c.VXLANPort)),
+		PodCIDRs:   []netip.Prefix{c.PodCIDR},
+		VTEPMAC:    c.VTEPMAC,
+		Site:       c.Site,
+		Caps:       peer.CapVXLAN,
+		Generation: uint64(time.Now().UnixNano()),
+	}
+	mcfg := peer.DefaultConfig()
+	mcfg.Name = c.Name
+	mcfg.BindAddr = c.UnderlayAddr
+	mcfg.BindPort = c.GossipPort
+	mcfg.Seeds = c.Seeds
+	mcfg.Logger = log
+	members, err := peer.Join(mcfg, self)
+	if err != nil {
+		return fmt.Errorf("start gossip: %w", err)
+	}
+	defer members.Close()
+
+	// The hand-off file goes last: once it exists, pods wired by weft-cni
+	// have a gateway and a route out.
+	if err := cni.WriteNodeState(c.RunDir, cni.NodeState{
+		NodeName: c.Name, PodCIDRs: []netip.Prefix{c.PodCIDR}, Gateway: gw, MTU: mtu, ClusterCIDR: c.ClusterCIDR,
+	}); err != nil {
+		return err
+	}
+
+	sock := filepath.Join(c.RunDir, "weftd.sock")
+	served := make(chan error, 1)
+	go func() {
+		served <- control.Serve(ctx, sock, func() control.Status { return status(c, mtu, members, router) })
+	}()
+	log.Info("weftd running", "name", c.Name, "underlay", self.Underlay, "podCIDR", c.PodCIDR, "tun", c.TUN, "mtu", mtu, "vni", c.VNI, "socket", sock)
+
+	for {
+		select {
+		case snap := <-members.Updates():
+			peers := append([]overlay.Peer(nil), c.StaticPeers...)
+			for _, p := range snap {
+				peers = append(peers, overlayPeer(p.Record))
+			}
+			if err := router.SetPeers(peers); err != nil {
+				log.Warn("some peers skipped", "err", err)
+			}
+			log.Info("peer set changed", "peers", len(peers))
+		case err := <-served:
+			if err != nil {
+				return fmt.Errorf("control socket: %w", err)
+			}
+		case <-ctx.Done():
+			log.Info("leaving the cluster")
+			if err := members.Leave(2 * time.Second); err != nil {
+				log.Warn("graceful leave failed", "err", err)
+			}
+			return nil
+		}
+	}
+}
+
+func overlayPeer(r peer.Record) overlay.Peer {
+	return overlay.Peer{Name: r.Name, Underlay: r.Underlay, PodCIDRs: r.PodCIDRs, VTEPMAC: r.VTEPMAC}
+}
+
+func macString(m [6]byte) string { return net.HardwareAddr(m[:]).String() }
+
+func prefixStrings(ps []netip.Prefix) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.String()
+	}
+	return out
+}
+
+// status assembles the control API's answer.
+func status(c config, mtu int, members *peer.Membership, router *overlay.Router) control.Status {
+	self := members.Self()
+	st := control.Status{
+		Self: control.Node{
+			Name: self.Name, Site: self.Site, UnderlayAddr: self.Underlay.String(),
+			PodCIDRs: prefixStrings(self.PodCIDRs), VTEPMAC: macString(self.VTEPMAC),
+			Transport: "vxlan", State: "alive", MTU: mtu,
+		},
+		Counters: router.Stats().Snapshot(),
+	}
+	for k, v := range members.Counters() {
+		st.Counters[k] = v
+	}
+	for _, p := range members.Peers() {
+		st.Peers = append(st.Peers, control.Node{
+			Name: p.Record.Name, Site: p.Record.Site, UnderlayAddr: p.Record.Underlay.String(),
+			PodCIDRs: prefixStrings(p.Record.PodCIDRs), VTEPMAC: macString(p.Record.VTEPMAC),
+			Transport: "vxlan", State: p.State, LastSeen: p.LastSeen,
+		})
+	}
+	for _, p := range c.StaticPeers {
+		st.Peers = append(st.Peers, control.Node{
+			Name: p.Name, UnderlayAddr: p.Underlay.String(), PodCIDRs: prefixStrings(p.PodCIDRs),
+			VTEPMAC: macString(p.VTEPMAC), Transport: "vxlan", State: "static",
+		})
+	}
+	return st
+}

@@ -1,0 +1,452 @@
+package overlay_test
+
+// The netns tier: real weftd processes in lab node namespaces, real TUN
+// devices, real UDP between sites through the lab's router, pods wired by
+// the real weft-cni. Needs root; skipped with -short.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/weftnet/weft/encap/vxlan"
+	"github.com/weftnet/weft/overlay/control"
+	"github.com/weftnet/weft/overlay/lab"
+)
+
+var (
+	buildOnce sync.Once
+	builtDir  string
+	buildErr  error
+)
+
+// binDir returns a directory holding weftd and weft-cni: WEFT_BIN_DIR when
+// make sets it, else a fresh build.
+func binDir(t *testing.T) string {
+	t.Helper()
+	if d := os.Getenv("WEFT_BIN_DIR"); d != "" {
+		return d
+	}
+	buildOnce.Do(func() {
+		builtDir, buildErr = os.MkdirTemp("", "weft-bin-")
+		if buildErr != nil {
+			return
+		}
+		out, err := exec.Command("go", "build", "-o", builtDir+"/", "github.com/weftnet/weft/cmd/weftd", "github.com/weftnet/weft/cmd/weft-cni").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtDir
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builtDir != "" {
+		os.RemoveAll(builtDir)
+	}
+	os.Exit(code)
+}
+
+func needNetns(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("netns test: skipped with -short")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("netns test: needs root (network namespaces, TUN devices)")
+	}
+}
+
+// startLab brings up a lab with a unique prefix and tears it down when the
+// test ends, pass or fail.
+func startLab(t *testing.T, cfg lab.Config) *lab.Lab {
+	t.Helper()
+	cfg.Prefix = fmt.Sprintf("wte%05x", rand.Uint32()&0xfffff)
+	cfg.Dir = filepath.Join(t.TempDir(), "lab")
+	cfg.BinDir = binDir(t)
+	if cfg.Sites == 0 {
+		cfg.Sites = 2
+	}
+	cfg.Transport = "vxlan"
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	l, err := lab.Up(ctx, cfg)
+	t.Cleanup(func() {
+		if l != nil {
+			if t.Failed() {
+				for _, n := range l.Nodes {
+					if b, err := os.ReadFile(n.LogFile); err == nil {
+						t.Logf("weftd log of %s:\n%s", n.Name, b)
+					}
+				}
+			}
+			if err := l.Down(); err != nil {
+				t.Errorf("lab down: %v", err)
+			}
+		}
+		if err := lab.Cleanup(cfg.Prefix, cfg.Dir); err != nil {
+			t.Errorf("lab cleanup: %v", err)
+		}
+	})
+	if err != nil {
+		t.Fatalf("lab up: %v", err)
+	}
+	return l
+}
+
+func status(t *testing.T, n *lab.Node) control.Status {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := control.Get(ctx, n.ControlSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func waitConverged(t *testing.T, l *lab.Lab) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := l.WaitConverged(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func ping(t *testing.T, l *lab.Lab, netns, addr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if r, err := l.Ping(ctx, netns, addr, 3); err != nil {
+		t.Fatalf("%v\n%s", err, r.Output)
+	}
+}
+
+// TestNetnsPodToPodAcrossSites sends pings and a TCP stream between pods on
+// two nodes at different sites, through both weftds.
+func TestNetnsPodToPodAcrossSites(t *testing.T) {
+	needNetns(t)
+	l := startLab(t, lab.Config{Nodes: 2, Sites: 2, PodsPerNode: 1})
+	waitConverged(t, l)
+	n1, n2 := l.Node("n1"), l.Node("n2")
+	if n1.Site == n2.Site {
+		t.Fatalf("nodes share site %s; want a routed path between sites", n1.Site)
+	}
+	p1, p2 := l.PodsOn("n1")[0], l.PodsOn("n2")[0]
+	ping(t, l, p1.Netns, p2.Address)
+	ping(t, l, p2.Netns, p1.Address)
+	// A node reaches a remote pod too (sourced from its gateway address).
+	ping(t, l, n1.Netns, p2.Address)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	res, err := l.Transfer(ctx, p1, p2, 8<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("TCP %s → %s: %.1f MB/s", p1.Address, p2.Address, res.MBps())
+
+	st := status(t, n1)
+	var found bool
+	for _, p := range st.Peers {
+		if p.Name == "n2" {
+			found = true
+			if p.State != "alive" || len(p.PodCIDRs) != 1 || p.PodCIDRs[0] != n2.PodCIDR || p.UnderlayAddr != n2.UnderlayAddr+":4789" {
+				t.Errorf("n1 sees n2 as %+v", p)
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("n1's status has no n2: %+v", st.Peers)
+	}
+	if st.Counters["tx_packets"] == 0 || st.Counters["rx_packets"] == 0 {
+		t.Errorf("n1 counters show no traffic: %v", st.Counters)
+	}
+}
+
+// pcapPackets reads a classic pcap file of Ethernet frames.
+func pcapPackets(t *testing.T, path string) [][]byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) < 24 {
+		t.Fatalf("pcap %s: %d bytes, no header", path, len(b))
+	}
+	var bo binary.ByteOrder
+	switch binary.LittleEndian.Uint32(b) {
+	case 0xa1b2c3d4, 0xa1b23c4d:
+		bo = binary.LittleEndian
+	default:
+		bo = binary.BigEndian
+	}
+	if lt := bo.Uint32(b[20:24]); lt != 1 {
+		t.Fatalf("pcap link type %d, want 1 (Ethernet)", lt)
+	}
+	var pkts [][]byte
+	for off := 24; off+16 <= len(b); {
+		n := int(bo.Uint32(b[off+8:]))
+		off += 16
+		if off+n > len(b) {
+			break
+		}
+		pkts = append(pkts, b[off:off+n])
+		off += n
+	}
+	return pkts
+}
+
+// TestNetnsWireFormat captures the underlay between the sites with tcpdump
+// and checks the frames byte by byte against RFC 7348: outer IPv4/UDP to
+// port 4789, VXLAN flags and VNI, inner Ethernet with both VTEP MACs, and
+// the pod's own IPv4 packet.
+func TestNetnsWireFormat(t *testing.T) {
+	needNetns(t)
+	if _, err := exec.LookPath("tcpdump"); err != nil {
+		t.Fatal("tcpdump not installed (.ci/run installs it)")
+	}
+	l := startLab(t, lab.Config{Nodes: 2, Sites: 2, PodsPerNode: 1})
+	waitConverged(t, l)
+	n1, n2 := l.Node("n1"), l.Node("n2")
+	p1, p2 := l.PodsOn("n1")[0], l.PodsOn("n2")[0]
+	mac1, mac2 := status(t, n1).Self.VTEPMAC, status(t, n2).Self.VTEPMAC
+
+	pcap := filepath.Join(t.TempDir(), "underlay.pcap")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dump := exec.CommandContext(ctx, "ip", "netns", "exec", l.Router.Netns,
+		"tcpdump", "-i", "br-"+n1.Site, "--immediate-mode", "-U", "-n", "-s", "0", "-w", pcap, "udp port 4789")
+	stderr, err := dump.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dump.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// tcpdump says "listening on" once its capture is open; keep the rest
+	// of what it says for the failure report.
+	listening := make(chan struct{})
+	started := listening
+	var dumpLog strings.Builder
+	logDone := make(chan struct{})
+	go func() {
+		defer close(logDone)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			if listening != nil && strings.Contains(sc.Text(), "listening on") {
+				close(listening)
+				listening = nil
+			}
+			dumpLog.WriteString(sc.Text() + "\n")
+		}
+	}()
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("tcpdump did not start listening")
+	}
+	const marker = "c0ffee5eed"
+	if out, err := l.Exec(context.Background(), p1.Netns, "ping", "-c", "2", "-i", "0.2", "-W", "2", "-p", marker, p2.Address); err != nil {
+		t.Fatalf("ping: %v\n%s", err, out)
+	}
+	time.Sleep(300 * time.Millisecond)
+	dump.Process.Signal(os.Interrupt)
+	<-logDone
+	dump.Wait()
+
+	u1, u2 := netip.MustParseAddr(n1.UnderlayAddr).As4(), netip.MustParseAddr(n2.UnderlayAddr).As4()
+	a1, a2 := netip.MustParseAddr(p1.Address).As4(), netip.MustParseAddr(p2.Address).As4()
+	hw1, _ := net.ParseMAC(mac1)
+	hw2, _ := net.ParseMAC(mac2)
+	want := 0
+	for _, f := range pcapPackets(t, pcap) {
+		// Outer Ethernet (14) | IPv4 | UDP (8) | VXLAN (8) | inner Ethernet (14) | inner IPv4
+		if len(f) < 14+20+8+8+14+20 || binary.BigEndian.Uint16(f[12:14]) != 0x0800 {
+			continue
+		}
+		ip := f[14:]
+		ihl := int(ip[0]&0x0f) * 4
+		if ip[9] != 17 || !bytes.Equal(ip[12:16], u1[:]) || !bytes.Equal(ip[16:20], u2[:]) {
+			continue
+		}
+		udp := ip[ihl:]
+		if binary.BigEndian.Uint16(udp[2:4]) != vxlan.DefaultPort {
+			t.Errorf("outer UDP dst port %d, want %d", binary.BigEndian.Uint16(udp[2:4]), vxlan.DefaultPort)
+		}
+		vx := udp[8:]
+		if !bytes.Equal(vx[:8], []byte{0x08, 0, 0, 0, 0, 0, 1, 0}) {
+			t.Errorf("VXLAN header % x, want 08 00 00 00 00 00 01 00 (I flag, VNI 1)", vx[:8])
+		}
+		eth := vx[8:]
+		if !bytes.Equal(eth[0:6], hw2) || !bytes.Equal(eth[6:12], hw1) || binary.BigEndian.Uint16(eth[12:14]) != 0x0800 {
+			t.Errorf("inner Ethernet % x, want dst %s src %s type 0800", eth[:14], mac2, mac1)
+		}
+		inner := eth[14:]
+		if inner[0]>>4 != 4 || !bytes.Equal(inner[12:16], a1[:]) || !bytes.Equal(inner[16:20], a2[:]) || inner[9] != 1 {
+			t.Errorf("inner IPv4 header % x, want ICMP %s → %s", inner[:20], p1.Address, p2.Address)
+		}
+		if bytes.Contains(inner, []byte{0xc0, 0xff, 0xee, 0x5e, 0xed}) {
+			want++
+		}
+	}
+	if want < 2 {
+		t.Fatalf("found %d VXLAN frames carrying the pod's marked echo requests, want 2; tcpdump: %s", want, dumpLog.String())
+	}
+	// tcpdump's own decoder agrees.
+	out, err := exec.Command("tcpdump", "-nn", "-r", pcap).CombinedOutput()
+	if err != nil {
+		t.Fatalf("tcpdump -r: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "VXLAN, flags [I] (0x08), vni 1") || !strings.Contains(string(out), p1.Address+" > "+p2.Address+": ICMP echo request") {
+		t.Fatalf("tcpdump does not decode VXLAN with the pod's packet:\n%s", out)
+	}
+}
+
+// TestNetnsKernelVXLANInterop puts a Linux vxlan device, configured the way
+// flannel configures flannel.1 (VNI 1, port 8472, no learning, static FDB
+// and neighbour entries), on node n2 and has it exchange traffic with the
+// weftd on n1 in both directions.
+func TestNetnsKernelVXLANInterop(t *testing.T) {
+	needNetns(t)
+	const (
+		kernelMAC  = "0e:00:00:00:02:00"
+		kernelAddr = "10.244.2.0" // flannel gives flannel.1 the network address of its CIDR
+		port       = "8472"
+	)
+	// n2's underlay address follows the lab's plan (node 2 on site 2).
+	l := startLab(t, lab.Config{
+		Nodes: 2, Sites: 2, PodsPerNode: 1, External: []string{"n2"},
+		WeftdArgs: []string{"--vxlan-port", port, "--static-peer", "name=n2,addr=198.51.100.12:" + port + ",cidr=10.244.2.0/24,mac=" + kernelMAC},
+	})
+	n1, n2 := l.Node("n1"), l.Node("n2")
+	if n2.UnderlayAddr != "198.51.100.12" || n2.PodCIDR != "10.244.2.0/24" {
+		t.Fatalf("lab plan changed: n2 is %s with %s", n2.UnderlayAddr, n2.PodCIDR)
+	}
+	mac1 := status(t, n1).Self.VTEPMAC
+	gw1 := netip.MustParsePrefix(n1.PodCIDR).Addr() // flannel routes via the peer's network address
+	ctx := context.Background()
+	for _, args := range [][]string{
+		{"ip", "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", n2.UnderlayAddr, "dev", n2.UnderlayIf, "dstport", port, "nolearning"},
+		{"ip", "link", "set", "flannel.1", "address", kernelMAC, "mtu", "1450", "up"},
+		{"ip", "addr", "add", kernelAddr + "/32", "dev", "flannel.1"},
+		{"ip", "route", "add", n1.PodCIDR, "via", gw1.String(), "dev", "flannel.1", "onlink"},
+		{"ip", "neigh", "replace", gw1.String(), "lladdr", mac1, "dev", "flannel.1", "nud", "permanent"},
+		{"bridge", "fdb", "append", mac1, "dev", "flannel.1", "dst", n1.UnderlayAddr},
+	} {
+		if out, err := l.Exec(ctx, n2.Netns, args...); err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	p1 := l.PodsOn("n1")[0]
+	ping(t, l, p1.Netns, kernelAddr) // weft pod → kernel vxlan → back
+	ping(t, l, n2.Netns, p1.Address) // kernel vxlan → weft pod → back
+	st := status(t, n1)
+	if st.Counters["rx_packets"] < 6 || st.Counters["tx_packets"] < 6 {
+		t.Fatalf("weftd counters after 6 exchanges each way: %v", st.Counters)
+	}
+	if out, _ := l.Exec(ctx, n2.Netns, "ip", "-s", "link", "show", "flannel.1"); !strings.Contains(string(out), "RX:") {
+		t.Logf("flannel.1: %s", out)
+	}
+}
+
+// sendUDP sends payload to dst from inside netns.
+func sendUDP(t *testing.T, netns, dst string, payload []byte) {
+	t.Helper()
+	err := ns.WithNetNSPath("/run/netns/"+netns, func(ns.NetNS) error {
+		c, err := net.Dial("udp", dst)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write(payload)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestNetnsBadInputDropped fires malformed and unauthorised VXLAN frames at
+// a real weftd over UDP and checks each is dropped and counted.
+func TestNetnsBadInputDropped(t *testing.T) {
+	needNetns(t)
+	l := startLab(t, lab.Config{Nodes: 2, Sites: 2, PodsPerNode: 1})
+	waitConverged(t, l)
+	n1, n2 := l.Node("n1"), l.Node("n2")
+	p1 := l.PodsOn("n1")[0]
+	mac1 := status(t, n1).Self.VTEPMAC
+	hw1, _ := net.ParseMAC(mac1)
+	frame := func(vni uint32, src, dst string) []byte {
+		inner := make([]byte, 28)
+		inner[0], inner[3], inner[8], inner[9] = 0x45, 28, 64, 1
+		s, d := netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
+		copy(inner[12:], s[:])
+		copy(inner[16:], d[:])
+		inner[20] = 8 // ICMP echo request
+		f := vxlan.Frame{VNI: vni, Dst: [6]byte(hw1), EtherType: vxlan.EtherTypeIPv4}
+		b := make([]byte, vxlan.FrameHeaderLen+len(inner))
+		f.Encode(b)
+		copy(b[vxlan.FrameHeaderLen:], inner)
+		return b
+	}
+	dst := net.JoinHostPort(n1.UnderlayAddr, "4789")
+	peerPod := netip.MustParsePrefix(n2.PodCIDR).Addr().Next().Next().String()
+	cases := []struct {
+		counter string
+		from    string // netns
+		b       []byte
+	}{
+		{"drop_unknown_peer", l.Router.Netns, frame(1, peerPod, p1.Address)},
+		{"drop_bad_vni", n2.Netns, frame(99, peerPod, p1.Address)},
+		{"drop_spoofed_source", n2.Netns, frame(1, "10.244.77.7", p1.Address)},
+		{"drop_short", n2.Netns, []byte{0x08, 0, 0, 0}},
+		{"drop_bad_flags", n2.Netns, append([]byte{0x0c}, frame(1, peerPod, p1.Address)[1:]...)},
+		{"drop_bad_ethertype", n2.Netns, func() []byte { b := frame(1, peerPod, p1.Address); b[20], b[21] = 0x08, 0x06; return b }()},
+	}
+	before := status(t, n1).Counters
+	for _, c := range cases {
+		sendUDP(t, c.from, dst, c.b)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		after := status(t, n1).Counters
+		var missing []string
+		for _, c := range cases {
+			if after[c.counter] <= before[c.counter] {
+				missing = append(missing, c.counter)
+			}
+		}
+		if len(missing) == 0 {
+			if after["rx_packets"] != before["rx_packets"] {
+				t.Fatalf("bad frames were delivered: rx_packets %d → %d", before["rx_packets"], after["rx_packets"])
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("counters not raised: %v (before %v, after %v)", missing, before, after)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// weftd is still healthy after all of it.
+	ping(t, l, l.PodsOn("n2")[0].Netns, p1.Address)
+}

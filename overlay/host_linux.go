@@ -1,0 +1,79 @@
+package overlay
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// HostConfig is the node-side kernel state the router needs: the TUN link
+// carries the node's gateway address and one route for the whole cluster
+// CIDR. Per-peer churn never touches the kernel; it only swaps the router's
+// table.
+type HostConfig struct {
+	TUN         string       // link name, e.g. weft0
+	MTU         int          // pod MTU: underlay MTU minus the transport overhead
+	Gateway     netip.Addr   // first host of the node's pod CIDR; also the source for node → remote pod traffic
+	ClusterCIDR netip.Prefix // routed to the TUN
+}
+
+// ConfigureHost applies c idempotently: address, MTU, link up, the cluster
+// route with the gateway as preferred source (so a node talking to a remote
+// pod uses an address the remote node accepts as ours), and IPv4 forwarding.
+func ConfigureHost(c HostConfig) error {
+	link, err := netlink.LinkByName(c.TUN)
+	if err != nil {
+		return fmt.Errorf("find link %s: %w", c.TUN, err)
+	}
+	if err := netlink.LinkSetMTU(link, c.MTU); err != nil {
+		return fmt.Errorf("set mtu %d on %s: %w", c.MTU, c.TUN, err)
+	}
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: c.Gateway.AsSlice(), Mask: net.CIDRMask(c.Gateway.BitLen(), c.Gateway.BitLen())}}
+	if err := netlink.AddrReplace(link, addr); err != nil {
+		return fmt.Errorf("add address %s to %s: %w", c.Gateway, c.TUN, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("set %s up: %w", c.TUN, err)
+	}
+	cidr := c.ClusterCIDR.Masked()
+	route := &netlink.Route{
+		LinkIndex: link.Attrs().Index,
+		Dst:       &net.IPNet{IP: cidr.Addr().AsSlice(), Mask: net.CIDRMask(cidr.Bits(), cidr.Addr().BitLen())},
+		Src:       c.Gateway.AsSlice(),
+		Scope:     netlink.SCOPE_LINK,
+	}
+	if err := netlink.RouteReplace(route); err != nil {
+		return fmt.Errorf("route %s dev %s: %w", cidr, c.TUN, err)
+	}
+	if err := writeSysctl("net/ipv4/ip_forward", "1"); err != nil {
+		return err
+	}
+	// Packets from remote pods arrive on the TUN and leave on pod veths;
+	// strict reverse-path filtering on the TUN would be fine today, but
+	// loose mode keeps asymmetric paths (multiple CIDRs, host-network
+	// sources) working.
+	return writeSysctl("net/ipv4/conf/"+c.TUN+"/rp_filter", "2")
+}
+
+func writeSysctl(key, value string) error {
+	if err := os.WriteFile("/proc/sys/"+key, []byte(value), 0o644); err != nil {
+		return fmt.Errorf("sysctl %s=%s: %w", key, value, err)
+	}
+	return nil
+}
+
+// ErrNotRoot is returned where host configuration needs CAP_NET_ADMIN.
+var ErrNotRoot = errors.New("needs CAP_NET_ADMIN (run as root)")
+
+// CheckPrivileges reports ErrNotRoot early, before any half-done setup.
+func CheckPrivileges() error {
+	if unix.Geteuid() != 0 {
+		return ErrNotRoot
+	}
+	return nil
+}
