@@ -1,0 +1,30 @@
+// Command weft-cni is weft's CNI plugin. The container runtime executes it
+// with the CNI environment and the network config on stdin; see package cni.
+package main
+
+import (
+	"runtime"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/weftnet/weft/cni"
+)
+
+// buildVersion is set at link time: -ldflags "-X main.buildVersion=v0.1.0".
+var buildVersion = "dev"
+
+func init() {
+	// Namespace switches (setns) act on one OS thread; keep main on the
+	// thread it started on, so the plugin's own netns never changes under
+	// it. ns.Do locks the thread it switches in addition.
+	runtime.LockOSThread()
+}
+
+func main() {
+	skel.PluginMainFuncs(skel.CNIFuncs{
+		Add:   cni.Add,
+		Del:   cni.Del,
+		Check: cni.Check,
+	}, version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"), "weft-cni "+buildVersion)
+}
