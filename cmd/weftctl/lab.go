@@ -1,0 +1,454 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/weftnet/weft/overlay/control"
+	"github.com/weftnet/weft/overlay/lab"
+)
+
+// convergeTimeout bounds the wait for gossip after the lab is up; the
+// memberlist LAN defaults converge three nodes in a few seconds.
+const convergeTimeout = 30 * time.Second
+
+// stringList is a repeatable or comma-separated string flag.
+type stringList []string
+
+func (s *stringList) String() string { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error {
+	for _, f := range strings.Split(v, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			*s = append(*s, f)
+		}
+	}
+	return nil
+}
+
+// labFlags registers the flags that describe a lab on fs.
+func labFlags(fs *flag.FlagSet, cfg *lab.Config, ext *stringList, weftdArgs *[]string) {
+	fs.IntVar(&cfg.Nodes, "nodes", cfg.Nodes, "number of nodes (>= sites)")
+	fs.IntVar(&cfg.Sites, "sites", cfg.Sites, "number of underlay sites, 1..3, joined by a router")
+	fs.IntVar(&cfg.PodsPerNode, "pods-per-node", cfg.PodsPerNode, "pods made through weft-cni on each node")
+	fs.StringVar(&cfg.Prefix, "prefix", cfg.Prefix, "namespace name prefix")
+	fs.StringVar(&cfg.Dir, "dir", cfg.Dir, "lab directory (lab.json, per-node state and logs)")
+	fs.StringVar(&cfg.BinDir, "bin-dir", cfg.BinDir, "directory holding weftd and weft-cni")
+	fs.StringVar(&cfg.Transport, "transport", cfg.Transport, "weft transport (vxlan)")
+	fs.Var(ext, "external", "nodes that get a namespace but no weftd and no pods (repeatable or comma-separated, e.g. n3)")
+	fs.Func("weftd-arg", "extra flag for every weftd (repeatable)", func(v string) error {
+		*weftdArgs = append(*weftdArgs, v)
+		return nil
+	})
+}
+
+func runLab(args []string) error {
+	if len(args) == 0 {
+		return fmt.Errorf("%w: weftctl lab up|down|status", errUsage)
+	}
+	switch args[0] {
+	case "up":
+		return runLabUp(args[1:])
+	case "down":
+		return runLabDown(args[1:])
+	case "status":
+		return runLabStatus(args[1:])
+	default:
+		return fmt.Errorf("%w: unknown lab command %q (want up, down or status)", errUsage, args[0])
+	}
+}
+
+// signalContext is cancelled by SIGINT or SIGTERM. Later signals are
+// swallowed until stop is called, so a second ^C can't cut teardown short.
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+func runLabUp(args []string) error {
+	cfg := lab.DefaultConfig()
+	var ext stringList
+	fs := flag.NewFlagSet("weftctl lab up", flag.ContinueOnError)
+	labFlags(fs, &cfg, &ext, &cfg.WeftdArgs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg.External = ext
+	cfg.Log = prefixWriter{os.Stdout, "  "}
+
+	if old, err := lab.Load(cfg.Dir); err == nil && old.Alive() {
+		return fmt.Errorf("a lab (prefix %s) is running in %s: run `weftctl lab down --dir %s --prefix %s` first",
+			old.Prefix, cfg.Dir, cfg.Dir, old.Prefix)
+	}
+	if err := lab.Cleanup(cfg.Prefix, cfg.Dir); err != nil {
+		return fmt.Errorf("clean up leftovers of %s: %w", cfg.Prefix, err)
+	}
+	ctx, stop := signalContext()
+	defer stop()
+
+	fmt.Printf("bringing up lab %s: %d nodes, %d sites, %d pods per node, bin dir %s\n",
+		cfg.Prefix, cfg.Nodes, cfg.Sites, cfg.PodsPerNode, cfg.BinDir)
+	l, err := lab.Up(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Println("waiting for gossip to converge")
+	cctx, cancel := context.WithTimeout(ctx, convergeTimeout)
+	err = l.WaitConverged(cctx)
+	cancel()
+	if err != nil {
+		printLogTails(os.Stderr, l)
+		fmt.Println("tearing down")
+		return errors.Join(err, l.Down())
+	}
+	fmt.Println()
+	printLab(os.Stdout, l)
+	fmt.Println()
+	printLearned(os.Stdout, learned(ctx, l))
+	fmt.Printf("\nlab is up; lab.json in %s. Try:\n  ip netns exec %s ping %s\n  weftctl lab down --prefix %s --dir %s\n",
+		l.Dir, firstPodNetns(l), secondPodAddr(l), l.Prefix, l.Dir)
+	return nil
+}
+
+func firstPodNetns(l *lab.Lab) string {
+	if len(l.Pods) > 0 {
+		return l.Pods[0].Netns
+	}
+	return l.Nodes[0].Netns
+}
+
+func secondPodAddr(l *lab.Lab) string {
+	if len(l.Pods) > 1 {
+		return l.Pods[len(l.Pods)-1].Address
+	}
+	return l.Nodes[len(l.Nodes)-1].UnderlayAddr
+}
+
+func runLabDown(args []string) error {
+	def := lab.DefaultConfig()
+	fs := flag.NewFlagSet("weftctl lab down", flag.ContinueOnError)
+	prefix := fs.String("prefix", def.Prefix, "namespace name prefix to clean up")
+	dir := fs.String("dir", def.Dir, "lab directory")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var errs []error
+	if l, err := lab.Load(*dir); err == nil {
+		l.SetLog(prefixWriter{os.Stdout, "  "})
+		fmt.Printf("tearing down lab %s (%s)\n", l.Prefix, l.Dir)
+		if err := l.Down(); err != nil {
+			errs = append(errs, err)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		fmt.Fprintf(os.Stderr, "weftctl: %v (cleaning up by name)\n", err)
+	}
+	if err := lab.Cleanup(*prefix, *dir); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		fmt.Printf("lab %s is down\n", *prefix)
+	}
+	return errors.Join(errs...)
+}
+
+func runLabStatus(args []string) error {
+	def := lab.DefaultConfig()
+	fs := flag.NewFlagSet("weftctl lab status", flag.ContinueOnError)
+	dir := fs.String("dir", def.Dir, "lab directory")
+	out := fs.String("o", "text", "output format: text or json (exactly lab.json)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	switch *out {
+	case "json":
+		b, err := os.ReadFile(filepath.Join(*dir, "lab.json"))
+		if err != nil {
+			return fmt.Errorf("no lab in %s: %w", *dir, err)
+		}
+		_, err = os.Stdout.Write(b)
+		return err
+	case "text":
+		l, err := lab.Load(*dir)
+		if err != nil {
+			return fmt.Errorf("no lab in %s: %w", *dir, err)
+		}
+		printLab(os.Stdout, l)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		fmt.Println()
+		printLearned(os.Stdout, learned(ctx, l))
+		return nil
+	default:
+		return fmt.Errorf("%w: -o %q: want text or json", errUsage, *out)
+	}
+}
+
+// printLab prints the router, nodes and pods of l as tables.
+func printLab(w io.Writer, l *lab.Lab) {
+	fmt.Fprintf(w, "lab %s (%s), transport %s, cluster %s\n\n", l.Prefix, l.Dir, l.Transport, l.ClusterCIDR)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "SITE\tSUBNET\tGATEWAY (router %s)\n", l.Router.Netns)
+	for _, s := range l.Router.Sites {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", s.Name, s.Subnet, s.Gateway)
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tNETNS\tSITE\tUNDERLAY\tPOD CIDR\tWEFTD")
+	for _, n := range l.Nodes {
+		d := "external"
+		if !n.External {
+			d = fmt.Sprintf("pid %d", n.WeftdPID)
+			if !pidAlive(n.WeftdPID) {
+				d += " (not running)"
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Netns, n.Site, n.UnderlayAddr, n.PodCIDR, d)
+	}
+	tw.Flush()
+	if len(l.Pods) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "POD\tNODE\tADDRESS\tNETNS")
+	for _, p := range l.Pods {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Name, p.Node, p.Address, p.Netns)
+	}
+	tw.Flush()
+}
+
+func pidAlive(pid int) bool {
+	return pid > 0 && syscall.Kill(pid, 0) == nil
+}
+
+// learnedRoutes is, per node, what its weftd says about its peers (or why
+// it could not say).
+type learnedRoutes struct {
+	node  string
+	peers []control.Node
+	err   error
+}
+
+func learned(ctx context.Context, l *lab.Lab) []learnedRoutes {
+	var out []learnedRoutes
+	for _, n := range l.Nodes {
+		if n.External {
+			continue
+		}
+		st, err := l.Status(ctx, n.Name)
+		peers := st.Peers
+		sort.Slice(peers, func(i, j int) bool { return peers[i].Name < peers[j].Name })
+		out = append(out, learnedRoutes{node: n.Name, peers: peers, err: err})
+	}
+	return out
+}
+
+func printLearned(w io.Writer, ls []learnedRoutes) {
+	if len(ls) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "pod CIDRs learned by gossip (from each weftd's /v1/status)")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tPEER\tPOD CIDRS\tUNDERLAY\tSTATE\tTRANSPORT")
+	for _, lr := range ls {
+		if lr.err != nil {
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t%v\t-\n", lr.node, lr.err)
+			continue
+		}
+		if len(lr.peers) == 0 {
+			fmt.Fprintf(tw, "%s\t(none)\t\t\t\t\n", lr.node)
+		}
+		for _, p := range lr.peers {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", lr.node, p.Name, strings.Join(p.PodCIDRs, ","), p.UnderlayAddr, p.State, p.Transport)
+		}
+	}
+	tw.Flush()
+}
+
+// printLogTails shows the end of every weftd log, before teardown removes
+// them.
+func printLogTails(w io.Writer, l *lab.Lab) {
+	for _, n := range l.Nodes {
+		if n.LogFile == "" {
+			continue
+		}
+		b, err := os.ReadFile(n.LogFile)
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+		if len(lines) > 15 {
+			lines = lines[len(lines)-15:]
+		}
+		fmt.Fprintf(w, "--- %s weftd.log (last %d lines)\n%s\n", n.Name, len(lines), strings.Join(lines, "\n"))
+	}
+}
+
+// prefixWriter indents progress lines from the lab package.
+type prefixWriter struct {
+	w      io.Writer
+	prefix string
+}
+
+func (p prefixWriter) Write(b []byte) (int, error) {
+	s := strings.TrimRight(string(b), "\n")
+	s = p.prefix + strings.ReplaceAll(s, "\n", "\n"+p.prefix) + "\n"
+	if _, err := io.WriteString(p.w, s); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// pairResult is the outcome of the probes from one pod to another.
+type pairResult struct {
+	from, to  lab.Pod
+	crossSite bool
+	ping      lab.PingResult
+	pingErr   error
+	tcp       lab.TransferResult
+	tcpErr    error
+}
+
+func (r pairResult) ok() bool { return r.pingErr == nil && r.tcpErr == nil }
+
+// runDemo is `make demo`: a fresh lab, every ordered pair of pods on
+// different nodes pinged and sent a checksummed TCP stream, a summary, and
+// teardown whatever happens. It uses its own prefix and directory so it
+// never touches a lab someone brought up by hand.
+func runDemo(args []string) error {
+	cfg := lab.DefaultConfig()
+	cfg.Prefix = "weftdemo"
+	cfg.Dir = "/run/weft-demo"
+	var ext stringList
+	fs := flag.NewFlagSet("weftctl demo", flag.ContinueOnError)
+	labFlags(fs, &cfg, &ext, &cfg.WeftdArgs)
+	sizeMiB := fs.Int("tcp-mib", 8, "MiB sent over TCP between each pair of pods")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg.External = ext
+	cfg.Log = prefixWriter{os.Stdout, "  "}
+	start := time.Now()
+
+	ctx, stop := signalContext()
+	defer stop()
+
+	if err := lab.Cleanup(cfg.Prefix, cfg.Dir); err != nil {
+		return fmt.Errorf("clean up leftovers of %s: %w", cfg.Prefix, err)
+	}
+	fmt.Printf("== weft demo: %d nodes on %d sites, %d pod(s) per node, transport %s\n",
+		cfg.Nodes, cfg.Sites, cfg.PodsPerNode, cfg.Transport)
+	fmt.Println("== bringing up the lab")
+	l, err := lab.Up(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		fmt.Println("== tearing down")
+		if err := l.Down(); err != nil {
+			fmt.Fprintln(os.Stderr, "weftctl: teardown:", err)
+		}
+		// Belt and braces: anything named like the demo goes too.
+		if err := lab.Cleanup(cfg.Prefix, cfg.Dir); err != nil {
+			fmt.Fprintln(os.Stderr, "weftctl: cleanup:", err)
+		}
+	}()
+
+	fmt.Println("== waiting for gossip to converge")
+	cctx, cancel := context.WithTimeout(ctx, convergeTimeout)
+	err = l.WaitConverged(cctx)
+	cancel()
+	if err != nil {
+		printLogTails(os.Stderr, l)
+		fmt.Println("FAIL")
+		return err
+	}
+	fmt.Printf("   converged after %.1fs\n", time.Since(start).Seconds())
+
+	siteOf := map[string]string{}
+	for _, n := range l.Nodes {
+		siteOf[n.Name] = n.Site
+	}
+	var results []pairResult
+	for _, from := range l.Pods {
+		for _, to := range l.Pods {
+			if from.Node == to.Node {
+				continue
+			}
+			if ctx.Err() != nil {
+				break
+			}
+			r := pairResult{from: from, to: to, crossSite: siteOf[from.Node] != siteOf[to.Node]}
+			fmt.Printf("== %s (%s) -> %s (%s)\n", from.Name, from.Address, to.Name, to.Address)
+			r.ping, r.pingErr = l.Ping(ctx, from.Netns, to.Address, 3)
+			r.tcp, r.tcpErr = l.Transfer(ctx, from, to, int64(*sizeMiB)<<20)
+			fmt.Printf("   ping %s, tcp %s\n", pingCell(r), tcpCell(r))
+			results = append(results, r)
+		}
+	}
+
+	ok := ctx.Err() == nil && len(results) > 0
+	for _, r := range results {
+		ok = ok && r.ok()
+	}
+	fmt.Println()
+	printLab(os.Stdout, l)
+	fmt.Println()
+	printLearned(os.Stdout, learned(ctx, l))
+	fmt.Println()
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "PAIR\tPATH\tPING\tTCP %d MiB (sha256)\n", *sizeMiB)
+	for _, r := range results {
+		path := "same site"
+		if r.crossSite {
+			path = "cross-site"
+		}
+		fmt.Fprintf(tw, "%s -> %s\t%s\t%s\t%s\n", r.from.Name, r.to.Name, path, pingCell(r), tcpCell(r))
+	}
+	tw.Flush()
+	for _, r := range results {
+		if r.pingErr != nil {
+			fmt.Printf("\n%s -> %s ping: %v\n%s", r.from.Name, r.to.Name, r.pingErr, r.ping.Output)
+		}
+		if r.tcpErr != nil {
+			fmt.Printf("\n%s -> %s tcp: %v\n", r.from.Name, r.to.Name, r.tcpErr)
+		}
+	}
+	if len(results) == 0 {
+		fmt.Println("\nno pairs of pods on different nodes to test (need >= 2 nodes with pods)")
+	}
+	if !ok {
+		printLogTails(os.Stderr, l)
+		fmt.Printf("\nFAIL (%d pairs, %.1fs)\n", len(results), time.Since(start).Seconds())
+		if ctx.Err() != nil {
+			return fmt.Errorf("demo interrupted")
+		}
+		return fmt.Errorf("demo failed")
+	}
+	fmt.Printf("\nPASS (%d pairs, %.1fs)\n", len(results), time.Since(start).Seconds())
+	return nil
+}
+
+func pingCell(r pairResult) string {
+	if r.pingErr != nil {
+		return fmt.Sprintf("FAIL %d/%d", r.ping.Received, r.ping.Sent)
+	}
+	return fmt.Sprintf("ok %d/%d avg %.3f ms", r.ping.Received, r.ping.Sent, float64(r.ping.AvgRTT)/float64(time.Millisecond))
+}
+
+func tcpCell(r pairResult) string {
+	if r.tcpErr != nil {
+		return "FAIL"
+	}
+	return fmt.Sprintf("ok %.1f MB/s", r.tcp.MBps())
+}

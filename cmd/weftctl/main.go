@@ -1,0 +1,57 @@
+// Command weftctl is weft's operator tool: the netns lab (`weftctl lab
+// up|down|status`), the end-to-end demo behind `make demo` (`weftctl
+// demo`), and a node's status (`weftctl status`).
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+)
+
+const usage = `usage: weftctl <command> [flags]
+
+commands:
+  lab up       build the netns lab (router, nodes, weftd, pods) and wait for it to converge
+  lab down     tear the lab down (also removes leftovers of a crashed run)
+  lab status   show the running lab (-o text|json)
+  demo         up, ping and TCP between every pair of pods, summary, down; exit 0 only on PASS
+  status       show a weftd's status
+
+Run "weftctl <command> -h" for the flags of a command.
+`
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(2)
+		}
+		fmt.Fprintln(os.Stderr, "weftctl:", err)
+		os.Exit(1)
+	}
+}
+
+// errUsage marks errors for which the usage text helps.
+var errUsage = errors.New("usage")
+
+func run(args []string) error {
+	if len(args) == 0 {
+		fmt.Fprint(os.Stderr, usage)
+		return fmt.Errorf("%w: no command", errUsage)
+	}
+	switch args[0] {
+	case "lab":
+		return runLab(args[1:])
+	case "demo":
+		return runDemo(args[1:])
+	case "status":
+		return runStatus(args[1:])
+	case "-h", "--help", "help":
+		fmt.Fprint(os.Stdout, usage)
+		return nil
+	default:
+		fmt.Fprint(os.Stderr, usage)
+		return fmt.Errorf("%w: unknown command %q", errUsage, args[0])
+	}
+}

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/weftnet/weft/overlay/control"
+)
+
+// runStatus asks the local weftd for this node's record and its peers.
+func runStatus(args []string) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	runDir := fs.String("run-dir", "/run/weft", "weftd's run directory (holds weftd.sock)")
+	sock := fs.String("socket", "", "path of weftd's control socket (default <run-dir>/weftd.sock)")
+	output := fs.String("o", "text", "output format: text or json")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *sock == "" {
+		*sock = filepath.Join(*runDir, "weftd.sock")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := control.Get(ctx, *sock)
+	if err != nil {
+		return err
+	}
+	switch *output {
+	case "json":
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	case "text":
+		printStatus(st)
+		return nil
+	default:
+		return fmt.Errorf("-o %q: want text or json", *output)
+	}
+}
+
+func printStatus(st control.Status) {
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "NAME\tSITE\tUNDERLAY\tPOD CIDRS\tTRANSPORT\tSTATE\tLAST SEEN")
+	row := func(n control.Node, self bool) {
+		name := n.Name
+		if self {
+			name += " (self)"
+		}
+		seen := "-"
+		if !n.LastSeen.IsZero() {
+			seen = time.Since(n.LastSeen).Truncate(time.Second).String() + " ago"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, orDash(n.Site), n.UnderlayAddr, strings.Join(n.PodCIDRs, ","), n.Transport, n.State, seen)
+	}
+	row(st.Self, true)
+	for _, p := range st.Peers {
+		row(p, false)
+	}
+	w.Flush()
+	var drops []string
+	for k, v := range st.Counters {
+		if strings.HasPrefix(k, "drop_") && v > 0 {
+			drops = append(drops, fmt.Sprintf("%s=%d", k, v))
+		}
+	}
+	fmt.Printf("\nmtu %d  tx %d pkts  rx %d pkts  drops: %s\n", st.Self.MTU, st.Counters["tx_packets"], st.Counters["rx_packets"], orDash(strings.Join(drops, " ")))
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

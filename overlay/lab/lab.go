@@ -1,0 +1,404 @@
+// Package lab builds weft's network-namespace lab: a router namespace that
+// joins up to three "sites" (different TEST-NET /24s, no L2 adjacency between
+// them), one namespace per node with an underlay veth into its site, one
+// weftd per node, and pod namespaces wired through the real weft-cni plugin
+// via libcni. Tests, `weftctl demo` and the benchmarks all use it, so the
+// topology lives here once.
+//
+// Layout (prefix "weftlab", 3 nodes, 2 sites):
+//
+//	weftlab-rtr: br-site1 192.0.2.1/24, br-site2 198.51.100.1/24, ip_forward=1
+//	  rtr-n1 ── eth0 weftlab-n1 192.0.2.11/24    pods 10.244.1.0/24
+//	  rtr-n2 ── eth0 weftlab-n2 198.51.100.12/24 pods 10.244.2.0/24
+//	  rtr-n3 ── eth0 weftlab-n3 192.0.2.13/24    pods 10.244.3.0/24
+//	weftlab-n1-p1 ... pod namespaces, wired from inside their node namespace
+//
+// Every link is created directly inside a namespace, so nothing ever shows up
+// in the root namespace, and nothing is routed toward the host's real
+// interfaces: the router knows only its connected TEST-NET subnets.
+//
+// Teardown is by PID and by name: processes survive `ip netns del`, so Down
+// and Cleanup kill whatever `ip netns pids` lists before deleting a
+// namespace.
+package lab
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+// Version is the lab.json schema version written by this package.
+const Version = 1
+
+// ClusterCIDR is the cluster-wide pod range of every lab.
+const ClusterCIDR = "10.244.0.0/16"
+
+// stateFile is the name of the lab description inside Config.Dir.
+const stateFile = "lab.json"
+
+// sites are the underlay subnets, one per site, in site order. Only TEST-NET
+// ranges are used so that nothing in a lab can collide with a real network.
+var sites = []Site{
+	{Name: "site1", Subnet: "192.0.2.0/24", Gateway: "192.0.2.1"},
+	{Name: "site2", Subnet: "198.51.100.0/24", Gateway: "198.51.100.1"},
+	{Name: "site3", Subnet: "203.0.113.0/24", Gateway: "203.0.113.1"},
+}
+
+// Config describes the lab to build. Start from DefaultConfig.
+type Config struct {
+	// Prefix starts the name of every namespace of the lab
+	// (<prefix>-rtr, <prefix>-n1, <prefix>-n1-p1). Cleanup removes every
+	// namespace named <prefix>-*, so two labs need different prefixes.
+	Prefix string
+	// Dir holds lab.json and one directory per node (run/, state/,
+	// weftd.log, net.d/, ipam/, cni-cache/). Down removes it.
+	Dir string
+	// BinDir is where the weftd and weft-cni executables are.
+	BinDir string
+	// Nodes is the number of node namespaces, n1..nN (>= Sites).
+	Nodes int
+	// Sites is the number of underlay subnets (1..3); node i sits on
+	// site ((i-1) % Sites)+1, so consecutive nodes alternate sites.
+	Sites int
+	// PodsPerNode is how many pods Up makes on each non-external node.
+	PodsPerNode int
+	// Transport is recorded in lab.json; only "vxlan" exists today.
+	Transport string
+	// External names nodes (e.g. "n2") that get a namespace and an
+	// underlay address but no weftd and no pods: interop peers for tests
+	// (a kernel vxlan device, a standalone wireguard-go) live there.
+	External []string
+	// WeftdArgs are extra flags appended to every weftd command line.
+	WeftdArgs []string
+	// Log receives one line per step of progress; nil discards.
+	Log io.Writer
+}
+
+// DefaultConfig returns the lab of `make demo`: three nodes on two sites
+// (so both same-site and cross-site paths are exercised), one pod each.
+func DefaultConfig() Config {
+	bin := ""
+	if exe, err := os.Executable(); err == nil {
+		bin = filepath.Dir(exe)
+	}
+	return Config{
+		Prefix:      "weftlab",
+		Dir:         "/run/weft-lab",
+		BinDir:      bin,
+		Nodes:       3,
+		Sites:       2,
+		PodsPerNode: 1,
+		Transport:   "vxlan",
+	}
+}
+
+// Lab is a running lab. It is also the schema of <Dir>/lab.json, which Up
+// writes (first partially, as soon as PIDs exist, so that a crashed run can
+// still be cleaned up; then complete) and AddPod/DelPod rewrite atomically.
+//
+// lab.json fields:
+//
+//	version      schema version (1)
+//	prefix       namespace prefix; every namespace of the lab is <prefix>-*
+//	dir          the lab directory that holds lab.json
+//	transport    the weft transport in use ("vxlan")
+//	clusterCIDR  pod range of the whole cluster ("10.244.0.0/16")
+//	router       the router namespace:
+//	  netns        its name (<prefix>-rtr)
+//	  sites[]      one per site: name ("site1"), subnet ("192.0.2.0/24"),
+//	               gateway (the router's address on it, "192.0.2.1", which is
+//	               also the nodes' default gateway); the bridge inside the
+//	               router namespace is br-<name>
+//	nodes[]      one per node:
+//	  name          "n1".."nN"
+//	  netns         <prefix>-<name>
+//	  site          the site the node's eth0 is on
+//	  underlayAddr  the node's address on its site ("192.0.2.11")
+//	  underlayIf    its interface inside the node namespace ("eth0")
+//	  podCIDR       the node's pod range ("10.244.1.0/24"); set for external
+//	                nodes too, for tests that configure them by hand
+//	  weftdPID      PID of the node's weftd (0 when none runs)
+//	  controlSocket weftd's unix socket (<runDir>/weftd.sock)
+//	  runDir        weftd --run-dir (node.json, weftd.sock)
+//	  stateDir      weftd --state-dir
+//	  logFile       weftd's stdout+stderr
+//	  cniConfDir    holds 10-weft.conflist
+//	  cniBinDir     where weft-cni is
+//	  ipamDir       weft-cni's allocation store (dataDir)
+//	  external      true for interop peers: no weftd, no pods, and the
+//	                directory fields above are empty
+//	pods[]       one per pod:
+//	  name          "n1-p1"
+//	  netns         <prefix>-<node>-p<k>
+//	  netnsPath     /run/netns/<netns>
+//	  node          the node the pod is on
+//	  address       the pod's IPv4 address, without a prefix length
+//	  containerID   the CNI container ID (the pod namespace name)
+//	  ifName        the pod's interface ("eth0")
+type Lab struct {
+	Version     int    `json:"version"`
+	Prefix      string `json:"prefix"`
+	Dir         string `json:"dir"`
+	Transport   string `json:"transport"`
+	ClusterCIDR string `json:"clusterCIDR"`
+	Router      Router `json:"router"`
+	Nodes       []Node `json:"nodes"`
+	Pods        []Pod  `json:"pods"`
+
+	// mu serialises changes to Pods and rewrites of lab.json.
+	mu sync.Mutex
+	// procs are the weftd processes this Lab value started, so Down can
+	// reap its own children instead of polling a zombie.
+	procs map[int]*proc
+	// log is Config.Log (never nil once Up has run).
+	log io.Writer
+	// binDir is Config.BinDir.
+	binDir string
+}
+
+// Router is the namespace that routes between the sites.
+type Router struct {
+	Netns string `json:"netns"`
+	Sites []Site `json:"sites"`
+}
+
+// Site is one underlay subnet, a bridge inside the router namespace.
+type Site struct {
+	Name    string `json:"name"`
+	Subnet  string `json:"subnet"`
+	Gateway string `json:"gateway"`
+}
+
+// Node is one node namespace. See Lab for the meaning of each field.
+type Node struct {
+	Name          string `json:"name"`
+	Netns         string `json:"netns"`
+	Site          string `json:"site"`
+	UnderlayAddr  string `json:"underlayAddr"`
+	UnderlayIf    string `json:"underlayIf"`
+	PodCIDR       string `json:"podCIDR"`
+	WeftdPID      int    `json:"weftdPID"`
+	ControlSocket string `json:"controlSocket"`
+	RunDir        string `json:"runDir"`
+	StateDir      string `json:"stateDir"`
+	LogFile       string `json:"logFile"`
+	CNIConfDir    string `json:"cniConfDir"`
+	CNIBinDir     string `json:"cniBinDir"`
+	IPAMDir       string `json:"ipamDir"`
+	External      bool   `json:"external"`
+}
+
+// Pod is one pod namespace wired by weft-cni. See Lab for each field.
+type Pod struct {
+	Name        string `json:"name"`
+	Netns       string `json:"netns"`
+	NetnsPath   string `json:"netnsPath"`
+	Node        string `json:"node"`
+	Address     string `json:"address"`
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+}
+
+// Load reads <dir>/lab.json. The returned Lab can Down, Exec, AddPod and
+// DelPod like the one Up returned (BinDir is taken from the nodes'
+// cniBinDir).
+func Load(dir string) (*Lab, error) {
+	b, err := os.ReadFile(filepath.Join(dir, stateFile))
+	if err != nil {
+		return nil, fmt.Errorf("load lab: %w", err)
+	}
+	l := &Lab{}
+	if err := json.Unmarshal(b, l); err != nil {
+		return nil, fmt.Errorf("load lab %s: %w", filepath.Join(dir, stateFile), err)
+	}
+	if l.Version != Version {
+		return nil, fmt.Errorf("load lab %s: schema version %d, want %d", dir, l.Version, Version)
+	}
+	l.log = io.Discard
+	for _, n := range l.Nodes {
+		if n.CNIBinDir != "" {
+			l.binDir = n.CNIBinDir
+			break
+		}
+	}
+	return l, nil
+}
+
+// SetLog directs progress lines of a loaded Lab to w (nil discards).
+func (l *Lab) SetLog(w io.Writer) {
+	if w == nil {
+		w = io.Discard
+	}
+	l.log = w
+}
+
+// Node returns the node called name, or nil.
+func (l *Lab) Node(name string) *Node {
+	for i := range l.Nodes {
+		if l.Nodes[i].Name == name {
+			return &l.Nodes[i]
+		}
+	}
+	return nil
+}
+
+// PodsOn returns a copy of the pods on node, in creation order.
+func (l *Lab) PodsOn(node string) []Pod {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []Pod
+	for _, p := range l.Pods {
+		if p.Node == node {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// JSON returns lab.json's content for l.
+func (l *Lab) JSON() ([]byte, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.marshalLocked()
+}
+
+func (l *Lab) marshalLocked() ([]byte, error) {
+	b, err := json.MarshalIndent(l, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encode lab.json: %w", err)
+	}
+	return append(b, '\n'), nil
+}
+
+// save writes lab.json atomically (temp file + rename) so that a reader
+// never sees half a file.
+func (l *Lab) save() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.saveLocked()
+}
+
+func (l *Lab) saveLocked() error {
+	b, err := l.marshalLocked()
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(l.Dir, stateFile), b, 0o644)
+}
+
+func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	_, werr := tmp.Write(b)
+	if werr == nil {
+		werr = tmp.Chmod(mode)
+	}
+	if werr == nil {
+		werr = tmp.Sync()
+	}
+	cerr := tmp.Close()
+	if werr == nil {
+		werr = cerr
+	}
+	if werr == nil {
+		werr = os.Rename(tmp.Name(), path)
+	}
+	if werr != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("write %s: %w", path, werr)
+	}
+	return nil
+}
+
+// validate fills defaults into cfg and checks its numbers.
+func (cfg *Config) validate() error {
+	def := DefaultConfig()
+	if cfg.Prefix == "" {
+		cfg.Prefix = def.Prefix
+	}
+	if cfg.Dir == "" {
+		cfg.Dir = def.Dir
+	}
+	if cfg.BinDir == "" {
+		cfg.BinDir = def.BinDir
+	}
+	if cfg.Nodes == 0 {
+		cfg.Nodes = def.Nodes
+	}
+	if cfg.Sites == 0 {
+		cfg.Sites = def.Sites
+	}
+	if cfg.Transport == "" {
+		cfg.Transport = def.Transport
+	}
+	if cfg.Log == nil {
+		cfg.Log = io.Discard
+	}
+	var errs []error
+	if cfg.Sites < 1 || cfg.Sites > len(sites) {
+		errs = append(errs, fmt.Errorf("sites %d: want 1..%d", cfg.Sites, len(sites)))
+	}
+	// Node addresses are .(10+i) and pod CIDRs 10.244.i.0/24.
+	if cfg.Nodes < cfg.Sites || cfg.Nodes > 200 {
+		errs = append(errs, fmt.Errorf("nodes %d: want %d..200 (at least one per site)", cfg.Nodes, cfg.Sites))
+	}
+	if cfg.PodsPerNode < 0 || cfg.PodsPerNode > 200 {
+		errs = append(errs, fmt.Errorf("pods per node %d: want 0..200", cfg.PodsPerNode))
+	}
+	if cfg.Transport != "vxlan" {
+		errs = append(errs, fmt.Errorf("transport %q: only vxlan is supported", cfg.Transport))
+	}
+	if err := checkPrefix(cfg.Prefix); err != nil {
+		errs = append(errs, err)
+	}
+	if err := checkDir(cfg.Dir); err != nil {
+		errs = append(errs, err)
+	}
+	for _, e := range cfg.External {
+		found := false
+		for i := 1; i <= cfg.Nodes; i++ {
+			if e == fmt.Sprintf("n%d", i) {
+				found = true
+			}
+		}
+		if !found {
+			errs = append(errs, fmt.Errorf("external node %q is not one of n1..n%d", e, cfg.Nodes))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// checkPrefix keeps namespace names short and free of path characters:
+// pod namespace names are <prefix>-nNNN-pNNN.
+func checkPrefix(p string) error {
+	if p == "" || len(p) > 32 {
+		return fmt.Errorf("prefix %q: want 1..32 characters", p)
+	}
+	for _, r := range p {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '.'
+		if !ok {
+			return fmt.Errorf("prefix %q: only letters, digits, '_' and '.' (the '-' separates names)", p)
+		}
+	}
+	return nil
+}
+
+// checkDir refuses directories whose removal would hurt: Down and Cleanup
+// delete the lab directory recursively.
+func checkDir(d string) error {
+	if !filepath.IsAbs(d) {
+		return fmt.Errorf("lab dir %q: want an absolute path", d)
+	}
+	c := filepath.Clean(d)
+	if c == "/" || filepath.Dir(c) == "/" {
+		return fmt.Errorf("lab dir %q: refusing a top-level directory", d)
+	}
+	return nil
+}

@@ -1,0 +1,533 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// ErrRunning is returned by Up when the lab directory describes a lab that
+// is still alive.
+var ErrRunning = errors.New("lab already running")
+
+// confName is the CNI network configuration file of every lab node.
+const confName = "10-weft.conflist"
+
+// readyTimeout bounds how long Up waits for one weftd to write node.json
+// and open its socket; weftd does that in well under a second, the rest is
+// headroom for a loaded CI machine.
+const readyTimeout = 20 * time.Second
+
+// proc is a weftd this process started. done closes once it has been reaped.
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
+}
+
+// Up builds the lab described by cfg: router, nodes, weftd on every
+// non-external node (waiting for each one's node.json and control socket),
+// and cfg.PodsPerNode pods on each of them. On any failure it tears down
+// what it made and returns the error. Up does not wait for gossip to
+// converge; call WaitConverged.
+func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("lab config: %w", err)
+	}
+	if old, lerr := Load(cfg.Dir); lerr == nil {
+		if old.Alive() {
+			return nil, fmt.Errorf("%w in %s (prefix %s): run `weftctl lab down --dir %s --prefix %s` first",
+				ErrRunning, cfg.Dir, old.Prefix, cfg.Dir, old.Prefix)
+		}
+		// A stale description of a lab that is gone: its directory is
+		// ours to reuse.
+		if err := os.RemoveAll(cfg.Dir); err != nil {
+			return nil, fmt.Errorf("remove stale lab dir: %w", err)
+		}
+	}
+
+	l = plan(cfg)
+	for _, name := range l.netnsNames() {
+		if netnsExists(name) {
+			return nil, fmt.Errorf("namespace %s already exists: run `weftctl lab down --prefix %s` to clean up", name, l.Prefix)
+		}
+	}
+	if err := os.MkdirAll(l.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("lab dir: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			fmt.Fprintf(l.log, "lab up failed, tearing down: %v\n", err)
+			if derr := l.Down(); derr != nil {
+				err = errors.Join(err, fmt.Errorf("teardown: %w", derr))
+			}
+			l = nil
+		}
+	}()
+
+	if err := l.makeRouter(ctx); err != nil {
+		return l, err
+	}
+	for i := range l.Nodes {
+		if err := l.makeNode(ctx, &l.Nodes[i]); err != nil {
+			return l, err
+		}
+	}
+	if err := l.save(); err != nil {
+		return l, err
+	}
+
+	seed := ""
+	for _, n := range l.Nodes {
+		if !n.External {
+			seed = n.UnderlayAddr
+			break
+		}
+	}
+	for i := range l.Nodes {
+		n := &l.Nodes[i]
+		if n.External {
+			continue
+		}
+		if err := l.startWeftd(n, seed, cfg.WeftdArgs); err != nil {
+			return l, err
+		}
+		// Record the PID at once so that a crash of this process
+		// still leaves Cleanup something to find.
+		if err := l.save(); err != nil {
+			return l, err
+		}
+	}
+	for i := range l.Nodes {
+		n := &l.Nodes[i]
+		if n.External {
+			continue
+		}
+		if err := l.waitReady(ctx, n); err != nil {
+			return l, err
+		}
+		fmt.Fprintf(l.log, "node %s up (pid %d, %s, %s, pods %s)\n", n.Name, n.WeftdPID, n.Site, n.UnderlayAddr, n.PodCIDR)
+	}
+
+	for _, n := range l.Nodes {
+		if n.External {
+			continue
+		}
+		for k := 0; k < cfg.PodsPerNode; k++ {
+			p, err := l.AddPod(ctx, n.Name)
+			if err != nil {
+				return l, err
+			}
+			fmt.Fprintf(l.log, "pod %s on %s: %s\n", p.Name, p.Node, p.Address)
+		}
+	}
+	if err := l.save(); err != nil {
+		return l, err
+	}
+	return l, nil
+}
+
+// plan computes names and addresses; it touches nothing.
+func plan(cfg Config) *Lab {
+	l := &Lab{
+		Version:     Version,
+		Prefix:      cfg.Prefix,
+		Dir:         filepath.Clean(cfg.Dir),
+		Transport:   cfg.Transport,
+		ClusterCIDR: ClusterCIDR,
+		Router:      Router{Netns: cfg.Prefix + "-rtr", Sites: slices.Clone(sites[:cfg.Sites])},
+		Pods:        []Pod{},
+		procs:       map[int]*proc{},
+		log:         cfg.Log,
+		binDir:      cfg.BinDir,
+	}
+	for i := 1; i <= cfg.Nodes; i++ {
+		site := l.Router.Sites[(i-1)%cfg.Sites]
+		pfx := netip.MustParsePrefix(site.Subnet)
+		a := pfx.Addr().As4()
+		a[3] = byte(10 + i)
+		n := Node{
+			Name:         fmt.Sprintf("n%d", i),
+			Site:         site.Name,
+			UnderlayAddr: netip.AddrFrom4(a).String(),
+			UnderlayIf:   "eth0",
+			PodCIDR:      fmt.Sprintf("10.244.%d.0/24", i),
+		}
+		n.Netns = cfg.Prefix + "-" + n.Name
+		n.External = slices.Contains(cfg.External, n.Name)
+		if !n.External {
+			d := filepath.Join(l.Dir, n.Name)
+			n.RunDir = filepath.Join(d, "run")
+			n.StateDir = filepath.Join(d, "state")
+			n.ControlSocket = filepath.Join(n.RunDir, "weftd.sock")
+			n.LogFile = filepath.Join(d, "weftd.log")
+			n.CNIConfDir = filepath.Join(d, "net.d")
+			n.CNIBinDir = cfg.BinDir
+			n.IPAMDir = filepath.Join(d, "ipam")
+		}
+		l.Nodes = append(l.Nodes, n)
+	}
+	return l
+}
+
+// netnsNames lists the lab's namespaces, pods first, router last: the
+// order teardown uses, so each deletion removes leaves before their parent.
+func (l *Lab) netnsNames() []string {
+	var out []string
+	for _, p := range l.Pods {
+		out = append(out, p.Netns)
+	}
+	for _, n := range l.Nodes {
+		out = append(out, n.Netns)
+	}
+	return append(out, l.Router.Netns)
+}
+
+func bridgeName(s Site) string { return "br-" + s.Name }
+
+func (l *Lab) site(name string) Site {
+	for _, s := range l.Router.Sites {
+		if s.Name == name {
+			return s
+		}
+	}
+	return Site{}
+}
+
+func prefixLen(subnet string) int { return netip.MustParsePrefix(subnet).Bits() }
+
+func (l *Lab) makeRouter(ctx context.Context) error {
+	r := l.Router.Netns
+	fmt.Fprintf(l.log, "creating router %s\n", r)
+	if _, err := ip(ctx, "netns", "add", r); err != nil {
+		return err
+	}
+	if _, err := ip(ctx, "-n", r, "link", "set", "lo", "up"); err != nil {
+		return err
+	}
+	if err := setSysctls(r, map[string]string{
+		"net.ipv4.ip_forward":             "1",
+		"net.ipv4.conf.all.rp_filter":     "0",
+		"net.ipv4.conf.default.rp_filter": "0",
+	}); err != nil {
+		return err
+	}
+	for _, s := range l.Router.Sites {
+		br := bridgeName(s)
+		cmds := [][]string{
+			{"-n", r, "link", "add", br, "type", "bridge"},
+			{"-n", r, "addr", "add", fmt.Sprintf("%s/%d", s.Gateway, prefixLen(s.Subnet)), "dev", br},
+			{"-n", r, "link", "set", br, "up"},
+		}
+		for _, c := range cmds {
+			if _, err := ip(ctx, c...); err != nil {
+				return fmt.Errorf("router site %s: %w", s.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+func (l *Lab) makeNode(ctx context.Context, n *Node) error {
+	fmt.Fprintf(l.log, "creating node %s (%s %s)\n", n.Name, n.Site, n.UnderlayAddr)
+	s := l.site(n.Site)
+	r := l.Router.Netns
+	if _, err := ip(ctx, "netns", "add", n.Netns); err != nil {
+		return err
+	}
+	// Defaults first, so that eth0, created next, inherits them.
+	if err := setSysctls(n.Netns, map[string]string{
+		"net.ipv4.ip_forward":             "1",
+		"net.ipv4.conf.all.rp_filter":     "0",
+		"net.ipv4.conf.default.rp_filter": "0",
+	}); err != nil {
+		return err
+	}
+	// Both ends are born inside their namespaces: no link ever exists in
+	// the root namespace, even for a moment.
+	rtrIf := "v" + n.Name
+	cmds := [][]string{
+		{"-n", n.Netns, "link", "set", "lo", "up"},
+		{"-n", r, "link", "add", rtrIf, "type", "veth", "peer", "name", n.UnderlayIf, "netns", n.Netns},
+		{"-n", r, "link", "set", rtrIf, "master", bridgeName(s)},
+		{"-n", r, "link", "set", rtrIf, "up"},
+		{"-n", n.Netns, "addr", "add", fmt.Sprintf("%s/%d", n.UnderlayAddr, prefixLen(s.Subnet)), "dev", n.UnderlayIf},
+		{"-n", n.Netns, "link", "set", n.UnderlayIf, "up"},
+		{"-n", n.Netns, "route", "add", "default", "via", s.Gateway, "dev", n.UnderlayIf},
+	}
+	for _, c := range cmds {
+		if _, err := ip(ctx, c...); err != nil {
+			return fmt.Errorf("node %s: %w", n.Name, err)
+		}
+	}
+	if err := setSysctls(n.Netns, map[string]string{
+		"net.ipv4.conf." + n.UnderlayIf + ".rp_filter": "0",
+	}); err != nil {
+		return err
+	}
+	if n.External {
+		return nil
+	}
+	for _, d := range []string{n.RunDir, n.StateDir, n.CNIConfDir, n.IPAMDir, filepath.Join(l.Dir, n.Name, "cni-cache")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("node %s: %w", n.Name, err)
+		}
+	}
+	conf, err := json.MarshalIndent(map[string]any{
+		"cniVersion": "1.0.0",
+		"name":       "weft",
+		"plugins": []map[string]any{{
+			"type":    "weft-cni",
+			"runDir":  n.RunDir,
+			"dataDir": n.IPAMDir,
+		}},
+	}, "", "  ")
+	if err != nil {
+		return fmt.Errorf("node %s conflist: %w", n.Name, err)
+	}
+	return writeFileAtomic(filepath.Join(n.CNIConfDir, confName), append(conf, '\n'), 0o644)
+}
+
+// startWeftd runs weftd inside the node namespace. `ip netns exec` execs
+// the daemon in place, so the PID we get is weftd's own; a new session
+// keeps terminal signals meant for weftctl away from it, so it outlives
+// `weftctl lab up`.
+func (l *Lab) startWeftd(n *Node, seed string, extra []string) error {
+	bin := filepath.Join(l.binDir, "weftd")
+	if _, err := os.Stat(bin); err != nil {
+		return fmt.Errorf("node %s: weftd: %w (set --bin-dir)", n.Name, err)
+	}
+	args := []string{"netns", "exec", n.Netns, bin,
+		"--name", n.Name,
+		"--underlay-addr", n.UnderlayAddr,
+		"--pod-cidr", n.PodCIDR,
+		"--cluster-cidr", ClusterCIDR,
+		"--seeds", seed,
+		"--run-dir", n.RunDir,
+		"--state-dir", n.StateDir,
+		"--site", n.Site,
+	}
+	args = append(args, extra...)
+	logf, err := os.OpenFile(n.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	defer logf.Close() // the child has its own copy
+	cmd := exec.Command("ip", args...)
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("node %s: start weftd: %w", n.Name, err)
+	}
+	p := &proc{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	n.WeftdPID = cmd.Process.Pid
+	l.mu.Lock()
+	if l.procs == nil {
+		l.procs = map[int]*proc{}
+	}
+	l.procs[n.WeftdPID] = p
+	l.mu.Unlock()
+	fmt.Fprintf(l.log, "started weftd on %s (pid %d)\n", n.Name, n.WeftdPID)
+	return nil
+}
+
+// waitReady waits for weftd's node.json (the CNI hand-off) and its control
+// socket, failing early if the daemon exits.
+func (l *Lab) waitReady(ctx context.Context, n *Node) error {
+	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
+	defer cancel()
+	l.mu.Lock()
+	p := l.procs[n.WeftdPID]
+	l.mu.Unlock()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		_, jerr := os.Stat(filepath.Join(n.RunDir, "node.json"))
+		fi, serr := os.Stat(n.ControlSocket)
+		if jerr == nil && serr == nil && fi.Mode()&os.ModeSocket != 0 {
+			return nil
+		}
+		var exited <-chan struct{}
+		if p != nil {
+			exited = p.done
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("node %s: weftd exited (%v) before it was ready; log %s:\n%s", n.Name, p.err, n.LogFile, tail(n.LogFile, 20))
+		case <-ctx.Done():
+			return fmt.Errorf("node %s: weftd not ready (node.json: %v, socket: %v): %w; log %s:\n%s",
+				n.Name, jerr, serr, ctx.Err(), n.LogFile, tail(n.LogFile, 20))
+		case <-tick.C:
+		}
+	}
+}
+
+// tail returns the last n lines of a file, for error messages.
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Sprintf("(%v)", err)
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// reap reports whether pid is a child of this Lab that has exited and been
+// waited for.
+func (l *Lab) reap(pid int) bool {
+	l.mu.Lock()
+	p := l.procs[pid]
+	l.mu.Unlock()
+	if p == nil {
+		return false
+	}
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Alive reports whether anything of the lab still exists: one of its
+// namespaces, or one of its weftd processes.
+func (l *Lab) Alive() bool {
+	for _, name := range l.netnsNames() {
+		if netnsExists(name) {
+			return true
+		}
+	}
+	for _, n := range l.Nodes {
+		if n.WeftdPID > 0 && alive(n.WeftdPID, l.reap) && (l.ownsProc(n.WeftdPID) || isWeftd(n.WeftdPID)) {
+			return true
+		}
+	}
+	return false
+}
+
+func (l *Lab) ownsProc(pid int) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	_, ok := l.procs[pid]
+	return ok
+}
+
+// Down stops every weftd by PID, kills whatever else runs in the lab's
+// namespaces, deletes the namespaces and removes the lab directory. It
+// keeps going after an error and returns all of them; calling it twice is
+// harmless.
+func (l *Lab) Down() error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	log := l.log
+	if log == nil {
+		log = io.Discard
+	}
+	var errs []error
+	var pids []int
+	for _, n := range l.Nodes {
+		if n.WeftdPID > 0 && alive(n.WeftdPID, l.reap) && (l.ownsProc(n.WeftdPID) || isWeftd(n.WeftdPID)) {
+			pids = append(pids, n.WeftdPID)
+		}
+	}
+	if len(pids) > 0 {
+		fmt.Fprintf(log, "stopping weftd %v\n", pids)
+	}
+	if err := killAll(pids, l.reap); err != nil {
+		errs = append(errs, err)
+	}
+	l.mu.Lock()
+	names := l.netnsNames()
+	l.mu.Unlock()
+	for _, name := range names {
+		if !strings.HasPrefix(name, l.Prefix+"-") {
+			errs = append(errs, fmt.Errorf("lab.json names namespace %q outside prefix %q; left alone", name, l.Prefix))
+			continue
+		}
+		if err := deleteNetns(ctx, name, l.reap); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(names) > 0 {
+		fmt.Fprintf(log, "deleted %d namespaces\n", len(names))
+	}
+	if l.Dir != "" {
+		if err := checkDir(l.Dir); err != nil {
+			errs = append(errs, err)
+		} else if err := os.RemoveAll(l.Dir); err != nil {
+			errs = append(errs, fmt.Errorf("remove lab dir: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Cleanup removes what a previous, possibly crashed, lab left behind, by
+// name: the weftd processes recorded in <dir>/lab.json (if they are still
+// weftd), every namespace named <prefix>-* together with the processes
+// inside it, and dir itself. dir may be empty to skip the directory.
+func Cleanup(prefix, dir string) error {
+	if err := checkPrefix(prefix); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var errs []error
+	if dir != "" {
+		if err := checkDir(dir); err != nil {
+			return err
+		}
+		if old, err := Load(dir); err == nil {
+			var pids []int
+			for _, n := range old.Nodes {
+				if n.WeftdPID > 0 && alive(n.WeftdPID, nil) && isWeftd(n.WeftdPID) {
+					pids = append(pids, n.WeftdPID)
+				}
+			}
+			if err := killAll(pids, nil); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	names, err := listNetns(prefix)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	// Longest names first: pods (<prefix>-n1-p1) before nodes before the
+	// router, the same leaves-first order Down uses.
+	sort.Slice(names, func(i, j int) bool {
+		if len(names[i]) != len(names[j]) {
+			return len(names[i]) > len(names[j])
+		}
+		return names[i] < names[j]
+	})
+	for _, name := range names {
+		if err := deleteNetns(ctx, name, nil); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if dir != "" {
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, fmt.Errorf("remove lab dir: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
