@@ -1,0 +1,61 @@
+package main
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+func TestParseFlags(t *testing.T) {
+	base := []string{"--name", "n1", "--underlay-addr", "192.0.2.11", "--pod-cidr", "10.244.1.0/24"}
+	c, err := parseFlags(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.VNI != 1 || c.VXLANPort != 4789 || c.GossipPort != 7946 || c.ClusterCIDR != netip.MustParsePrefix("10.244.0.0/16") {
+		t.Fatalf("defaults: %+v", c)
+	}
+	if c.VTEPMAC != [6]byte{0x0a, 0x58, 10, 244, 1, 1} {
+		t.Fatalf("derived VTEP MAC = % x", c.VTEPMAC)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--name", "n1", "--underlay-addr", "192.0.2.11"}, "--pod-cidr is required"},
+		{append(base, "--pod-cidr", "10.244.1.7/24"), "masked IPv4 prefix"},
+		{append(base, "--pod-cidr", "10.245.1.0/24"), "not inside --cluster-cidr"},
+		{append(base, "--pod-cidr", "nonsense"), "--pod-cidr"},
+		{append(base, "--vni", "0"), "--vni 0 out of range"},
+		{append(base, "--vni", "16777216"), "out of range"},
+		{append(base, "--vxlan-port", "70000"), "--vxlan-port 70000 out of range"},
+		{append(base, "--underlay-mtu", "200"), "--underlay-mtu 200 out of range"},
+		{append(base, "--underlay-addr", "not-an-ip"), "--underlay-addr"},
+		{append(base, "--vtep-mac", "zz"), "--vtep-mac"},
+		{append(base, "--log-level", "loud"), "--log-level"},
+		{append(base, "extra"), "unexpected arguments"},
+		{append(base, "--static-peer", "name=kv,addr=192.0.2.12"), "all required"},
+		{append(base, "--static-peer", "name=kv,bogus=1"), "unknown key"},
+		{append(base, "--static-peer", "name=kv,addr=192.0.2.12,cidr=10.244.2.0/24,mac=01:02"), "mac"},
+	} {
+		_, err := parseFlags(tc.args)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("parseFlags(%q) error = %v, want it to mention %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+func TestParseStaticPeer(t *testing.T) {
+	p, err := parseStaticPeer("name=kv,addr=198.51.100.12:8472,cidr=10.244.2.0/24,mac=0e:00:00:00:02:00")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Name != "kv" || p.Underlay != netip.MustParseAddrPort("198.51.100.12:8472") ||
+		len(p.PodCIDRs) != 1 || p.PodCIDRs[0] != netip.MustParsePrefix("10.244.2.0/24") || p.VTEPMAC != [6]byte{0x0e, 0, 0, 0, 2, 0} {
+		t.Fatalf("parsed %+v", p)
+	}
+	p, err = parseStaticPeer("name=kv,addr=198.51.100.12,cidr=10.244.2.0/24,mac=0e:00:00:00:02:00")
+	if err != nil || p.Underlay.Port() != 4789 {
+		t.Fatalf("default port: %+v, %v", p, err)
+	}
+}
