@@ -28,6 +28,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/weftnet/weft/encap/vxlan"
+	"github.com/weftnet/weft/encap/wireguard"
 )
 
 const (
@@ -47,7 +48,19 @@ const (
 type Config struct {
 	VNI      uint32  // VXLAN network identifier, 24 bits
 	LocalMAC [6]byte // our VTEP MAC: inner Ethernet source out, expected destination in
-	Logger   *slog.Logger
+	// WireGuard carries the packets of peers whose Transport is
+	// TransportWireGuard; nil when the node has no WireGuard device.
+	WireGuard WireGuard
+	Logger    *slog.Logger
+}
+
+// WireGuard is the encrypted transport as the router uses it; see
+// package encap/wireguard.
+type WireGuard interface {
+	// Send takes whole IP packets and returns once it has copied them.
+	Send(pkts [][]byte) error
+	// SetPeers replaces the whole WireGuard peer set.
+	SetPeers(peers []wireguard.Peer) error
 }
 
 // Router carries packets between a TUN device and a UDP bind.
@@ -95,7 +108,15 @@ func (r *Router) Start(port uint16) error {
 func (r *Router) SetPeers(peers []Peer) error {
 	entries := make([]*peerEntry, 0, len(peers))
 	var errs []error
+	var wgPeers []wireguard.Peer
 	for _, p := range peers {
+		if p.Transport == TransportWireGuard {
+			if r.cfg.WireGuard == nil {
+				errs = append(errs, fmt.Errorf("peer %s: wireguard transport but this node has no wireguard device", p.Name))
+				continue
+			}
+			wgPeers = append(wgPeers, p.WireGuard)
+		}
 		ep, err := r.bind.ParseEndpoint(p.Underlay.String())
 		if err != nil {
 			errs = append(errs, fmt.Errorf("peer %s: endpoint %s: %w", p.Name, p.Underlay, err))
@@ -103,6 +124,12 @@ func (r *Router) SetPeers(peers []Peer) error {
 		}
 		p.PodCIDRs = append([]netip.Prefix(nil), p.PodCIDRs...)
 		entries = append(entries, &peerEntry{Peer: p, ep: ep})
+	}
+	if r.cfg.WireGuard != nil {
+		// WireGuard learns its peers before the table routes to them.
+		if err := r.cfg.WireGuard.SetPeers(wgPeers); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	r.table.Store(newTable(entries))
 	return errors.Join(errs...)
@@ -156,6 +183,7 @@ func (r *Router) outbound() {
 	sizes := make([]int, batch)
 	// groups is reused across batches; each group's bufs keeps its capacity.
 	groups := make([]sendGroup, 0, 8)
+	wgBatch := make([][]byte, 0, batch)
 	var counts batchCounts
 	for {
 		n, err := r.tun.Read(bufs, sizes, tunOffset)
@@ -176,10 +204,17 @@ func (r *Router) outbound() {
 			groups[g].bufs = groups[g].bufs[:0]
 		}
 		groups = groups[:0]
+		wgBatch = wgBatch[:0]
 		for i := 0; i < n; i++ {
 			p, v := r.encapsulate(t, bufs[i], sizes[i])
 			if v != pass {
 				counts.drops[v]++
+				continue
+			}
+			if p.Transport == TransportWireGuard {
+				counts.packets++
+				counts.bytes += uint64(sizes[i])
+				wgBatch = append(wgBatch, bufs[i][tunOffset:tunOffset+sizes[i]])
 				continue
 			}
 			frame := bufs[i][tunOffset-vxlan.FrameHeaderLen : tunOffset+sizes[i]]
@@ -195,6 +230,15 @@ func (r *Router) outbound() {
 				counts.drops[dropSendError] += uint64(len(g.bufs))
 				counts.packets -= uint64(len(g.bufs))
 				r.log.Debug("udp send failed", "peer", g.peer.Name, "err", err)
+			}
+		}
+		if len(wgBatch) > 0 {
+			if err := r.cfg.WireGuard.Send(wgBatch); err != nil {
+				if isClosed(err) {
+					return
+				}
+				counts.drops[dropSendError] += uint64(len(wgBatch))
+				counts.packets -= uint64(len(wgBatch))
 			}
 		}
 		r.stats.TxPackets.Add(counts.packets)
@@ -223,7 +267,8 @@ func addToGroup(groups []sendGroup, p *peerEntry, frame []byte) []sendGroup {
 }
 
 // encapsulate finds the peer for the packet at buf[tunOffset:tunOffset+size]
-// and writes the frame header into the headroom in front of it.
+// and, for a VXLAN peer, writes the frame header into the headroom in front
+// of it. WireGuard peers get the packet as it is.
 func (r *Router) encapsulate(t *table, buf []byte, size int) (*peerEntry, verdict) {
 	pkt := buf[tunOffset : tunOffset+size]
 	dst, et, ok := innerDst(pkt)
@@ -233,6 +278,9 @@ func (r *Router) encapsulate(t *table, buf []byte, size int) (*peerEntry, verdic
 	p := t.lookup(dst)
 	if p == nil {
 		return nil, dropNoRoute
+	}
+	if p.Transport == TransportWireGuard {
+		return p, pass
 	}
 	f := vxlan.Frame{VNI: r.cfg.VNI, Dst: p.VTEPMAC, Src: r.cfg.LocalMAC, EtherType: et}
 	f.Encode(buf[tunOffset-vxlan.FrameHeaderLen : tunOffset])
@@ -319,6 +367,11 @@ func (r *Router) decapsulate(t *table, frame []byte, from netip.Addr) verdict {
 	p := t.peerAt(from)
 	if p == nil {
 		return dropUnknownPeer
+	}
+	if p.Transport != TransportVXLAN {
+		// Both ends apply the same policy, so a peer we reach over
+		// WireGuard never sends us VXLAN: this is spoofed or stale.
+		return dropWrongTransport
 	}
 	src, ok := innerSrc(frame[vxlan.FrameHeaderLen:])
 	if !ok {

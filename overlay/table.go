@@ -5,15 +5,21 @@ import (
 	"slices"
 
 	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/weftnet/weft/encap/wireguard"
 )
 
 // Peer is a remote node as the router sees it: where to send, which inner
 // addresses it owns, and the inner Ethernet address its VTEP expects.
 type Peer struct {
-	Name     string
-	Underlay netip.AddrPort
-	PodCIDRs []netip.Prefix
-	VTEPMAC  [6]byte
+	Name      string
+	Underlay  netip.AddrPort // VXLAN endpoint
+	PodCIDRs  []netip.Prefix
+	VTEPMAC   [6]byte
+	Transport Transport
+	// WireGuard is where and how to reach the peer when Transport is
+	// TransportWireGuard.
+	WireGuard wireguard.Peer
 }
 
 // peerEntry is a Peer plus what the packet path needs precomputed.

@@ -1,0 +1,237 @@
+// Package wireguard is weft's encrypted transport: a wireguard-go device
+// (userspace, no kernel module) that speaks standard WireGuard on the
+// underlay and exchanges plaintext pod packets with weft's router.
+//
+// The device does not own a TUN. It sits behind a pipe: the router hands it
+// the outbound packets of WireGuard peers (Send), and the device writes
+// decrypted inbound packets straight to the node's real TUN device, in the
+// batches wireguard-go forms. WireGuard itself picks the peer by allowed IPs
+// (the peers' pod CIDRs) and drops inbound packets whose inner source is not
+// allowed for the peer that sent them.
+//
+// Peers are configured declaratively (SetPeers: the whole desired set, diffed
+// against what is applied) through the UAPI protocol, and the UAPI socket
+// /var/run/wireguard/<Name>.sock is served so that `wg show <Name>` works.
+package wireguard
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/ipc"
+	"golang.zx2c4.com/wireguard/tun"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// Overheads of WireGuard transport data messages: outer IP, UDP (8), the
+// message header (16) and the Poly1305 tag (16).
+const (
+	OverheadIPv4 = 20 + 8 + 16 + 16 // 60
+	OverheadIPv6 = 40 + 8 + 16 + 16 // 80
+	DefaultPort  = 51820
+)
+
+// Config describes the device.
+type Config struct {
+	// Name is the UAPI name (`wg show <Name>`). UAPI sockets live on the
+	// filesystem, not per network namespace, so it must be unique per host.
+	Name       string
+	PrivateKey wgtypes.Key
+	ListenPort uint16
+	// TUN is the node's real TUN device; decrypted packets are written to it.
+	TUN tun.Device
+	// MTU is the inner (pod) MTU; wireguard-go pads to it.
+	MTU    int
+	Logger *slog.Logger
+}
+
+// Peer is one WireGuard peer as the router wants it.
+type Peer struct {
+	PublicKey  wgtypes.Key
+	Endpoint   netip.AddrPort
+	AllowedIPs []netip.Prefix
+}
+
+// Device is a running wireguard-go device.
+type Device struct {
+	dev  *device.Device
+	pipe *pipe
+	uapi net.Listener
+	log  *slog.Logger
+	name string
+
+	mu      sync.Mutex // guards applied and key
+	applied map[wgtypes.Key]Peer
+	key     wgtypes.Key
+
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+}
+
+// New starts a device listening on cfg.ListenPort and serves its UAPI
+// socket.
+func New(cfg Config) (*Device, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("component", "wireguard", "device", cfg.Name)
+	p := newPipe(cfg.TUN, cfg.MTU)
+	wlog := &device.Logger{
+		Verbosef: func(f string, a ...any) { log.Debug(fmt.Sprintf(f, a...)) },
+		Errorf:   func(f string, a ...any) { log.Warn(fmt.Sprintf(f, a...)) },
+	}
+	d := &Device{
+		dev:     device.NewDevice(p, conn.NewStdNetBind(), wlog),
+		pipe:    p,
+		log:     log,
+		name:    cfg.Name,
+		applied: make(map[wgtypes.Key]Peer),
+		key:     cfg.PrivateKey,
+	}
+	set := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hexKey(cfg.PrivateKey), cfg.ListenPort)
+	if err := d.dev.IpcSet(set); err != nil {
+		d.dev.Close()
+		return nil, fmt.Errorf("configure wireguard device %s: %w", cfg.Name, err)
+	}
+	if err := d.dev.Up(); err != nil {
+		d.dev.Close()
+		return nil, fmt.Errorf("wireguard device %s up (udp port %d): %w", cfg.Name, cfg.ListenPort, err)
+	}
+	file, err := ipc.UAPIOpen(cfg.Name)
+	if err != nil {
+		d.dev.Close()
+		return nil, fmt.Errorf("open uapi socket for %s: %w", cfg.Name, err)
+	}
+	if d.uapi, err = ipc.UAPIListen(cfg.Name, file); err != nil {
+		d.dev.Close()
+		return nil, fmt.Errorf("listen on uapi socket for %s: %w", cfg.Name, err)
+	}
+	d.wg.Add(1)
+	go d.serveUAPI()
+	return d, nil
+}
+
+func (d *Device) serveUAPI() {
+	defer d.wg.Done()
+	for {
+		c, err := d.uapi.Accept()
+		if err != nil {
+			return
+		}
+		go d.dev.IpcHandle(c)
+	}
+}
+
+// PublicKey returns the device's public key.
+func (d *Device) PublicKey() wgtypes.Key {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.key.PublicKey()
+}
+
+// SetPrivateKey replaces the device key (rotation). Peers learn the new
+// public key by gossip.
+func (d *Device) SetPrivateKey(k wgtypes.Key) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.dev.IpcSet("private_key=" + hexKey(k) + "\n"); err != nil {
+		return fmt.Errorf("set private key: %w", err)
+	}
+	d.key = k
+	return nil
+}
+
+// SetPeers makes the device's peer set equal to peers: peers no longer
+// wanted are removed, new or changed ones are (re)configured, unchanged
+// ones are left alone so their sessions survive.
+func (d *Device) SetPeers(peers []Peer) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	want := make(map[wgtypes.Key]Peer, len(peers))
+	for _, p := range peers {
+		want[p.PublicKey] = p
+	}
+	var b strings.Builder
+	for k := range d.applied {
+		if _, ok := want[k]; !ok {
+			fmt.Fprintf(&b, "public_key=%s\nremove=true\n", hexKey(k))
+		}
+	}
+	for k, p := range want {
+		if old, ok := d.applied[k]; ok && old.Endpoint == p.Endpoint && slices.Equal(old.AllowedIPs, p.AllowedIPs) {
+			continue
+		}
+		fmt.Fprintf(&b, "public_key=%s\nendpoint=%s\nreplace_allowed_ips=true\n", hexKey(k), p.Endpoint)
+		for _, a := range p.AllowedIPs {
+			fmt.Fprintf(&b, "allowed_ip=%s\n", a.Masked())
+		}
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	if err := d.dev.IpcSet(b.String()); err != nil {
+		return fmt.Errorf("configure wireguard peers: %w", err)
+	}
+	d.applied = want
+	return nil
+}
+
+// Send hands outbound plaintext packets to the device; each element of
+// pkts is one whole IP packet. It returns once the device has copied them,
+// so the caller may reuse the buffers.
+func (d *Device) Send(pkts [][]byte) error { return d.pipe.send(pkts) }
+
+// Close stops the device and removes the UAPI socket. It is idempotent.
+func (d *Device) Close() error {
+	d.closeOnce.Do(func() {
+		d.uapi.Close()
+		d.pipe.close()
+		d.dev.Close()
+		d.wg.Wait()
+	})
+	return nil
+}
+
+func hexKey(k wgtypes.Key) string { return fmt.Sprintf("%x", k[:]) }
+
+// LoadOrCreateKey reads the private key at path, or generates one and
+// writes it with mode 0600 if the file does not exist. A key file that
+// others can read is refused: it would leak the node's identity.
+func LoadOrCreateKey(path string) (wgtypes.Key, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		k, err := wgtypes.GeneratePrivateKey()
+		if err != nil {
+			return wgtypes.Key{}, fmt.Errorf("generate wireguard key: %w", err)
+		}
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, []byte(k.String()+"\n"), 0o600); err != nil {
+			return wgtypes.Key{}, fmt.Errorf("write %s: %w", tmp, err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			return wgtypes.Key{}, fmt.Errorf("install %s: %w", path, err)
+		}
+		return k, nil
+	}
+	if err != nil {
+		return wgtypes.Key{}, fmt.Errorf("read wireguard key: %w", err)
+	}
+	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		return wgtypes.Key{}, fmt.Errorf("wireguard key %s has mode %o; want 0600", path, fi.Mode().Perm())
+	}
+	k, err := wgtypes.ParseKey(strings.TrimSpace(string(b)))
+	if err != nil {
+		return wgtypes.Key{}, fmt.Errorf("parse wireguard key %s: %w", path, err)
+	}
+	return k, nil
+}
