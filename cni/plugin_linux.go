@@ -73,6 +73,7 @@ func Add(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	crashPoint(CrashAfterAlloc)
 
 	res, err := wire(netns, args, node, podIP)
 	if err != nil {
@@ -104,9 +105,12 @@ func allocate(store *ipam.Store, node NodeState, owner ipam.Owner) (netip.Addr, 
 		lastErr = err
 	}
 	if lastErr == nil {
-		lastErr = fmt.Errorf("no pod CIDR of the gateway's family in %v", node.PodCIDRs)
+		return netip.Addr{}, types.NewError(types.ErrInvalidNetworkConfig, "weft-cni: no pod CIDR to allocate from",
+			fmt.Sprintf("no pod CIDR of the gateway's family in %v", node.PodCIDRs))
 	}
-	return netip.Addr{}, types.NewError(types.ErrInternal, "weft-cni: pod CIDR exhausted", lastErr.Error())
+	// Try again later (11): the condition clears as soon as a pod on the
+	// node is deleted, and the runtime retries sandbox creation anyway.
+	return netip.Addr{}, types.NewError(types.ErrTryAgainLater, "weft-cni: pod CIDR exhausted", lastErr.Error())
 }
 
 // wire creates and configures the veth pair and returns the CNI result. It
@@ -137,6 +141,7 @@ func wire(netns ns.NetNS, args *skel.CmdArgs, node NodeState, podIP netip.Addr) 
 		if err != nil {
 			return fmt.Errorf("create veth %s/%s: %w", args.IfName, hostName, err)
 		}
+		crashPoint(CrashAfterVeth)
 		return configurePod(args.IfName, pod, gw)
 	})
 	if err != nil {
@@ -145,6 +150,7 @@ func wire(netns ns.NetNS, args *skel.CmdArgs, node NodeState, podIP netip.Addr) 
 	if err := configureHost(hostName, pod); err != nil {
 		return nil, err
 	}
+	crashPoint(CrashAfterHost)
 
 	bits := podIP.BitLen()
 	return &types100.Result{
@@ -293,7 +299,7 @@ func Check(args *skel.CmdArgs) error {
 	if err := netns.Do(func(ns.NetNS) error { return checkPod(args.IfName, podIP, node) }); err != nil {
 		return types.NewError(types.ErrInternal, "weft-cni: pod check failed", err.Error())
 	}
-	if err := checkHost(HostVethName(args.ContainerID, args.IfName), podIP); err != nil {
+	if err := checkHost(HostVethName(args.ContainerID, args.IfName), podIP, node.MTU); err != nil {
 		return types.NewError(types.ErrInternal, "weft-cni: host check failed", err.Error())
 	}
 	return nil
@@ -341,6 +347,12 @@ func checkPod(ifName string, podIP netip.Addr, node NodeState) error {
 		return fmt.Errorf("routes of %s: %w", ifName, err)
 	}
 	gw := node.Gateway
+	gwHost := netip.PrefixFrom(gw, gw.BitLen())
+	if !slices.ContainsFunc(routes, func(r netlink.Route) bool {
+		return r.Dst != nil && ipNetPrefix(r.Dst) == gwHost && r.Scope == netlink.SCOPE_LINK
+	}) {
+		return fmt.Errorf("no on-link route to gateway %v on %s", gw, ifName)
+	}
 	if !slices.ContainsFunc(routes, func(r netlink.Route) bool {
 		g, _ := netip.AddrFromSlice(r.Gw)
 		return (r.Dst == nil || ipNetPrefix(r.Dst).Bits() == 0) && g.Unmap() == gw
@@ -350,13 +362,16 @@ func checkPod(ifName string, podIP netip.Addr, node NodeState) error {
 	return nil
 }
 
-func checkHost(hostName string, podIP netip.Addr) error {
+func checkHost(hostName string, podIP netip.Addr, mtu int) error {
 	link, err := netlinksafe.LinkByName(hostName)
 	if err != nil {
 		return fmt.Errorf("host link %s: %w", hostName, err)
 	}
 	if link.Attrs().Flags&net.FlagUp == 0 {
 		return fmt.Errorf("host link %s is down", hostName)
+	}
+	if link.Attrs().MTU != mtu {
+		return fmt.Errorf("host link %s mtu %d, want %d", hostName, link.Attrs().MTU, mtu)
 	}
 	v, err := sysctl.Sysctl("net/ipv4/conf/" + hostName + "/proxy_arp")
 	if err != nil {

@@ -26,6 +26,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/utils/sysctl"
 	"github.com/vishvananda/netlink"
 
+	"github.com/weftnet/weft/cni/cnitest"
 	"github.com/weftnet/weft/ipam"
 )
 
@@ -33,6 +34,7 @@ import (
 type lab struct {
 	t        *testing.T
 	suffix   string
+	bin      string // holds weft-cni
 	nodeNS   string // name under /run/netns
 	runDir   string
 	dataDir  string
@@ -40,48 +42,17 @@ type lab struct {
 	confList *libcni.NetworkConfigList
 }
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs iproute2")
-	}
-}
-
-// buildPlugin compiles cmd/weft-cni once per test into a temp bin dir.
-func buildPlugin(t *testing.T) string {
-	t.Helper()
-	bin := t.TempDir()
-	cmd := exec.Command("go", "build", "-o", filepath.Join(bin, "weft-cni"), "github.com/weftnet/weft/cmd/weft-cni")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build weft-cni: %v\n%s", err, out)
-	}
-	return bin
-}
+func requireRoot(t *testing.T) { t.Helper(); cnitest.RequireRoot(t) }
 
 func run(t *testing.T, name string, args ...string) string {
 	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
+	return cnitest.Run(t, name, args...)
 }
 
 // addNetns creates /run/netns/wcni-<suffix>-<role> and removes it at cleanup.
 func addNetns(t *testing.T, suffix, role string) string {
 	t.Helper()
-	name := "wcni-" + suffix + "-" + role
-	run(t, "ip", "netns", "add", name)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v %s", name, err, out)
-		}
-	})
-	run(t, "ip", "-n", name, "link", "set", "lo", "up")
-	return name
+	return cnitest.AddNetns(t, "wcni-"+suffix+"-"+role)
 }
 
 func nsPath(name string) string { return "/run/netns/" + name }
@@ -91,12 +62,12 @@ func newLab(t *testing.T, cniVersion string) *lab {
 	b := make([]byte, 3)
 	rand.Read(b)
 	l := &lab{t: t, suffix: hex.EncodeToString(b)}
-	bin := buildPlugin(t)
+	l.bin = cnitest.BuildWeft(t)
 	l.nodeNS = addNetns(t, l.suffix, "node")
 	dir := t.TempDir()
 	l.runDir = filepath.Join(dir, "run")
 	l.dataDir = filepath.Join(dir, "ipam")
-	l.cni = libcni.NewCNIConfigWithCacheDir([]string{bin}, filepath.Join(dir, "cache"), nil)
+	l.cni = libcni.NewCNIConfigWithCacheDir([]string{l.bin}, filepath.Join(dir, "cache"), nil)
 	conf := fmt.Sprintf(`{"cniVersion":%q,"name":"weft","plugins":[{"type":"weft-cni","runDir":%q,"dataDir":%q,"unknownKnob":true}]}`,
 		cniVersion, l.runDir, l.dataDir)
 	var err error
@@ -462,4 +433,8 @@ func TestPluginOldVersionAndGoneNetns(t *testing.T) {
 	if links := l.weftLinks(); len(links) != 0 {
 		t.Fatalf("links left: %v", links)
 	}
+}
+
+func withNS(name string, fn func() error) error {
+	return ns.WithNetNSPath(nsPath(name), func(ns.NetNS) error { return fn() })
 }

@@ -211,6 +211,73 @@ func (s *Store) Release(owner Owner) error {
 	})
 }
 
+// Prune releases every allocation whose owner keep rejects and returns what
+// it released. It is the allocator half of CNI GC: the runtime names the
+// attachments that are still valid, and everything else (a pod whose DEL
+// never came, an ADD killed after its address was persisted) goes. Files in
+// the older host-local format (no interface name) match no attachment and
+// are pruned too. It works through every allocation even when one removal
+// fails, and reports the failures together.
+func (s *Store) Prune(keep func(Owner) bool) (map[netip.Addr]Owner, error) {
+	released := make(map[netip.Addr]Owner)
+	err := s.locked(func() error {
+		held, err := s.scan()
+		if err != nil {
+			return err
+		}
+		var errs []error
+		for a, o := range held {
+			if keep(o) {
+				continue
+			}
+			if err := os.Remove(filepath.Join(s.dir, a.String())); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("ipam: prune %v: %w", a, err))
+				continue
+			}
+			released[a] = o
+		}
+		if len(released) > 0 {
+			if err := syncDir(s.dir); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		return errors.Join(errs...)
+	})
+	return released, err
+}
+
+// Free counts the addresses of cidr that Allocate could still hand out,
+// given reserved, capped at limit (an IPv6 /64 has more than anyone needs
+// counted). STATUS uses it to report an exhausted node as not ready.
+func (s *Store) Free(cidr netip.Prefix, reserved []netip.Addr, limit int) (int, error) {
+	if !cidr.IsValid() {
+		return 0, fmt.Errorf("ipam: invalid prefix %v", cidr)
+	}
+	cidr = cidr.Masked()
+	var free int
+	err := s.locked(func() error {
+		held, err := s.scan()
+		if err != nil {
+			return err
+		}
+		r := newRange(cidr)
+		// Walk at most len(held)+len(reserved)+limit addresses: by then
+		// either limit free ones turned up or the range wrapped.
+		a := r.first
+		for steps := len(held) + len(reserved) + limit; steps >= 0 && free < limit; steps-- {
+			if _, taken := held[a]; !taken && !isReserved(a, reserved) {
+				free++
+			}
+			if a == r.last {
+				break
+			}
+			a = a.Next()
+		}
+		return nil
+	})
+	return free, err
+}
+
 // Lookup returns an address held by owner (the lowest, if it holds several).
 func (s *Store) Lookup(owner Owner) (netip.Addr, bool, error) {
 	if err := owner.validate(); err != nil {

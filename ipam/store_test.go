@@ -363,3 +363,73 @@ func TestConcurrentProcesses(t *testing.T) {
 		t.Fatalf("%d allocation files, want %d", len(held), procs*each)
 	}
 }
+
+func TestPrune(t *testing.T) {
+	s := openT(t, t.TempDir())
+	cidr := netip.MustParsePrefix("10.244.7.0/24")
+	addrs := map[int]netip.Addr{}
+	for i := range 5 {
+		a, err := s.Allocate(cidr, nil, owner(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs[i] = a
+	}
+	// An allocation in the old host-local format matches no attachment.
+	if err := os.WriteFile(filepath.Join(s.Dir(), "10.244.7.200"), []byte("legacy"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	keep := map[Owner]bool{owner(1): true, owner(3): true}
+	released, err := s.Prune(func(o Owner) bool { return keep[o] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[netip.Addr]Owner{
+		addrs[0]: owner(0), addrs[2]: owner(2), addrs[4]: owner(4),
+		netip.MustParseAddr("10.244.7.200"): {ContainerID: "legacy"},
+	}
+	if fmt.Sprint(released) != fmt.Sprint(want) {
+		t.Fatalf("released %v, want %v", released, want)
+	}
+	held, err := s.Allocations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(held) != 2 || held[addrs[1]] != owner(1) || held[addrs[3]] != owner(3) {
+		t.Fatalf("left %v", held)
+	}
+	// Pruning again releases nothing.
+	if released, err := s.Prune(func(o Owner) bool { return keep[o] }); err != nil || len(released) != 0 {
+		t.Fatalf("second prune: %v %v", released, err)
+	}
+}
+
+func TestFree(t *testing.T) {
+	s := openT(t, t.TempDir())
+	cidr := netip.MustParsePrefix("10.244.7.0/29")
+	gw := []netip.Addr{netip.MustParseAddr("10.244.7.1")}
+	free := func() int {
+		t.Helper()
+		n, err := s.Free(cidr, gw, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := free(); n != 5 {
+		t.Fatalf("free on empty /29 = %d, want 5", n)
+	}
+	for i := range 5 {
+		if _, err := s.Allocate(cidr, gw, owner(i)); err != nil {
+			t.Fatal(err)
+		}
+		if n := free(); n != 4-i {
+			t.Fatalf("free after %d allocations = %d, want %d", i+1, n, 4-i)
+		}
+	}
+	// The cap bounds the walk over a huge range.
+	n, err := s.Free(netip.MustParsePrefix("fd00:10:244::/64"), nil, 3)
+	if err != nil || n != 3 {
+		t.Fatalf("free on /64 capped at 3 = %d %v", n, err)
+	}
+}

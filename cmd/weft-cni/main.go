@@ -23,8 +23,10 @@ func init() {
 
 func main() {
 	skel.PluginMainFuncs(skel.CNIFuncs{
-		Add:   cni.Add,
-		Del:   cni.Del,
-		Check: cni.Check,
+		Add:    cni.Add,
+		Del:    cni.Del,
+		Check:  cni.Check,
+		GC:     cni.GC,
+		Status: cni.Status,
 	}, version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"), "weft-cni "+buildVersion)
 }

@@ -44,7 +44,7 @@ func labFlags(fs *flag.FlagSet, cfg *lab.Config, ext *stringList, weftdArgs *[]s
 	fs.StringVar(&cfg.Prefix, "prefix", cfg.Prefix, "namespace name prefix")
 	fs.StringVar(&cfg.Dir, "dir", cfg.Dir, "lab directory (lab.json, per-node state and logs)")
 	fs.StringVar(&cfg.BinDir, "bin-dir", cfg.BinDir, "directory holding weftd and weft-cni")
-	fs.StringVar(&cfg.Transport, "transport", cfg.Transport, "weft transport (vxlan)")
+	fs.StringVar(&cfg.Transport, "transport", cfg.Transport, "transport policy: vxlan, wireguard or wireguard-across-sites")
 	fs.Var(ext, "external", "nodes that get a namespace but no weftd and no pods (repeatable or comma-separated, e.g. n3)")
 	fs.Func("weftd-arg", "extra flag for every weftd (repeatable)", func(v string) error {
 		*weftdArgs = append(*weftdArgs, v)

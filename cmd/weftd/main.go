@@ -23,6 +23,7 @@ import (
 
 	"github.com/weftnet/weft/cni"
 	"github.com/weftnet/weft/encap/vxlan"
+	"github.com/weftnet/weft/encap/wireguard"
 	"github.com/weftnet/weft/overlay"
 	"github.com/weftnet/weft/overlay/control"
 	"github.com/weftnet/weft/peer"
@@ -46,6 +47,12 @@ type config struct {
 	VTEPMAC      [6]byte // zero: derived from the gateway address
 	StaticPeers  []overlay.Peer
 	LogLevel     slog.Level
+
+	Policy    overlay.Policy
+	WireGuard bool   // this node runs a WireGuard device (capability)
+	WGPort    int    // WireGuard UDP port
+	WGName    string // UAPI name: `wg show <WGName>`
+	WGKeyFile string // private key, mode 0600, created on first start
 }
 
 // staticPeers collects repeated --static-peer flags.
@@ -70,6 +77,8 @@ func parseFlags(args []string) (config, error) {
 		vni                                        uint
 		statics                                    staticPeers
 		level                                      string
+		policy                                     string
+		noWireGuard                                bool
 	)
 	fs.StringVar(&c.Name, "name", host, "node name, unique in the cluster")
 	fs.StringVar(&underlay, "underlay-addr", "", "underlay address to gossip and carry traffic on (default: the first global IPv4 address)")
@@ -87,6 +96,11 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&mac, "vtep-mac", "", "VTEP MAC address (default: 0a:58 followed by the gateway IPv4 address)")
 	fs.Var(&statics, "static-peer", "a peer that does not gossip, e.g. a kernel vxlan node: name=N,addr=IP[:PORT],cidr=CIDR,mac=MAC (repeatable)")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&policy, "transport-policy", string(overlay.PolicyVXLAN), "cluster-wide transport: vxlan, wireguard, or wireguard-across-sites (VXLAN inside a site, WireGuard between sites)")
+	fs.BoolVar(&noWireGuard, "no-wireguard", false, "run no WireGuard device even if the policy asks for one (peers then reach this node over VXLAN)")
+	fs.IntVar(&c.WGPort, "wg-port", wireguard.DefaultPort, "WireGuard UDP port")
+	fs.StringVar(&c.WGName, "wg-name", "weft-wg", "WireGuard UAPI name, for `wg show` (unique per host: the socket is /var/run/wireguard/<name>.sock)")
+	fs.StringVar(&c.WGKeyFile, "wg-key-file", "", "WireGuard private key file (default <state-dir>/wireguard.key; created with mode 0600)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -148,6 +162,19 @@ func parseFlags(args []string) (config, error) {
 		c.VTEPMAC = macFromAddr(gatewayOf(c.PodCIDR))
 	}
 	c.StaticPeers = statics
+	if c.Policy, err = overlay.ParsePolicy(policy); err != nil {
+		return c, fmt.Errorf("--transport-policy: %w", err)
+	}
+	c.WireGuard = c.Policy != overlay.PolicyVXLAN && !noWireGuard
+	if c.WGPort < 1 || c.WGPort > 65535 || c.WGPort == c.VXLANPort {
+		return c, fmt.Errorf("--wg-port %d: out of range or equal to --vxlan-port", c.WGPort)
+	}
+	if c.WGName == "" || len(c.WGName) > 15 || strings.ContainsAny(c.WGName, "/ ") {
+		return c, fmt.Errorf("--wg-name %q: want 1..15 characters without '/' or spaces", c.WGName)
+	}
+	if c.WGKeyFile == "" {
+		c.WGKeyFile = filepath.Join(c.StateDir, "wireguard.key")
+	}
 	return c, nil
 }
 
@@ -264,7 +291,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 			return fmt.Errorf("create %s: %w", dir, err)
 		}
 	}
-	mtu := c.UnderlayMTU - vxlan.OverheadIPv4
+	mtu := c.Policy.PodMTU(c.UnderlayMTU, c.WireGuard)
 	gw := gatewayOf(c.PodCIDR)
 
 	dev, err := tun.CreateTUN(c.TUN, mtu)
@@ -275,7 +302,25 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		dev.Close()
 		return err
 	}
-	router := overlay.New(overlay.Config{VNI: c.VNI, LocalMAC: c.VTEPMAC, Logger: log}, dev, conn.NewStdNetBind())
+	var wg *wireguard.Device
+	if c.WireGuard {
+		key, err := wireguard.LoadOrCreateKey(c.WGKeyFile)
+		if err != nil {
+			dev.Close()
+			return err
+		}
+		wg, err = wireguard.New(wireguard.Config{Name: c.WGName, PrivateKey: key, ListenPort: uint16(c.WGPort), TUN: dev, MTU: mtu, Logger: log})
+		if err != nil {
+			dev.Close()
+			return err
+		}
+		defer wg.Close()
+	}
+	rcfg := overlay.Config{VNI: c.VNI, LocalMAC: c.VTEPMAC, Logger: log}
+	if wg != nil {
+		rcfg.WireGuard = wg
+	}
+	router := overlay.New(rcfg, dev, conn.NewStdNetBind())
 	if err := router.Start(uint16(c.VXLANPort)); err != nil {
 		dev.Close()
 		return err
@@ -293,6 +338,11 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		Site:       c.Site,
 		Caps:       peer.CapVXLAN,
 		Generation: uint64(time.Now().UnixNano()),
+	}
+	if wg != nil {
+		self.Caps |= peer.CapWireGuard
+		self.WGPublicKey = wg.PublicKey()
+		self.WGPort = uint16(c.WGPort)
 	}
 	mcfg := peer.DefaultConfig()
 	mcfg.Name = c.Name
@@ -317,16 +367,27 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	sock := filepath.Join(c.RunDir, "weftd.sock")
 	served := make(chan error, 1)
 	go func() {
-		served <- control.Serve(ctx, sock, func() control.Status { return status(c, mtu, members, router) })
+		served <- control.Serve(ctx, sock, control.API{
+			Status: func() control.Status { return status(c, mtu, members, router) },
+			Actions: map[string]func(map[string]string) (any, error){
+				"wireguard/rotate-key": func(map[string]string) (any, error) { return rotateKey(c, wg, members) },
+			},
+		})
 	}()
 	log.Info("weftd running", "name", c.Name, "underlay", self.Underlay, "podCIDR", c.PodCIDR, "tun", c.TUN, "mtu", mtu, "vni", c.VNI, "socket", sock)
 
+	chooser := newTransportChooser(c.Policy, log)
 	for {
 		select {
 		case snap := <-members.Updates():
 			peers := append([]overlay.Peer(nil), c.StaticPeers...)
 			for _, p := range snap {
-				peers = append(peers, overlayPeer(p.Record))
+				op, err := chooser.peer(members.Self(), p.Record)
+				if err != nil {
+					log.Warn("peer unreachable: no common transport", "peer", p.Record.Name, "err", err)
+					continue
+				}
+				peers = append(peers, op)
 			}
 			if err := router.SetPeers(peers); err != nil {
 				log.Warn("some peers skipped", "err", err)
@@ -346,10 +407,6 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	}
 }
 
-func overlayPeer(r peer.Record) overlay.Peer {
-	return overlay.Peer{Name: r.Name, Underlay: r.Underlay, PodCIDRs: r.PodCIDRs, VTEPMAC: r.VTEPMAC}
-}
-
 func macString(m [6]byte) string { return net.HardwareAddr(m[:]).String() }
 
 func prefixStrings(ps []netip.Prefix) []string {
@@ -367,18 +424,26 @@ func status(c config, mtu int, members *peer.Membership, router *overlay.Router)
 		Self: control.Node{
 			Name: self.Name, Site: self.Site, UnderlayAddr: self.Underlay.String(),
 			PodCIDRs: prefixStrings(self.PodCIDRs), VTEPMAC: macString(self.VTEPMAC),
-			Transport: "vxlan", State: "alive", MTU: mtu,
+			Transport: string(c.Policy), State: "alive", MTU: mtu,
 		},
 		Counters: router.Stats().Snapshot(),
 	}
 	for k, v := range members.Counters() {
 		st.Counters[k] = v
 	}
+	inUse := make(map[string]overlay.Transport)
+	for _, p := range router.Peers() {
+		inUse[p.Name] = p.Transport
+	}
 	for _, p := range members.Peers() {
+		transport := "-" // not routed: gone, or no common transport
+		if t, ok := inUse[p.Record.Name]; ok {
+			transport = t.String()
+		}
 		st.Peers = append(st.Peers, control.Node{
 			Name: p.Record.Name, Site: p.Record.Site, UnderlayAddr: p.Record.Underlay.String(),
 			PodCIDRs: prefixStrings(p.Record.PodCIDRs), VTEPMAC: macString(p.Record.VTEPMAC),
-			Transport: "vxlan", State: p.State, LastSeen: p.LastSeen,
+			Transport: transport, State: p.State, LastSeen: p.LastSeen,
 		})
 	}
 	for _, p := range c.StaticPeers {

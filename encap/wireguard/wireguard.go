@@ -210,18 +210,7 @@ func hexKey(k wgtypes.Key) string { return fmt.Sprintf("%x", k[:]) }
 func LoadOrCreateKey(path string) (wgtypes.Key, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		k, err := wgtypes.GeneratePrivateKey()
-		if err != nil {
-			return wgtypes.Key{}, fmt.Errorf("generate wireguard key: %w", err)
-		}
-		tmp := path + ".tmp"
-		if err := os.WriteFile(tmp, []byte(k.String()+"\n"), 0o600); err != nil {
-			return wgtypes.Key{}, fmt.Errorf("write %s: %w", tmp, err)
-		}
-		if err := os.Rename(tmp, path); err != nil {
-			return wgtypes.Key{}, fmt.Errorf("install %s: %w", path, err)
-		}
-		return k, nil
+		return NewKeyFile(path)
 	}
 	if err != nil {
 		return wgtypes.Key{}, fmt.Errorf("read wireguard key: %w", err)
@@ -232,6 +221,23 @@ func LoadOrCreateKey(path string) (wgtypes.Key, error) {
 	k, err := wgtypes.ParseKey(strings.TrimSpace(string(b)))
 	if err != nil {
 		return wgtypes.Key{}, fmt.Errorf("parse wireguard key %s: %w", path, err)
+	}
+	return k, nil
+}
+
+// NewKeyFile generates a private key and atomically replaces the key file
+// at path with it (mode 0600).
+func NewKeyFile(path string) (wgtypes.Key, error) {
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		return wgtypes.Key{}, fmt.Errorf("generate wireguard key: %w", err)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(k.String()+"\n"), 0o600); err != nil {
+		return wgtypes.Key{}, fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return wgtypes.Key{}, fmt.Errorf("install %s: %w", path, err)
 	}
 	return k, nil
 }

@@ -3,13 +3,16 @@
 package control
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -33,9 +36,17 @@ type Node struct {
 	MTU          int       `json:"mtu,omitempty"` // self only
 }
 
-// Serve answers status requests on a unix socket at path until ctx ends. A
-// stale socket file from a crashed daemon is replaced.
-func Serve(ctx context.Context, path string, status func() Status) error {
+// API is what the daemon answers: GET /v1/status, and POST /v1/<action>
+// for each entry of Actions, with a JSON object of string arguments in and
+// the action's result as JSON out.
+type API struct {
+	Status  func() Status
+	Actions map[string]func(args map[string]string) (any, error)
+}
+
+// Serve answers requests on a unix socket at path until ctx ends. A stale
+// socket file from a crashed daemon is replaced.
+func Serve(ctx context.Context, path string, api API) error {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove stale socket %s: %w", path, err)
 	}
@@ -50,8 +61,24 @@ func Serve(ctx context.Context, path string, status func() Status) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(status())
+		json.NewEncoder(w).Encode(api.Status())
 	})
+	for name, action := range api.Actions {
+		mux.HandleFunc("POST /v1/"+name, func(w http.ResponseWriter, r *http.Request) {
+			var args map[string]string
+			if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&args); err != nil && !errors.Is(err, io.EOF) {
+				http.Error(w, "bad arguments: "+err.Error(), http.StatusBadRequest)
+				return
+			}
+			res, err := action(args)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusUnprocessableEntity)
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			json.NewEncoder(w).Encode(res)
+		})
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
@@ -67,6 +94,18 @@ func Serve(ctx context.Context, path string, status func() Status) error {
 
 // Get asks the daemon behind the socket at path for its status.
 func Get(ctx context.Context, path string) (Status, error) {
+	var st Status
+	err := call(ctx, path, http.MethodGet, "status", nil, &st)
+	return st, err
+}
+
+// Do runs action name with args on the daemon behind the socket at path
+// and decodes its result into out (which may be nil).
+func Do(ctx context.Context, path, name string, args map[string]string, out any) error {
+	return call(ctx, path, http.MethodPost, name, args, out)
+}
+
+func call(ctx context.Context, path, method, name string, args map[string]string, out any) error {
 	client := &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -74,21 +113,32 @@ func Get(ctx context.Context, path string) (Status, error) {
 		},
 	}}
 	defer client.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://weftd/v1/status", nil)
+	var body io.Reader
+	if args != nil {
+		b, err := json.Marshal(args)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://weftd/v1/"+name, body)
 	if err != nil {
-		return Status{}, err
+		return err
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return Status{}, fmt.Errorf("ask weftd at %s: %w", path, err)
+		return fmt.Errorf("ask weftd at %s: %w", path, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return Status{}, fmt.Errorf("weftd at %s: %s", path, resp.Status)
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("weftd at %s: %s: %s", path, name, strings.TrimSpace(string(msg)))
 	}
-	var st Status
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return Status{}, fmt.Errorf("decode status from %s: %w", path, err)
+	if out == nil {
+		return nil
 	}
-	return st, nil
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("decode %s answer from %s: %w", name, path, err)
+	}
+	return nil
 }

@@ -30,6 +30,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+
+	"github.com/weftnet/weft/overlay"
 )
 
 // Version is the lab.json schema version written by this package.
@@ -67,7 +69,8 @@ type Config struct {
 	Sites int
 	// PodsPerNode is how many pods Up makes on each non-external node.
 	PodsPerNode int
-	// Transport is recorded in lab.json; only "vxlan" exists today.
+	// Transport is the weft transport policy every weftd runs with
+	// (vxlan, wireguard, wireguard-across-sites); recorded in lab.json.
 	Transport string
 	// External names nodes (e.g. "n2") that get a namespace and an
 	// underlay address but no weftd and no pods: interop peers for tests
@@ -106,7 +109,8 @@ func DefaultConfig() Config {
 //	version      schema version (1)
 //	prefix       namespace prefix; every namespace of the lab is <prefix>-*
 //	dir          the lab directory that holds lab.json
-//	transport    the weft transport in use ("vxlan")
+//	transport    the transport policy of every weftd ("vxlan", "wireguard",
+//	             "wireguard-across-sites")
 //	clusterCIDR  pod range of the whole cluster ("10.244.0.0/16")
 //	router       the router namespace:
 //	  netns        its name (<prefix>-rtr)
@@ -191,6 +195,7 @@ type Node struct {
 	CNIBinDir     string `json:"cniBinDir"`
 	IPAMDir       string `json:"ipamDir"`
 	External      bool   `json:"external"`
+	WGName        string `json:"wgName,omitempty"`
 }
 
 // Pod is one pod namespace wired by weft-cni. See Lab for each field.
@@ -352,8 +357,8 @@ func (cfg *Config) validate() error {
 	if cfg.PodsPerNode < 0 || cfg.PodsPerNode > 200 {
 		errs = append(errs, fmt.Errorf("pods per node %d: want 0..200", cfg.PodsPerNode))
 	}
-	if cfg.Transport != "vxlan" {
-		errs = append(errs, fmt.Errorf("transport %q: only vxlan is supported", cfg.Transport))
+	if _, err := overlay.ParsePolicy(cfg.Transport); err != nil {
+		errs = append(errs, err)
 	}
 	if err := checkPrefix(cfg.Prefix); err != nil {
 		errs = append(errs, err)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"net/netip"
 	"os"
@@ -175,10 +176,23 @@ func plan(cfg Config) *Lab {
 			n.CNIConfDir = filepath.Join(d, "net.d")
 			n.CNIBinDir = cfg.BinDir
 			n.IPAMDir = filepath.Join(d, "ipam")
+			n.WGName = wgName(cfg.Prefix, n.Name)
 		}
 		l.Nodes = append(l.Nodes, n)
 	}
 	return l
+}
+
+// wgName is the node's WireGuard UAPI name (`wg show <name>`). UAPI
+// sockets share /var/run/wireguard across namespaces, so the name carries
+// the lab prefix; names are at most 15 bytes.
+func wgName(prefix, node string) string {
+	if n := prefix + "-" + node; len(n) <= 15 {
+		return n
+	}
+	h := fnv.New32a()
+	h.Write([]byte(prefix))
+	return fmt.Sprintf("w%06x-%s", h.Sum32()&0xffffff, node)
 }
 
 // netnsNames lists the lab's namespaces, pods first, router last: the
@@ -317,6 +331,8 @@ func (l *Lab) startWeftd(n *Node, seed string, extra []string) error {
 		"--run-dir", n.RunDir,
 		"--state-dir", n.StateDir,
 		"--site", n.Site,
+		"--transport-policy", l.Transport,
+		"--wg-name", n.WGName,
 	}
 	args = append(args, extra...)
 	logf, err := os.OpenFile(n.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)

@@ -1,0 +1,109 @@
+// Package cnitest holds what weft's CNI netns tests and benchmarks share:
+// building the plugin under test, installing the reference CNI plugins of
+// the version weft depends on, and throwaway network namespaces that are
+// removed when the test ends, pass or fail.
+package cnitest
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// ReferenceVersion is the containernetworking/plugins release the reference
+// plugins (portmap, bandwidth, bridge, host-local) are built from: the one in
+// weft's go.mod, which speaks CNI 1.1.0.
+const ReferenceVersion = "v1.9.1"
+
+// RequireRoot skips tb unless it runs as root, outside -short, with
+// iproute2 installed: the netns tier of the Makefile.
+func RequireRoot(tb testing.TB) {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skip("netns test: skipped in -short mode")
+	}
+	if os.Geteuid() != 0 {
+		tb.Skip("needs root for network namespaces")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		tb.Skip("needs iproute2")
+	}
+}
+
+// BuildWeft returns a directory holding a weft-cni binary: $WEFT_BIN_DIR if
+// it has one (the Makefile builds it first), else a fresh build in a
+// temporary directory.
+func BuildWeft(tb testing.TB) string {
+	tb.Helper()
+	if d := os.Getenv("WEFT_BIN_DIR"); d != "" {
+		if _, err := os.Stat(filepath.Join(d, "weft-cni")); err == nil {
+			return d
+		}
+	}
+	bin := tb.TempDir()
+	cmd := exec.Command("go", "build", "-o", filepath.Join(bin, "weft-cni"), "github.com/weftnet/weft/cmd/weft-cni")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		tb.Fatalf("build weft-cni: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// InstallReference builds reference plugins at ReferenceVersion into dir
+// through the Go module proxy, e.g. InstallReference(tb, dir, "meta/portmap",
+// "main/bridge"). The Go build cache makes repeated calls cheap.
+func InstallReference(tb testing.TB, dir string, plugins ...string) {
+	tb.Helper()
+	args := []string{"install"}
+	for _, p := range plugins {
+		args = append(args, "github.com/containernetworking/plugins/plugins/"+p+"@"+ReferenceVersion)
+	}
+	cmd := exec.Command("go", args...)
+	// Outside weft's module, so that only the plugins' own go.mod counts.
+	cmd.Dir = tb.TempDir()
+	cmd.Env = append(os.Environ(), "GOBIN="+dir, "GOFLAGS=", "GOWORK=off")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		tb.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// NSPath is where iproute2 keeps a named network namespace.
+func NSPath(name string) string { return "/run/netns/" + name }
+
+// AddNetns creates the named netns with lo up and deletes it at cleanup,
+// after killing any process still inside it (a namespace outlives
+// `ip netns del` while a process holds it).
+func AddNetns(tb testing.TB, name string) string {
+	tb.Helper()
+	Run(tb, "ip", "netns", "add", name)
+	tb.Cleanup(func() { DelNetns(tb, name) })
+	Run(tb, "ip", "-n", name, "link", "set", "lo", "up")
+	return name
+}
+
+// DelNetns removes the named netns if it still exists.
+func DelNetns(tb testing.TB, name string) {
+	tb.Helper()
+	if _, err := os.Stat(NSPath(name)); err != nil {
+		return
+	}
+	if out, err := exec.Command("ip", "netns", "pids", name).Output(); err == nil {
+		for _, pid := range strings.Fields(string(out)) {
+			exec.Command("kill", "-9", pid).Run()
+		}
+	}
+	if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+		tb.Errorf("ip netns del %s: %v %s", name, err, out)
+	}
+}
+
+// Run runs a command and fails tb if it fails; it returns combined output.
+func Run(tb testing.TB, name string, args ...string) string {
+	tb.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		tb.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
