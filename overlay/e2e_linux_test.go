@@ -85,7 +85,9 @@ func startLab(t *testing.T, cfg lab.Config) *lab.Lab {
 	if cfg.Sites == 0 {
 		cfg.Sites = 2
 	}
-	cfg.Transport = "vxlan"
+	if cfg.Transport == "" {
+		cfg.Transport = "vxlan"
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	l, err := lab.Up(ctx, cfg)
@@ -183,6 +185,57 @@ func TestNetnsPodToPodAcrossSites(t *testing.T) {
 	}
 }
 
+// capture runs tcpdump on iface inside netns while fn runs and returns the
+// pcap file.
+func capture(t *testing.T, netns, iface, filter string, fn func()) string {
+	t.Helper()
+	if _, err := exec.LookPath("tcpdump"); err != nil {
+		t.Fatal("tcpdump not installed (.ci/run installs it)")
+	}
+	pcap := filepath.Join(t.TempDir(), "capture.pcap")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dump := exec.CommandContext(ctx, "ip", "netns", "exec", netns,
+		"tcpdump", "-i", iface, "--immediate-mode", "-U", "-n", "-s", "0", "-w", pcap, filter)
+	stderr, err := dump.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dump.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// tcpdump says "listening on" once its capture is open; keep the rest
+	// of what it says for the failure report.
+	listening := make(chan struct{})
+	started := listening
+	var dumpLog strings.Builder
+	logDone := make(chan struct{})
+	go func() {
+		defer close(logDone)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			if listening != nil && strings.Contains(sc.Text(), "listening on") {
+				close(listening)
+				listening = nil
+			}
+			dumpLog.WriteString(sc.Text() + "\n")
+		}
+	}()
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		dump.Process.Kill()
+		t.Fatal("tcpdump did not start listening")
+	}
+	fn()
+	time.Sleep(300 * time.Millisecond)
+	dump.Process.Signal(os.Interrupt)
+	<-logDone
+	dump.Wait()
+	t.Logf("tcpdump on %s/%s: %s", netns, iface, strings.TrimSpace(dumpLog.String()))
+	return pcap
+}
+
 // pcapPackets reads a classic pcap file of Ethernet frames.
 func pcapPackets(t *testing.T, path string) [][]byte {
 	t.Helper()
@@ -231,48 +284,12 @@ func TestNetnsWireFormat(t *testing.T) {
 	p1, p2 := l.PodsOn("n1")[0], l.PodsOn("n2")[0]
 	mac1, mac2 := status(t, n1).Self.VTEPMAC, status(t, n2).Self.VTEPMAC
 
-	pcap := filepath.Join(t.TempDir(), "underlay.pcap")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	dump := exec.CommandContext(ctx, "ip", "netns", "exec", l.Router.Netns,
-		"tcpdump", "-i", "br-"+n1.Site, "--immediate-mode", "-U", "-n", "-s", "0", "-w", pcap, "udp port 4789")
-	stderr, err := dump.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := dump.Start(); err != nil {
-		t.Fatal(err)
-	}
-	// tcpdump says "listening on" once its capture is open; keep the rest
-	// of what it says for the failure report.
-	listening := make(chan struct{})
-	started := listening
-	var dumpLog strings.Builder
-	logDone := make(chan struct{})
-	go func() {
-		defer close(logDone)
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			if listening != nil && strings.Contains(sc.Text(), "listening on") {
-				close(listening)
-				listening = nil
-			}
-			dumpLog.WriteString(sc.Text() + "\n")
-		}
-	}()
-	select {
-	case <-started:
-	case <-time.After(10 * time.Second):
-		t.Fatal("tcpdump did not start listening")
-	}
 	const marker = "c0ffee5eed"
-	if out, err := l.Exec(context.Background(), p1.Netns, "ping", "-c", "2", "-i", "0.2", "-W", "2", "-p", marker, p2.Address); err != nil {
-		t.Fatalf("ping: %v\n%s", err, out)
-	}
-	time.Sleep(300 * time.Millisecond)
-	dump.Process.Signal(os.Interrupt)
-	<-logDone
-	dump.Wait()
+	pcap := capture(t, l.Router.Netns, "br-"+n1.Site, "udp port 4789", func() {
+		if out, err := l.Exec(context.Background(), p1.Netns, "ping", "-c", "2", "-i", "0.2", "-W", "2", "-p", marker, p2.Address); err != nil {
+			t.Fatalf("ping: %v\n%s", err, out)
+		}
+	})
 
 	u1, u2 := netip.MustParseAddr(n1.UnderlayAddr).As4(), netip.MustParseAddr(n2.UnderlayAddr).As4()
 	a1, a2 := netip.MustParseAddr(p1.Address).As4(), netip.MustParseAddr(p2.Address).As4()
@@ -310,7 +327,7 @@ func TestNetnsWireFormat(t *testing.T) {
 		}
 	}
 	if want < 2 {
-		t.Fatalf("found %d VXLAN frames carrying the pod's marked echo requests, want 2; tcpdump: %s", want, dumpLog.String())
+		t.Fatalf("found %d VXLAN frames carrying the pod's marked echo requests, want 2", want)
 	}
 	// tcpdump's own decoder agrees.
 	out, err := exec.Command("tcpdump", "-nn", "-r", pcap).CombinedOutput()

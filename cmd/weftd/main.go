@@ -14,12 +14,14 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/weftnet/weft/cni"
 	"github.com/weftnet/weft/encap/vxlan"
@@ -53,6 +55,8 @@ type config struct {
 	WGPort    int    // WireGuard UDP port
 	WGName    string // UAPI name: `wg show <WGName>`
 	WGKeyFile string // private key, mode 0600, created on first start
+
+	controlPlane // gossip keys, node-CIDR claims (gossip.go)
 }
 
 // staticPeers collects repeated --static-peer flags.
@@ -81,8 +85,9 @@ func parseFlags(args []string) (config, error) {
 		noWireGuard                                bool
 	)
 	fs.StringVar(&c.Name, "name", host, "node name, unique in the cluster")
-	fs.StringVar(&underlay, "underlay-addr", "", "underlay address to gossip and carry traffic on (default: the first global IPv4 address)")
-	fs.StringVar(&podCIDR, "pod-cidr", "", "this node's pod CIDR, e.g. 10.244.1.0/24 (required)")
+	fs.StringVar(&underlay, "underlay-addr", "", "underlay address to gossip and carry traffic on (default: the source address of the default route, else the first global IPv4 address)")
+	fs.StringVar(&underlay, "advertise-addr", "", "alias of --underlay-addr")
+	fs.StringVar(&podCIDR, "pod-cidr", "", "this node's pod CIDR, e.g. 10.244.1.0/24 (required unless --node-cidr-size)")
 	fs.StringVar(&clusterCIDR, "cluster-cidr", "10.244.0.0/16", "the cluster's pod CIDR; routed to the TUN device")
 	fs.StringVar(&seeds, "seeds", "", "comma-separated gossip seeds, host or host:port; one live node is enough")
 	fs.IntVar(&c.GossipPort, "gossip-port", 7946, "memberlist TCP and UDP port")
@@ -101,6 +106,7 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&c.WGPort, "wg-port", wireguard.DefaultPort, "WireGuard UDP port")
 	fs.StringVar(&c.WGName, "wg-name", "weft-wg", "WireGuard UAPI name, for `wg show` (unique per host: the socket is /var/run/wireguard/<name>.sock)")
 	fs.StringVar(&c.WGKeyFile, "wg-key-file", "", "WireGuard private key file (default <state-dir>/wireguard.key; created with mode 0600)")
+	c.controlPlane.registerFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -114,26 +120,31 @@ func parseFlags(args []string) (config, error) {
 	if c.Name == "" {
 		return c, errors.New("--name is required (no hostname)")
 	}
-	if podCIDR == "" {
-		return c, errors.New("--pod-cidr is required")
-	}
-	if c.PodCIDR, err = netip.ParsePrefix(podCIDR); err != nil {
-		return c, fmt.Errorf("--pod-cidr: %w", err)
+	if podCIDR == "" && c.NodeCIDRBits == 0 {
+		return c, errors.New("--pod-cidr is required (or --node-cidr-size to claim one over gossip)")
 	}
 	if c.ClusterCIDR, err = netip.ParsePrefix(clusterCIDR); err != nil {
 		return c, fmt.Errorf("--cluster-cidr: %w", err)
 	}
-	if !c.PodCIDR.Addr().Is4() || c.PodCIDR != c.PodCIDR.Masked() || c.PodCIDR.Bits() > 30 {
-		return c, fmt.Errorf("--pod-cidr %s: want a masked IPv4 prefix of /30 or larger", c.PodCIDR)
+	if podCIDR != "" {
+		if c.PodCIDR, err = netip.ParsePrefix(podCIDR); err != nil {
+			return c, fmt.Errorf("--pod-cidr: %w", err)
+		}
+		if !c.PodCIDR.Addr().Is4() || c.PodCIDR != c.PodCIDR.Masked() || c.PodCIDR.Bits() > 30 {
+			return c, fmt.Errorf("--pod-cidr %s: want a masked IPv4 prefix of /30 or larger", c.PodCIDR)
+		}
+		if !c.ClusterCIDR.Contains(c.PodCIDR.Addr()) || c.ClusterCIDR.Bits() > c.PodCIDR.Bits() {
+			return c, fmt.Errorf("--pod-cidr %s is not inside --cluster-cidr %s", c.PodCIDR, c.ClusterCIDR)
+		}
 	}
-	if !c.ClusterCIDR.Contains(c.PodCIDR.Addr()) || c.ClusterCIDR.Bits() > c.PodCIDR.Bits() {
-		return c, fmt.Errorf("--pod-cidr %s is not inside --cluster-cidr %s", c.PodCIDR, c.ClusterCIDR)
+	if err := c.checkControlPlane(podCIDR != ""); err != nil {
+		return c, err
 	}
 	if underlay != "" {
 		if c.UnderlayAddr, err = netip.ParseAddr(underlay); err != nil {
 			return c, fmt.Errorf("--underlay-addr: %w", err)
 		}
-	} else if c.UnderlayAddr, err = firstGlobalAddr(); err != nil {
+	} else if c.UnderlayAddr, err = selectUnderlay(); err != nil {
 		return c, fmt.Errorf("--underlay-addr not given and none found: %w", err)
 	}
 	if vni < 1 || vni > vxlan.MaxVNI {
@@ -158,6 +169,8 @@ func parseFlags(args []string) (config, error) {
 		if c.VTEPMAC, err = parseMAC(mac); err != nil {
 			return c, fmt.Errorf("--vtep-mac: %w", err)
 		}
+	} else if c.claimMode() {
+		c.VTEPMAC = claimMAC(c.UnderlayAddr)
 	} else {
 		c.VTEPMAC = macFromAddr(gatewayOf(c.PodCIDR))
 	}
@@ -178,9 +191,12 @@ func parseFlags(args []string) (config, error) {
 	return c, nil
 }
 
-// parseStaticPeer parses name=N,addr=IP[:PORT],cidr=CIDR[,cidr=CIDR],mac=MAC.
+// parseStaticPeer parses name=N,addr=IP[:PORT],cidr=CIDR[,cidr=CIDR],mac=MAC
+// for a VXLAN peer, or name=N,addr=IP,cidr=CIDR,wg-key=BASE64[,wg-port=P]
+// for a WireGuard peer (a plain WireGuard node, for instance).
 func parseStaticPeer(v string) (overlay.Peer, error) {
 	var p overlay.Peer
+	wgPort := uint16(wireguard.DefaultPort)
 	for _, kv := range strings.Split(v, ",") {
 		k, val, ok := strings.Cut(kv, "=")
 		if !ok {
@@ -209,9 +225,30 @@ func parseStaticPeer(v string) (overlay.Peer, error) {
 				return p, fmt.Errorf("static peer %q: mac: %w", v, err)
 			}
 			p.VTEPMAC = m
+		case "wg-key":
+			k, err := wgtypes.ParseKey(val)
+			if err != nil {
+				return p, fmt.Errorf("static peer %q: wg-key: %w", v, err)
+			}
+			p.Transport = overlay.TransportWireGuard
+			p.WireGuard.PublicKey = k
+		case "wg-port":
+			n, err := strconv.ParseUint(val, 10, 16)
+			if err != nil || n == 0 {
+				return p, fmt.Errorf("static peer %q: wg-port %q: want 1..65535", v, val)
+			}
+			wgPort = uint16(n)
 		default:
 			return p, fmt.Errorf("static peer %q: unknown key %q", v, k)
 		}
+	}
+	if p.Transport == overlay.TransportWireGuard {
+		if p.Name == "" || !p.Underlay.IsValid() || len(p.PodCIDRs) == 0 {
+			return p, fmt.Errorf("static peer %q: name, addr, cidr and wg-key are all required", v)
+		}
+		p.WireGuard.Endpoint = netip.AddrPortFrom(p.Underlay.Addr(), wgPort)
+		p.WireGuard.AllowedIPs = p.PodCIDRs
+		return p, nil
 	}
 	if p.Name == "" || !p.Underlay.IsValid() || len(p.PodCIDRs) == 0 || p.VTEPMAC == ([6]byte{}) {
 		return p, fmt.Errorf("static peer %q: name, addr, cidr and mac are all required", v)
@@ -291,6 +328,17 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 			return fmt.Errorf("create %s: %w", dir, err)
 		}
 	}
+	keys, err := gossipKeys(c, log)
+	if err != nil {
+		return err
+	}
+	var members *peer.Membership // joined early only in claim mode (claim.go)
+	if c.claimMode() {
+		if members, c.PodCIDR, err = joinAndClaim(ctx, c, keys, log); err != nil {
+			return err
+		}
+		defer members.Close()
+	}
 	mtu := c.Policy.PodMTU(c.UnderlayMTU, c.WireGuard)
 	gw := gatewayOf(c.PodCIDR)
 
@@ -344,17 +392,18 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		self.WGPublicKey = wg.PublicKey()
 		self.WGPort = uint16(c.WGPort)
 	}
-	mcfg := peer.DefaultConfig()
-	mcfg.Name = c.Name
-	mcfg.BindAddr = c.UnderlayAddr
-	mcfg.BindPort = c.GossipPort
-	mcfg.Seeds = c.Seeds
-	mcfg.Logger = log
-	members, err := peer.Join(mcfg, self)
-	if err != nil {
-		return fmt.Errorf("start gossip: %w", err)
+	if members == nil {
+		if members, err = peer.Join(membershipConfig(c, keys, log), self); err != nil {
+			return fmt.Errorf("start gossip: %w", err)
+		}
+		defer members.Close()
+	} else if err := members.UpdateSelf(self, 2*time.Second); err != nil {
+		// Claim mode: the datapath is ready for the settled block; now
+		// the full record (with WireGuard fields) goes out.
+		return fmt.Errorf("announce node record: %w", err)
 	}
-	defer members.Close()
+	plane := newPlane(c, log, members)
+	defer plane.start(ctx)()
 
 	// The hand-off file goes last: once it exists, pods wired by weft-cni
 	// have a gateway and a route out.
@@ -368,10 +417,10 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	served := make(chan error, 1)
 	go func() {
 		served <- control.Serve(ctx, sock, control.API{
-			Status: func() control.Status { return status(c, mtu, members, router) },
-			Actions: map[string]func(map[string]string) (any, error){
+			Status: func() control.Status { st := status(c, mtu, members, router); plane.annotate(&st); return st },
+			Actions: plane.withKeyActions(map[string]func(map[string]string) (any, error){
 				"wireguard/rotate-key": func(map[string]string) (any, error) { return rotateKey(c, wg, members) },
-			},
+			}),
 		})
 	}()
 	log.Info("weftd running", "name", c.Name, "underlay", self.Underlay, "podCIDR", c.PodCIDR, "tun", c.TUN, "mtu", mtu, "vni", c.VNI, "socket", sock)
@@ -380,6 +429,10 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	for {
 		select {
 		case snap := <-members.Updates():
+			snap, err := plane.admit(snap)
+			if err != nil {
+				return plane.giveUp(err)
+			}
 			peers := append([]overlay.Peer(nil), c.StaticPeers...)
 			for _, p := range snap {
 				op, err := chooser.peer(members.Self(), p.Record)
@@ -428,6 +481,7 @@ func status(c config, mtu int, members *peer.Membership, router *overlay.Router)
 		},
 		Counters: router.Stats().Snapshot(),
 	}
+	st.Self.WGPublicKey, st.Self.WGEndpoint = wgFields(self)
 	for k, v := range members.Counters() {
 		st.Counters[k] = v
 	}
@@ -445,12 +499,18 @@ func status(c config, mtu int, members *peer.Membership, router *overlay.Router)
 			PodCIDRs: prefixStrings(p.Record.PodCIDRs), VTEPMAC: macString(p.Record.VTEPMAC),
 			Transport: transport, State: p.State, LastSeen: p.LastSeen,
 		})
+		last := &st.Peers[len(st.Peers)-1]
+		last.WGPublicKey, last.WGEndpoint = wgFields(p.Record)
 	}
 	for _, p := range c.StaticPeers {
-		st.Peers = append(st.Peers, control.Node{
+		n := control.Node{
 			Name: p.Name, UnderlayAddr: p.Underlay.String(), PodCIDRs: prefixStrings(p.PodCIDRs),
-			VTEPMAC: macString(p.VTEPMAC), Transport: "vxlan", State: "static",
-		})
+			VTEPMAC: macString(p.VTEPMAC), Transport: p.Transport.String(), State: "static",
+		}
+		if p.Transport == overlay.TransportWireGuard {
+			n.WGPublicKey, n.WGEndpoint = p.WireGuard.PublicKey.String(), p.WireGuard.Endpoint.String()
+		}
+		st.Peers = append(st.Peers, n)
 	}
 	return st
 }

@@ -86,3 +86,11 @@ func rotateKey(c config, wg *wireguard.Device, members *peer.Membership) (any, e
 	}
 	return map[string]string{"publicKey": k.PublicKey().String()}, nil
 }
+
+// wgFields renders a record's WireGuard identity for status output.
+func wgFields(r peer.Record) (publicKey, endpoint string) {
+	if !r.HasWGKey() {
+		return "", ""
+	}
+	return wgtypes.Key(r.WGPublicKey).String(), netip.AddrPortFrom(r.Underlay.Addr(), r.WGPort).String()
+}

@@ -30,6 +30,8 @@ type Node struct {
 	UnderlayAddr string    `json:"underlayAddr"` // ip:port of the VXLAN endpoint
 	PodCIDRs     []string  `json:"podCIDRs"`
 	VTEPMAC      string    `json:"vtepMAC"`
+	WGPublicKey  string    `json:"wgPublicKey,omitempty"` // base64; empty without WireGuard
+	WGEndpoint   string    `json:"wgEndpoint,omitempty"`  // ip:port
 	Transport    string    `json:"transport"`
 	State        string    `json:"state"` // alive, suspect, dead, left, static
 	LastSeen     time.Time `json:"lastSeen,omitzero"`
