@@ -302,3 +302,56 @@ func TestNetnsStandaloneWireGuardPeer(t *testing.T) {
 		t.Fatalf("standalone peer shows no handshake with weft: %v\n%s", err, out)
 	}
 }
+
+// TestNetnsPathMTULoweredMidPath lowers the MTU of the router's link into
+// the second site, so the underlay path between the nodes shrinks below
+// what the pod MTU assumes. Once the node's kernel knows the narrower path
+// (from the router's ICMP), a pod's full-size packet with DF gets an ICMP
+// "fragmentation needed" from weftd carrying the inner MTU that fits, and a
+// 1 MB TCP transfer across the narrowed path completes.
+func TestNetnsPathMTULoweredMidPath(t *testing.T) {
+	needNetns(t)
+	for _, tc := range []struct {
+		transport string
+		podMTU    int
+		inner     int // what fits a 1400-byte path
+	}{{"vxlan", 1450, 1350}, {"wireguard", 1440, 1328}} { // WireGuard pads to 16 bytes: (1400-60)&^15
+		t.Run(tc.transport, func(t *testing.T) {
+			l := startLab(t, lab.Config{Nodes: 2, Sites: 2, PodsPerNode: 1, Transport: tc.transport})
+			waitConverged(t, l)
+			n1, n2 := l.Node("n1"), l.Node("n2")
+			p1, p2 := l.PodsOn("n1")[0], l.PodsOn("n2")[0]
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			const pathMTU = 1400
+			if out, err := l.Exec(ctx, l.Router.Netns, "ip", "link", "set", "br-"+n2.Site, "mtu", fmt.Sprint(pathMTU)); err != nil {
+				t.Fatalf("lower mtu: %v\n%s", err, out)
+			}
+			// A full-size underlay datagram with DF makes the router report
+			// the narrower path to n1's kernel, as weftd's own traffic would.
+			l.Exec(ctx, n1.Netns, "ping", "-M", "do", "-c", "1", "-W", "1", "-s", "1472", n2.UnderlayAddr)
+			inner := tc.inner
+			want := fmt.Sprintf("mtu = %d", inner)
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				out, _ := l.Exec(ctx, p1.Netns, "ping", "-M", "do", "-c", "1", "-W", "1", "-s", fmt.Sprint(tc.podMTU-28), p2.Address)
+				if strings.Contains(string(out), want) || strings.Contains(string(out), fmt.Sprintf("mtu=%d", inner)) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("pod never heard 'frag needed, %s': %s", want, out)
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+			res, err := l.Transfer(ctx, p1, p2, 1<<20)
+			if err != nil {
+				t.Fatalf("1 MB transfer across the narrowed path: %v", err)
+			}
+			st := status(t, n1)
+			t.Logf("%s: 1 MB in %s; n1 sent %d frag-needed, dropped %d too big", tc.transport, res.Duration.Round(time.Millisecond), st.Counters["icmp_frag_needed_sent"], st.Counters["drop_too_big"])
+			if st.Counters["icmp_frag_needed_sent"] == 0 {
+				t.Fatal("weftd counted no ICMP frag-needed")
+			}
+		})
+	}
+}

@@ -57,7 +57,13 @@ func ConfigureHost(c HostConfig) error {
 	// strict reverse-path filtering on the TUN would be fine today, but
 	// loose mode keeps asymmetric paths (multiple CIDRs, host-network
 	// sources) working.
-	return writeSysctl("net/ipv4/conf/"+c.TUN+"/rp_filter", "2")
+	if err := writeSysctl("net/ipv4/conf/"+c.TUN+"/rp_filter", "2"); err != nil {
+		return err
+	}
+	// weftd writes ICMP "fragmentation needed" into the TUN from the
+	// gateway address, which is local; without accept_local the kernel
+	// drops those as martians and the pod never learns the path MTU.
+	return writeSysctl("net/ipv4/conf/"+c.TUN+"/accept_local", "1")
 }
 
 func writeSysctl(key, value string) error {
@@ -76,4 +82,25 @@ func CheckPrivileges() error {
 		return ErrNotRoot
 	}
 	return nil
+}
+
+// KernelPathMTU returns the kernel's path MTU toward dst: the MTU of the
+// route the kernel would use, including what it learned from ICMP
+// "fragmentation needed" messages. 0 means the route carries no MTU.
+func KernelPathMTU(dst netip.Addr) (int, error) {
+	routes, err := netlink.RouteGet(dst.AsSlice())
+	if err != nil {
+		return 0, fmt.Errorf("route get %s: %w", dst, err)
+	}
+	if len(routes) == 0 {
+		return 0, nil
+	}
+	if routes[0].MTU != 0 {
+		return routes[0].MTU, nil
+	}
+	link, err := netlink.LinkByIndex(routes[0].LinkIndex)
+	if err != nil {
+		return 0, nil
+	}
+	return link.Attrs().MTU, nil
 }

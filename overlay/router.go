@@ -23,6 +23,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
@@ -51,7 +52,13 @@ type Config struct {
 	// WireGuard carries the packets of peers whose Transport is
 	// TransportWireGuard; nil when the node has no WireGuard device.
 	WireGuard WireGuard
-	Logger    *slog.Logger
+	// PathMTU returns the kernel's path MTU toward an underlay address (0
+	// if unknown); nil disables path MTU tracking. See pmtu.go.
+	PathMTU func(netip.Addr) (int, error)
+	// ICMPSource is the address "fragmentation needed" messages come
+	// from: the node's gateway address. Invalid disables them.
+	ICMPSource netip.Addr
+	Logger     *slog.Logger
 }
 
 // WireGuard is the encrypted transport as the router uses it; see
@@ -72,6 +79,11 @@ type Router struct {
 	table atomic.Pointer[table]
 	stats Stats
 
+	pmtuMu   sync.Mutex // guards pmtus
+	pmtus    map[netip.Addr]*pathMTU
+	pmtuKick chan struct{}
+	done     chan struct{} // closed by Close
+
 	mu     sync.Mutex
 	closed bool
 	wg     sync.WaitGroup
@@ -84,7 +96,8 @@ func New(cfg Config, dev tun.Device, bind conn.Bind) *Router {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Router{cfg: cfg, tun: dev, bind: bind, log: log}
+	r := &Router{cfg: cfg, tun: dev, bind: bind, log: log,
+		pmtus: make(map[netip.Addr]*pathMTU), pmtuKick: make(chan struct{}, 1), done: make(chan struct{})}
 	r.table.Store(newTable(nil))
 	return r
 }
@@ -95,7 +108,8 @@ func (r *Router) Start(port uint16) error {
 	if err != nil {
 		return fmt.Errorf("open udp port %d: %w", port, err)
 	}
-	r.wg.Add(1 + len(fns))
+	r.wg.Add(2 + len(fns))
+	go r.pmtuLoop()
 	go r.outbound()
 	for _, fn := range fns {
 		go r.inbound(fn)
@@ -123,7 +137,7 @@ func (r *Router) SetPeers(peers []Peer) error {
 			continue
 		}
 		p.PodCIDRs = append([]netip.Prefix(nil), p.PodCIDRs...)
-		entries = append(entries, &peerEntry{Peer: p, ep: ep})
+		entries = append(entries, &peerEntry{Peer: p, ep: ep, pmtu: r.pathMTUFor(p.Underlay.Addr())})
 	}
 	if r.cfg.WireGuard != nil {
 		// WireGuard learns its peers before the table routes to them.
@@ -157,10 +171,25 @@ func (r *Router) Close() error {
 		return nil
 	}
 	r.closed = true
+	close(r.done)
 	r.mu.Unlock()
 	err := errors.Join(r.tun.Close(), r.bind.Close())
 	r.wg.Wait()
 	return err
+}
+
+// pathMTUFor returns the path MTU entry for an underlay address, making it
+// on first use. Entries are few (one per peer address ever seen) and tiny.
+func (r *Router) pathMTUFor(a netip.Addr) *pathMTU {
+	r.pmtuMu.Lock()
+	defer r.pmtuMu.Unlock()
+	a = a.Unmap()
+	if m := r.pmtus[a]; m != nil {
+		return m
+	}
+	m := &pathMTU{}
+	r.pmtus[a] = m
+	return m
 }
 
 func isClosed(err error) bool {
@@ -184,6 +213,8 @@ func (r *Router) outbound() {
 	// groups is reused across batches; each group's bufs keeps its capacity.
 	groups := make([]sendGroup, 0, 8)
 	wgBatch := make([][]byte, 0, batch)
+	icmp := make([]byte, tunOffset+128)
+	var limiter icmpLimiter
 	var counts batchCounts
 	for {
 		n, err := r.tun.Read(bufs, sizes, tunOffset)
@@ -207,6 +238,9 @@ func (r *Router) outbound() {
 		wgBatch = wgBatch[:0]
 		for i := 0; i < n; i++ {
 			p, v := r.encapsulate(t, bufs[i], sizes[i])
+			if v == dropTooBig {
+				r.tooBig(p, bufs[i][tunOffset:tunOffset+sizes[i]], icmp, &limiter)
+			}
 			if v != pass {
 				counts.drops[v]++
 				continue
@@ -230,6 +264,8 @@ func (r *Router) outbound() {
 				counts.drops[dropSendError] += uint64(len(g.bufs))
 				counts.packets -= uint64(len(g.bufs))
 				r.log.Debug("udp send failed", "peer", g.peer.Name, "err", err)
+				// A datagram over the path MTU fails here; learn it now.
+				r.kickPathMTU()
 			}
 		}
 		if len(wgBatch) > 0 {
@@ -279,12 +315,32 @@ func (r *Router) encapsulate(t *table, buf []byte, size int) (*peerEntry, verdic
 	if p == nil {
 		return nil, dropNoRoute
 	}
+	if !p.fits(size) {
+		return p, dropTooBig
+	}
 	if p.Transport == TransportWireGuard {
 		return p, pass
 	}
 	f := vxlan.Frame{VNI: r.cfg.VNI, Dst: p.VTEPMAC, Src: r.cfg.LocalMAC, EtherType: et}
 	f.Encode(buf[tunOffset-vxlan.FrameHeaderLen : tunOffset])
 	return p, pass
+}
+
+// tooBig answers a packet that does not fit the path to p with an ICMP
+// "fragmentation needed" written back into the TUN, rate-limited.
+func (r *Router) tooBig(p *peerEntry, pkt, buf []byte, limiter *icmpLimiter) {
+	if !r.cfg.ICMPSource.IsValid() || !limiter.allow(time.Now()) {
+		return
+	}
+	n := fragNeeded(buf[tunOffset:], r.cfg.ICMPSource, pkt, p.innerMTU())
+	if n == 0 {
+		return
+	}
+	if _, err := r.tun.Write([][]byte{buf[:tunOffset+n]}, tunOffset); err != nil {
+		r.log.Debug("write icmp frag-needed", "err", err)
+		return
+	}
+	r.stats.ICMPFragNeeded.Add(1)
 }
 
 func (r *Router) inbound(receive conn.ReceiveFunc) {

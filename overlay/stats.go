@@ -20,6 +20,7 @@ const (
 	dropSpoofedSource
 	dropTunWrite
 	dropWrongTransport
+	dropTooBig
 	numVerdicts
 )
 
@@ -39,12 +40,14 @@ var verdictNames = [numVerdicts]string{
 	dropSpoofedSource:  "drop_spoofed_source",  // inbound: inner source outside the sender's pod CIDRs
 	dropTunWrite:       "drop_tun_write",       // inbound: the TUN write failed
 	dropWrongTransport: "drop_wrong_transport", // inbound: VXLAN from a peer we reach over WireGuard
+	dropTooBig:         "drop_too_big",         // outbound: does not fit the path MTU after encapsulation
 }
 
 // Stats counts what the router moved and what it dropped, by reason.
 type Stats struct {
 	TxPackets, TxBytes atomic.Uint64 // outbound: TUN → wire
 	RxPackets, RxBytes atomic.Uint64 // inbound: wire → TUN
+	ICMPFragNeeded     atomic.Uint64 // "fragmentation needed" sent back to pods
 	drops              [numVerdicts]atomic.Uint64
 }
 
@@ -81,6 +84,8 @@ func (s *Stats) Snapshot() map[string]uint64 {
 		"tx_bytes":   s.TxBytes.Load(),
 		"rx_packets": s.RxPackets.Load(),
 		"rx_bytes":   s.RxBytes.Load(),
+
+		"icmp_frag_needed_sent": s.ICMPFragNeeded.Load(),
 	}
 	for v := verdict(1); v < numVerdicts; v++ {
 		m[verdictNames[v]] = s.drops[v].Load()

@@ -25,7 +25,8 @@ type Peer struct {
 // peerEntry is a Peer plus what the packet path needs precomputed.
 type peerEntry struct {
 	Peer
-	ep conn.Endpoint // parsed once per snapshot, not per packet
+	ep   conn.Endpoint // parsed once per snapshot, not per packet
+	pmtu *pathMTU      // shared by every snapshot holding this peer
 }
 
 // owns reports whether a is inside one of the peer's pod CIDRs.

@@ -1,0 +1,170 @@
+package overlay
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/weftnet/weft/encap/wireguard"
+)
+
+// Path MTU.
+//
+// The kernel learns the path MTU toward each peer's underlay address from
+// the ICMP "fragmentation needed" messages routers send back for our UDP
+// datagrams (they carry DF). Once it knows, it refuses to send larger UDP
+// datagrams, so a pod packet that no longer fits after encapsulation would
+// be lost again and again, and TCP would hang. The router therefore keeps
+// each peer's path MTU (refreshed from the kernel every pmtuRefresh, and at
+// once after a failed send), checks each outbound packet against it, and
+// answers one that does not fit with an ICMP "fragmentation needed" to the
+// pod that sent it, carrying the inner MTU that does fit. The pod's TCP then
+// lowers its segment size, as it would on a plain routed path.
+
+const (
+	pmtuRefresh  = 2 * time.Second
+	outerIPv4UDP = 20 + 8 // the outer headers the kernel adds
+	// icmpPerSecond bounds the ICMP errors the router generates.
+	icmpPerSecond = 100
+)
+
+// pathMTU is one peer's path MTU; zero means unknown (no limit below the
+// device MTU). Entries outlive table snapshots: they are keyed by underlay
+// address in Router.pmtus.
+type pathMTU struct{ v atomic.Int32 }
+
+// fits reports whether an inner packet of size bytes fits the path to p.
+func (p *peerEntry) fits(size int) bool {
+	if p.pmtu == nil {
+		return true
+	}
+	m := int(p.pmtu.v.Load())
+	if m == 0 {
+		return true
+	}
+	if p.Transport == TransportWireGuard {
+		// WireGuard pads the plaintext to a multiple of 16 bytes.
+		return (size+15)&^15+wireguard.OverheadIPv4 <= m
+	}
+	return size+outerIPv4UDP+22 <= m // + VXLAN header and inner Ethernet
+}
+
+// innerMTU is the largest inner packet that fits the path to p.
+func (p *peerEntry) innerMTU() int {
+	m := int(p.pmtu.v.Load())
+	if p.Transport == TransportWireGuard {
+		return (m - wireguard.OverheadIPv4) &^ 15
+	}
+	return m - outerIPv4UDP - 22
+}
+
+// refreshPathMTUs asks the kernel for the path MTU toward every peer.
+func (r *Router) refreshPathMTUs() {
+	if r.cfg.PathMTU == nil {
+		return
+	}
+	for _, p := range r.table.Load().peers {
+		if !p.Underlay.Addr().Is4() {
+			continue
+		}
+		m, err := r.cfg.PathMTU(p.Underlay.Addr())
+		if err != nil {
+			continue
+		}
+		if old := int(p.pmtu.v.Swap(int32(m))); old != m {
+			r.log.Info("path MTU to peer changed", "peer", p.Name, "underlay", p.Underlay.Addr(), "mtu", m, "was", old)
+		}
+	}
+}
+
+func (r *Router) pmtuLoop() {
+	defer r.wg.Done()
+	t := time.NewTicker(pmtuRefresh)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.done:
+			return
+		case <-t.C:
+		case <-r.pmtuKick:
+		}
+		r.refreshPathMTUs()
+	}
+}
+
+// kickPathMTU asks for a refresh now, without blocking the packet loop.
+func (r *Router) kickPathMTU() {
+	select {
+	case r.pmtuKick <- struct{}{}:
+	default:
+	}
+}
+
+// icmpLimiter is a token bucket refilled once per second; only the
+// outbound goroutine uses it.
+type icmpLimiter struct {
+	tokens int
+	last   time.Time
+}
+
+func (l *icmpLimiter) allow(now time.Time) bool {
+	if now.Sub(l.last) >= time.Second {
+		l.tokens, l.last = icmpPerSecond, now
+	}
+	if l.tokens == 0 {
+		return false
+	}
+	l.tokens--
+	return true
+}
+
+// fragNeeded writes into b an ICMPv4 "destination unreachable, fragmentation
+// needed" (type 3, code 4, RFC 1191) from src about the IPv4 packet pkt,
+// carrying mtu, and returns its length; 0 if pkt deserves no answer (not
+// IPv4, DF clear, or itself an ICMP error). b must hold 20+8+28+40 bytes.
+func fragNeeded(b []byte, src netip.Addr, pkt []byte, mtu int) int {
+	if len(pkt) < 20 || pkt[0]>>4 != 4 || pkt[6]&0x40 == 0 {
+		return 0
+	}
+	ihl := int(pkt[0]&0x0f) * 4
+	if ihl < 20 || len(pkt) < ihl {
+		return 0
+	}
+	if pkt[9] == 1 && len(pkt) > ihl && pkt[ihl] != 0 && pkt[ihl] != 8 {
+		return 0 // never answer an ICMP error with one
+	}
+	quote := min(len(pkt), ihl+8)
+	n := 20 + 8 + quote
+	ip := b[:20]
+	clear(ip)
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:4], uint16(n))
+	ip[8] = 64
+	ip[9] = 1
+	s := src.As4()
+	copy(ip[12:16], s[:])
+	copy(ip[16:20], pkt[12:16]) // back to the sender
+	binary.BigEndian.PutUint16(ip[10:12], checksum(ip, 0))
+	icmp := b[20:n]
+	clear(icmp[:8])
+	icmp[0], icmp[1] = 3, 4
+	binary.BigEndian.PutUint16(icmp[6:8], uint16(mtu))
+	copy(icmp[8:], pkt[:quote])
+	binary.BigEndian.PutUint16(icmp[2:4], checksum(icmp, 0))
+	return n
+}
+
+// checksum is the Internet checksum (RFC 1071) of b.
+func checksum(b []byte, sum uint32) uint16 {
+	for ; len(b) >= 2; b = b[2:] {
+		sum += uint32(b[0])<<8 | uint32(b[1])
+	}
+	if len(b) == 1 {
+		sum += uint32(b[0]) << 8
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	return ^uint16(sum)
+}
