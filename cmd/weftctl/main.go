@@ -18,6 +18,8 @@ commands:
   lab status   show the running lab (-o text|json)
   demo         up, ping and TCP between every pair of pods, summary, down; exit 0 only on PASS
   status       show a weftd's status
+  wireguard rotate-key
+               give the local node a new WireGuard key; peers re-key by gossip
 
 Run "weftctl <command> -h" for the flags of a command.
 `
@@ -47,6 +49,8 @@ func run(args []string) error {
 		return runDemo(args[1:])
 	case "status":
 		return runStatus(args[1:])
+	case "wireguard":
+		return runWireGuard(args[1:])
 	case "-h", "--help", "help":
 		fmt.Fprint(os.Stdout, usage)
 		return nil

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 	"time"
@@ -81,6 +82,10 @@ func Serve(ctx context.Context, path string, api API) error {
 			json.NewEncoder(w).Encode(res)
 		})
 	}
+	// Profiles, for finding where a datapath's CPU goes; the socket is
+	// root-only, like the rest of this API.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
