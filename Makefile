@@ -36,6 +36,14 @@ demo: build
 lab-down: build
 	$(BIN)/weftctl lab down
 
+# iperf3 + ping over the netns lab for raw, host-gw, kernel-vxlan, wireguard-go,
+# weft-vxlan and weft-wireguard, interleaved in one run (bench/README.md).
+# Needs root, iperf3, wireguard-tools. BENCH_QUICK=1: 1-repetition smoke.
+bench: build
+	@if [ "$$(id -u)" != 0 ]; then echo "bench needs root (network namespaces, TUN)"; exit 1; fi
+	$(GO) build -o $(BIN)/weftbench ./bench/cmd/weftbench
+	$(BIN)/weftbench -bin-dir $(CURDIR)/$(BIN)
+
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzFrameDecode -fuzztime 30s ./encap/vxlan
 	$(GO) test -run XXX -fuzz FuzzRecordUnmarshal -fuzztime 30s ./peer

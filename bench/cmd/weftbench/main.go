@@ -1,0 +1,113 @@
+// Command weftbench is `make bench`: iperf3 and ping over the netns lab for
+// raw, host-gw, kernel-vxlan, wireguard-go, weft-vxlan and weft-wireguard,
+// interleaved, in one run. It prints the markdown table on stdout, progress
+// on stderr, and writes bench/results/{latest.json,latest.png,<date>.md}.
+// Needs root, iproute2, ping, iperf3, and wireguard-tools for wireguard-go.
+//
+// Settings come from BENCH_* variables (see bench.Config.FromEnv):
+//
+//	BENCH_QUICK=1 BENCH_REPS=3 BENCH_SECONDS=5 BENCH_DATAPATHS=raw,kernel-vxlan
+//	BENCH_UDP_RATE=1G BENCH_OUT=bench/results BENCH_QUIET_WAIT=60
+//
+// SIGINT, SIGTERM and SIGHUP stop the run; teardown still happens.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+
+	"github.com/weftnet/weft/bench"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	cfg := bench.DefaultConfig()
+	if exe, err := os.Executable(); err == nil {
+		cfg.BinDir = filepath.Dir(exe)
+	}
+	if wd, err := os.Getwd(); err == nil {
+		cfg.ModuleDir = bench.ModuleRoot(wd)
+		cfg.OutDir = filepath.Join(cfg.ModuleDir, "bench", "results")
+	}
+	cfg, err := cfg.FromEnv(os.Getenv)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "weftbench:", err)
+		return 2
+	}
+	fs := flag.NewFlagSet("weftbench", flag.ContinueOnError)
+	fs.StringVar(&cfg.BinDir, "bin-dir", cfg.BinDir, "directory with weftd and weft-cni (built into a temporary directory when missing)")
+	fs.StringVar(&cfg.WireGuardBin, "wireguard-bin", "", "standalone wireguard-go binary (default: go build golang.zx2c4.com/wireguard at go.mod's version)")
+	fs.StringVar(&cfg.OutDir, "out", cfg.OutDir, "results directory (latest.json, latest.png, <date>.md); empty writes nothing")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(*level)); err != nil {
+		fmt.Fprintln(os.Stderr, "weftbench: -log-level:", err)
+		return 2
+	}
+	cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
+	cfg.Command = command(args)
+
+	// Signals cancel the run; they stay caught until teardown is over, so
+	// a second Ctrl-C cannot cut the cleanup short.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer stop()
+	rep, err := bench.Run(ctx, cfg)
+	if rep != nil && rep.Rows != nil {
+		fmt.Print(bench.Table(rep.Rows, rep.Unavailable, rep.Failed))
+	}
+	if err != nil {
+		cfg.Log.Error("bench failed", "err", err)
+		return 1
+	}
+	if len(rep.Failed) > 0 {
+		cfg.Log.Error("datapaths failed", "datapaths", strings.Join(keys(rep.Failed), ","))
+		return 1
+	}
+	return 0
+}
+
+// command is how this run was started, for the report: the BENCH_*
+// variables that were set, then the command line.
+func command(args []string) string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "BENCH_") && !strings.HasSuffix(kv, "=") {
+			env = append(env, kv)
+		}
+	}
+	sort.Strings(env)
+	parts := append(env, "weftbench")
+	parts = append(parts, args...)
+	s := strings.Join(parts, " ")
+	if os.Getenv("MAKELEVEL") != "" {
+		s = "make bench → " + s
+	}
+	return s
+}
+
+func keys(m map[string]string) []string {
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
