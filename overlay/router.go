@@ -58,7 +58,17 @@ type Config struct {
 	// ICMPSource is the address "fragmentation needed" messages come
 	// from: the node's gateway address. Invalid disables them.
 	ICMPSource netip.Addr
-	Logger     *slog.Logger
+	// Sender sends VXLAN frames, choosing the outer source port by inner
+	// flow; nil sends through the bind (one source port).
+	Sender FrameSender
+	Logger *slog.Logger
+}
+
+// FrameSender sends VXLAN frames to a peer from the socket of a flow's
+// bucket; see vxlan.Sender.
+type FrameSender interface {
+	Send(frames [][]byte, dst netip.AddrPort, flow uint32) error
+	Buckets() int
 }
 
 // WireGuard is the encrypted transport as the router uses it; see
@@ -196,10 +206,12 @@ func isClosed(err error) bool {
 	return errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed)
 }
 
-// sendGroup is the packets of one batch bound for one peer.
+// sendGroup is the packets of one batch bound for one peer from one
+// source-port bucket.
 type sendGroup struct {
-	peer *peerEntry
-	bufs [][]byte
+	peer   *peerEntry
+	bucket uint32
+	bufs   [][]byte
 }
 
 func (r *Router) outbound() {
@@ -216,6 +228,10 @@ func (r *Router) outbound() {
 	icmp := make([]byte, tunOffset+128)
 	var limiter icmpLimiter
 	var counts batchCounts
+	buckets := uint32(1)
+	if r.cfg.Sender != nil {
+		buckets = uint32(r.cfg.Sender.Buckets())
+	}
 	for {
 		n, err := r.tun.Read(bufs, sizes, tunOffset)
 		if err != nil && n == 0 {
@@ -254,10 +270,20 @@ func (r *Router) outbound() {
 			frame := bufs[i][tunOffset-vxlan.FrameHeaderLen : tunOffset+sizes[i]]
 			counts.packets++
 			counts.bytes += uint64(sizes[i])
-			groups = addToGroup(groups, p, frame)
+			bucket := uint32(0)
+			if buckets > 1 {
+				bucket = flowHash(bufs[i][tunOffset:tunOffset+sizes[i]]) % buckets
+			}
+			groups = addToGroup(groups, p, bucket, frame)
 		}
 		for _, g := range groups {
-			if err := r.bind.Send(g.bufs, g.peer.ep); err != nil {
+			var err error
+			if r.cfg.Sender != nil {
+				err = r.cfg.Sender.Send(g.bufs, g.peer.Underlay, g.bucket)
+			} else {
+				err = r.bind.Send(g.bufs, g.peer.ep)
+			}
+			if err != nil {
 				if isClosed(err) {
 					return
 				}
@@ -283,11 +309,12 @@ func (r *Router) outbound() {
 	}
 }
 
-// addToGroup appends frame to p's group, making the group if needed. A
-// batch rarely spans more than a few peers, so a linear scan wins over a map.
-func addToGroup(groups []sendGroup, p *peerEntry, frame []byte) []sendGroup {
+// addToGroup appends frame to the group of (p, bucket), making the group if
+// needed. A batch rarely spans more than a few peers and flows, so a linear
+// scan wins over a map.
+func addToGroup(groups []sendGroup, p *peerEntry, bucket uint32, frame []byte) []sendGroup {
 	for i := range groups {
-		if groups[i].peer == p {
+		if groups[i].peer == p && groups[i].bucket == bucket {
 			groups[i].bufs = append(groups[i].bufs, frame)
 			return groups
 		}
@@ -295,11 +322,40 @@ func addToGroup(groups []sendGroup, p *peerEntry, frame []byte) []sendGroup {
 	if len(groups) < cap(groups) {
 		groups = groups[:len(groups)+1]
 		g := &groups[len(groups)-1]
-		g.peer = p
+		g.peer, g.bucket = p, bucket
 		g.bufs = append(g.bufs[:0], frame)
 		return groups
 	}
-	return append(groups, sendGroup{peer: p, bufs: [][]byte{frame}})
+	return append(groups, sendGroup{peer: p, bucket: bucket, bufs: [][]byte{frame}})
+}
+
+// flowHash hashes an IP packet's flow: addresses, protocol and, for TCP and
+// UDP, ports (FNV-1a). Fragments after the first hash without ports, as do
+// all fragments of a flow, so they stay together.
+func flowHash(pkt []byte) uint32 {
+	h := uint32(2166136261)
+	mix := func(b []byte) {
+		for _, c := range b {
+			h = (h ^ uint32(c)) * 16777619
+		}
+	}
+	switch {
+	case len(pkt) >= 20 && pkt[0]>>4 == 4:
+		mix(pkt[12:20])
+		mix(pkt[9:10])
+		ihl := int(pkt[0]&0x0f) * 4
+		fragmented := pkt[6]&0x3f != 0 || pkt[7] != 0 || pkt[6]&0x20 != 0
+		if (pkt[9] == 6 || pkt[9] == 17) && !fragmented && len(pkt) >= ihl+4 {
+			mix(pkt[ihl : ihl+4])
+		}
+	case len(pkt) >= 40 && pkt[0]>>4 == 6:
+		mix(pkt[8:40])
+		mix(pkt[6:7])
+		if (pkt[6] == 6 || pkt[6] == 17) && len(pkt) >= 44 {
+			mix(pkt[40:44])
+		}
+	}
+	return h
 }
 
 // encapsulate finds the peer for the packet at buf[tunOffset:tunOffset+size]

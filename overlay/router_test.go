@@ -315,3 +315,32 @@ func BenchmarkDecapsulate(b *testing.B) {
 		}
 	}
 }
+
+func TestFlowHash(t *testing.T) {
+	tcp := func(sport, dport byte, frag bool) []byte {
+		p := ipv4("10.244.1.2", "10.244.2.2", "\x00\x00\x00\x00payload")
+		p[9] = 6
+		p[21], p[23] = sport, dport
+		if frag {
+			p[6] = 0x20 // more fragments
+		}
+		return p
+	}
+	if flowHash(tcp(1, 2, false)) != flowHash(tcp(1, 2, false)) {
+		t.Fatal("same flow, different hash")
+	}
+	distinct := map[uint32]bool{}
+	for port := byte(1); port <= 16; port++ {
+		distinct[flowHash(tcp(port, 80, false))%4] = true
+	}
+	if len(distinct) < 2 {
+		t.Fatal("16 flows landed in one of 4 buckets")
+	}
+	// Fragments carry no ports: every fragment of a flow hashes alike.
+	if flowHash(tcp(1, 2, true)) != flowHash(tcp(9, 9, true)) {
+		t.Fatal("fragments hashed by bytes that are not ports")
+	}
+	if n := testing.AllocsPerRun(100, func() { flowHash(tcp(1, 2, false)) }) - testing.AllocsPerRun(100, func() { tcp(1, 2, false) }); n != 0 {
+		t.Fatalf("flowHash allocates %v", n)
+	}
+}
