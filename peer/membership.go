@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"slices"
@@ -67,6 +68,11 @@ type Config struct {
 	// knows no other live member (the first node of a cluster, or one
 	// that lost everyone). 0 means the DefaultConfig value.
 	RejoinInterval time.Duration
+	// ReconnectInterval is how often a failed (not departed) peer is
+	// contacted again. memberlist never probes a node it declared dead,
+	// so without this two sides of a healed partition would stay apart
+	// until something else joins them. 0 means the DefaultConfig value.
+	ReconnectInterval time.Duration
 	// DeadRetention is how long dead and left peers stay visible in
 	// Peers for status. 0 means the DefaultConfig value.
 	DeadRetention time.Duration
@@ -78,9 +84,15 @@ type Config struct {
 	SuspicionMult  int
 	GossipInterval time.Duration
 
-	// SecretKey, when non-nil, turns on memberlist's AES-GCM gossip
-	// encryption with this single key (16, 24 or 32 bytes). Key rotation
-	// through a keyring is not wired yet.
+	// Keys, when not empty, turn on memberlist's AES-GCM gossip
+	// encryption: Keys[0] encrypts what this node sends, every key is
+	// tried on receive (16, 24 or 32 bytes each). Packets that are not
+	// encrypted under an installed key are dropped, so a node without
+	// the key can neither join nor inject a record. Rotate with SetKeys
+	// or AddKey/UseKey/RemoveKey (see keyring.go).
+	Keys [][]byte
+	// SecretKey is a single-key shorthand for Keys, used when Keys is
+	// empty.
 	SecretKey []byte
 
 	// Logger receives membership events; memberlist's own chatter goes to
@@ -96,6 +108,12 @@ func DefaultConfig() Config {
 		// Retrying a seed every few seconds costs one TCP connect and
 		// bounds how long a node started before its seeds stays alone.
 		RejoinInterval: 5 * time.Second,
+		// A push/pull to one random failed peer every 2 s: one TCP
+		// connect, cheap, and it bounds reconvergence after a partition
+		// heals to a few seconds (a connect started during the partition
+		// keeps retrying its SYN for TCPTimeout and succeeds once it
+		// heals).
+		ReconnectInterval: 2 * time.Second,
 		// Long enough for an operator to see a node that just went away
 		// in status output; short enough that churn does not pile up.
 		DeadRetention: 10 * time.Minute,
@@ -119,6 +137,8 @@ type Peer struct {
 	// LastSeen is when this node last observed a change of the peer's
 	// state or record (join, update, death, leave).
 	LastSeen time.Time
+
+	gossipAddr netip.AddrPort // where to reconnect to a dead peer
 }
 
 // Membership is this node's seat in the gossip cluster. Create it with
@@ -128,7 +148,9 @@ type Membership struct {
 	name    string
 	seeds   []string
 	rejoin  time.Duration
+	recon   time.Duration
 	retain  time.Duration
+	gossip  time.Duration // memberlist's gossip interval, paces Leave
 	ml      *memberlist.Memberlist
 	bcast   *memberlist.TransmitLimitedQueue // leave intents we send or relay
 	updates chan []Peer                      // capacity 1; run is the only sender
@@ -154,7 +176,13 @@ type Membership struct {
 
 	numLive atomic.Int32 // live remote peers, for the broadcast retransmit count
 
-	nRejected, nJoin, nUpdate, nLeave, nPublished, nJoinAttempt, nJoinFail atomic.Uint64
+	// keyring is nil when gossip is not encrypted. memberlist locks it
+	// per call; keyMu makes our multi-step changes (SetKeys) atomic
+	// against each other.
+	keyring *memberlist.Keyring
+	keyMu   sync.Mutex
+
+	nRejected, nJoin, nUpdate, nLeave, nPublished, nJoinAttempt, nJoinFail, nReconnect atomic.Uint64
 
 	// Owned by run.
 	dir     map[string]*dirEntry
@@ -167,6 +195,7 @@ type nodeEvent struct {
 	meta  []byte
 	alive bool // NotifyJoin or NotifyUpdate; false for NotifyLeave
 	at    time.Time
+	addr  netip.AddrPort // gossip address, for reconnecting after a partition
 }
 
 type dirEntry struct {
@@ -176,6 +205,7 @@ type dirEntry struct {
 	alive   bool
 	at      time.Time // last change of state or record
 	aliveAt time.Time // last alive event, to tell a stale leave intent from a fresh one
+	addr    netip.AddrPort
 }
 
 // Join starts gossip on cfg.BindAddr, advertising self as this node's
@@ -209,6 +239,9 @@ func Join(cfg Config, self Record) (*Membership, error) {
 	if cfg.DeadRetention <= 0 {
 		cfg.DeadRetention = def.DeadRetention
 	}
+	if cfg.ReconnectInterval <= 0 {
+		cfg.ReconnectInterval = def.ReconnectInterval
+	}
 	logger := cfg.Logger
 	if logger == nil {
 		logger = slog.Default()
@@ -218,6 +251,7 @@ func Join(cfg Config, self Record) (*Membership, error) {
 		log:      logger.With("component", "peer"),
 		name:     cfg.Name,
 		rejoin:   cfg.RejoinInterval,
+		recon:    cfg.ReconnectInterval,
 		retain:   cfg.DeadRetention,
 		updates:  make(chan []Peer, 1),
 		kick:     make(chan struct{}, 1),
@@ -250,9 +284,17 @@ func Join(cfg Config, self Record) (*Membership, error) {
 	if cfg.GossipInterval > 0 {
 		mc.GossipInterval = cfg.GossipInterval
 	}
-	if cfg.SecretKey != nil {
-		mc.SecretKey = cfg.SecretKey
+	if m.keyring, err = newKeyring(cfg); err != nil {
+		return nil, fmt.Errorf("join: %w", err)
 	}
+	if m.keyring != nil {
+		mc.Keyring = m.keyring
+		// Both on (memberlist's default, stated because it is the
+		// security property): refuse plaintext in, never send it out.
+		mc.GossipVerifyIncoming = true
+		mc.GossipVerifyOutgoing = true
+	}
+	m.gossip = mc.GossipInterval
 	mc.Logger = log.New(memberlistLog{logger.With("component", "memberlist")}, "", 0)
 	mc.Delegate = (*delegate)(m)
 	mc.Events = (*events)(m)
@@ -275,8 +317,9 @@ func Join(cfg Config, self Record) (*Membership, error) {
 	if !joined && len(m.seeds) > 0 {
 		m.log.Warn("no seed reachable; retrying in the background", "seeds", m.seeds, "interval", m.rejoin)
 	}
-	m.wg.Add(1)
+	m.wg.Add(2)
 	go m.rejoinLoop(!joined)
+	go m.reconnectLoop()
 	return m, nil
 }
 
@@ -350,6 +393,50 @@ func (m *Membership) rejoinLoop(failing bool) {
 			m.log.Warn("alone in the cluster and no seed reachable; retrying", "seeds", m.seeds, "interval", m.rejoin)
 		}
 		failing = !ok
+	}
+}
+
+// reconnectLoop contacts failed peers again (Serf's reconnect): each tick,
+// one push/pull with one randomly chosen dead peer, unless the previous
+// attempt is still in flight. One per tick, not all: after a healed
+// partition a single exchange carries the whole other side's state, while
+// chasing every dead peer from every node would be a push/pull storm in a
+// large cluster that is flapping under load. Departed ("left") peers are
+// not chased: they said goodbye.
+func (m *Membership) reconnectLoop() {
+	defer m.wg.Done()
+	t := time.NewTicker(m.recon)
+	defer t.Stop()
+	var busy atomic.Bool
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-t.C:
+		}
+		if m.left.Load() || busy.Load() {
+			continue
+		}
+		var dead []Peer
+		for _, p := range m.Peers() {
+			if p.State == "dead" && p.gossipAddr.IsValid() {
+				dead = append(dead, p)
+			}
+		}
+		if len(dead) == 0 {
+			continue
+		}
+		p := dead[rand.IntN(len(dead))]
+		busy.Store(true)
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			defer busy.Store(false)
+			if n, _ := m.ml.Join([]string{p.gossipAddr.String()}); n > 0 {
+				m.nReconnect.Add(1)
+				m.log.Info("reconnected to failed peer", "peer", p.Record.Name, "addr", p.gossipAddr)
+			}
+		}()
 	}
 }
 
@@ -427,6 +514,7 @@ func (m *Membership) Counters() map[string]uint64 {
 		"snapshots_published": m.nPublished.Load(),
 		"seed_join_attempts":  m.nJoinAttempt.Load(),
 		"seed_join_failures":  m.nJoinFail.Load(),
+		"peer_reconnects":     m.nReconnect.Load(),
 	}
 }
 
@@ -444,14 +532,16 @@ func (m *Membership) Leave(timeout time.Duration) error {
 	}
 	m.left.Store(true)
 	if m.ml.NumMembers() > 1 {
-		// Let the intent spread before the dead message, so peers label
-		// us "left"; its loss only costs the label, so wait at most half
-		// the budget.
+		// Let the intent go out before the dead message, so peers label
+		// us "left". Its loss only costs the label, and peers withdraw
+		// our routes on the dead message, so wait two gossip rounds at
+		// most (the intent usually rides in the same packet anyway):
+		// a graceful stop must withdraw within a second.
 		done := make(chan struct{})
 		m.bcast.QueueBroadcast(leaveIntent{name: m.name, done: done})
 		select {
 		case <-done:
-		case <-time.After(timeout / 2):
+		case <-time.After(min(timeout/2, 2*m.gossip)):
 		}
 	}
 	if err := m.ml.Leave(timeout); err != nil {
@@ -534,6 +624,9 @@ func (m *Membership) apply(now time.Time) (all, live []Peer) {
 		if !ev.at.Before(e.at) {
 			e.at = ev.at
 		}
+		if ev.addr.IsValid() {
+			e.addr = ev.addr
+		}
 		e.alive = ev.alive
 		if ev.alive {
 			e.aliveAt = ev.at
@@ -542,7 +635,9 @@ func (m *Membership) apply(now time.Time) (all, live []Peer) {
 			continue
 		}
 		e.meta = ev.meta
-		e.valid = false
+		// A bad update does not erase a good record: the last good state
+		// stays in force (and keeps routing) until the peer fixes its
+		// record or goes away.
 		var r Record
 		err := r.UnmarshalBinary(ev.meta)
 		if err == nil {
@@ -555,7 +650,7 @@ func (m *Membership) apply(now time.Time) (all, live []Peer) {
 			m.nRejected.Add(1)
 			if t, ok := m.lastLog[name]; !ok || now.Sub(t) >= rejectLogInterval {
 				m.lastLog[name] = now
-				m.log.Warn("rejected peer record", "peer", name, "err", err, "meta_len", len(ev.meta))
+				m.log.Warn("rejected peer record", "peer", name, "err", err, "meta_len", len(ev.meta), "keeping_last_good", e.valid)
 			}
 			continue
 		}
@@ -576,7 +671,7 @@ func (m *Membership) apply(now time.Time) (all, live []Peer) {
 		if !e.valid {
 			continue
 		}
-		p := Peer{Record: e.rec, State: "alive", LastSeen: e.at}
+		p := Peer{Record: e.rec, State: "alive", LastSeen: e.at, gossipAddr: e.addr}
 		if !e.alive {
 			p.State = "dead"
 			if at, ok := m.leaving[name]; ok && at.After(e.aliveAt) {
@@ -627,6 +722,9 @@ func (m *Membership) observe(n *memberlist.Node, alive bool) {
 		return
 	}
 	ev := nodeEvent{meta: bytes.Clone(n.Meta), alive: alive, at: time.Now()}
+	if a, ok := netip.AddrFromSlice(n.Addr); ok {
+		ev.addr = netip.AddrPortFrom(a.Unmap(), n.Port)
+	}
 	if ev.meta == nil {
 		ev.meta = []byte{}
 	}

@@ -18,6 +18,7 @@ commands:
   lab status   show the running lab (-o text|json)
   demo         up, ping and TCP between every pair of pods, summary, down; exit 0 only on PASS
   status       show a weftd's status
+  gossip-key   generate a gossip key; list, add, use or remove keys of a running weftd
   wireguard rotate-key
                give the local node a new WireGuard key; peers re-key by gossip
 
@@ -49,6 +50,8 @@ func run(args []string) error {
 		return runDemo(args[1:])
 	case "status":
 		return runStatus(args[1:])
+	case "gossip-key":
+		return runGossipKey(args[1:])
 	case "wireguard":
 		return runWireGuard(args[1:])
 	case "-h", "--help", "help":

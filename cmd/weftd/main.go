@@ -267,6 +267,10 @@ func parseMAC(s string) ([6]byte, error) {
 	return [6]byte(hw), nil
 }
 
+// vxlanSourcePorts is how many sockets (outer UDP source ports) VXLAN
+// sends spread flows over.
+const vxlanSourcePorts = 8
+
 // gatewayOf is the first host of an IPv4 pod CIDR: it lives on the TUN and
 // every pod on the node routes through it.
 func gatewayOf(p netip.Prefix) netip.Addr { return p.Masked().Addr().Next() }
@@ -364,10 +368,17 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		}
 		defer wg.Close()
 	}
-	rcfg := overlay.Config{VNI: c.VNI, LocalMAC: c.VTEPMAC, Logger: log}
+	rcfg := overlay.Config{VNI: c.VNI, LocalMAC: c.VTEPMAC, PathMTU: overlay.KernelPathMTU, ICMPSource: gw, Logger: log}
 	if wg != nil {
 		rcfg.WireGuard = wg
 	}
+	sender, err := vxlan.NewSender(vxlanSourcePorts)
+	if err != nil {
+		dev.Close()
+		return err
+	}
+	defer sender.Close()
+	rcfg.Sender = sender
 	router := overlay.New(rcfg, dev, conn.NewStdNetBind())
 	if err := router.Start(uint16(c.VXLANPort)); err != nil {
 		dev.Close()

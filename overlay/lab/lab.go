@@ -78,6 +78,10 @@ type Config struct {
 	External []string
 	// WeftdArgs are extra flags appended to every weftd command line.
 	WeftdArgs []string
+	// ClaimCIDRs starts weftd without --pod-cidr, with --node-cidr-size
+	// 24: nodes claim their pod CIDRs over gossip (standalone mode), and
+	// lab.json's podCIDR stays empty (ask weftd's status).
+	ClaimCIDRs bool
 	// Log receives one line per step of progress; nil discards.
 	Log io.Writer
 }
@@ -153,6 +157,15 @@ type Lab struct {
 	Router      Router `json:"router"`
 	Nodes       []Node `json:"nodes"`
 	Pods        []Pod  `json:"pods"`
+	// GossipKeyFile is the lab's gossip key file (<dir>/gossip.key, made
+	// by Up), given to every weftd with --gossip-key-file.
+	GossipKeyFile string `json:"gossipKeyFile,omitempty"`
+	// Seed is the --seeds value every weftd gets; WeftdArgs the extra
+	// flags; ClaimCIDRs whether pod CIDRs are claimed. Kept so that
+	// StartWeftd restarts a node exactly as Up started it.
+	Seed       string   `json:"seed,omitempty"`
+	WeftdArgs  []string `json:"weftdArgs,omitempty"`
+	ClaimCIDRs bool     `json:"claimCIDRs,omitempty"`
 
 	// mu serialises changes to Pods and rewrites of lab.json.
 	mu sync.Mutex

@@ -245,7 +245,9 @@ func TestConfigValidate(t *testing.T) {
 		{"relative dir", func(c *Config) { c.Dir = "lab" }, false},
 		{"top-level dir", func(c *Config) { c.Dir = "/tmp" }, false},
 		{"unknown external", func(c *Config) { c.External = []string{"n9"} }, false},
-		{"wireguard", func(c *Config) { c.Transport = "wireguard" }, false},
+		{"wireguard", func(c *Config) { c.Transport = "wireguard" }, true},
+		{"wireguard-across-sites", func(c *Config) { c.Transport = "wireguard-across-sites" }, true},
+		{"unknown transport", func(c *Config) { c.Transport = "ipsec" }, false},
 	} {
 		c := DefaultConfig()
 		tc.mod(&c)

@@ -67,6 +67,9 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	if err := os.MkdirAll(l.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("lab dir: %w", err)
 	}
+	if err := l.writeGossipKey(); err != nil {
+		return nil, err
+	}
 	defer func() {
 		if err != nil {
 			fmt.Fprintf(l.log, "lab up failed, tearing down: %v\n", err)
@@ -89,18 +92,22 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 		return l, err
 	}
 
-	seed := ""
+	// Every node is a seed: a restarted node (StartWeftd) then finds the
+	// cluster through whichever node is up, including when the first
+	// node is the one restarting. weftd skips its own address.
+	var seedAddrs []string
 	for _, n := range l.Nodes {
 		if !n.External {
-			seed = n.UnderlayAddr
-			break
+			seedAddrs = append(seedAddrs, n.UnderlayAddr)
 		}
 	}
+	seed := strings.Join(seedAddrs, ",")
 	for i := range l.Nodes {
 		n := &l.Nodes[i]
 		if n.External {
 			continue
 		}
+		l.Seed = seed
 		if err := l.startWeftd(n, seed, cfg.WeftdArgs); err != nil {
 			return l, err
 		}
@@ -152,6 +159,8 @@ func plan(cfg Config) *Lab {
 		procs:       map[int]*proc{},
 		log:         cfg.Log,
 		binDir:      cfg.BinDir,
+		WeftdArgs:   slices.Clone(cfg.WeftdArgs),
+		ClaimCIDRs:  cfg.ClaimCIDRs,
 	}
 	for i := 1; i <= cfg.Nodes; i++ {
 		site := l.Router.Sites[(i-1)%cfg.Sites]
@@ -167,6 +176,9 @@ func plan(cfg Config) *Lab {
 		}
 		n.Netns = cfg.Prefix + "-" + n.Name
 		n.External = slices.Contains(cfg.External, n.Name)
+		if cfg.ClaimCIDRs && !n.External {
+			n.PodCIDR = "" // claimed by weftd at start
+		}
 		if !n.External {
 			d := filepath.Join(l.Dir, n.Name)
 			n.RunDir = filepath.Join(d, "run")
@@ -325,7 +337,6 @@ func (l *Lab) startWeftd(n *Node, seed string, extra []string) error {
 	args := []string{"netns", "exec", n.Netns, bin,
 		"--name", n.Name,
 		"--underlay-addr", n.UnderlayAddr,
-		"--pod-cidr", n.PodCIDR,
 		"--cluster-cidr", ClusterCIDR,
 		"--seeds", seed,
 		"--run-dir", n.RunDir,
@@ -333,6 +344,14 @@ func (l *Lab) startWeftd(n *Node, seed string, extra []string) error {
 		"--site", n.Site,
 		"--transport-policy", l.Transport,
 		"--wg-name", n.WGName,
+	}
+	if n.PodCIDR != "" {
+		args = append(args, "--pod-cidr", n.PodCIDR)
+	} else {
+		args = append(args, "--node-cidr-size", "24")
+	}
+	if l.GossipKeyFile != "" {
+		args = append(args, "--gossip-key-file", l.GossipKeyFile)
 	}
 	args = append(args, extra...)
 	logf, err := os.OpenFile(n.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)

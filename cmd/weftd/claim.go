@@ -1,0 +1,158 @@
+package main
+
+// Standalone node-CIDR claims (no --pod-cidr, --node-cidr-size N).
+//
+// Order of events, chosen so that the datapath only ever sees a settled
+// block:
+//
+//  1. Join gossip with a record that carries no pod CIDR: peers see the
+//     node but route nothing to it. Join returns after a full state
+//     exchange with a seed, so the node learns every claim the cluster
+//     knows, including departed nodes still inside their grace period.
+//  2. Pick a block (the persisted one if it is still ours, else a free
+//     one, see ipam/claim) and announce it with UpdateSelf.
+//  3. Settle: for --claim-settle the block must stand unchallenged, i.e.
+//     no node with a lower name announces an overlapping block. Gossip
+//     spreads a record change to every node of a LAN cluster in well
+//     under a second, so two nodes that picked the same block at the same
+//     moment see each other inside the window; the higher name goes back
+//     to step 2.
+//  4. Persist the claim, then let run() configure the TUN gateway, the
+//     host route and node.json for it, and publish the full record.
+//
+// After that the claim is only re-checked (plane.admit): losing it to a
+// lower name (possible only after a partition heals) makes weftd leave and
+// exit, and its restart goes back to step 1.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/weftnet/weft/ipam/claim"
+	"github.com/weftnet/weft/peer"
+)
+
+// maxClaimRounds bounds step 2–3 retries; each lost round means a lower
+// name took our pick, which cannot go on for long in a real cluster.
+const maxClaimRounds = 32
+
+// membershipConfig is the gossip configuration for c.
+func membershipConfig(c config, keys [][]byte, log *slog.Logger) peer.Config {
+	mcfg := peer.DefaultConfig()
+	mcfg.Name = c.Name
+	mcfg.BindAddr = c.UnderlayAddr
+	mcfg.BindPort = c.GossipPort
+	mcfg.Seeds = c.Seeds
+	mcfg.Keys = keys
+	mcfg.Logger = log
+	if c.claimMode() && mcfg.DeadRetention < c.ClaimGrace+time.Minute {
+		// Departed nodes' claims are only known while their tombstones
+		// last; they must outlive the grace period.
+		mcfg.DeadRetention = c.ClaimGrace + time.Minute
+	}
+	return mcfg
+}
+
+// claimMAC is the VTEP MAC in claim mode, where the gateway (from which
+// --pod-cidr mode derives it) is not known before joining: 0a:59 and the
+// underlay IPv4 address, equally stable across restarts and unique.
+func claimMAC(underlay netip.Addr) [6]byte {
+	b := underlay.As16()
+	return [6]byte{0x0a, 0x59, b[12], b[13], b[14], b[15]}
+}
+
+// joinAndClaim joins gossip and returns once this node holds a settled
+// block, persisted in c.StateDir.
+func joinAndClaim(ctx context.Context, c config, keys [][]byte, log *slog.Logger) (*peer.Membership, netip.Prefix, error) {
+	cfg := claim.Config{Cluster: c.ClusterCIDR, Bits: c.NodeCIDRBits, Grace: c.ClaimGrace}
+	clog := log.With("component", "claim")
+	var want netip.Prefix
+	switch st, err := claim.Load(c.StateDir); {
+	case err == nil && st.Name == c.Name && st.Cluster == c.ClusterCIDR && cfg.Fits(st.CIDR):
+		want = st.CIDR
+		clog.Info("offering the persisted claim again", "cidr", want, "settled", st.Settled)
+	case err == nil:
+		clog.Warn("ignoring a persisted claim made for another name, cluster CIDR or size", "name", st.Name, "cluster", st.Cluster, "cidr", st.CIDR)
+	case !errors.Is(err, os.ErrNotExist):
+		clog.Warn("persisted claim unreadable; claiming afresh", "err", err)
+	}
+
+	rec := peer.Record{
+		Name:       c.Name,
+		Underlay:   netip.AddrPortFrom(c.UnderlayAddr, uint16(c.VXLANPort)),
+		VTEPMAC:    c.VTEPMAC,
+		Site:       c.Site,
+		Caps:       peer.CapVXLAN,
+		Generation: uint64(time.Now().UnixNano()),
+	}
+	m, err := peer.Join(membershipConfig(c, keys, log), rec)
+	if err != nil {
+		return nil, netip.Prefix{}, fmt.Errorf("start gossip: %w", err)
+	}
+	cidr, err := settleClaim(ctx, cfg, c, m, rec, want, clog)
+	if err != nil {
+		m.Close()
+		return nil, netip.Prefix{}, err
+	}
+	return m, cidr, nil
+}
+
+// settleClaim runs steps 2 and 3 until a pick survives the settle window.
+func settleClaim(ctx context.Context, cfg claim.Config, c config, m *peer.Membership, rec peer.Record, want netip.Prefix, log *slog.Logger) (netip.Prefix, error) {
+	// Join delivered the seed's view synchronously; give the directory a
+	// moment to fold it in (or, for the first node, to find there is none).
+	learn := time.Now().Add(c.ClaimSettle / 2)
+	for len(m.Peers()) == 0 && time.Now().Before(learn) {
+		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
+			return netip.Prefix{}, err
+		}
+	}
+	tick := 100 * time.Millisecond
+	for round := 1; round <= maxClaimRounds; round++ {
+		pick, err := cfg.Pick(c.Name, want, holders(m.Peers()), time.Now())
+		if err != nil {
+			return netip.Prefix{}, err
+		}
+		rec.PodCIDRs = []netip.Prefix{pick}
+		if err := m.UpdateSelf(rec, 2*time.Second); err != nil {
+			return netip.Prefix{}, fmt.Errorf("announce claim %s: %w", pick, err)
+		}
+		log.Info("claimed node CIDR; settling", "cidr", pick, "round", round, "settle", c.ClaimSettle)
+		settled := time.Now().Add(c.ClaimSettle)
+		lost := ""
+		for lost == "" && time.Now().Before(settled) {
+			if err := sleepCtx(ctx, min(tick, time.Until(settled))); err != nil {
+				return netip.Prefix{}, err
+			}
+			if ok, why := cfg.Keep(c.Name, pick, holders(m.Peers()), time.Now()); !ok {
+				lost = why
+			}
+		}
+		if lost == "" {
+			if err := claim.Save(c.StateDir, claim.State{Name: c.Name, Cluster: c.ClusterCIDR, CIDR: pick, Settled: time.Now()}); err != nil {
+				return netip.Prefix{}, err
+			}
+			log.Info("node CIDR settled", "cidr", pick)
+			return pick, nil
+		}
+		log.Warn("claim conflict; picking again", "cidr", pick, "why", lost)
+		want = netip.Prefix{}
+	}
+	return netip.Prefix{}, fmt.Errorf("no node CIDR settled after %d rounds", maxClaimRounds)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
