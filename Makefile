@@ -5,7 +5,7 @@ BINARIES  := weftd weft-cni weftctl
 GOFLAGS   ?=
 export GOFLAGS
 
-.PHONY: all build test test-unit test-netns demo bench fuzz vet clean lab-down
+.PHONY: all build test test-unit test-netns test-kube demo bench fuzz vet clean lab-down
 
 all: build
 
@@ -19,7 +19,7 @@ vet:
 
 # Unit tier (race detector) first, then the netns tier (real TUN, UDP, CNI,
 # kernel vxlan interop) which needs root.
-test: build vet test-unit test-netns
+test: build vet test-unit test-netns test-kube
 
 test-unit:
 	$(GO) test -race -count=1 -short ./...
@@ -27,6 +27,17 @@ test-unit:
 test-netns:
 	@if [ "$$(id -u)" != 0 ]; then echo "test-netns needs root (network namespaces, TUN)"; exit 1; fi
 	WEFT_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -count=1 -p 1 -timeout 15m ./...
+
+# Real Kubernetes (deploy/e2e, a nested module): etcd, kube-apiserver,
+# kube-controller-manager --allocate-node-cidrs, kube-scheduler and two
+# kubelets with containerd in lab namespaces, weft-cni as their CNI, weftd
+# --kube on each node; plus the manifest checks and a server-side dry run
+# of deploy/. Needs root, containerd, runc, busybox-static, gcc. The first
+# run on a machine builds Kubernetes v1.34.4 and etcd v3.6.16 from the Go
+# module proxy into /var/cache/weft-e2e (README: Kubernetes).
+test-kube: build
+	@if [ "$$(id -u)" != 0 ]; then echo "test-kube needs root (network namespaces, containerd, kubelet)"; exit 1; fi
+	cd deploy/e2e && $(GO) vet . && WEFT_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 60m .
 
 # The netns lab end to end: build, 3 nodes on 2 sites, pods, ping + TCP
 # across every node pair, summary, teardown. Needs root.

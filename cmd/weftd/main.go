@@ -57,6 +57,7 @@ type config struct {
 	WGKeyFile string // private key, mode 0600, created on first start
 
 	controlPlane // gossip keys, node-CIDR claims (gossip.go)
+	kubeFlags    // Kubernetes mode, health endpoints (kube.go)
 }
 
 // staticPeers collects repeated --static-peer flags.
@@ -74,7 +75,7 @@ func (s *staticPeers) Set(v string) error {
 
 func parseFlags(args []string) (config, error) {
 	fs := flag.NewFlagSet("weftd", flag.ContinueOnError)
-	host, _ := os.Hostname()
+	host := defaultName() // $NODE_NAME, else the hostname (kube.go)
 	var (
 		c                                          config
 		underlay, podCIDR, clusterCIDR, seeds, mac string
@@ -84,7 +85,7 @@ func parseFlags(args []string) (config, error) {
 		policy                                     string
 		noWireGuard                                bool
 	)
-	fs.StringVar(&c.Name, "name", host, "node name, unique in the cluster")
+	fs.StringVar(&c.Name, "name", host, "node name, unique in the cluster (default $NODE_NAME, else the hostname); the Node name in Kubernetes mode")
 	fs.StringVar(&underlay, "underlay-addr", "", "underlay address to gossip and carry traffic on (default: the source address of the default route, else the first global IPv4 address)")
 	fs.StringVar(&underlay, "advertise-addr", "", "alias of --underlay-addr")
 	fs.StringVar(&podCIDR, "pod-cidr", "", "this node's pod CIDR, e.g. 10.244.1.0/24 (required unless --node-cidr-size)")
@@ -107,6 +108,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.WGName, "wg-name", "weft-wg", "WireGuard UAPI name, for `wg show` (unique per host: the socket is /var/run/wireguard/<name>.sock)")
 	fs.StringVar(&c.WGKeyFile, "wg-key-file", "", "WireGuard private key file (default <state-dir>/wireguard.key; created with mode 0600)")
 	c.controlPlane.registerFlags(fs)
+	c.kubeFlags.registerFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -120,7 +122,10 @@ func parseFlags(args []string) (config, error) {
 	if c.Name == "" {
 		return c, errors.New("--name is required (no hostname)")
 	}
-	if podCIDR == "" && c.NodeCIDRBits == 0 {
+	if err := c.checkKube(podCIDR != ""); err != nil {
+		return c, err
+	}
+	if podCIDR == "" && c.NodeCIDRBits == 0 && !c.kubeMode() {
 		return c, errors.New("--pod-cidr is required (or --node-cidr-size to claim one over gossip)")
 	}
 	if c.ClusterCIDR, err = netip.ParsePrefix(clusterCIDR); err != nil {
@@ -144,6 +149,8 @@ func parseFlags(args []string) (config, error) {
 		if c.UnderlayAddr, err = netip.ParseAddr(underlay); err != nil {
 			return c, fmt.Errorf("--underlay-addr: %w", err)
 		}
+	} else if c.kubeMode() {
+		// The Node's InternalIP, once the API server answers (kube.go).
 	} else if c.UnderlayAddr, err = selectUnderlay(); err != nil {
 		return c, fmt.Errorf("--underlay-addr not given and none found: %w", err)
 	}
@@ -169,6 +176,8 @@ func parseFlags(args []string) (config, error) {
 		if c.VTEPMAC, err = parseMAC(mac); err != nil {
 			return c, fmt.Errorf("--vtep-mac: %w", err)
 		}
+	} else if c.kubeMode() {
+		// Derived from the Node's pod CIDR once known (kube.go).
 	} else if c.claimMode() {
 		c.VTEPMAC = claimMAC(c.UnderlayAddr)
 	} else {
@@ -343,6 +352,13 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		}
 		defer members.Close()
 	}
+	// Kubernetes mode: the pod CIDR, seeds and underlay come from the
+	// Node objects; the health endpoints start here in every mode.
+	ctx, kube, err := startKube(ctx, &c, log)
+	if err != nil {
+		return err
+	}
+	defer kube.Close()
 	mtu := c.Policy.PodMTU(c.UnderlayMTU, c.WireGuard)
 	gw := gatewayOf(c.PodCIDR)
 
@@ -428,7 +444,12 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	served := make(chan error, 1)
 	go func() {
 		served <- control.Serve(ctx, sock, control.API{
-			Status: func() control.Status { st := status(c, mtu, members, router); plane.annotate(&st); return st },
+			Status: func() control.Status {
+				st := status(c, mtu, members, router)
+				plane.annotate(&st)
+				kube.annotate(&st)
+				return st
+			},
 			Actions: plane.withKeyActions(map[string]func(map[string]string) (any, error){
 				"wireguard/rotate-key": func(map[string]string) (any, error) { return rotateKey(c, wg, members) },
 			}),
@@ -437,9 +458,10 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	log.Info("weftd running", "name", c.Name, "underlay", self.Underlay, "podCIDR", c.PodCIDR, "tun", c.TUN, "mtu", mtu, "vni", c.VNI, "socket", sock)
 
 	chooser := newTransportChooser(c.Policy, log)
+	updates := kube.peerUpdates(ctx, members) // filtered by the Node set in Kubernetes mode
 	for {
 		select {
-		case snap := <-members.Updates():
+		case snap := <-updates:
 			snap, err := plane.admit(snap)
 			if err != nil {
 				return plane.giveUp(err)

@@ -1,0 +1,99 @@
+package e2e
+
+// The Kubernetes and etcd binaries are built from the Go module proxy by
+// the builder modules in k8sbin/ and cached under
+// /var/cache/weft-e2e/<versions>/bin (WEFT_E2E_CACHE overrides the root):
+// the first run on a machine pays the build (see README), later runs reuse
+// it. The build writes to a temp directory and renames it into place, so an
+// interrupted build never leaves a half-filled cache.
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+const (
+	k8sVersion  = "v1.34.4"
+	etcdVersion = "v3.6.16"
+)
+
+var k8sBinaries = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubectl"}
+
+func cacheDir() string {
+	root := os.Getenv("WEFT_E2E_CACHE")
+	if root == "" {
+		root = "/var/cache/weft-e2e"
+	}
+	return filepath.Join(root, "k8s-"+k8sVersion+"-etcd-"+etcdVersion, "bin")
+}
+
+// kubeBinaries returns the directory holding etcd and the Kubernetes
+// binaries, building them first if the cache lacks any.
+func kubeBinaries(t *testing.T) string {
+	t.Helper()
+	dir := cacheDir()
+	missing := false
+	for _, b := range append([]string{"etcd"}, k8sBinaries...) {
+		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
+			missing = true
+		}
+	}
+	if !missing {
+		return dir
+	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".build-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(tmp)
+	start := time.Now()
+	t.Logf("building Kubernetes %s and etcd %s into %s (cold: several minutes)", k8sVersion, etcdVersion, dir)
+	ld := "-s -w -X k8s.io/component-base/version.gitVersion=" + k8sVersion +
+		" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34" +
+		" -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=" + k8sVersion
+	args := []string{"build", "-trimpath", "-ldflags", ld, "-o", tmp + "/"}
+	for _, b := range k8sBinaries {
+		args = append(args, "k8s.io/kubernetes/cmd/"+b)
+	}
+	goBuild(t, "k8sbin/kubernetes", args...)
+	goBuild(t, "k8sbin/etcd", "build", "-trimpath", "-ldflags", "-s -w", "-o", filepath.Join(tmp, "etcd"), "go.etcd.io/etcd/server/v3")
+	os.RemoveAll(dir)
+	if err := os.Rename(tmp, dir); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("built in %s", time.Since(start).Round(time.Second))
+	return dir
+}
+
+func goBuild(t *testing.T, moduleDir string, args ...string) {
+	t.Helper()
+	cmd := exec.Command("go", args...)
+	cmd.Dir = moduleDir
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-mod=mod")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatal(fmt.Errorf("go %v in %s: %v\n%s", args, moduleDir, err, out))
+	}
+}
+
+// weftBinaries returns a directory with weftd, weft-cni and weftctl:
+// WEFT_BIN_DIR if set (make test-kube passes bin/), else a fresh build.
+func weftBinaries(t *testing.T) string {
+	t.Helper()
+	if d := os.Getenv("WEFT_BIN_DIR"); d != "" {
+		return d
+	}
+	d := t.TempDir()
+	cmd := exec.Command("go", "build", "-o", d+"/", "./cmd/weftd", "./cmd/weft-cni", "./cmd/weftctl")
+	cmd.Dir = "../.."
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build weft: %v\n%s", err, out)
+	}
+	return d
+}

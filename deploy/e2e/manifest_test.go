@@ -1,0 +1,188 @@
+package e2e
+
+// TestDaemonSetSpec reads deploy/daemonset.yaml into the real Kubernetes
+// types (strict: an unknown or misspelled field fails) and checks what the
+// install depends on. It needs neither root nor a cluster.
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"sigs.k8s.io/yaml"
+)
+
+func readYAML(t *testing.T, path string, docs ...any) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts := strings.Split(string(b), "\n---\n")
+	if len(parts) != len(docs) {
+		t.Fatalf("%s: %d documents, want %d", path, len(parts), len(docs))
+	}
+	for i, p := range parts {
+		if err := yaml.UnmarshalStrict([]byte(p), docs[i]); err != nil {
+			t.Fatalf("%s document %d: %v", path, i, err)
+		}
+	}
+}
+
+func TestDaemonSetSpec(t *testing.T) {
+	var ds appsv1.DaemonSet
+	readYAML(t, "../daemonset.yaml", &ds)
+	spec := ds.Spec.Template.Spec
+	if !spec.HostNetwork {
+		t.Error("hostNetwork must be true: weftd owns weft0 and the underlay ports")
+	}
+	if s := ds.Spec.UpdateStrategy; s.Type != appsv1.RollingUpdateDaemonSetStrategyType || s.RollingUpdate == nil || s.RollingUpdate.MaxUnavailable.IntValue() != 1 {
+		t.Errorf("update strategy %+v, want RollingUpdate with maxUnavailable 1", s)
+	}
+	if spec.ServiceAccountName != "weft" {
+		t.Errorf("serviceAccountName %q", spec.ServiceAccountName)
+	}
+	// Must run on control-plane and not-ready nodes (no CNI = not ready).
+	var noSched, noExec bool
+	for _, tol := range spec.Tolerations {
+		if tol.Operator == corev1.TolerationOpExists && tol.Key == "" {
+			noSched = noSched || tol.Effect == corev1.TaintEffectNoSchedule
+			noExec = noExec || tol.Effect == corev1.TaintEffectNoExecute
+		}
+	}
+	if !noSched || !noExec {
+		t.Errorf("tolerations %+v: want operator Exists for NoSchedule and NoExecute", spec.Tolerations)
+	}
+
+	if len(spec.Containers) != 1 || len(spec.InitContainers) != 1 {
+		t.Fatalf("want one container and one init container, got %d and %d", len(spec.Containers), len(spec.InitContainers))
+	}
+	w := spec.Containers[0]
+	sc := w.SecurityContext
+	if sc == nil || sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Add, "NET_ADMIN") {
+		t.Errorf("weftd needs NET_ADMIN: %+v", sc)
+	}
+	mounts := map[string]string{}
+	for _, m := range w.VolumeMounts {
+		mounts[m.MountPath] = m.Name
+	}
+	hostPaths := map[string]string{}
+	for _, v := range spec.Volumes {
+		if v.HostPath != nil {
+			hostPaths[v.Name] = v.HostPath.Path
+		}
+	}
+	for path, host := range map[string]string{"/dev/net/tun": "/dev/net/tun", "/run/weft": "/run/weft", "/var/lib/weft": "/var/lib/weft", "/var/run/wireguard": "/var/run/wireguard"} {
+		if hostPaths[mounts[path]] != host {
+			t.Errorf("weftd mount %s: volume %q is hostPath %q, want %q", path, mounts[path], hostPaths[mounts[path]], host)
+		}
+	}
+	for _, p := range []*corev1.Probe{w.ReadinessProbe, w.LivenessProbe} {
+		if p == nil || p.HTTPGet == nil {
+			t.Fatalf("weftd needs HTTP readiness and liveness probes")
+		}
+	}
+	if w.ReadinessProbe.HTTPGet.Path != "/readyz" || w.LivenessProbe.HTTPGet.Path != "/healthz" {
+		t.Errorf("probe paths %s %s", w.ReadinessProbe.HTTPGet.Path, w.LivenessProbe.HTTPGet.Path)
+	}
+	args := strings.Join(w.Args, " ")
+	port := w.ReadinessProbe.HTTPGet.Port.String()
+	if !strings.Contains(args, "--health-addr=127.0.0.1:"+port) || w.ReadinessProbe.HTTPGet.Host != "127.0.0.1" {
+		t.Errorf("probes on 127.0.0.1:%s, but weftd args %q", port, args)
+	}
+	for _, f := range []string{"--kube", "--gossip-key-file=", "--cluster-cidr=", "--transport-policy="} {
+		if !strings.Contains(args, f) {
+			t.Errorf("weftd args lack %s: %q", f, args)
+		}
+	}
+	var nodeName bool
+	for _, e := range w.Env {
+		if e.Name == "NODE_NAME" && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "spec.nodeName" {
+			nodeName = true
+		}
+	}
+	if !nodeName {
+		t.Error("NODE_NAME must come from spec.nodeName (downward API)")
+	}
+
+	// The init container installs atomically: temp name, then rename.
+	ic := spec.InitContainers[0]
+	script := strings.Join(ic.Command, " ")
+	for _, want := range []string{"mv -f /opt/cni/bin/.weft-cni.tmp /opt/cni/bin/weft-cni", "mv -f /etc/cni/net.d/.10-weft.conflist.tmp /etc/cni/net.d/10-weft.conflist"} {
+		if !strings.Contains(script, want) {
+			t.Errorf("install-cni does not %q", want)
+		}
+	}
+	if ic.SecurityContext == nil || ic.SecurityContext.Privileged != nil && *ic.SecurityContext.Privileged {
+		t.Error("install-cni copies files; it must not be privileged")
+	}
+}
+
+// The ClusterRole grants exactly what weftd uses: read Nodes, patch
+// annotations onto them.
+func TestRBACLeastPrivilege(t *testing.T) {
+	var (
+		sa   corev1.ServiceAccount
+		role rbacv1.ClusterRole
+		bind rbacv1.ClusterRoleBinding
+	)
+	readYAML(t, "../rbac.yaml", &sa, &role, &bind)
+	if len(role.Rules) != 1 {
+		t.Fatalf("rules %+v, want one", role.Rules)
+	}
+	r := role.Rules[0]
+	if !slices.Equal(r.APIGroups, []string{""}) || !slices.Equal(r.Resources, []string{"nodes"}) {
+		t.Errorf("rule %+v: want core nodes only", r)
+	}
+	got := slices.Clone(r.Verbs)
+	slices.Sort(got)
+	if !slices.Equal(got, []string{"get", "list", "patch", "watch"}) {
+		t.Errorf("verbs %v, want get list watch patch", r.Verbs)
+	}
+	if bind.RoleRef.Name != role.Name || len(bind.Subjects) != 1 || bind.Subjects[0].Name != sa.Name || bind.Subjects[0].Namespace != sa.Namespace {
+		t.Errorf("binding %+v does not bind %s/%s to %s", bind, sa.Namespace, sa.Name, role.Name)
+	}
+}
+
+// Every flag the DaemonSet passes exists in weftd: the args, with the
+// ConfigMap's values expanded as the kubelet does, parse up to -h.
+func TestDaemonSetFlagsExist(t *testing.T) {
+	var (
+		ds appsv1.DaemonSet
+		cm corev1.ConfigMap
+	)
+	readYAML(t, "../daemonset.yaml", &ds)
+	readYAML(t, "../configmap.yaml", &cm)
+	w := ds.Spec.Template.Spec.Containers[0]
+	env := map[string]string{}
+	for _, e := range w.Env {
+		if e.ValueFrom != nil && e.ValueFrom.ConfigMapKeyRef != nil {
+			v, ok := cm.Data[e.ValueFrom.ConfigMapKeyRef.Key]
+			if !ok {
+				t.Fatalf("env %s: ConfigMap has no key %q", e.Name, e.ValueFrom.ConfigMapKeyRef.Key)
+			}
+			env[e.Name] = v
+		}
+	}
+	var args []string
+	for _, a := range w.Args {
+		for k, v := range env {
+			a = strings.ReplaceAll(a, "$("+k+")", v)
+		}
+		if strings.Contains(a, "$(") {
+			t.Fatalf("arg %q references an unknown variable", a)
+		}
+		args = append(args, a)
+	}
+	bin := filepath.Join(weftBinaries(t), "weftd")
+	out, err := exec.Command(bin, append(args, "-h")...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("weftd %v -h: %v\n%s", args, err, out)
+	}
+}

@@ -1,0 +1,404 @@
+// Package kube connects weft's gossip membership to Kubernetes Node
+// objects: it finds gossip seeds (other Nodes' InternalIP), publishes this
+// node's weft identity as Node annotations, and keeps the live set of Node
+// names so that weftd routes only to peers whose Node still exists.
+//
+// Why the Node set filters gossip: a Node deleted from the API server is
+// gone from the cluster's point of view at once, but its weftd (if the
+// machine is still up, or unreachable but not yet declared dead) keeps
+// gossiping for a while. Without the filter, its pod CIDR would stay routed
+// until memberlist's failure detector gave up, and kube-controller-manager
+// may already have handed that CIDR to a new Node. With it, the route goes
+// within one informer event.
+//
+// Only this package and ipam/kube import client-go; everything it returns
+// is in weft's own or standard types.
+package kube
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+
+	ipamkube "github.com/weftnet/weft/ipam/kube"
+	"github.com/weftnet/weft/peer"
+)
+
+// Node annotations weftd publishes on its own Node. They are informational
+// (for `kubectl get node -o yaml`, other tools and debugging): weft's peers
+// learn these facts from gossip, which is authenticated by the gossip key.
+const (
+	AnnotationWGPublicKey  = "weft.dev/wg-public-key"
+	AnnotationVTEPMAC      = "weft.dev/vtep-mac"
+	AnnotationUnderlayAddr = "weft.dev/underlay-addr"
+)
+
+// Annotations returns the annotations that describe r. The WireGuard key
+// is present only when the node runs WireGuard; otherwise its value is
+// empty, which Publish turns into a removal.
+func Annotations(r peer.Record) map[string]string {
+	a := map[string]string{
+		AnnotationVTEPMAC:      net.HardwareAddr(r.VTEPMAC[:]).String(),
+		AnnotationUnderlayAddr: r.Underlay.Addr().String(),
+		AnnotationWGPublicKey:  "",
+	}
+	if r.HasWGKey() {
+		a[AnnotationWGPublicKey] = wgtypes.Key(r.WGPublicKey).String()
+	}
+	return a
+}
+
+// Publish merges ann into the Node's annotations with one JSON merge
+// patch; an empty value removes the key. A patch (not Get+Update) because
+// the kubelet and several controllers update Nodes all the time, and an
+// Update would lose races with them.
+func Publish(ctx context.Context, c kubernetes.Interface, node string, ann map[string]string) error {
+	m := make(map[string]any, len(ann))
+	for k, v := range ann {
+		if v == "" {
+			m[k] = nil
+		} else {
+			m[k] = v
+		}
+	}
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": m}})
+	if err != nil {
+		return fmt.Errorf("encode annotations patch: %w", err)
+	}
+	if _, err := c.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("annotate node %s: %w", node, err)
+	}
+	return nil
+}
+
+// InternalIP returns the Node's first IPv4 InternalIP address.
+func InternalIP(n *corev1.Node) (netip.Addr, bool) {
+	for _, a := range n.Status.Addresses {
+		if a.Type != corev1.NodeInternalIP {
+			continue
+		}
+		if ip, err := netip.ParseAddr(a.Address); err == nil && ip.Unmap().Is4() {
+			return ip.Unmap(), true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// Node is what weft keeps of one Node object.
+type Node struct {
+	Name string
+	// InternalIP is the Node's IPv4 InternalIP, invalid if none.
+	InternalIP netip.Addr
+	// PodCIDRs is spec.podCIDRs; empty until the controller manager has
+	// assigned them (or if they do not parse).
+	PodCIDRs []netip.Prefix
+}
+
+func nodeOf(n *corev1.Node) Node {
+	out := Node{Name: n.Name}
+	out.InternalIP, _ = InternalIP(n)
+	out.PodCIDRs, _ = ipamkube.PodCIDRs(n)
+	return out
+}
+
+// Snapshot is an immutable view of the cluster's Nodes, by name.
+type Snapshot struct {
+	nodes map[string]Node
+	// Synced is false until the informer's first list has completed; an
+	// unsynced snapshot must not be used to drop peers.
+	Synced bool
+}
+
+// Len is the number of Nodes.
+func (s Snapshot) Len() int { return len(s.nodes) }
+
+// Get returns the Node called name.
+func (s Snapshot) Get(name string) (Node, bool) {
+	n, ok := s.nodes[name]
+	return n, ok
+}
+
+// Seeds returns host:port gossip seeds from every Node's InternalIP except
+// self's, sorted. Every weftd listens on the same gossip port.
+func (s Snapshot) Seeds(self string, port int) []string {
+	var out []string
+	for name, n := range s.nodes {
+		if name == self || !n.InternalIP.IsValid() {
+			continue
+		}
+		out = append(out, net.JoinHostPort(n.InternalIP.String(), strconv.Itoa(port)))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Drop says why a peer was left out by Filter.
+type Drop struct {
+	Peer   string
+	Reason string
+}
+
+// Filter keeps the peers that Kubernetes vouches for: a Node of the same
+// name exists, and every pod CIDR the peer announces lies inside one of
+// that Node's spec.podCIDRs. A peer without a Node is one that was deleted
+// (or never joined the cluster); a peer announcing a CIDR its Node was not
+// given is misconfigured or lying, and routing to it would steal another
+// node's pods. snap is not modified. An unsynced snapshot keeps everyone:
+// before the first list, absence proves nothing.
+func (s Snapshot) Filter(snap []peer.Peer) (kept []peer.Peer, dropped []Drop) {
+	if !s.Synced {
+		return snap, nil
+	}
+	kept = make([]peer.Peer, 0, len(snap))
+	for _, p := range snap {
+		n, ok := s.nodes[p.Record.Name]
+		if !ok {
+			dropped = append(dropped, Drop{p.Record.Name, "no Node object"})
+			continue
+		}
+		if bad, ok := outside(p.Record.PodCIDRs, n.PodCIDRs); !ok {
+			dropped = append(dropped, Drop{p.Record.Name, fmt.Sprintf("announces %s, not inside the Node's spec.podCIDRs %v", bad, n.PodCIDRs)})
+			continue
+		}
+		kept = append(kept, p)
+	}
+	return kept, dropped
+}
+
+// outside returns the first of announced not contained in any of given.
+func outside(announced, given []netip.Prefix) (netip.Prefix, bool) {
+	for _, a := range announced {
+		in := false
+		for _, g := range given {
+			if g.Bits() <= a.Bits() && g.Contains(a.Addr()) {
+				in = true
+				break
+			}
+		}
+		if !in {
+			return a, false
+		}
+	}
+	return netip.Prefix{}, true
+}
+
+// Nodes watches every Node of the cluster through an informer and keeps
+// an immutable Snapshot behind an atomic pointer. Create it with Watch;
+// stop it with Close.
+type Nodes struct {
+	snap    atomic.Pointer[Snapshot]
+	kick    chan struct{} // informer handlers → rebuild loop, coalescing
+	changes chan struct{} // rebuild loop → consumer, coalescing
+	store   cache.Store
+	synced  cache.InformerSynced
+	log     *slog.Logger
+
+	cancel    context.CancelFunc
+	factory   informers.SharedInformerFactory
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// Watch starts watching Nodes. It returns at once; Snapshot().Synced turns
+// true once the first list has arrived (WaitSynced waits for that).
+func Watch(ctx context.Context, c kubernetes.Interface, log *slog.Logger) (*Nodes, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	// No periodic resync: the rebuild reads the whole store each time, so
+	// there is no per-object state that could drift.
+	f := informers.NewSharedInformerFactory(c, 0)
+	inf := f.Core().V1().Nodes().Informer()
+	n := &Nodes{
+		kick:    make(chan struct{}, 1),
+		changes: make(chan struct{}, 1),
+		store:   inf.GetStore(),
+		synced:  inf.HasSynced,
+		log:     log.With("component", "kube-nodes"),
+		cancel:  cancel,
+		factory: f,
+	}
+	n.snap.Store(&Snapshot{})
+	kick := func(any) { n.signal(n.kick) }
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    kick,
+		UpdateFunc: func(_, o any) { kick(o) },
+		DeleteFunc: kick,
+	}); err != nil {
+		cancel()
+		return nil, fmt.Errorf("watch nodes: %w", err)
+	}
+	f.Start(ctx.Done())
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		n.run(ctx)
+	}()
+	return n, nil
+}
+
+func (n *Nodes) signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// run rebuilds the snapshot after every batch of informer events, and
+// once when the informer has synced (handlers may all have fired before
+// HasSynced turned true).
+func (n *Nodes) run(ctx context.Context) {
+	syncedCh := make(chan struct{})
+	go func() {
+		cache.WaitForCacheSync(ctx.Done(), n.synced)
+		close(syncedCh)
+	}()
+	defer func() { <-syncedCh }()
+	waitSync := syncedCh
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.kick:
+		case <-waitSync:
+			waitSync = nil
+		}
+		n.rebuild()
+	}
+}
+
+func (n *Nodes) rebuild() {
+	s := &Snapshot{nodes: make(map[string]Node), Synced: n.synced()}
+	for _, o := range n.store.List() {
+		if obj, ok := o.(*corev1.Node); ok {
+			s.nodes[obj.Name] = nodeOf(obj)
+		}
+	}
+	old := n.snap.Swap(s)
+	if old.Synced == s.Synced && sameNodes(old.nodes, s.nodes) {
+		return
+	}
+	n.log.Debug("node set changed", "nodes", len(s.nodes), "synced", s.Synced)
+	n.signal(n.changes)
+}
+
+func sameNodes(a, b map[string]Node) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, x := range a {
+		y, ok := b[k]
+		if !ok || x.InternalIP != y.InternalIP || !slices.Equal(x.PodCIDRs, y.PodCIDRs) {
+			return false
+		}
+	}
+	return true
+}
+
+// Snapshot returns the current view; it never changes after return.
+func (n *Nodes) Snapshot() Snapshot { return *n.snap.Load() }
+
+// Changes receives a value after the Node set (names, addresses or pod
+// CIDRs) changed; several changes may collapse into one. Read Snapshot
+// after each.
+func (n *Nodes) Changes() <-chan struct{} { return n.changes }
+
+// WaitSynced blocks until the first list of Nodes is in the snapshot.
+func (n *Nodes) WaitSynced(ctx context.Context) error {
+	for !n.Snapshot().Synced {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the Node list: %w", ctx.Err())
+		case <-n.changes:
+			// Hand the signal on, so the consumer still sees a change.
+			defer n.signal(n.changes)
+		}
+	}
+	return nil
+}
+
+// Close stops the informer and the rebuild loop and waits for them.
+func (n *Nodes) Close() {
+	n.closeOnce.Do(func() {
+		n.cancel()
+		n.factory.Shutdown()
+		n.wg.Wait()
+	})
+}
+
+// Cluster is weftd's handle on the API server: the only client-go value
+// weftd holds, so that cmd/weftd itself never imports client-go.
+type Cluster struct {
+	c   kubernetes.Interface
+	log *slog.Logger
+}
+
+// NewCluster wraps a clientset (a fake one in tests).
+func NewCluster(c kubernetes.Interface, log *slog.Logger) *Cluster {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Cluster{c: c, log: log}
+}
+
+// Connect builds a client from a kubeconfig file, or from the pod's
+// service account when kubeconfig is empty (the DaemonSet case).
+func Connect(kubeconfig string, log *slog.Logger) (*Cluster, error) {
+	var (
+		cfg *rest.Config
+		err error
+	)
+	if kubeconfig != "" {
+		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else {
+		cfg, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client config: %w", err)
+	}
+	cfg.UserAgent = "weftd"
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return NewCluster(cs, log), nil
+}
+
+// WaitPodCIDRs waits until the Node called name exists and has pod CIDRs
+// (see ipam/kube.Wait) and returns them with the Node's InternalIP.
+func (k *Cluster) WaitPodCIDRs(ctx context.Context, name string) (netip.Addr, []netip.Prefix, error) {
+	cfg := ipamkube.DefaultWaitConfig()
+	cfg.Logger = k.log
+	n, cidrs, err := ipamkube.Wait(ctx, k.c, name, cfg)
+	if err != nil {
+		return netip.Addr{}, nil, err
+	}
+	ip, _ := InternalIP(n)
+	return ip, cidrs, nil
+}
+
+// Publish merges annotations into the Node called node (see Publish).
+func (k *Cluster) Publish(ctx context.Context, node string, ann map[string]string) error {
+	return Publish(ctx, k.c, node, ann)
+}
+
+// Watch starts a Node watcher (see Watch).
+func (k *Cluster) Watch(ctx context.Context) (*Nodes, error) { return Watch(ctx, k.c, k.log) }
