@@ -5,7 +5,7 @@ BINARIES  := weftd weft-cni weftctl
 GOFLAGS   ?=
 export GOFLAGS
 
-.PHONY: all build test test-unit test-netns test-kube demo bench fuzz vet clean lab-down
+.PHONY: all build test test-unit test-netns test-kube kube-bins demo bench fuzz vet clean lab-down
 
 all: build
 
@@ -38,6 +38,12 @@ test-netns:
 test-kube: build
 	@if [ "$$(id -u)" != 0 ]; then echo "test-kube needs root (network namespaces, containerd, kubelet)"; exit 1; fi
 	cd deploy/e2e && $(GO) vet . && WEFT_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 60m .
+
+# Only the Kubernetes and etcd binaries of test-kube, into their cache (a
+# no-op when cached). .ci/run starts it beside `make test` on a fresh
+# machine; test-kube waits for it on the cache lock.
+kube-bins:
+	cd deploy/e2e && $(GO) test -count=1 -run '^TestKubeBinaries$$' -timeout 60m .
 
 # The netns lab end to end: build, 3 nodes on 2 sites, pods, ping + TCP
 # across every node pair, summary, teardown. Needs root.

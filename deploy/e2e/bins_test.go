@@ -12,6 +12,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -36,6 +38,23 @@ func cacheDir() string {
 func kubeBinaries(t *testing.T) string {
 	t.Helper()
 	dir := cacheDir()
+	// One builder at a time per machine: .ci/run starts `make kube-bins`
+	// beside the other tests, and test-kube then waits here for it.
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	lock, err := os.OpenFile(filepath.Join(filepath.Dir(dir), ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	waited := time.Now()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatalf("lock %s: %v", lock.Name(), err)
+	}
+	if d := time.Since(waited); d > time.Second {
+		t.Logf("waited %s for another build of the Kubernetes binaries", d.Round(time.Second))
+	}
 	missing := false
 	for _, b := range append([]string{"etcd"}, k8sBinaries...) {
 		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
@@ -44,9 +63,6 @@ func kubeBinaries(t *testing.T) string {
 	}
 	if !missing {
 		return dir
-	}
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		t.Fatal(err)
 	}
 	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".build-")
 	if err != nil {
@@ -79,6 +95,30 @@ func goBuild(t *testing.T, moduleDir string, args ...string) {
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-mod=mod")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatal(fmt.Errorf("go %v in %s: %v\n%s", args, moduleDir, err, out))
+	}
+}
+
+// TestKubeBinaries makes sure the cache holds the Kubernetes and etcd
+// binaries (building them if not) and that each runs and reports the
+// pinned version. `make kube-bins` runs it alone, so the build can go on
+// beside the rest of the tests.
+func TestKubeBinaries(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds Kubernetes: not in -short")
+	}
+	dir := kubeBinaries(t)
+	for _, c := range [][]string{{"kube-apiserver", "--version"}, {"kubelet", "--version"}, {"kubectl", "version", "--client"}, {"etcd", "--version"}} {
+		out, err := exec.Command(filepath.Join(dir, c[0]), c[1:]...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v: %s", c[0], err, out)
+		}
+		want := k8sVersion
+		if c[0] == "etcd" {
+			want = strings.TrimPrefix(etcdVersion, "v")
+		}
+		if !strings.Contains(string(out), want) {
+			t.Fatalf("%s reports %q, want %s", c[0], out, want)
+		}
 	}
 }
 
