@@ -58,20 +58,11 @@ func TestPolicyChoose(t *testing.T) {
 	}
 }
 
-// fakeWireGuard records what the router hands to the WireGuard transport.
+// fakeWireGuard records the peer set the router gives the WireGuard
+// transport.
 type fakeWireGuard struct {
 	mu    sync.Mutex
-	sent  [][]byte
 	peers []wireguard.Peer
-}
-
-func (f *fakeWireGuard) Send(pkts [][]byte) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for _, p := range pkts {
-		f.sent = append(f.sent, append([]byte(nil), p...))
-	}
-	return nil
 }
 
 func (f *fakeWireGuard) SetPeers(p []wireguard.Peer) error {
@@ -104,14 +95,14 @@ func TestRouterSendsWireGuardPeersToWireGuard(t *testing.T) {
 	}
 	wg.mu.Unlock()
 
+	// The device reads the TUN and asks the router's filter what to keep.
 	pkt := ipv4("10.244.1.2", "10.244.2.2", "secret")
-	a.tun.Outbound <- pkt
-	waitCounter(t, a.r.Stats().TxPackets.Load, 1)
-	wg.mu.Lock()
-	if len(wg.sent) != 1 || !bytes.Equal(wg.sent[0], pkt) {
-		t.Fatalf("wireguard got %x, want the plain packet", wg.sent)
+	bufs, sizes := deviceBatch([][]byte{pkt})
+	a.r.Divert()(bufs, sizes, deviceOffset)
+	if !bytes.Equal(bufs[0][deviceOffset:deviceOffset+sizes[0]], pkt) {
+		t.Fatalf("wireguard keeps % x, want the plain packet", bufs[0][deviceOffset:deviceOffset+sizes[0]])
 	}
-	wg.mu.Unlock()
+	waitCounter(t, a.r.Stats().TxPackets.Load, 1)
 	expectNothing(t, b) // nothing went out as VXLAN
 
 	// VXLAN claiming to come from a peer we reach over WireGuard is dropped.

@@ -12,11 +12,19 @@
 // (VNI, flags, known sender, inner source inside the sender's pod CIDRs) and
 // writes the surviving inner packets to the TUN in one call. Buffers are
 // allocated once per loop and reused; the per-packet work allocates nothing.
+//
+// That is the portable path. On Linux, with weftd's real TUN device
+// (virtio-net headers, TSO/USO) and its vxlan.Sender, the loops of
+// fastpath_linux.go take over: TCP and UDP super-packets are sent as VXLAN
+// segments gathered from the TUN read buffer without being cut apart
+// (gso.go), and received segments of one TCP flow are written to the TUN as
+// one super-packet without being copied together (coalesce.go).
 package overlay
 
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -50,7 +58,9 @@ type Config struct {
 	VNI      uint32  // VXLAN network identifier, 24 bits
 	LocalMAC [6]byte // our VTEP MAC: inner Ethernet source out, expected destination in
 	// WireGuard carries the packets of peers whose Transport is
-	// TransportWireGuard; nil when the node has no WireGuard device.
+	// TransportWireGuard; nil when the node has no WireGuard device. When
+	// set, the device is the TUN's only reader: it hands every batch to
+	// the router's Divert (divert.go), and Start runs no outbound loop.
 	WireGuard WireGuard
 	// PathMTU returns the kernel's path MTU toward an underlay address (0
 	// if unknown); nil disables path MTU tracking. See pmtu.go.
@@ -74,8 +84,6 @@ type FrameSender interface {
 // WireGuard is the encrypted transport as the router uses it; see
 // package encap/wireguard.
 type WireGuard interface {
-	// Send takes whole IP packets and returns once it has copied them.
-	Send(pkts [][]byte) error
 	// SetPeers replaces the whole WireGuard peer set.
 	SetPeers(peers []wireguard.Peer) error
 }
@@ -88,6 +96,10 @@ type Router struct {
 	log   *slog.Logger
 	table atomic.Pointer[table]
 	stats Stats
+
+	// receiver is the VXLAN socket of the inbound fast path
+	// (fastpath_linux.go), nil when the bind receives instead.
+	receiver io.Closer
 
 	pmtuMu   sync.Mutex // guards pmtus
 	pmtus    map[netip.Addr]*pathMTU
@@ -112,15 +124,29 @@ func New(cfg Config, dev tun.Device, bind conn.Bind) *Router {
 	return r
 }
 
-// Start opens the bind on port and starts the packet loops.
+// Start opens the UDP port and starts the packet loops. With a real TUN
+// device carrying virtio-net headers and a vxlan.Sender, the fast loops of
+// fastpath_linux.go run and receive on their own socket; otherwise the
+// bind is opened on port.
 func (r *Router) Start(port uint16) error {
-	fns, _, err := r.bind.Open(port)
+	fastOut, fastIn, err := r.startFast(port)
 	if err != nil {
 		return fmt.Errorf("open udp port %d: %w", port, err)
 	}
-	r.wg.Add(2 + len(fns))
+	var fns []conn.ReceiveFunc
+	if !fastIn {
+		if fns, _, err = r.bind.Open(port); err != nil {
+			return fmt.Errorf("open udp port %d: %w", port, err)
+		}
+	}
+	r.log.Info("router datapath", "fast_outbound", fastOut, "fast_inbound", fastIn)
+	r.wg.Add(1 + len(fns))
 	go r.pmtuLoop()
-	go r.outbound()
+	if !fastOut && r.cfg.WireGuard == nil {
+		// With a WireGuard device, the device reads the TUN (divert.go).
+		r.wg.Add(1)
+		go r.outbound()
+	}
 	for _, fn := range fns {
 		go r.inbound(fn)
 	}
@@ -172,8 +198,8 @@ func (r *Router) Peers() []Peer {
 // Stats returns the router's counters.
 func (r *Router) Stats() *Stats { return &r.stats }
 
-// Close stops the loops and closes the TUN device and the bind. It is
-// idempotent.
+// Close stops the loops and closes the TUN device, the bind and the fast
+// path's socket. It is idempotent.
 func (r *Router) Close() error {
 	r.mu.Lock()
 	if r.closed {
@@ -184,6 +210,9 @@ func (r *Router) Close() error {
 	close(r.done)
 	r.mu.Unlock()
 	err := errors.Join(r.tun.Close(), r.bind.Close())
+	if r.receiver != nil {
+		err = errors.Join(err, r.receiver.Close())
+	}
 	r.wg.Wait()
 	return err
 }
@@ -214,6 +243,45 @@ type sendGroup struct {
 	bufs   [][]byte
 }
 
+// outState is the outbound loop's reusable state: nothing in it is
+// allocated per packet.
+type outState struct {
+	// groups is reused across batches; each group's bufs keeps its capacity.
+	groups  []sendGroup
+	icmp    []byte
+	limiter icmpLimiter
+	counts  batchCounts
+	buckets uint32
+}
+
+func (r *Router) newOutState(batch int) *outState {
+	st := &outState{
+		groups:  make([]sendGroup, 0, 8),
+		icmp:    make([]byte, tunOffset+128),
+		buckets: 1,
+	}
+	if r.cfg.Sender != nil {
+		st.buckets = uint32(r.cfg.Sender.Buckets())
+	}
+	return st
+}
+
+// bucketOf is the source-port bucket of an inner packet's flow.
+func (st *outState) bucketOf(pkt []byte) uint32 {
+	if st.buckets <= 1 {
+		return 0
+	}
+	return flowHash(pkt) % st.buckets
+}
+
+// flushOut adds the batch's counters to the router's, once per batch.
+func (r *Router) flushOut(st *outState) {
+	r.stats.TxPackets.Add(st.counts.packets)
+	r.stats.TxBytes.Add(st.counts.bytes)
+	r.stats.addDrops(&st.counts)
+	st.counts.reset()
+}
+
 func (r *Router) outbound() {
 	defer r.wg.Done()
 	batch := r.tun.BatchSize()
@@ -222,16 +290,7 @@ func (r *Router) outbound() {
 		bufs[i] = make([]byte, bufSize)
 	}
 	sizes := make([]int, batch)
-	// groups is reused across batches; each group's bufs keeps its capacity.
-	groups := make([]sendGroup, 0, 8)
-	wgBatch := make([][]byte, 0, batch)
-	icmp := make([]byte, tunOffset+128)
-	var limiter icmpLimiter
-	var counts batchCounts
-	buckets := uint32(1)
-	if r.cfg.Sender != nil {
-		buckets = uint32(r.cfg.Sender.Buckets())
-	}
+	st := r.newOutState(batch)
 	for {
 		n, err := r.tun.Read(bufs, sizes, tunOffset)
 		if err != nil && n == 0 {
@@ -245,68 +304,68 @@ func (r *Router) outbound() {
 			r.log.Error("tun read failed; outbound loop stops", "err", err)
 			return
 		}
-		t := r.table.Load()
-		counts.reset()
-		for g := range groups {
-			groups[g].bufs = groups[g].bufs[:0]
+		ok := r.sendBatch(r.table.Load(), bufs[:n], sizes[:n], st)
+		r.flushOut(st)
+		if !ok {
+			return
 		}
-		groups = groups[:0]
-		wgBatch = wgBatch[:0]
-		for i := 0; i < n; i++ {
-			p, v := r.encapsulate(t, bufs[i], sizes[i])
-			if v == dropTooBig {
-				r.tooBig(p, bufs[i][tunOffset:tunOffset+sizes[i]], icmp, &limiter)
-			}
-			if v != pass {
-				counts.drops[v]++
-				continue
-			}
-			if p.Transport == TransportWireGuard {
-				counts.packets++
-				counts.bytes += uint64(sizes[i])
-				wgBatch = append(wgBatch, bufs[i][tunOffset:tunOffset+sizes[i]])
-				continue
-			}
-			frame := bufs[i][tunOffset-vxlan.FrameHeaderLen : tunOffset+sizes[i]]
-			counts.packets++
-			counts.bytes += uint64(sizes[i])
-			bucket := uint32(0)
-			if buckets > 1 {
-				bucket = flowHash(bufs[i][tunOffset:tunOffset+sizes[i]]) % buckets
-			}
-			groups = addToGroup(groups, p, bucket, frame)
-		}
-		for _, g := range groups {
-			var err error
-			if r.cfg.Sender != nil {
-				err = r.cfg.Sender.Send(g.bufs, g.peer.Underlay, g.bucket)
-			} else {
-				err = r.bind.Send(g.bufs, g.peer.ep)
-			}
-			if err != nil {
-				if isClosed(err) {
-					return
-				}
-				counts.drops[dropSendError] += uint64(len(g.bufs))
-				counts.packets -= uint64(len(g.bufs))
-				r.log.Debug("udp send failed", "peer", g.peer.Name, "err", err)
-				// A datagram over the path MTU fails here; learn it now.
-				r.kickPathMTU()
-			}
-		}
-		if len(wgBatch) > 0 {
-			if err := r.cfg.WireGuard.Send(wgBatch); err != nil {
-				if isClosed(err) {
-					return
-				}
-				counts.drops[dropSendError] += uint64(len(wgBatch))
-				counts.packets -= uint64(len(wgBatch))
-			}
-		}
-		r.stats.TxPackets.Add(counts.packets)
-		r.stats.TxBytes.Add(counts.bytes)
-		r.stats.addDrops(&counts)
 	}
+}
+
+// sendBatch encapsulates the packets bufs[i][tunOffset:tunOffset+sizes[i]] and
+// sends them, grouped by peer and flow bucket. (It never sees WireGuard
+// peers: they exist only with a WireGuard device, which reads the TUN
+// itself.) It adds to st.counts and reports false once the router is
+// closing.
+func (r *Router) sendBatch(t *table, bufs [][]byte, sizes []int, st *outState) bool {
+	for g := range st.groups {
+		st.groups[g].bufs = st.groups[g].bufs[:0]
+	}
+	st.groups = st.groups[:0]
+	counts := &st.counts
+	for i := range bufs {
+		p, v := r.encapsulate(t, bufs[i], sizes[i])
+		if v == dropTooBig {
+			r.tooBig(p, bufs[i][tunOffset:tunOffset+sizes[i]], st.icmp, &st.limiter)
+		}
+		if v != pass {
+			counts.drops[v]++
+			continue
+		}
+		counts.packets++
+		counts.bytes += uint64(sizes[i])
+		frame := bufs[i][tunOffset-vxlan.FrameHeaderLen : tunOffset+sizes[i]]
+		st.groups = addToGroup(st.groups, p, st.bucketOf(bufs[i][tunOffset:tunOffset+sizes[i]]), frame)
+	}
+	return r.sendGroups(st.groups, counts)
+}
+
+// sendGroups sends each group to its peer, from the group's source-port
+// bucket. Failed sends are counted as drops (and taken off counts.packets);
+// it reports false once the socket is closed.
+func (r *Router) sendGroups(groups []sendGroup, counts *batchCounts) bool {
+	open := true
+	for _, g := range groups {
+		var err error
+		if r.cfg.Sender != nil {
+			err = r.cfg.Sender.Send(g.bufs, g.peer.Underlay, g.bucket)
+		} else {
+			err = r.bind.Send(g.bufs, g.peer.ep)
+		}
+		if err == nil {
+			continue
+		}
+		counts.drops[dropSendError] += uint64(len(g.bufs))
+		counts.packets -= uint64(len(g.bufs))
+		if isClosed(err) {
+			open = false
+			continue
+		}
+		r.log.Debug("udp send failed", "peer", g.peer.Name, "err", err)
+		// A datagram over the path MTU fails here; learn it now.
+		r.kickPathMTU()
+	}
+	return open
 }
 
 // addToGroup appends frame to the group of (p, bucket), making the group if

@@ -21,6 +21,7 @@ const (
 	dropTunWrite
 	dropWrongTransport
 	dropTooBig
+	dropBadOffload
 	numVerdicts
 )
 
@@ -41,6 +42,7 @@ var verdictNames = [numVerdicts]string{
 	dropTunWrite:       "drop_tun_write",       // inbound: the TUN write failed
 	dropWrongTransport: "drop_wrong_transport", // inbound: VXLAN from a peer we reach over WireGuard
 	dropTooBig:         "drop_too_big",         // outbound: does not fit the path MTU after encapsulation
+	dropBadOffload:     "drop_bad_offload",     // outbound: a TUN packet that does not match its virtio (offload) header
 }
 
 // Stats counts what the router moved and what it dropped, by reason.

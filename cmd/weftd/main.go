@@ -377,7 +377,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 			dev.Close()
 			return err
 		}
-		wg, err = wireguard.New(wireguard.Config{Name: c.WGName, PrivateKey: key, ListenPort: uint16(c.WGPort), TUN: dev, MTU: mtu, Logger: log})
+		wg, err = wireguard.New(wireguard.Config{Name: c.WGName, PrivateKey: key, ListenPort: uint16(c.WGPort), TUN: dev, Logger: log})
 		if err != nil {
 			dev.Close()
 			return err
@@ -401,6 +401,9 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		return err
 	}
 	defer router.Close()
+	if wg != nil {
+		wg.SetDivert(router.Divert()) // the device reads the TUN from now on
+	}
 	if err := router.SetPeers(c.StaticPeers); err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sync/atomic"
+	"syscall"
 	"unsafe"
 
 	"golang.org/x/net/ipv4"
@@ -40,6 +41,15 @@ type Sender struct {
 	msgs []ipv4.Message
 	oobs [][]byte
 	addr net.UDPAddr
+
+	// SendGather state (gather_linux.go): the raw sockets, the messages
+	// still to send and the error of the last attempt, and the write
+	// callback made once so that sends do not allocate.
+	raws     []syscall.RawConn
+	sa       unix.RawSockaddrInet4
+	gmsgs    []unix.Mmsghdr
+	gerr     error
+	sendmmsg func(fd uintptr) bool
 }
 
 // NewSender opens n sockets (1..64) on ephemeral IPv4 ports.
@@ -48,6 +58,7 @@ func NewSender(n int) (*Sender, error) {
 		return nil, fmt.Errorf("vxlan sender: %d sockets, want 1..64", n)
 	}
 	s := &Sender{addr: net.UDPAddr{IP: make(net.IP, 4)}}
+	s.sendmmsg = s.sendmmsgFunc
 	s.gso.Store(true)
 	for range n {
 		c, err := net.ListenUDP("udp4", &net.UDPAddr{})
@@ -55,11 +66,16 @@ func NewSender(n int) (*Sender, error) {
 			s.Close()
 			return nil, fmt.Errorf("vxlan sender socket: %w", err)
 		}
-		if rc, err := c.SyscallConn(); err == nil {
-			rc.Control(func(fd uintptr) {
-				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, socketBuffer)
-			})
+		rc, err := c.SyscallConn()
+		if err != nil {
+			c.Close()
+			s.Close()
+			return nil, fmt.Errorf("vxlan sender socket: %w", err)
 		}
+		rc.Control(func(fd uintptr) {
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, socketBuffer)
+		})
+		s.raws = append(s.raws, rc)
 		s.conns = append(s.conns, c)
 		s.pcs = append(s.pcs, ipv4.NewPacketConn(c))
 	}

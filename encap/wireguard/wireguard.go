@@ -1,12 +1,15 @@
 // Package wireguard is weft's encrypted transport: a wireguard-go device
 // (userspace, no kernel module) that speaks standard WireGuard on the
-// underlay and exchanges plaintext pod packets with weft's router.
+// underlay and exchanges plaintext pod packets with the node's TUN.
 //
-// The device does not own a TUN. It sits behind a pipe: the router hands it
-// the outbound packets of WireGuard peers (Send), and the device writes
-// decrypted inbound packets straight to the node's real TUN device, in the
-// batches wireguard-go forms. WireGuard itself picks the peer by allowed IPs
-// (the peers' pod CIDRs) and drops inbound packets whose inner source is not
+// The device reads the node's real TUN itself, as standalone wireguard-go
+// does, into its own buffers and batches: no copy, no hand-off between
+// goroutines. Before the device sees a batch, the router's Divert takes out
+// of it the packets that are not for WireGuard peers (VXLAN peers under
+// wireguard-across-sites, no route, too big); see reader.go. Inbound, the
+// device writes decrypted packets straight to the TUN, in the batches
+// wireguard-go forms. WireGuard itself picks the peer by allowed IPs (the
+// peers' pod CIDRs) and drops inbound packets whose inner source is not
 // allowed for the peer that sent them.
 //
 // Peers are configured declaratively (SetPeers: the whole desired set, diffed
@@ -15,6 +18,7 @@
 package wireguard
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -47,10 +51,12 @@ type Config struct {
 	Name       string
 	PrivateKey wgtypes.Key
 	ListenPort uint16
-	// TUN is the node's real TUN device; decrypted packets are written to it.
-	TUN tun.Device
-	// MTU is the inner (pod) MTU; wireguard-go pads to it.
-	MTU    int
+	// TUN is the node's real TUN device. The device reads outbound packets
+	// from it (through SetDivert's filter), writes decrypted ones to it,
+	// and follows its link state and MTU (padding), as standalone
+	// wireguard-go does. Its Close must be idempotent: the device closes
+	// it, and so does whoever else owns it.
+	TUN    tun.Device
 	Logger *slog.Logger
 }
 
@@ -64,7 +70,7 @@ type Peer struct {
 // Device is a running wireguard-go device.
 type Device struct {
 	dev  *device.Device
-	pipe *pipe
+	tun  *reader
 	uapi net.Listener
 	log  *slog.Logger
 	name string
@@ -78,21 +84,26 @@ type Device struct {
 }
 
 // New starts a device listening on cfg.ListenPort and serves its UAPI
-// socket.
+// socket. The device reads no packet from the TUN until SetDivert. A device
+// that fails to start has closed cfg.TUN (wireguard-go closes its TUN on
+// the way out).
 func New(cfg Config) (*Device, error) {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("component", "wireguard", "device", cfg.Name)
-	p := newPipe(cfg.TUN, cfg.MTU)
-	wlog := &device.Logger{
-		Verbosef: func(f string, a ...any) { log.Debug(fmt.Sprintf(f, a...)) },
-		Errorf:   func(f string, a ...any) { log.Warn(fmt.Sprintf(f, a...)) },
+	r := newReader(cfg.TUN)
+	// Verbose messages are formatted only when debug logging is on, as
+	// wireguard-go's own level-filtered logger does: a Sprintf for a
+	// message that is then dropped costs the packet goroutines for nothing.
+	wlog := &device.Logger{Verbosef: device.DiscardLogf, Errorf: func(f string, a ...any) { log.Warn(fmt.Sprintf(f, a...)) }}
+	if log.Enabled(context.Background(), slog.LevelDebug) {
+		wlog.Verbosef = func(f string, a ...any) { log.Debug(fmt.Sprintf(f, a...)) }
 	}
 	d := &Device{
-		dev:     device.NewDevice(p, conn.NewStdNetBind(), wlog),
-		pipe:    p,
+		dev:     device.NewDevice(r, conn.NewStdNetBind(), wlog),
+		tun:     r,
 		log:     log,
 		name:    cfg.Name,
 		applied: make(map[wgtypes.Key]Peer),
@@ -186,17 +197,15 @@ func (d *Device) SetPeers(peers []Peer) error {
 	return nil
 }
 
-// Send hands outbound plaintext packets to the device; each element of
-// pkts is one whole IP packet. It returns once the device has copied them,
-// so the caller may reuse the buffers.
-func (d *Device) Send(pkts [][]byte) error { return d.pipe.send(pkts) }
+// SetDivert starts the device's reads from the TUN, each batch filtered by
+// f first (see Divert). Only the first call counts.
+func (d *Device) SetDivert(f Divert) { d.tun.setDivert(f) }
 
 // Close stops the device and removes the UAPI socket. It is idempotent.
 func (d *Device) Close() error {
 	d.closeOnce.Do(func() {
 		d.uapi.Close()
-		d.pipe.close()
-		d.dev.Close()
+		d.dev.Close() // closes the TUN, which ends the device's reads
 		d.wg.Wait()
 	})
 	return nil

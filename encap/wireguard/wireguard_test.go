@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -53,6 +54,8 @@ type node struct {
 	tun  *tuntest.ChannelTUN
 	port uint16
 	cidr netip.Prefix
+
+	diverted atomic.Int32
 }
 
 func newNode(t *testing.T, cidr string) *node {
@@ -62,10 +65,20 @@ func newNode(t *testing.T, cidr string) *node {
 		t.Fatal(err)
 	}
 	n := &node{tun: tuntest.NewChannelTUN(), port: uint16(20000 + rand.IntN(20000)), cidr: netip.MustParsePrefix(cidr)}
-	n.dev, err = New(Config{Name: fmt.Sprintf("wtest%05d", rand.IntN(100000)), PrivateKey: k, ListenPort: n.port, TUN: n.tun.TUN(), MTU: 1420})
+	n.dev, err = New(Config{Name: fmt.Sprintf("wtest%05d", rand.IntN(100000)), PrivateKey: k, ListenPort: n.port, TUN: n.tun.TUN()})
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The router's part, played here: packets carrying "divert" are taken
+	// out of the batch and must never reach the peer.
+	n.dev.SetDivert(func(bufs [][]byte, sizes []int, offset int) {
+		for i := range bufs {
+			if bytes.Contains(bufs[i][offset:offset+sizes[i]], []byte("divert")) {
+				sizes[i] = 0
+				n.diverted.Add(1)
+			}
+		}
+	})
 	t.Cleanup(func() { n.dev.Close() })
 	return n
 }
@@ -103,20 +116,23 @@ func TestDevicesExchangePackets(t *testing.T) {
 	if err := a.dev.SetPeers([]Peer{b.asPeer()}); err != nil {
 		t.Fatal(err)
 	}
+	// Outbound packets come from the TUN, through the divert filter.
+	a.tun.Outbound <- ipv4("10.244.1.2", "10.244.2.2", "divert me")
 	pkt := ipv4("10.244.1.2", "10.244.2.2", "through the tunnel")
-	if err := a.dev.Send([][]byte{pkt}); err != nil {
-		t.Fatal(err)
-	}
+	a.tun.Outbound <- pkt
 	if got := receive(t, b); !bytes.Equal(got, pkt) {
 		t.Fatalf("b decrypted % x, want % x", got, pkt)
 	}
+	if got := a.diverted.Load(); got != 1 {
+		t.Fatalf("diverted %d packets, want 1", got)
+	}
 	back := ipv4("10.244.2.2", "10.244.1.2", "and back")
-	b.dev.Send([][]byte{back})
+	b.tun.Outbound <- back
 	if got := receive(t, a); !bytes.Equal(got, back) {
 		t.Fatalf("a decrypted % x", got)
 	}
 	// A source outside the sender's allowed IPs is dropped by WireGuard.
-	b.dev.Send([][]byte{ipv4("10.244.9.9", "10.244.1.2", "spoofed")})
+	b.tun.Outbound <- ipv4("10.244.9.9", "10.244.1.2", "spoofed")
 	select {
 	case p := <-a.tun.Inbound:
 		t.Fatalf("spoofed source delivered: % x", p)

@@ -7,12 +7,15 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/weftnet/weft/peer"
 )
@@ -157,6 +160,17 @@ func waitFor(t *testing.T, n *Nodes, what string, cond func(Snapshot) bool) {
 // purge a deleted node's routes.
 func TestWatchFollowsNodes(t *testing.T) {
 	c := fake.NewClientset(kNode("n1", "192.0.2.11", "10.244.1.0/24"), kNode("n2", "198.51.100.12", "10.244.2.0/24"))
+	// The fake clientset has no resource versions: an object created
+	// between the informer's list and its watch is never delivered. Wait
+	// for the watch before changing anything (a real API server replays
+	// from the list's resource version instead).
+	watching := make(chan struct{})
+	var once sync.Once
+	c.PrependWatchReactor("nodes", func(a k8stesting.Action) (bool, watch.Interface, error) {
+		w, err := c.Tracker().Watch(a.GetResource(), a.GetNamespace())
+		once.Do(func() { close(watching) }) // after the tracker has the watcher
+		return true, w, err
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	w, err := Watch(ctx, c, quiet())
@@ -166,6 +180,11 @@ func TestWatchFollowsNodes(t *testing.T) {
 	defer w.Close()
 	if err := w.WaitSynced(ctx); err != nil {
 		t.Fatal(err)
+	}
+	select {
+	case <-watching:
+	case <-ctx.Done():
+		t.Fatal("the informer never started its watch")
 	}
 	waitFor(t, w, "two nodes", func(s Snapshot) bool { return s.Len() == 2 })
 	gossip := []peer.Peer{rec("n2", "10.244.2.0/24"), rec("n3", "10.244.3.0/24")}

@@ -1,0 +1,82 @@
+package wireguard
+
+import (
+	"os"
+	"sync"
+
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// Divert is handed every outbound batch the device reads from the node's
+// TUN, before the device looks at it: packet i is
+// bufs[i][offset:offset+sizes[i]], len(bufs) packets in all (at most the
+// device's batch size). Divert takes out of the batch every packet that is
+// not for a WireGuard peer — it sends it another way or drops it — by
+// setting its size to 0; the device encrypts what is left, in place, in
+// the order read.
+//
+// The buffers belong to the device: Divert may read and write them but must
+// not keep them, nor move them between slots (wireguard-go pairs each
+// buffer with its own queue element, so a slot's buffer never changes;
+// that is why taken packets are zeroed, not compacted away: the device
+// skips empty slots). Divert is called from the device's single TUN reader
+// goroutine, one batch at a time.
+type Divert func(bufs [][]byte, sizes []int, offset int)
+
+// reader is the tun.Device the wireguard-go device sees: the node's real
+// TUN, whose Read passes each batch through Divert before returning it.
+// There is no copy and no goroutine hand-off: the device reads straight into
+// its own buffers, at its own headroom and batch size, as standalone
+// wireguard-go does. Writes, events and MTU are the real TUN's.
+type reader struct {
+	tun.Device
+
+	once   sync.Once
+	divert Divert        // set once, before ready is closed
+	ready  chan struct{} // closed by setDivert
+	closed chan struct{} // closed by Close
+	close  sync.Once
+}
+
+func newReader(dev tun.Device) *reader {
+	return &reader{Device: dev, ready: make(chan struct{}), closed: make(chan struct{})}
+}
+
+// setDivert starts the reads; later calls change nothing.
+func (r *reader) setDivert(f Divert) {
+	r.once.Do(func() {
+		r.divert = f
+		close(r.ready)
+	})
+}
+
+// Read reads one batch from the TUN and lets Divert take its share. Until
+// setDivert is called it reads nothing, so no packet passes unfiltered.
+func (r *reader) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	select {
+	case <-r.ready:
+	default:
+		select {
+		case <-r.ready:
+		case <-r.closed:
+			return 0, os.ErrClosed
+		}
+	}
+	n, err := r.Device.Read(bufs, sizes, offset)
+	if n > 0 {
+		r.divert(bufs[:n], sizes[:n], offset)
+	}
+	return n, err
+}
+
+// Close closes the real TUN as well: a blocked read ends no other way, and
+// the device waits for its reader before Close returns. It is idempotent;
+// the real TUN's Close must be too, since the router closes it as well.
+func (r *reader) Close() error {
+	var err error
+	r.close.Do(func() {
+		close(r.closed)
+		err = r.Device.Close()
+	})
+	return err
+}

@@ -1,0 +1,269 @@
+package overlay
+
+import (
+	"bytes"
+	"encoding/binary"
+
+	"github.com/weftnet/weft/encap/vxlan"
+)
+
+// Inbound coalescing.
+//
+// The underlay delivers a TCP stream as many segments (often many per
+// received UDP GRO datagram). Writing each to the TUN costs a system call
+// and a trip through the kernel's IP stack per segment; the coalescer turns
+// each run of consecutive segments of one TCP flow into one GSO packet that
+// the kernel takes whole, written with writev from the receive buffers
+// themselves: the virtio header and the fixed-up IP and TCP headers of the
+// run sit in place in front of the first segment's payload, and every later
+// segment contributes only its payload slice. No payload byte is copied.
+//
+// A segment joins the open run only when the kernel would have merged it
+// too: same addresses, ports, IP header fields (TOS, TTL, DF, no other
+// fragment bits, same options), same TCP ack, window, flags (PSH aside),
+// options and header lengths, sequence number right after the run, no
+// SYN, FIN, RST, URG or CWR, a payload no longer than the first segment's,
+// and a valid TCP checksum. The checksum is verified here because a merged
+// packet reaches the kernel flagged NEEDS_CSUM, which the kernel trusts:
+// VXLAN carries no integrity of its own (the outer UDP checksum is often
+// zero), so without this check a corrupted segment would reach the pod. A
+// shorter segment, or one with PSH, closes its run. Anything else is
+// written on its own, unchanged, and the kernel checks it as usual.
+
+const (
+	// maxRunSegs bounds the segments of one coalesced write (and so the
+	// iovecs of one writev).
+	maxRunSegs = 64
+	// maxRunLen is the largest coalesced IP packet.
+	maxRunLen = 65535
+)
+
+// tunWrite is one write to the TUN device: head is the virtio header
+// followed by the packet (for a run, the fixed-up headers and the first
+// payload); more are the payloads of the later segments of a run,
+// coalescer.payloads[lo:hi].
+type tunWrite struct {
+	head   []byte
+	lo, hi int
+	segs   int // inner packets in this write, for the counters
+}
+
+// run is the open run: its first segment (headers and all) and what the
+// next segment must look like to join.
+type run struct {
+	frame   []byte // the first segment's VXLAN frame
+	first   []byte // its inner packet: frame[vxlan.FrameHeaderLen:]
+	v6      bool
+	l3Len   int
+	hdrLen  int
+	mss     int    // payload length of the first segment
+	nextSeq uint32 // sequence number the next segment must carry
+	length  int    // IP packet length so far
+	segs    int
+	psh     bool // the last segment carried PSH
+	checked bool // the first segment's checksum was verified
+	closed  bool // no more segments may join
+	lo      int  // first index of this run's later payloads in coalescer.payloads
+}
+
+// coalescer groups validated inner packets into TUN writes. It is reused
+// across batches; reset before each. The slices it hands out point into the
+// frames given to add, which must stay untouched until the writes are done.
+type coalescer struct {
+	writes   []tunWrite
+	payloads [][]byte
+	open     bool
+	cur      run
+}
+
+func (c *coalescer) reset() {
+	c.writes = c.writes[:0]
+	c.payloads = c.payloads[:0]
+	c.open = false
+}
+
+// add takes one validated VXLAN frame (frame header and inner packet). The
+// frame's header bytes are overwritten: the virtio header goes right in
+// front of the inner packet.
+func (c *coalescer) add(frame []byte) {
+	inner := frame[vxlan.FrameHeaderLen:]
+	if c.open && c.join(inner) {
+		return
+	}
+	c.closeRun()
+	if c.start(frame) {
+		return
+	}
+	c.single(frame)
+}
+
+// flush closes the open run; c.writes is then complete.
+func (c *coalescer) flush() { c.closeRun() }
+
+// single queues a frame's inner packet as a write of its own, with a zero
+// virtio header (no offload, checksum already complete).
+func (c *coalescer) single(frame []byte) {
+	head := frame[vxlan.FrameHeaderLen-virtioHdrLen:]
+	clear(head[:virtioHdrLen])
+	c.writes = append(c.writes, tunWrite{head: head, segs: 1})
+}
+
+// tcpSegment returns the layout of an inner packet that may take part in a
+// run: an unfragmented TCP packet whose IP length matches the frame, with
+// payload and without SYN, FIN, RST, URG or CWR.
+func tcpSegment(p []byte) (v6 bool, l3Len, hdrLen int, ok bool) {
+	switch {
+	case len(p) >= 20 && p[0]>>4 == 4:
+		l3Len = int(p[0]&0x0f) * 4
+		if l3Len < 20 || p[9] != protoTCP || binary.BigEndian.Uint16(p[6:8])&0x3fff != 0 ||
+			int(binary.BigEndian.Uint16(p[2:4])) != len(p) {
+			return false, 0, 0, false
+		}
+	case len(p) >= 40 && p[0]>>4 == 6:
+		v6, l3Len = true, 40
+		if p[6] != protoTCP || int(binary.BigEndian.Uint16(p[4:6]))+40 != len(p) {
+			return false, 0, 0, false
+		}
+	default:
+		return false, 0, 0, false
+	}
+	if len(p) < l3Len+20 {
+		return false, 0, 0, false
+	}
+	doff := int(p[l3Len+12]>>4) * 4
+	if doff < 20 || len(p) <= l3Len+doff {
+		return false, 0, 0, false // no payload (or a bad offset): nothing to merge
+	}
+	if p[l3Len+13]&(tcpSYN|tcpFIN|tcpRST|tcpURG|tcpCWR) != 0 {
+		return false, 0, 0, false
+	}
+	return v6, l3Len, l3Len + doff, true
+}
+
+// start opens a run with frame as its first segment, if it may start one.
+func (c *coalescer) start(frame []byte) bool {
+	inner := frame[vxlan.FrameHeaderLen:]
+	v6, l3Len, hdrLen, ok := tcpSegment(inner)
+	if !ok {
+		return false
+	}
+	mss := len(inner) - hdrLen
+	c.cur = run{frame: frame, first: inner, v6: v6, l3Len: l3Len, hdrLen: hdrLen, mss: mss,
+		nextSeq: binary.BigEndian.Uint32(inner[l3Len+4:]) + uint32(mss),
+		length:  len(inner), segs: 1, psh: inner[l3Len+13]&tcpPSH != 0,
+		lo: len(c.payloads)}
+	c.cur.closed = c.cur.psh
+	c.open = true
+	return true
+}
+
+// join appends inner to the open run if it continues it.
+func (c *coalescer) join(p []byte) bool {
+	r := &c.cur
+	if r.closed || r.segs >= maxRunSegs {
+		return false
+	}
+	v6, l3Len, hdrLen, ok := tcpSegment(p)
+	if !ok || v6 != r.v6 || l3Len != r.l3Len || hdrLen != r.hdrLen {
+		return false
+	}
+	n := len(p) - hdrLen
+	if n > r.mss || r.length+n > maxRunLen {
+		return false
+	}
+	f := r.first
+	if v6 {
+		// version, traffic class, flow label | next header, hop limit,
+		// addresses
+		if !bytes.Equal(p[0:4], f[0:4]) || !bytes.Equal(p[6:40], f[6:40]) {
+			return false
+		}
+	} else {
+		// version, IHL, TOS | flags, fragment offset, TTL, protocol |
+		// addresses and options (ID and checksum may differ)
+		if !bytes.Equal(p[0:2], f[0:2]) || !bytes.Equal(p[6:10], f[6:10]) || !bytes.Equal(p[12:l3Len], f[12:l3Len]) {
+			return false
+		}
+	}
+	t, ft := p[l3Len:hdrLen], f[l3Len:hdrLen]
+	// ports | seq | ack | offset, flags without PSH | window | - | urgent | options
+	if !bytes.Equal(t[0:4], ft[0:4]) || binary.BigEndian.Uint32(t[4:8]) != r.nextSeq ||
+		!bytes.Equal(t[8:13], ft[8:13]) || (t[13]^ft[13])&^tcpPSH != 0 ||
+		!bytes.Equal(t[14:16], ft[14:16]) || !bytes.Equal(t[18:], ft[18:]) {
+		return false
+	}
+	if !r.checked {
+		if !tcpChecksumOK(f, r.v6, r.l3Len) {
+			// The head is bad: it goes alone and the kernel drops it.
+			return false
+		}
+		r.checked = true
+	}
+	if !tcpChecksumOK(p, v6, l3Len) {
+		return false
+	}
+	c.payloads = append(c.payloads, p[hdrLen:])
+	r.segs++
+	r.length += n
+	r.nextSeq += uint32(n)
+	r.psh = t[13]&tcpPSH != 0
+	r.closed = r.psh || n < r.mss
+	return true
+}
+
+// tcpChecksumOK verifies the TCP checksum of a whole inner packet.
+func tcpChecksumOK(p []byte, v6 bool, l3Len int) bool {
+	var acc uint64
+	if v6 {
+		acc = pseudoSum(p[8:24], p[24:40], protoTCP, len(p)-l3Len)
+	} else {
+		acc = pseudoSum(p[12:16], p[16:20], protoTCP, len(p)-l3Len)
+	}
+	return csumFold(csumAdd(p[l3Len:], acc)) == 0xffff
+}
+
+// closeRun turns the open run into a write. A run of one segment is written
+// as it came. A longer one gets, in place in the first segment: the IP
+// length (and IPv4 header checksum) of the whole run, PSH if its last
+// segment had it, the pseudo-header sum in the TCP checksum field, and in
+// front a virtio header asking the kernel to finish the checksum and to
+// treat the packet as TCP GSO with the first segment's payload size.
+func (c *coalescer) closeRun() {
+	if !c.open {
+		return
+	}
+	c.open = false
+	r := &c.cur
+	f := r.first
+	base := r.frame[vxlan.FrameHeaderLen-virtioHdrLen:]
+	if r.segs == 1 {
+		clear(base[:virtioHdrLen])
+		c.writes = append(c.writes, tunWrite{head: base, segs: 1})
+		return
+	}
+	h := virtioHdr{
+		flags:      virtioNeedsCsum,
+		gsoType:    gsoTCPv4,
+		hdrLen:     uint16(r.hdrLen),
+		gsoSize:    uint16(r.mss),
+		csumStart:  uint16(r.l3Len),
+		csumOffset: 16,
+	}
+	var acc uint64
+	if r.v6 {
+		h.gsoType = gsoTCPv6
+		binary.BigEndian.PutUint16(f[4:6], uint16(r.length-40))
+		acc = pseudoSum(f[8:24], f[24:40], protoTCP, r.length-r.l3Len)
+	} else {
+		binary.BigEndian.PutUint16(f[2:4], uint16(r.length))
+		f[10], f[11] = 0, 0
+		binary.BigEndian.PutUint16(f[10:12], ^csumFold(csumAdd(f[:r.l3Len], 0)))
+		acc = pseudoSum(f[12:16], f[16:20], protoTCP, r.length-r.l3Len)
+	}
+	if r.psh {
+		f[r.l3Len+13] |= tcpPSH
+	}
+	binary.BigEndian.PutUint16(f[r.l3Len+16:], csumFold(acc))
+	h.encode(base)
+	c.writes = append(c.writes, tunWrite{head: base, lo: r.lo, hi: len(c.payloads), segs: r.segs})
+}

@@ -1,0 +1,453 @@
+package overlay
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net/netip"
+	"testing"
+
+	"github.com/weftnet/weft/encap/vxlan"
+)
+
+// segmentsOf cuts a TCP super-packet into finished VXLAN frames, as a weft
+// or kernel sender puts them on the wire.
+func segmentsOf(t testing.TB, v6 bool, n, mss int, flags byte, seed uint64) [][]byte {
+	t.Helper()
+	p := superTCP(v6, n, flags, seed)
+	typ := uint8(gsoTCPv4)
+	if v6 {
+		typ = gsoTCPv6
+	}
+	h := virtioHdr{flags: virtioNeedsCsum, gsoType: typ, gsoSize: uint16(mss)}
+	sp, err := parseSuper(&h, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var frames [][]byte
+	hdr := make([]byte, segHdrLen)
+	f := vxlan.Frame{VNI: 1, EtherType: vxlan.EtherTypeFor(p)}
+	for i := 0; i < sp.segs; i++ {
+		h := hdr[:vxlan.FrameHeaderLen+sp.hdrLen]
+		f.Encode(h)
+		payload := sp.segment(i, h[vxlan.FrameHeaderLen:])
+		frames = append(frames, append(append([]byte(nil), h...), payload...))
+	}
+	return frames
+}
+
+// unwrite turns a coalescer write back into what the kernel sees: the
+// virtio header and the whole packet.
+func unwrite(c *coalescer, w tunWrite) (virtioHdr, []byte) {
+	var h virtioHdr
+	if err := h.decode(w.head); err != nil {
+		panic(err)
+	}
+	pkt := append([]byte(nil), w.head[virtioHdrLen:]...)
+	for _, p := range c.payloads[w.lo:w.hi] {
+		pkt = append(pkt, p...)
+	}
+	return h, pkt
+}
+
+// kernelSegments checks a coalesced write the way the kernel treats it,
+// and re-segments it: it verifies the virtio header against the packet,
+// finishes the checksum as a NIC would (NEEDS_CSUM) and returns the
+// segments the kernel's TSO would make, each with a valid checksum.
+func kernelAccepts(t *testing.T, h virtioHdr, pkt []byte) []byte {
+	t.Helper()
+	if h.gsoType == gsoNone {
+		if h != (virtioHdr{}) {
+			t.Fatalf("plain write with header %+v", h)
+		}
+		if !l4ChecksumOK(pkt) {
+			t.Fatal("plain write with a bad checksum")
+		}
+		return pkt
+	}
+	if h.flags != virtioNeedsCsum {
+		t.Fatalf("GSO write without NEEDS_CSUM: %+v", h)
+	}
+	v6 := pkt[0]>>4 == 6
+	l3 := 20
+	if v6 {
+		l3 = 40
+		if h.gsoType != gsoTCPv6 || int(binary.BigEndian.Uint16(pkt[4:6]))+40 != len(pkt) {
+			t.Fatalf("v6 GSO header %+v, packet %d bytes", h, len(pkt))
+		}
+	} else {
+		checkIPv4(t, pkt)
+		if h.gsoType != gsoTCPv4 {
+			t.Fatalf("v4 GSO type %d", h.gsoType)
+		}
+	}
+	doff := int(pkt[l3+12]>>4) * 4
+	if int(h.csumStart) != l3 || h.csumOffset != 16 || int(h.hdrLen) != l3+doff {
+		t.Fatalf("header %+v for l3 %d tcp %d", h, l3, doff)
+	}
+	// The field holds the pseudo-header sum: finishing it over the
+	// segment must give a valid checksum.
+	q := append([]byte(nil), pkt...)
+	if err := finishChecksum(&h, q); err != nil {
+		t.Fatal(err)
+	}
+	if !l4ChecksumOK(q) {
+		t.Fatal("coalesced packet: checksum not accepted")
+	}
+	// And the kernel's TSO must be able to cut it again.
+	sp, err := parseSuper(&h, pkt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr := make([]byte, maxHdrLen)
+	for i := 0; i < sp.segs; i++ {
+		payload := sp.segment(i, hdr)
+		seg := append(append([]byte(nil), hdr[:sp.hdrLen]...), payload...)
+		if !l4ChecksumOK(seg) {
+			t.Fatalf("re-segment %d: bad checksum", i)
+		}
+	}
+	return pkt
+}
+
+// TestCoalesceRuns: one flow's segments become one GSO write that the
+// kernel accepts and whose payload is the stream's, in order.
+func TestCoalesceRuns(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		frames := segmentsOf(t, v6, 1388*30+100, 1388, tcpACK|tcpPSH, 1)
+		var c coalescer
+		c.reset()
+		for _, f := range frames {
+			c.add(f)
+		}
+		c.flush()
+		if len(c.writes) != 1 || c.writes[0].segs != 31 {
+			t.Fatalf("v6=%v: %d writes, first of %d segments; want 1 of 31", v6, len(c.writes), c.writes[0].segs)
+		}
+		h, pkt := unwrite(&c, c.writes[0])
+		pkt = kernelAccepts(t, h, pkt)
+		if int(h.gsoSize) != 1388 {
+			t.Fatalf("gso_size %d", h.gsoSize)
+		}
+		l3 := 20
+		if v6 {
+			l3 = 40
+		}
+		if pkt[l3+13] != tcpACK|tcpPSH {
+			t.Fatalf("flags %#x, want ACK|PSH from the last segment", pkt[l3+13])
+		}
+		want := superTCP(v6, 1388*30+100, tcpACK|tcpPSH, 1)
+		if !bytes.Equal(pkt[l3+32:], want[l3+32:]) {
+			t.Fatal("coalesced payload differs from the stream")
+		}
+	}
+}
+
+// TestCoalesceSplits: any mismatch or gap ends a run; nothing is lost,
+// reordered or merged wrongly.
+func TestCoalesceSplits(t *testing.T) {
+	type mod func(frames [][]byte)
+	inner := func(f []byte) []byte { return f[vxlan.FrameHeaderLen:] }
+	// refix recomputes the TCP checksum (and IPv4 header checksum) after a
+	// header change, so that only the intended difference remains.
+	refix := func(f []byte) {
+		p := inner(f)
+		p[10], p[11] = 0, 0
+		binary.BigEndian.PutUint16(p[10:12], ^csumFold(csumAdd(p[:20], 0)))
+		p[36], p[37] = 0, 0
+		binary.BigEndian.PutUint16(p[36:38], ^csumFold(csumAdd(p[20:], pseudoSum(p[12:16], p[16:20], protoTCP, len(p)-20))))
+	}
+	cases := []struct {
+		name string
+		mod  mod
+		want []int // segments per write
+	}{
+		{"none", func([][]byte) {}, []int{6}},
+		{"seq gap", func(fr [][]byte) {
+			p := inner(fr[3])
+			binary.BigEndian.PutUint32(p[24:28], binary.BigEndian.Uint32(p[24:28])+1)
+			refix(fr[3])
+		}, []int{3, 1, 2}},
+		{"ack differs", func(fr [][]byte) { inner(fr[2])[31]++; refix(fr[2]) }, []int{2, 1, 3}},
+		{"window differs", func(fr [][]byte) { inner(fr[4])[35]++; refix(fr[4]) }, []int{4, 1, 1}},
+		{"option differs", func(fr [][]byte) { inner(fr[1])[51]++; refix(fr[1]) }, []int{1, 1, 4}},
+		{"tos differs", func(fr [][]byte) { inner(fr[3])[1] = 1; refix(fr[3]) }, []int{3, 1, 2}},
+		{"ttl differs", func(fr [][]byte) { inner(fr[3])[8]--; refix(fr[3]) }, []int{3, 1, 2}},
+		{"other flow", func(fr [][]byte) { inner(fr[3])[21]++; refix(fr[3]) }, []int{3, 1, 2}},
+		{"psh mid-run", func(fr [][]byte) { inner(fr[2])[33] |= tcpPSH; refix(fr[2]) }, []int{3, 3}},
+		{"fin", func(fr [][]byte) { inner(fr[2])[33] |= tcpFIN; refix(fr[2]) }, []int{2, 1, 3}},
+		{"syn", func(fr [][]byte) { inner(fr[0])[33] |= tcpSYN; refix(fr[0]) }, []int{1, 5}},
+		{"rst", func(fr [][]byte) { inner(fr[5])[33] |= tcpRST; refix(fr[5]) }, []int{5, 1}},
+		{"urg", func(fr [][]byte) { inner(fr[3])[33] |= tcpURG; refix(fr[3]) }, []int{3, 1, 2}},
+		{"cwr", func(fr [][]byte) { inner(fr[3])[33] |= tcpCWR; refix(fr[3]) }, []int{3, 1, 2}},
+		{"ece everywhere", func(fr [][]byte) {
+			for _, f := range fr {
+				inner(f)[33] |= tcpECE
+				refix(f)
+			}
+		}, []int{6}},
+		{"bad checksum mid", func(fr [][]byte) { inner(fr[3])[60] ^= 0xff }, []int{3, 1, 2}},
+		{"bad checksum head", func(fr [][]byte) { inner(fr[0])[60] ^= 0xff }, []int{1, 5}},
+		{"fragment", func(fr [][]byte) { inner(fr[3])[6] |= 0x20; refix(fr[3]) }, []int{3, 1, 2}},
+		{"ip length short of frame", func(fr [][]byte) {
+			p := inner(fr[3])
+			binary.BigEndian.PutUint16(p[2:4], uint16(len(p)-1))
+			refix(fr[3])
+		}, []int{3, 1, 2}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			frames := segmentsOf(t, false, 1000*6, 1000, tcpACK, 2)
+			tc.mod(frames)
+			orig := make([][]byte, len(frames))
+			for i, f := range frames {
+				orig[i] = append([]byte(nil), inner(f)...)
+			}
+			var c coalescer
+			c.reset()
+			for _, f := range frames {
+				c.add(f)
+			}
+			c.flush()
+			var got []int
+			k := 0
+			for _, w := range c.writes {
+				got = append(got, w.segs)
+				h, pkt := unwrite(&c, w)
+				if w.segs == 1 {
+					if h != (virtioHdr{}) || !bytes.Equal(pkt, orig[k]) {
+						t.Fatalf("single write %d changed: %+v", k, h)
+					}
+				} else {
+					kernelAccepts(t, h, pkt)
+					var want []byte
+					for _, o := range orig[k : k+w.segs] {
+						want = append(want, o[52:]...)
+					}
+					if !bytes.Equal(pkt[52:], want) {
+						t.Fatalf("run at %d: payload differs", k)
+					}
+				}
+				k += w.segs
+			}
+			if k != len(frames) {
+				t.Fatalf("%d segments written, want %d", k, len(frames))
+			}
+			if !equalInts(got, tc.want) {
+				t.Fatalf("writes %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func equalInts(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// TestCoalesceLimits: runs stop at maxRunSegs segments and 64 KiB.
+func TestCoalesceLimits(t *testing.T) {
+	frames := segmentsOf(t, false, 100*(maxRunSegs+10), 100, tcpACK, 3)
+	var c coalescer
+	c.reset()
+	for _, f := range frames {
+		c.add(f)
+	}
+	c.flush()
+	if len(c.writes) != 2 || c.writes[0].segs != maxRunSegs {
+		t.Fatalf("writes of %d and ...; want the first of %d", c.writes[0].segs, maxRunSegs)
+	}
+	frames = segmentsOf(t, false, 1448*60, 1448, tcpACK, 4)
+	c.reset()
+	for _, f := range frames {
+		c.add(f)
+	}
+	c.flush()
+	for _, w := range c.writes {
+		h, pkt := unwrite(&c, w)
+		if len(pkt) > maxRunLen {
+			t.Fatalf("run of %d bytes", len(pkt))
+		}
+		kernelAccepts(t, h, pkt)
+	}
+	if len(c.writes) != 2 {
+		t.Fatalf("%d writes, want 2", len(c.writes))
+	}
+}
+
+// TestCoalesceOthersUntouched: non-TCP packets, pure ACKs and IPv4 with
+// options pass as single writes, byte for byte.
+func TestCoalesceOthersUntouched(t *testing.T) {
+	udp := ipv4("10.244.1.2", "10.244.2.2", "hello")
+	ack := superTCP(false, 0, tcpACK, 5)
+	frame := func(p []byte) []byte { return append(make([]byte, vxlan.FrameHeaderLen), p...) }
+	var c coalescer
+	c.reset()
+	for _, p := range [][]byte{udp, ack, ack, udp} {
+		c.add(frame(p))
+	}
+	c.flush()
+	if len(c.writes) != 4 {
+		t.Fatalf("%d writes, want 4", len(c.writes))
+	}
+	for i, w := range c.writes {
+		h, pkt := unwrite(&c, w)
+		if h != (virtioHdr{}) || w.segs != 1 || w.hi != w.lo {
+			t.Fatalf("write %d: %+v", i, w)
+		}
+		if want := [][]byte{udp, ack, ack, udp}[i]; !bytes.Equal(pkt, want) {
+			t.Fatalf("write %d changed", i)
+		}
+	}
+}
+
+// TestInboundGROCountsBadFrames runs received GRO buffers through the
+// inbound validation: every bad datagram counts under its reason, good
+// ones reach the coalescer.
+func TestInboundGROCountsBadFrames(t *testing.T) {
+	r := New(Config{VNI: 1, LocalMAC: [6]byte{2, 0, 0, 0, 0, 2}}, nil, nil)
+	peer := Peer{Name: "a", Underlay: netip.MustParseAddrPort("192.0.2.11:4789"),
+		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}, VTEPMAC: [6]byte{2, 0, 0, 0, 0, 1}}
+	r.table.Store(newTable([]*peerEntry{{Peer: peer, pmtu: &pathMTU{}}}))
+	frames := segmentsOf(t, false, 1000*8, 1000, tcpACK, 6)
+	hdr := vxlan.Frame{VNI: 1, Dst: r.cfg.LocalMAC, Src: peer.VTEPMAC, EtherType: vxlan.EtherTypeIPv4}
+	for _, f := range frames {
+		hdr.Encode(f)
+	}
+	frames[1][0] = 0x0c                     // flags
+	frames[2][6]++                          // VNI
+	frames[3][8]++                          // dst MAC
+	frames[4][vxlan.FrameHeaderLen+15] = 9  // source 10.244.1.9 is fine ...
+	frames[5][vxlan.FrameHeaderLen+12] = 11 // ... 11.244.1.2 is not
+	// The coalescer writes its virtio headers into the buffer: each
+	// pass gets a fresh copy.
+	fresh := func() []byte {
+		var buf []byte
+		for _, f := range frames {
+			buf = append(buf, f...)
+		}
+		return buf
+	}
+	buf := fresh()
+	seg := len(frames[0])
+	var c coalescer
+	var counts batchCounts
+	c.reset()
+	r.decapsulateGRO(r.table.Load(), buf, seg, netip.MustParseAddr("192.0.2.11"), &c, &counts)
+	c.flush()
+	for v, want := range map[verdict]uint64{dropFlags: 1, dropVNI: 1, dropDstMAC: 1, dropSpoofedSource: 1} {
+		if counts.drops[v] != want {
+			t.Errorf("%s = %d, want %d", verdictNames[v], counts.drops[v], want)
+		}
+	}
+	if counts.packets != 4 {
+		t.Fatalf("%d packets passed, want 4", counts.packets)
+	}
+	// From an unknown sender, everything drops.
+	counts.reset()
+	c.reset()
+	buf = fresh()
+	r.decapsulateGRO(r.table.Load(), buf[:seg*2], seg, netip.MustParseAddr("192.0.2.99"), &c, &counts)
+	if counts.drops[dropUnknownPeer] != 1 || counts.drops[dropFlags] != 1 || counts.packets != 0 {
+		t.Fatalf("unknown sender: %+v", counts)
+	}
+	// A buffer cut short: the tail is counted short.
+	counts.reset()
+	c.reset()
+	buf = fresh()
+	r.decapsulateGRO(r.table.Load(), buf[6*seg:7*seg+10], seg, netip.MustParseAddr("192.0.2.11"), &c, &counts)
+	if counts.drops[dropShort] != 1 || counts.packets != 1 {
+		t.Fatalf("short tail: %+v", counts)
+	}
+}
+
+// FuzzCoalesce feeds arbitrary received buffers through the inbound path's
+// validation and coalescer: nothing may panic, every byte that passed comes
+// out once, and every GSO write is one the kernel accepts.
+func FuzzCoalesce(f *testing.F) {
+	frames := segmentsOf(f, false, 300*3, 300, tcpACK, 7)
+	var seed []byte
+	hdr := vxlan.Frame{VNI: 1, Dst: [6]byte{2, 0, 0, 0, 0, 2}, EtherType: vxlan.EtherTypeIPv4}
+	for _, fr := range frames {
+		hdr.Encode(fr)
+		seed = append(seed, fr...)
+	}
+	f.Add(seed, uint16(len(frames[0])))
+	f.Add(seed[:100], uint16(40))
+	f.Add([]byte{}, uint16(0))
+	r := New(Config{VNI: 1, LocalMAC: [6]byte{2, 0, 0, 0, 0, 2}}, nil, nil)
+	peer := Peer{Name: "a", Underlay: netip.MustParseAddrPort("192.0.2.11:4789"),
+		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}
+	r.table.Store(newTable([]*peerEntry{{Peer: peer, pmtu: &pathMTU{}}}))
+	from := netip.MustParseAddr("192.0.2.11")
+	f.Fuzz(func(t *testing.T, b []byte, seg uint16) {
+		var c coalescer
+		var counts batchCounts
+		c.reset()
+		r.decapsulateGRO(r.table.Load(), b, int(seg), from, &c, &counts)
+		c.flush()
+		var n uint64
+		for _, w := range c.writes {
+			n += uint64(w.segs)
+			h, pkt := unwrite(&c, w)
+			if w.segs > 1 {
+				kernelAccepts(t, h, pkt)
+			} else if h != (virtioHdr{}) {
+				t.Fatalf("single write with header %+v", h)
+			}
+		}
+		if n != counts.packets {
+			t.Fatalf("%d segments written, %d passed", n, counts.packets)
+		}
+	})
+}
+
+func TestCoalesceAllocs(t *testing.T) {
+	frames := segmentsOf(t, false, 1388*40, 1388, tcpACK, 8)
+	var c coalescer
+	c.reset()
+	for _, f := range frames {
+		c.add(f)
+	}
+	c.flush() // grows the slices once
+	if n := testing.AllocsPerRun(100, func() {
+		c.reset()
+		for _, f := range frames {
+			c.add(f)
+		}
+		c.flush()
+	}); n != 0 {
+		t.Fatalf("%v allocs per batch", n)
+	}
+}
+
+// BenchmarkCoalesce measures validation-free coalescing (checksum checks
+// included) of a 40-segment burst; bytes are payload bytes.
+func BenchmarkCoalesce(b *testing.B) {
+	frames := segmentsOf(b, false, 1388*40, 1388, tcpACK, 9)
+	saved := make([][]byte, len(frames))
+	for i, f := range frames {
+		saved[i] = append([]byte(nil), f...)
+	}
+	var c coalescer
+	b.SetBytes(1388 * 40)
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		for i, f := range frames {
+			copy(f, saved[i]) // closeRun rewrote the head's headers
+		}
+		b.StartTimer()
+		c.reset()
+		for _, f := range frames {
+			c.add(f)
+		}
+		c.flush()
+	}
+}
