@@ -136,7 +136,7 @@ func newTUNReader(rc syscall.RawConn) *tunReader {
 // or the read fails.
 func (t *tunReader) tryReadFunc(fd uintptr) bool {
 	for {
-		n, err := unix.Read(int(fd), t.buf)
+		n, err := rawRead(fd, t.buf)
 		if err == unix.EINTR {
 			continue
 		}
@@ -161,7 +161,7 @@ func (t *tunReader) TryRead(b []byte) int {
 
 func (t *tunReader) readFunc(fd uintptr) bool {
 	for {
-		n, err := unix.Read(int(fd), t.buf)
+		n, err := rawRead(fd, t.buf)
 		switch err {
 		case unix.EINTR:
 			continue
@@ -201,7 +201,7 @@ func newTUNWriter(rc syscall.RawConn) *tunWriter {
 
 func (t *tunWriter) writeFunc(fd uintptr) bool {
 	for {
-		_, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&t.iovs[0])), uintptr(len(t.iovs)))
+		_, _, e := unix.RawSyscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&t.iovs[0])), uintptr(len(t.iovs)))
 		switch e {
 		case unix.EINTR:
 			continue
@@ -491,4 +491,13 @@ func (r *Router) decapsulateGRO(t *table, b []byte, seg int, from netip.Addr, c 
 		counts.bytes += uint64(len(frame) - vxlan.FrameHeaderLen)
 		c.add(frame)
 	}
+}
+
+// rawRead is read(2) without telling the scheduler: the descriptor is non-blocking.
+func rawRead(fd uintptr, b []byte) (int, error) {
+	n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(n), nil
 }

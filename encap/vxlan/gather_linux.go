@@ -167,7 +167,7 @@ func (s *Sender) sendmmsgFunc(fd uintptr) bool {
 	var n uintptr
 	var e syscall.Errno
 	for {
-		n, _, e = unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&s.gmsgs[0])), uintptr(len(s.gmsgs)), 0, 0, 0)
+		n, _, e = unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&s.gmsgs[0])), uintptr(len(s.gmsgs)), 0, 0, 0)
 		if e != unix.EINTR {
 			break
 		}

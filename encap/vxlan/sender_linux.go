@@ -9,7 +9,6 @@ import (
 	"syscall"
 	"unsafe"
 
-	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 )
 
@@ -35,12 +34,10 @@ const (
 // goroutine at a time.
 type Sender struct {
 	conns []*net.UDPConn
-	pcs   []*ipv4.PacketConn
 	gso   atomic.Bool
 
-	msgs []ipv4.Message
-	oobs [][]byte
-	addr net.UDPAddr
+	// batch carries Send's datagrams to SendGather.
+	batch *Gather
 
 	// SendGather state (gather_linux.go): the raw sockets, the messages
 	// still to send and the error of the last attempt, and the write
@@ -57,7 +54,7 @@ func NewSender(n int) (*Sender, error) {
 	if n < 1 || n > 64 {
 		return nil, fmt.Errorf("vxlan sender: %d sockets, want 1..64", n)
 	}
-	s := &Sender{addr: net.UDPAddr{IP: make(net.IP, 4)}}
+	s := &Sender{batch: NewGather()}
 	s.sendmmsg = s.sendmmsgFunc
 	s.gso.Store(true)
 	for range n {
@@ -77,12 +74,6 @@ func NewSender(n int) (*Sender, error) {
 		})
 		s.raws = append(s.raws, rc)
 		s.conns = append(s.conns, c)
-		s.pcs = append(s.pcs, ipv4.NewPacketConn(c))
-	}
-	s.msgs = make([]ipv4.Message, 0, 128)
-	s.oobs = make([][]byte, 128)
-	for i := range s.oobs {
-		s.oobs[i] = make([]byte, unix.CmsgSpace(2))
 	}
 	return s, nil
 }
@@ -103,20 +94,10 @@ func (s *Sender) Ports() []uint16 {
 // inner packet) to dst from the socket of flow's bucket. The caller keeps
 // ownership of the buffers; they are not retained.
 func (s *Sender) Send(frames [][]byte, dst netip.AddrPort, flow uint32) error {
-	if len(frames) == 0 {
-		return nil
-	}
-	a := dst.Addr().Unmap()
-	if !a.Is4() {
-		return fmt.Errorf("vxlan sender: %s is not IPv4", dst)
-	}
-	a4 := a.As4()
-	copy(s.addr.IP, a4[:])
-	s.addr.Port = int(dst.Port())
-	pc := s.pcs[flow%uint32(len(s.pcs))]
-
 	gso := s.gso.Load()
-	s.msgs = s.msgs[:0]
+	g := s.batch
+	g.Reset()
+	first := 0 // the first frame in g
 	for i := 0; i < len(frames); {
 		j := i + 1
 		if gso {
@@ -129,28 +110,32 @@ func (s *Sender) Send(frames [][]byte, dst netip.AddrPort, flow uint32) error {
 				}
 			}
 		}
-		m := ipv4.Message{Buffers: frames[i:j], Addr: &s.addr}
-		if j-i > 1 {
-			oob := s.oobs[len(s.msgs)]
-			putSegmentSize(oob, uint16(len(frames[i])))
-			m.OOB = oob
+		if g.Full() || len(g.iovs)+j-i > cap(g.iovs) {
+			if done, err := s.sendBatch(g, frames[first:], dst, flow, gso); done || err != nil {
+				return err
+			}
+			g.Reset()
+			first = i
 		}
-		s.msgs = append(s.msgs, m)
+		g.Begin(len(frames[i]))
+		for _, f := range frames[i:j] {
+			g.Add(f)
+		}
 		i = j
 	}
-	for sent := 0; sent < len(s.msgs); {
-		n, err := pc.WriteBatch(s.msgs[sent:], 0)
-		if err != nil {
-			if gso && errors.Is(err, unix.EIO) {
-				// The egress device cannot segment: fall back for good.
-				s.gso.Store(false)
-				return s.Send(frames, dst, flow)
-			}
-			return err
-		}
-		sent += n
+	_, err := s.sendBatch(g, frames[first:], dst, flow, gso)
+	return err
+}
+
+// sendBatch sends g, whose datagrams are made of rest's first frames. If
+// the egress device turned out unable to segment, it sends all of rest one
+// frame per datagram instead and reports done: nothing is left to send.
+func (s *Sender) sendBatch(g *Gather, rest [][]byte, dst netip.AddrPort, flow uint32, gso bool) (done bool, err error) {
+	err = s.SendGather(g, dst, flow)
+	if gso && ErrNoGSO(err) {
+		return true, s.Send(rest, dst, flow)
 	}
-	return nil
+	return false, err
 }
 
 // putSegmentSize writes a UDP_SEGMENT control message into oob.
