@@ -80,7 +80,7 @@ func (r *Router) startFast(port uint16) (outbound, inbound bool, err error) {
 	if err != nil {
 		return false, false, nil
 	}
-	if !vnetHeaders(rc) {
+	if !vnetHeaders(rc) || !nonBlocking(rc) {
 		return false, false, nil
 	}
 	rcv, err := vxlan.ListenReceiver(port, inBatch)
@@ -112,6 +112,17 @@ func vnetHeaders(rc syscall.RawConn) bool {
 		}
 	})
 	return err == nil && ierr == nil && flags&unix.IFF_VNET_HDR != 0 && flags&unix.IFF_TUN != 0
+}
+
+// nonBlocking reports whether the file is in non-blocking mode, which the
+// fast paths' raw system calls (see rawRead) need.
+func nonBlocking(rc syscall.RawConn) bool {
+	var flags int
+	var ferr error
+	err := rc.Control(func(fd uintptr) {
+		flags, ferr = unix.FcntlInt(fd, unix.F_GETFL, 0)
+	})
+	return err == nil && ferr == nil && flags&unix.O_NONBLOCK != 0
 }
 
 // tunReader reads single packets from the TUN file descriptor through the
@@ -493,7 +504,11 @@ func (r *Router) decapsulateGRO(t *table, b []byte, seg int, from netip.Addr, c 
 	}
 }
 
-// rawRead is read(2) without telling the scheduler: the descriptor is non-blocking.
+// rawRead is read(2) as a raw system call: the goroutine keeps its P
+// instead of handing it off, which spares the scheduler's monitor thread a
+// wake-up per call. Only for non-blocking descriptors, where the call never
+// waits; the fast paths' other calls (writev, sendmmsg, recvmmsg) are raw
+// for the same reason.
 func rawRead(fd uintptr, b []byte) (int, error) {
 	n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
 	if e != 0 {

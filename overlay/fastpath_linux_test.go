@@ -3,7 +3,10 @@ package overlay
 import (
 	"bytes"
 	"net/netip"
+	"os"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/encap/vxlan"
 )
@@ -167,5 +170,27 @@ func BenchmarkSendSuper(b *testing.B) {
 	for b.Loop() {
 		sp, _ := parseSuper(&h, pkt)
 		r.sendSuper(tab, &sp, fo, st)
+	}
+}
+
+// The fast paths' raw system calls must never wait, so they run only on a
+// non-blocking descriptor.
+func TestNonBlocking(t *testing.T) {
+	r, w, err := os.Pipe() // the runtime puts pipes in non-blocking mode
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	rc, err := r.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !nonBlocking(rc) {
+		t.Fatal("pipe from os.Pipe reported blocking")
+	}
+	rc.Control(func(fd uintptr) { unix.SetNonblock(int(fd), false) })
+	if nonBlocking(rc) {
+		t.Fatal("blocking pipe reported non-blocking")
 	}
 }

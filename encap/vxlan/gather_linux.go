@@ -167,6 +167,8 @@ func (s *Sender) sendmmsgFunc(fd uintptr) bool {
 	var n uintptr
 	var e syscall.Errno
 	for {
+		// Raw: the socket is non-blocking, so the call never waits and
+		// the goroutine keeps its P (no scheduler hand-off per send).
 		n, _, e = unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&s.gmsgs[0])), uintptr(len(s.gmsgs)), 0, 0, 0)
 		if e != unix.EINTR {
 			break

@@ -120,6 +120,7 @@ func (r *Receiver) recvmmsg(fd uintptr) bool {
 	var n uintptr
 	var e syscall.Errno
 	for {
+		// Raw: the socket is non-blocking (see Sender.sendmmsgFunc).
 		n, _, e = unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.msgs[0])), uintptr(r.want), 0, 0, 0)
 		if e != unix.EINTR {
 			break
