@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -49,6 +50,7 @@ type config struct {
 	VTEPMAC      [6]byte // zero: derived from the gateway address
 	StaticPeers  []overlay.Peer
 	LogLevel     slog.Level
+	Procs        int // --procs: 0 means procsDefault
 
 	Policy    overlay.Policy
 	WireGuard bool   // this node runs a WireGuard device (capability)
@@ -102,6 +104,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&mac, "vtep-mac", "", "VTEP MAC address (default: 0a:58 followed by the gateway IPv4 address)")
 	fs.Var(&statics, "static-peer", "a peer that does not gossip, e.g. a kernel vxlan node: name=N,addr=IP[:PORT],cidr=CIDR,mac=MAC (repeatable)")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	fs.IntVar(&c.Procs, "procs", 0, "CPUs weftd's Go code runs on at once (GOMAXPROCS); 0: $GOMAXPROCS if set, else half the CPUs available to weftd, at least 1 (README: Benchmarks)")
 	fs.StringVar(&policy, "transport-policy", string(overlay.PolicyVXLAN), "cluster-wide transport: vxlan, wireguard, or wireguard-across-sites (VXLAN inside a site, WireGuard between sites)")
 	fs.BoolVar(&noWireGuard, "no-wireguard", false, "run no WireGuard device even if the policy asks for one (peers then reach this node over VXLAN)")
 	fs.IntVar(&c.WGPort, "wg-port", wireguard.DefaultPort, "WireGuard UDP port")
@@ -118,6 +121,9 @@ func parseFlags(args []string) (config, error) {
 	var err error
 	if err := c.LogLevel.UnmarshalText([]byte(level)); err != nil {
 		return c, fmt.Errorf("--log-level: %w", err)
+	}
+	if c.Procs < 0 || c.Procs > 4096 {
+		return c, fmt.Errorf("--procs %d out of range 0..4096", c.Procs)
 	}
 	if c.Name == "" {
 		return c, errors.New("--name is required (no hostname)")
@@ -324,12 +330,30 @@ func main() {
 		os.Exit(2)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: c.LogLevel}))
+	runtime.GOMAXPROCS(procs(c.Procs, os.Getenv("GOMAXPROCS"), runtime.GOMAXPROCS(0)))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, c, log); err != nil {
 		log.Error("weftd failed", "err", err)
 		os.Exit(1)
 	}
+}
+
+// procs is the GOMAXPROCS weftd runs with: the --procs flag if set, else
+// the runtime's choice if $GOMAXPROCS is set (avail is what the runtime
+// chose), else half of avail, at least 1. The datapath's work is a few
+// goroutines in system calls that also do the kernel's share of each packet;
+// more scheduler threads than that only add hand-offs and wake-ups between
+// them, and the pods whose packets weftd carries need the other CPUs
+// (measured: README, Benchmarks).
+func procs(flag int, env string, avail int) int {
+	switch {
+	case flag > 0:
+		return flag
+	case env != "":
+		return avail
+	}
+	return max(1, avail/2)
 }
 
 func run(ctx context.Context, c config, log *slog.Logger) error {
@@ -458,7 +482,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 			}),
 		})
 	}()
-	log.Info("weftd running", "name", c.Name, "underlay", self.Underlay, "podCIDR", c.PodCIDR, "tun", c.TUN, "mtu", mtu, "vni", c.VNI, "socket", sock)
+	log.Info("weftd running", "name", c.Name, "underlay", self.Underlay, "podCIDR", c.PodCIDR, "tun", c.TUN, "mtu", mtu, "vni", c.VNI, "socket", sock, "procs", runtime.GOMAXPROCS(0))
 
 	chooser := newTransportChooser(c.Policy, log)
 	updates := kube.peerUpdates(ctx, members) // filtered by the Node set in Kubernetes mode

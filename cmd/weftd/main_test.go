@@ -34,6 +34,7 @@ func TestParseFlags(t *testing.T) {
 		{append(base, "--vtep-mac", "zz"), "--vtep-mac"},
 		{append(base, "--log-level", "loud"), "--log-level"},
 		{append(base, "extra"), "unexpected arguments"},
+		{append(base, "--procs", "-1"), "--procs -1 out of range"},
 		{append(base, "--static-peer", "name=kv,addr=192.0.2.12"), "all required"},
 		{append(base, "--static-peer", "name=kv,bogus=1"), "unknown key"},
 		{append(base, "--static-peer", "name=kv,addr=192.0.2.12,cidr=10.244.2.0/24,mac=01:02"), "mac"},
@@ -41,6 +42,27 @@ func TestParseFlags(t *testing.T) {
 		_, err := parseFlags(tc.args)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("parseFlags(%q) error = %v, want it to mention %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+func TestProcs(t *testing.T) {
+	for _, tc := range []struct {
+		flag  int
+		env   string
+		avail int
+		want  int
+	}{
+		{0, "", 2, 1},  // this machine: one of two CPUs
+		{0, "", 1, 1},  // never zero
+		{0, "", 16, 8}, // half
+		{0, "", 7, 3},
+		{0, "2", 2, 2}, // $GOMAXPROCS as the runtime applied it
+		{3, "2", 2, 3}, // the flag wins
+		{4, "", 2, 4},  // even above the CPU count, as GOMAXPROCS allows
+	} {
+		if got := procs(tc.flag, tc.env, tc.avail); got != tc.want {
+			t.Errorf("procs(%d, %q, %d) = %d, want %d", tc.flag, tc.env, tc.avail, got, tc.want)
 		}
 	}
 }
