@@ -239,6 +239,49 @@ func TestCoalesceSplits(t *testing.T) {
 	}
 }
 
+// TestCoalesceTrusted: under a verified outer checksum (Peer.OuterChecksum)
+// inner TCP checksums are not checked again; where the trust changes within
+// a run, every segment that did not come under it is still checked, the
+// run's head included.
+func TestCoalesceTrusted(t *testing.T) {
+	inner := func(f []byte) []byte { return f[vxlan.FrameHeaderLen:] }
+	cases := []struct {
+		name    string
+		bad     int    // frame whose TCP checksum is broken
+		trusted []bool // per frame: c.trusted while it is added
+		want    []int
+	}{
+		{"all trusted", 3, []bool{true, true, true, true, true, true}, []int{6}},
+		{"none trusted", 3, []bool{false, false, false, false, false, false}, []int{3, 1, 2}},
+		{"trust ends before the bad one", 4, []bool{true, true, true, false, false, false}, []int{4, 1, 1}},
+		{"untrusted bad head, trusted rest", 0, []bool{false, true, true, true, true, true}, []int{1, 5}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			frames := segmentsOf(t, false, 1000*6, 1000, tcpACK, 2)
+			inner(frames[tc.bad])[60] ^= 0xff
+			var c coalescer
+			c.reset()
+			for i, f := range frames {
+				c.trusted = tc.trusted[i]
+				c.add(f)
+			}
+			c.flush()
+			var got []int
+			for _, w := range c.writes {
+				got = append(got, w.segs)
+				if w.segs > 1 {
+					h, pkt := unwrite(&c, w)
+					kernelAccepts(t, h, pkt)
+				}
+			}
+			if !equalInts(got, tc.want) {
+				t.Fatalf("writes %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
 func equalInts(a, b []int) bool {
 	if len(a) != len(b) {
 		return false

@@ -492,6 +492,8 @@ func (r *Router) decapsulateGRO(t *table, b []byte, seg int, from netip.Addr, c 
 	if seg <= 0 || seg > len(b) {
 		seg = len(b)
 	}
+	p := t.peerAt(from)
+	c.trusted = p != nil && p.OuterChecksum
 	for off := 0; off < len(b); off += seg {
 		frame := b[off:min(off+seg, len(b))]
 		if v := r.decapsulate(t, frame, from); v != pass {

@@ -20,6 +20,12 @@ type Peer struct {
 	// WireGuard is where and how to reach the peer when Transport is
 	// TransportWireGuard.
 	WireGuard wireguard.Peer
+	// OuterChecksum says the peer puts a UDP checksum on every VXLAN
+	// datagram, as weft nodes do (kernel vxlan devices send none over
+	// IPv4 by default). The kernel verifies it on receipt, so it covers
+	// the inner packets: the receive path does not verify their TCP
+	// checksums again before coalescing them.
+	OuterChecksum bool
 }
 
 // peerEntry is a Peer plus what the packet path needs precomputed.

@@ -48,7 +48,8 @@ func (tc *transportChooser) peer(self, r peer.Record) (overlay.Peer, error) {
 			tc.log.Info("peer transport", "peer", r.Name, "site", r.Site, "transport", t)
 		}
 	}
-	p := overlay.Peer{Name: r.Name, Underlay: r.Underlay, PodCIDRs: r.PodCIDRs, VTEPMAC: r.VTEPMAC, Transport: t}
+	p := overlay.Peer{Name: r.Name, Underlay: r.Underlay, PodCIDRs: r.PodCIDRs, VTEPMAC: r.VTEPMAC, Transport: t,
+		OuterChecksum: true} // weft's sender always checksums
 	if t == overlay.TransportWireGuard {
 		p.WireGuard = wireguard.Peer{
 			PublicKey:  wgtypes.Key(r.WGPublicKey),
