@@ -183,6 +183,11 @@ func TestNetnsPodToPodAcrossSites(t *testing.T) {
 	if st.Counters["tx_packets"] == 0 || st.Counters["rx_packets"] == 0 {
 		t.Errorf("n1 counters show no traffic: %v", st.Counters)
 	}
+	// weftd's default queue for the TUN (--tun-queue-len), not the
+	// kernel's 500.
+	if out, err := l.Exec(ctx, n1.Netns, "ip", "link", "show", "weft0"); err != nil || !strings.Contains(string(out), " qlen 2000") {
+		t.Errorf("weft0 on n1: %s (%v), want qlen 2000", out, err)
+	}
 }
 
 // capture runs tcpdump on iface inside netns while fn runs and returns the

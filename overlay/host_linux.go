@@ -20,9 +20,13 @@ type HostConfig struct {
 	MTU         int          // pod MTU: underlay MTU minus the transport overhead
 	Gateway     netip.Addr   // first host of the node's pod CIDR; also the source for node → remote pod traffic
 	ClusterCIDR netip.Prefix // routed to the TUN
+	// TxQueueLen is how many packets the TUN holds for weftd to read
+	// (txqueuelen); 0 leaves the kernel's default (500), which a burst
+	// overflows while weftd waits for a CPU.
+	TxQueueLen int
 }
 
-// ConfigureHost applies c idempotently: address, MTU, link up, the cluster
+// ConfigureHost applies c idempotently: address, MTU, queue length, link up, the cluster
 // route with the gateway as preferred source (so a node talking to a remote
 // pod uses an address the remote node accepts as ours), and IPv4 forwarding.
 func ConfigureHost(c HostConfig) error {
@@ -32,6 +36,11 @@ func ConfigureHost(c HostConfig) error {
 	}
 	if err := netlink.LinkSetMTU(link, c.MTU); err != nil {
 		return fmt.Errorf("set mtu %d on %s: %w", c.MTU, c.TUN, err)
+	}
+	if c.TxQueueLen > 0 && link.Attrs().TxQLen != c.TxQueueLen {
+		if err := netlink.LinkSetTxQLen(link, c.TxQueueLen); err != nil {
+			return fmt.Errorf("set txqueuelen %d on %s: %w", c.TxQueueLen, c.TUN, err)
+		}
 	}
 	addr := &netlink.Addr{IPNet: &net.IPNet{IP: c.Gateway.AsSlice(), Mask: net.CIDRMask(c.Gateway.BitLen(), c.Gateway.BitLen())}}
 	if err := netlink.AddrReplace(link, addr); err != nil {

@@ -44,6 +44,7 @@ type config struct {
 	VNI          uint32
 	UnderlayMTU  int
 	TUN          string
+	TUNQueueLen  int
 	RunDir       string
 	StateDir     string
 	Site         string
@@ -98,6 +99,7 @@ func parseFlags(args []string) (config, error) {
 	fs.UintVar(&vni, "vni", 1, "VXLAN network identifier (1..16777215)")
 	fs.IntVar(&c.UnderlayMTU, "underlay-mtu", 1500, "MTU of the underlay path; the pod MTU is this minus the VXLAN overhead")
 	fs.StringVar(&c.TUN, "tun", "weft0", "name of the TUN device")
+	fs.IntVar(&c.TUNQueueLen, "tun-queue-len", 2000, "packets the TUN device queues for weftd (txqueuelen; the kernel's default 500 drops UDP bursts, README: Benchmarks)")
 	fs.StringVar(&c.RunDir, "run-dir", "/run/weft", "directory for the control socket and the CNI hand-off file node.json")
 	fs.StringVar(&c.StateDir, "state-dir", "/var/lib/weft", "directory for state that survives restarts")
 	fs.StringVar(&c.Site, "site", "", "site label gossiped with the node record")
@@ -121,6 +123,9 @@ func parseFlags(args []string) (config, error) {
 	var err error
 	if err := c.LogLevel.UnmarshalText([]byte(level)); err != nil {
 		return c, fmt.Errorf("--log-level: %w", err)
+	}
+	if c.TUNQueueLen < 1 || c.TUNQueueLen > 1<<20 {
+		return c, fmt.Errorf("--tun-queue-len %d out of range 1..%d", c.TUNQueueLen, 1<<20)
 	}
 	if c.Procs < 0 || c.Procs > 4096 {
 		return c, fmt.Errorf("--procs %d out of range 0..4096", c.Procs)
@@ -390,7 +395,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("create tun %s: %w", c.TUN, err)
 	}
-	if err := overlay.ConfigureHost(overlay.HostConfig{TUN: c.TUN, MTU: mtu, Gateway: gw, ClusterCIDR: c.ClusterCIDR}); err != nil {
+	if err := overlay.ConfigureHost(overlay.HostConfig{TUN: c.TUN, MTU: mtu, Gateway: gw, ClusterCIDR: c.ClusterCIDR, TxQueueLen: c.TUNQueueLen}); err != nil {
 		dev.Close()
 		return err
 	}

@@ -35,6 +35,7 @@ func TestParseFlags(t *testing.T) {
 		{append(base, "--log-level", "loud"), "--log-level"},
 		{append(base, "extra"), "unexpected arguments"},
 		{append(base, "--procs", "-1"), "--procs -1 out of range"},
+		{append(base, "--tun-queue-len", "0"), "--tun-queue-len 0 out of range"},
 		{append(base, "--static-peer", "name=kv,addr=192.0.2.12"), "all required"},
 		{append(base, "--static-peer", "name=kv,bogus=1"), "unknown key"},
 		{append(base, "--static-peer", "name=kv,addr=192.0.2.12,cidr=10.244.2.0/24,mac=01:02"), "mac"},
