@@ -105,12 +105,29 @@ func (c *coalescer) add(frame []byte) {
 // flush closes the open run; c.writes is then complete.
 func (c *coalescer) flush() { c.closeRun() }
 
-// single queues a frame's inner packet as a write of its own, with a zero
-// virtio header (no offload, checksum already complete).
+// single queues a frame's inner packet as a write of its own (singleHead).
 func (c *coalescer) single(frame []byte) {
+	c.writes = append(c.writes, tunWrite{head: singleHead(frame), segs: 1})
+}
+
+// singleHead writes the virtio header in front of a frame's inner packet
+// for a write of its own, and returns the header and packet: a zero header
+// (no offload, checksum complete), or for a frame with remote checksum
+// offload one that asks the kernel to finish the checksum where the VXLAN
+// header says it starts (decapsulate checked that place).
+func singleHead(frame []byte) []byte {
 	head := frame[vxlan.FrameHeaderLen-virtioHdrLen:]
-	clear(head[:virtioHdrLen])
-	c.writes = append(c.writes, tunWrite{head: head, segs: 1})
+	var h virtioHdr
+	if vxlan.RCO(frame) {
+		var vh vxlan.Header
+		_ = vh.Decode(frame)
+		h = virtioHdr{flags: virtioNeedsCsum, csumStart: uint16(vh.CsumStart - vxlan.EthernetLen), csumOffset: 16}
+		if vh.CsumUDP {
+			h.csumOffset = 6
+		}
+	}
+	h.encode(head)
+	return head
 }
 
 // tcpSegment returns the layout of an inner packet that may take part in a
@@ -242,8 +259,7 @@ func (c *coalescer) closeRun() {
 	f := r.first
 	base := r.frame[vxlan.FrameHeaderLen-virtioHdrLen:]
 	if r.segs == 1 {
-		clear(base[:virtioHdrLen])
-		c.writes = append(c.writes, tunWrite{head: base, segs: 1})
+		c.writes = append(c.writes, tunWrite{head: singleHead(r.frame), segs: 1})
 		return
 	}
 	h := virtioHdr{

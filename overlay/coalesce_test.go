@@ -12,6 +12,12 @@ import (
 // segmentsOf cuts a TCP super-packet into finished VXLAN frames, as a weft
 // or kernel sender puts them on the wire.
 func segmentsOf(t testing.TB, v6 bool, n, mss int, flags byte, seed uint64) [][]byte {
+	return segmentsOfRCO(t, false, v6, n, mss, flags, seed)
+}
+
+// segmentsOfRCO is segmentsOf, with remote checksum offload if rco: the
+// frames a weft sender puts on the wire for a peer that takes it.
+func segmentsOfRCO(t testing.TB, rco, v6 bool, n, mss int, flags byte, seed uint64) [][]byte {
 	t.Helper()
 	p := superTCP(v6, n, flags, seed)
 	typ := uint8(gsoTCPv4)
@@ -26,10 +32,13 @@ func segmentsOf(t testing.TB, v6 bool, n, mss int, flags byte, seed uint64) [][]
 	var frames [][]byte
 	hdr := make([]byte, segHdrLen)
 	f := vxlan.Frame{VNI: 1, EtherType: vxlan.EtherTypeFor(p)}
+	if rco {
+		f.CsumStart = vxlan.EthernetLen + sp.l3Len
+	}
 	for i := 0; i < sp.segs; i++ {
 		h := hdr[:vxlan.FrameHeaderLen+sp.hdrLen]
 		f.Encode(h)
-		payload := sp.segment(i, h[vxlan.FrameHeaderLen:])
+		payload := sp.segment(i, h[vxlan.FrameHeaderLen:], rco)
 		frames = append(frames, append(append([]byte(nil), h...), payload...))
 	}
 	return frames
@@ -100,7 +109,7 @@ func kernelAccepts(t *testing.T, h virtioHdr, pkt []byte) []byte {
 	}
 	hdr := make([]byte, maxHdrLen)
 	for i := 0; i < sp.segs; i++ {
-		payload := sp.segment(i, hdr)
+		payload := sp.segment(i, hdr, false)
 		seg := append(append([]byte(nil), hdr[:sp.hdrLen]...), payload...)
 		if !l4ChecksumOK(seg) {
 			t.Fatalf("re-segment %d: bad checksum", i)
@@ -236,6 +245,58 @@ func TestCoalesceSplits(t *testing.T) {
 				t.Fatalf("writes %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestCoalesceRCO: frames with remote checksum offload carry partial
+// checksums; a run of them becomes one GSO write as always, and one alone a
+// write whose virtio header asks the kernel to finish its checksum. Either
+// way the kernel's segments come out with valid checksums, the same bytes
+// as if the sender had summed them.
+func TestCoalesceRCO(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		full := segmentsOf(t, v6, 1000*5+300, 1000, tcpACK, 3)
+		frames := segmentsOfRCO(t, true, v6, 1000*5+300, 1000, tcpACK, 3)
+		if l4ChecksumOK(frames[1][vxlan.FrameHeaderLen:]) {
+			t.Fatal("RCO segment has a complete checksum; want partial")
+		}
+		// A run: frames 0..4, then 5 alone after a gap.
+		var c coalescer
+		c.reset()
+		c.trusted = true
+		for _, f := range frames[:5] {
+			c.add(f)
+		}
+		c.flush()
+		c.add(frames[5])
+		c.flush()
+		if len(c.writes) != 2 || c.writes[0].segs != 5 || c.writes[1].segs != 1 {
+			t.Fatalf("v6 %v: writes %+v, want a run of 5 and one alone", v6, c.writes)
+		}
+		h, pkt := unwrite(&c, c.writes[0])
+		kernelAccepts(t, h, pkt)
+		sp, err := parseSuper(&h, pkt)
+		if err != nil || sp.segs != 5 {
+			t.Fatalf("v6 %v: run does not parse as 5 segments: %v", v6, err)
+		}
+		hdr := make([]byte, maxHdrLen)
+		for i := 0; i < sp.segs; i++ {
+			payload := sp.segment(i, hdr, false)
+			seg := append(append([]byte(nil), hdr[:sp.hdrLen]...), payload...)
+			if !bytes.Equal(seg, full[i][vxlan.FrameHeaderLen:]) {
+				t.Fatalf("v6 %v: run segment %d differs from the fully summed one", v6, i)
+			}
+		}
+		h, pkt = unwrite(&c, c.writes[1])
+		if h.flags != virtioNeedsCsum || h.gsoType != gsoNone || h.csumOffset != 16 {
+			t.Fatalf("v6 %v: lone RCO write header %+v", v6, h)
+		}
+		if err := finishChecksum(&h, pkt); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(pkt, full[5][vxlan.FrameHeaderLen:]) {
+			t.Fatalf("v6 %v: lone segment, finished, differs from the fully summed one", v6)
+		}
 	}
 }
 
@@ -415,38 +476,68 @@ func TestInboundGROCountsBadFrames(t *testing.T) {
 // out once, and every GSO write is one the kernel accepts.
 func FuzzCoalesce(f *testing.F) {
 	frames := segmentsOf(f, false, 300*3, 300, tcpACK, 7)
-	var seed []byte
+	rco := segmentsOfRCO(f, true, false, 300*3, 300, tcpACK, 7)
+	var seed, seedRCO []byte
 	hdr := vxlan.Frame{VNI: 1, Dst: [6]byte{2, 0, 0, 0, 0, 2}, EtherType: vxlan.EtherTypeIPv4}
-	for _, fr := range frames {
+	for i, fr := range frames {
 		hdr.Encode(fr)
 		seed = append(seed, fr...)
+		hdr.CsumStart = vxlan.EthernetLen + 20
+		hdr.Encode(rco[i])
+		hdr.CsumStart = 0
+		seedRCO = append(seedRCO, rco[i]...)
 	}
 	f.Add(seed, uint16(len(frames[0])))
+	f.Add(seedRCO, uint16(len(frames[0])))
+	f.Add(seedRCO[:len(rco[0])], uint16(0))
 	f.Add(seed[:100], uint16(40))
 	f.Add([]byte{}, uint16(0))
-	r := New(Config{VNI: 1, LocalMAC: [6]byte{2, 0, 0, 0, 0, 2}}, nil, nil)
-	peer := Peer{Name: "a", Underlay: netip.MustParseAddrPort("192.0.2.11:4789"),
-		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}
-	r.table.Store(newTable([]*peerEntry{{Peer: peer, pmtu: &pathMTU{}}}))
+	// Every input goes to a router whose peer is a weft node (outer
+	// checksums: inner ones trusted, RCO taken) and to one whose peer is
+	// not.
+	var routers [2]*Router
+	for i, weft := range []bool{false, true} {
+		r := New(Config{VNI: 1, LocalMAC: [6]byte{2, 0, 0, 0, 0, 2}}, nil, nil)
+		peer := Peer{Name: "a", Underlay: netip.MustParseAddrPort("192.0.2.11:4789"),
+			PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}, OuterChecksum: weft}
+		r.table.Store(newTable([]*peerEntry{{Peer: peer, pmtu: &pathMTU{}}}))
+		routers[i] = r
+	}
 	from := netip.MustParseAddr("192.0.2.11")
 	f.Fuzz(func(t *testing.T, b []byte, seg uint16) {
-		var c coalescer
-		var counts batchCounts
-		c.reset()
-		r.decapsulateGRO(r.table.Load(), b, int(seg), from, &c, &counts)
-		c.flush()
-		var n uint64
-		for _, w := range c.writes {
-			n += uint64(w.segs)
-			h, pkt := unwrite(&c, w)
-			if w.segs > 1 {
-				kernelAccepts(t, h, pkt)
-			} else if h != (virtioHdr{}) {
-				t.Fatalf("single write with header %+v", h)
+		for _, r := range routers {
+			b := append([]byte(nil), b...) // the coalescer writes in place
+			var c coalescer
+			var counts batchCounts
+			c.reset()
+			r.decapsulateGRO(r.table.Load(), b, int(seg), from, &c, &counts)
+			c.flush()
+			var n uint64
+			for _, w := range c.writes {
+				n += uint64(w.segs)
+				h, pkt := unwrite(&c, w)
+				switch {
+				case w.segs > 1:
+					kernelAccepts(t, h, pkt)
+				case h == (virtioHdr{}):
+				case h.flags == virtioNeedsCsum && h.gsoType == gsoNone:
+					// A lone RCO segment: the checksum must start at
+					// its L4 header, which must be whole.
+					v6 := pkt[0]>>4 == 6
+					l3 := 40
+					if !v6 {
+						l3 = int(pkt[0]&0x0f) * 4
+					}
+					if int(h.csumStart) != l3 || int(h.csumStart+h.csumOffset)+2 > len(pkt) {
+						t.Fatalf("lone RCO write header %+v for a %d-byte packet", h, len(pkt))
+					}
+				default:
+					t.Fatalf("single write with header %+v", h)
+				}
 			}
-		}
-		if n != counts.packets {
-			t.Fatalf("%d segments written, %d passed", n, counts.packets)
+			if n != counts.packets {
+				t.Fatalf("%d segments written, %d passed", n, counts.packets)
+			}
 		}
 	})
 }

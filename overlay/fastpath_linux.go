@@ -374,6 +374,13 @@ func (r *Router) sendSuper(t *table, sp *superPacket, fo *fastOut, st *outState)
 		return false, true
 	}
 	f := vxlan.Frame{VNI: r.cfg.VNI, Dst: p.VTEPMAC, Src: r.cfg.LocalMAC, EtherType: et}
+	// Remote checksum offload to peers that take it: TCP segments go with
+	// the pseudo-header sum only, and their payloads are never summed here.
+	rco := p.RemoteChecksum && sp.proto == protoTCP && sp.l3Len%2 == 0 &&
+		vxlan.EthernetLen+sp.l3Len <= vxlan.MaxCsumStart
+	if rco {
+		f.CsumStart = vxlan.EthernetLen + sp.l3Len
+	}
 	bucket := st.bucketOf(sp.pkt)
 	g := fo.g
 	g.Reset()
@@ -410,7 +417,7 @@ func (r *Router) sendSuper(t *table, sp *superPacket, fo *fastOut, st *outState)
 		h := hdrs[len(hdrs) : len(hdrs)+vxlan.FrameHeaderLen+sp.hdrLen]
 		hdrs = hdrs[:len(hdrs)+len(h)]
 		f.Encode(h)
-		payload := sp.segment(i, h[vxlan.FrameHeaderLen:])
+		payload := sp.segment(i, h[vxlan.FrameHeaderLen:], rco)
 		g.Add(h)
 		g.Add(payload)
 		pending++

@@ -187,8 +187,10 @@ func (s *superPacket) payloadLen(i int) int {
 // the super-packet with: IPv4 total length, ID (+i) and header checksum, or
 // IPv6 payload length; TCP sequence number advanced by i*mss, CWR only on
 // the first segment, FIN and PSH only on the last; UDP length; and the L4
-// checksum over the segment, complete.
-func (s *superPacket) segment(i int, h []byte) []byte {
+// checksum over the segment, complete, or with partial only the
+// pseudo-header sum (folded, not complemented) for the receiver to finish
+// (VXLAN remote checksum offload): the payload is then never read.
+func (s *superPacket) segment(i int, h []byte, partial bool) []byte {
 	off := s.hdrLen + i*s.mss
 	n := s.payloadLen(i)
 	payload := s.pkt[off : off+n]
@@ -222,6 +224,10 @@ func (s *superPacket) segment(i int, h []byte) []byte {
 	}
 	l4[sumAt], l4[sumAt+1] = 0, 0
 	acc := pseudoSum(src, dst, s.proto, len(l4)+n)
+	if partial {
+		binary.BigEndian.PutUint16(l4[sumAt:], csumFold(acc))
+		return payload
+	}
 	acc = csumAdd(l4, acc)
 	acc = csumAdd(payload, acc)
 	sum := ^csumFold(acc)
@@ -241,7 +247,7 @@ func (s *superPacket) split(first int, bufs [][]byte, sizes []int, offset int) i
 	k := 0
 	for i := first; i < s.segs && k < len(bufs); i++ {
 		b := bufs[k][offset:]
-		payload := s.segment(i, b)
+		payload := s.segment(i, b, false)
 		sizes[k] = s.hdrLen + copy(b[s.hdrLen:], payload)
 		k++
 	}

@@ -170,7 +170,7 @@ func TestSegmentTCP(t *testing.T) {
 			for i := 0; i < sp.segs; i++ {
 				h := hdr[:vxlan.FrameHeaderLen+sp.hdrLen]
 				f.Encode(h)
-				payload := sp.segment(i, h[vxlan.FrameHeaderLen:])
+				payload := sp.segment(i, h[vxlan.FrameHeaderLen:], false)
 				frame := append(append([]byte(nil), h...), payload...)
 				var got vxlan.Frame
 				if err := got.Decode(frame); err != nil || got != f {
@@ -287,7 +287,7 @@ func TestSplitMatchesSegment(t *testing.T) {
 	}
 	hdr := make([]byte, maxHdrLen)
 	for i := 0; i < sp.segs; i++ {
-		payload := sp.segment(i, hdr)
+		payload := sp.segment(i, hdr, false)
 		want := append(append([]byte(nil), hdr[:sp.hdrLen]...), payload...)
 		if got := bufs[i][tunOffset : tunOffset+sizes[i]]; !bytes.Equal(got, want) {
 			t.Fatalf("segment %d differs", i)
@@ -378,7 +378,7 @@ func FuzzTUNPacket(f *testing.F) {
 		}
 		var total int
 		for i := 0; i < sp.segs; i++ {
-			payload := sp.segment(i, hdr[vxlan.FrameHeaderLen:])
+			payload := sp.segment(i, hdr[vxlan.FrameHeaderLen:], false)
 			seg := append(append([]byte(nil), hdr[vxlan.FrameHeaderLen:vxlan.FrameHeaderLen+sp.hdrLen]...), payload...)
 			if !l4ChecksumOK(seg) {
 				t.Fatalf("segment %d: bad checksum", i)
@@ -401,7 +401,7 @@ func TestSegmentAllocs(t *testing.T) {
 			t.Fatal(err)
 		}
 		for i := 0; i < sp.segs; i++ {
-			sp.segment(i, hdr)
+			sp.segment(i, hdr, false)
 		}
 	}); n != 0 {
 		t.Fatalf("%v allocs per super-packet", n)
@@ -419,7 +419,7 @@ func BenchmarkSegment(b *testing.B) {
 	for b.Loop() {
 		sp, _ := parseSuper(&h, p)
 		for i := 0; i < sp.segs; i++ {
-			sp.segment(i, hdr)
+			sp.segment(i, hdr, false)
 		}
 	}
 }

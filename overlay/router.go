@@ -22,6 +22,7 @@
 package overlay
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -491,6 +492,7 @@ func (r *Router) inbound(receive conn.ReceiveFunc) {
 				counts.drops[v]++
 				continue
 			}
+			finishRCO(rbufs[i][:sizes[i]])
 			counts.packets++
 			counts.bytes += uint64(sizes[i] - vxlan.FrameHeaderLen)
 			// The inner packet is rbufs[i][22:sizes[i]]; hand the TUN a
@@ -551,7 +553,55 @@ func (r *Router) decapsulate(t *table, frame []byte, from netip.Addr) verdict {
 	if !p.owns(src) {
 		return dropSpoofedSource
 	}
+	if f.CsumStart != 0 {
+		if !p.OuterChecksum {
+			// Only weft peers send remote checksum offload, and only
+			// under an outer checksum the kernel verified.
+			return dropFlags
+		}
+		if !rcoFits(frame[vxlan.FrameHeaderLen:], f.CsumStart-vxlan.EthernetLen, f.CsumUDP) {
+			return dropInnerIP
+		}
+	}
 	return pass
+}
+
+// rcoFits reports whether a remote checksum offload start (from the inner
+// IP header) and kind point exactly at the inner packet's TCP or UDP
+// header, which must be whole.
+func rcoFits(inner []byte, start int, udp bool) bool {
+	var l3Len int
+	var proto byte
+	if inner[0]>>4 == 4 {
+		l3Len, proto = int(inner[0]&0x0f)*4, inner[9]
+		if binary.BigEndian.Uint16(inner[6:8])&0x1fff != 0 {
+			return false // a later fragment has no L4 header
+		}
+	} else {
+		l3Len, proto = 40, inner[6]
+	}
+	l4Len := 20
+	if udp {
+		l4Len = 8
+	}
+	return start == l3Len && len(inner) >= l3Len+l4Len &&
+		(udp && proto == protoUDP || !udp && proto == protoTCP)
+}
+
+// finishRCO completes, in software, the partial checksum of a frame's inner
+// packet that came with remote checksum offload (decapsulate accepted it),
+// for the paths that write whole packets to the TUN.
+func finishRCO(frame []byte) {
+	if !vxlan.RCO(frame) {
+		return
+	}
+	var vh vxlan.Header
+	_ = vh.Decode(frame)
+	h := virtioHdr{csumStart: uint16(vh.CsumStart - vxlan.EthernetLen), csumOffset: 16}
+	if vh.CsumUDP {
+		h.csumOffset = 6
+	}
+	_ = finishChecksum(&h, frame[vxlan.FrameHeaderLen:])
 }
 
 // innerDst returns the destination address and EtherType of an IP packet.

@@ -32,7 +32,7 @@ var verdictNames = [numVerdicts]string{
 	dropNotIP:          "drop_not_ip",          // outbound: not an IPv4/IPv6 packet
 	dropSendError:      "drop_send_error",      // outbound: the UDP send failed
 	dropShort:          "drop_short",           // inbound: shorter than VXLAN + Ethernet headers
-	dropFlags:          "drop_bad_flags",       // inbound: VXLAN flags other than I
+	dropFlags:          "drop_bad_flags",       // inbound: VXLAN flags other than I (and RCO from a non-weft peer)
 	dropVNI:            "drop_bad_vni",         // inbound: VNI is not ours
 	dropEtherType:      "drop_bad_ethertype",   // inbound: inner frame is not IPv4/IPv6
 	dropInnerIP:        "drop_bad_inner_ip",    // inbound: inner IP header malformed

@@ -26,6 +26,10 @@ type Peer struct {
 	// the inner packets: the receive path does not verify their TCP
 	// checksums again before coalescing them.
 	OuterChecksum bool
+	// RemoteChecksum: the peer takes TCP segments whose checksum it
+	// finishes itself (VXLAN remote checksum offload, encap/vxlan), so the
+	// sender does not sum their payloads.
+	RemoteChecksum bool
 }
 
 // peerEntry is a Peer plus what the packet path needs precomputed.

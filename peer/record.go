@@ -23,6 +23,9 @@ import (
 const (
 	CapVXLAN     uint32 = 1 << 0 // accepts VXLAN-format UDP on Underlay
 	CapWireGuard uint32 = 1 << 1 // runs a WireGuard device on WGPort with WGPublicKey
+	// CapRemoteChecksum: takes VXLAN frames with remote checksum offload
+	// (encap/vxlan: RCO) from weft peers.
+	CapRemoteChecksum uint32 = 1 << 2
 )
 
 // Codec bounds. They keep the worst-case encoding (274 bytes) well under

@@ -87,7 +87,7 @@ func joinAndClaim(ctx context.Context, c config, keys [][]byte, log *slog.Logger
 		Underlay:   netip.AddrPortFrom(c.UnderlayAddr, uint16(c.VXLANPort)),
 		VTEPMAC:    c.VTEPMAC,
 		Site:       c.Site,
-		Caps:       peer.CapVXLAN,
+		Caps:       c.vxlanCaps(),
 		Generation: uint64(time.Now().UnixNano()),
 	}
 	m, err := peer.Join(membershipConfig(c, keys, log), rec)

@@ -45,6 +45,7 @@ type config struct {
 	UnderlayMTU  int
 	TUN          string
 	TUNQueueLen  int
+	RemoteCsum   bool // --remote-checksum
 	RunDir       string
 	StateDir     string
 	Site         string
@@ -99,6 +100,7 @@ func parseFlags(args []string) (config, error) {
 	fs.UintVar(&vni, "vni", 1, "VXLAN network identifier (1..16777215)")
 	fs.IntVar(&c.UnderlayMTU, "underlay-mtu", 1500, "MTU of the underlay path; the pod MTU is this minus the VXLAN overhead")
 	fs.StringVar(&c.TUN, "tun", "weft0", "name of the TUN device")
+	fs.BoolVar(&c.RemoteCsum, "remote-checksum", true, "announce and use VXLAN remote checksum offload between weft nodes: TCP segments travel with partial checksums that the receiver finishes (README: Wire format)")
 	fs.IntVar(&c.TUNQueueLen, "tun-queue-len", 2000, "packets the TUN device queues for weftd (txqueuelen; the kernel's default 500 drops UDP bursts, README: Benchmarks)")
 	fs.StringVar(&c.RunDir, "run-dir", "/run/weft", "directory for the control socket and the CNI hand-off file node.json")
 	fs.StringVar(&c.StateDir, "state-dir", "/var/lib/weft", "directory for state that survives restarts")
@@ -344,6 +346,15 @@ func main() {
 	}
 }
 
+// vxlanCaps are the capability bits of this node's VXLAN side.
+func (c *config) vxlanCaps() uint32 {
+	caps := peer.CapVXLAN
+	if c.RemoteCsum {
+		caps |= peer.CapRemoteChecksum
+	}
+	return caps
+}
+
 // procs is the GOMAXPROCS weftd runs with: the --procs flag if set, else
 // the runtime's choice if $GOMAXPROCS is set (avail is what the runtime
 // chose), else half of avail, at least 1. The datapath's work is a few
@@ -443,7 +454,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		PodCIDRs:   []netip.Prefix{c.PodCIDR},
 		VTEPMAC:    c.VTEPMAC,
 		Site:       c.Site,
-		Caps:       peer.CapVXLAN,
+		Caps:       c.vxlanCaps(),
 		Generation: uint64(time.Now().UnixNano()),
 	}
 	if wg != nil {

@@ -1,9 +1,14 @@
 package main
 
 import (
+	"io"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/weftnet/weft/overlay"
+	"github.com/weftnet/weft/peer"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -80,5 +85,39 @@ func TestParseStaticPeer(t *testing.T) {
 	p, err = parseStaticPeer("name=kv,addr=198.51.100.12,cidr=10.244.2.0/24,mac=0e:00:00:00:02:00")
 	if err != nil || p.Underlay.Port() != 4789 {
 		t.Fatalf("default port: %+v, %v", p, err)
+	}
+}
+
+// Remote checksum offload is used toward a peer only when both ends
+// announce it; every gossiped peer is a weft node (outer checksums).
+func TestPeerRemoteChecksum(t *testing.T) {
+	tc := newTransportChooser(overlay.PolicyVXLAN, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	rec := func(name string, caps uint32) peer.Record {
+		return peer.Record{Name: name, Underlay: netip.MustParseAddrPort("192.0.2.12:4789"),
+			PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")}, VTEPMAC: [6]byte{2, 0, 0, 0, 0, 2}, Caps: caps}
+	}
+	for _, c := range []struct {
+		self, other uint32
+		want        bool
+	}{
+		{peer.CapVXLAN | peer.CapRemoteChecksum, peer.CapVXLAN | peer.CapRemoteChecksum, true},
+		{peer.CapVXLAN | peer.CapRemoteChecksum, peer.CapVXLAN, false}, // an older peer
+		{peer.CapVXLAN, peer.CapVXLAN | peer.CapRemoteChecksum, false}, // --remote-checksum=false here
+	} {
+		p, err := tc.peer(rec("self", c.self), rec("other", c.other))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.RemoteChecksum != c.want || !p.OuterChecksum {
+			t.Errorf("caps %b/%b: RemoteChecksum %v OuterChecksum %v, want %v true", c.self, c.other, p.RemoteChecksum, p.OuterChecksum, c.want)
+		}
+	}
+	on, err := parseFlags([]string{"--name", "n1", "--underlay-addr", "192.0.2.11", "--pod-cidr", "10.244.1.0/24"})
+	if err != nil || on.vxlanCaps()&peer.CapRemoteChecksum == 0 {
+		t.Fatalf("default caps %b (%v): want CapRemoteChecksum", on.vxlanCaps(), err)
+	}
+	off, err := parseFlags([]string{"--name", "n1", "--underlay-addr", "192.0.2.11", "--pod-cidr", "10.244.1.0/24", "--remote-checksum=false"})
+	if err != nil || off.vxlanCaps() != peer.CapVXLAN {
+		t.Fatalf("--remote-checksum=false caps %b (%v): want VXLAN only", off.vxlanCaps(), err)
 	}
 }

@@ -49,7 +49,8 @@ func (tc *transportChooser) peer(self, r peer.Record) (overlay.Peer, error) {
 		}
 	}
 	p := overlay.Peer{Name: r.Name, Underlay: r.Underlay, PodCIDRs: r.PodCIDRs, VTEPMAC: r.VTEPMAC, Transport: t,
-		OuterChecksum: true} // weft's sender always checksums
+		OuterChecksum:  true, // weft's sender always checksums
+		RemoteChecksum: self.Caps&r.Caps&peer.CapRemoteChecksum != 0}
 	if t == overlay.TransportWireGuard {
 		p.WireGuard = wireguard.Peer{
 			PublicKey:  wgtypes.Key(r.WGPublicKey),

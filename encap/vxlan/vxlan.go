@@ -16,6 +16,16 @@
 //	inner Ethernet (14 bytes): dst MAC | src MAC | EtherType |
 //	inner IP packet
 //
+// Remote checksum offload (RCO) is the one extension spoken, and only
+// between weft nodes that announce it (peer.CapRemoteChecksum), encoded as
+// the Linux vxlan driver's remcsumtx/remcsumrx encode it: flag bit 0x20 of
+// the second byte, and in the last byte (reserved in RFC 7348) the offset
+// from the inner Ethernet header to where the inner L4 checksum starts,
+// halved, in the low 7 bits, with 0x80 set when that checksum is UDP's
+// (else TCP's). The inner checksum field then holds only the pseudo-header
+// sum, as a packet with a partial checksum does inside a host; the receiver
+// finishes it, or hands the packet on still partial (fastpath_linux.go).
+//
 // Everything here works in place on the caller's buffer and allocates nothing.
 package vxlan
 
@@ -46,6 +56,12 @@ const (
 	// flagVNI is the I flag: the VNI field is valid. It is the only flag
 	// RFC 7348 defines.
 	flagVNI = 0x08
+	// flagRCO, in the header's second byte, marks remote checksum offload.
+	flagRCO = 0x20
+	// rcoUDP, in the last byte, says the partial checksum is UDP's.
+	rcoUDP = 0x80
+	// MaxCsumStart is the largest checksum start RCO can say.
+	MaxCsumStart = 0x7f << 1
 
 	// EtherTypeIPv4 and EtherTypeIPv6 are the inner EtherTypes weft carries.
 	EtherTypeIPv4 = 0x0800
@@ -67,17 +83,31 @@ var (
 // Header is the VXLAN header.
 type Header struct {
 	VNI uint32 // 24 bits
+	// CsumStart, when not zero, marks remote checksum offload: the inner
+	// L4 checksum is partial and starts CsumStart bytes after the start of
+	// the inner Ethernet header (even, at most MaxCsumStart).
+	CsumStart int
+	CsumUDP   bool // the partial checksum is UDP's, else TCP's
 }
 
-// Encode writes h into b[:HeaderLen]. Reserved fields are written as zero.
+// Encode writes h into b[:HeaderLen]. Reserved fields are written as zero,
+// but for the RCO bits when h.CsumStart is set.
 func (h Header) Encode(b []byte) {
 	_ = b[HeaderLen-1]
 	binary.BigEndian.PutUint32(b[0:4], flagVNI<<24)
 	binary.BigEndian.PutUint32(b[4:8], (h.VNI&MaxVNI)<<8)
+	if h.CsumStart != 0 {
+		b[1] = flagRCO
+		b[7] = byte(h.CsumStart>>1) & 0x7f
+		if h.CsumUDP {
+			b[7] |= rcoUDP
+		}
+	}
 }
 
 // Decode parses b[:HeaderLen] into h. Reserved bits are ignored on receipt,
-// as RFC 7348 asks; undefined flag bits are not (see ErrFlags).
+// as RFC 7348 asks, but for the RCO flag and byte; undefined flag bits in
+// the first byte are not (see ErrFlags).
 func (h *Header) Decode(b []byte) error {
 	if len(b) < HeaderLen {
 		return io.ErrShortBuffer
@@ -86,8 +116,20 @@ func (h *Header) Decode(b []byte) error {
 		return ErrFlags
 	}
 	h.VNI = binary.BigEndian.Uint32(b[4:8]) >> 8
+	h.CsumStart, h.CsumUDP = 0, false
+	if b[1]&flagRCO != 0 {
+		h.CsumStart = int(b[7]&0x7f) << 1
+		h.CsumUDP = b[7]&rcoUDP != 0
+		if h.CsumStart == 0 {
+			return ErrFlags // RCO pointing at the Ethernet header
+		}
+	}
 	return nil
 }
+
+// RCO reports whether the VXLAN header at the start of b marks remote
+// checksum offload; b must hold a header that Decode accepted.
+func RCO(b []byte) bool { return b[1]&flagRCO != 0 }
 
 // Frame is the part of a VXLAN frame in front of the inner IP packet: the
 // VXLAN header and the inner Ethernet header.
@@ -95,12 +137,14 @@ type Frame struct {
 	VNI       uint32
 	Dst, Src  [6]byte // inner Ethernet addresses: the VTEP MACs
 	EtherType uint16
+	CsumStart int  // remote checksum offload, see Header
+	CsumUDP   bool // see Header
 }
 
 // Encode writes f into b[:FrameHeaderLen].
 func (f *Frame) Encode(b []byte) {
 	_ = b[FrameHeaderLen-1]
-	Header{VNI: f.VNI}.Encode(b)
+	Header{VNI: f.VNI, CsumStart: f.CsumStart, CsumUDP: f.CsumUDP}.Encode(b)
 	e := b[HeaderLen:FrameHeaderLen]
 	copy(e[0:6], f.Dst[:])
 	copy(e[6:12], f.Src[:])
@@ -118,7 +162,7 @@ func (f *Frame) Decode(b []byte) error {
 	if len(b) < FrameHeaderLen {
 		return io.ErrShortBuffer
 	}
-	f.VNI = h.VNI
+	f.VNI, f.CsumStart, f.CsumUDP = h.VNI, h.CsumStart, h.CsumUDP
 	e := b[HeaderLen:FrameHeaderLen]
 	copy(f.Dst[:], e[0:6])
 	copy(f.Src[:], e[6:12])

@@ -104,10 +104,46 @@ func TestReservedBitsIgnored(t *testing.T) {
 	b := make([]byte, FrameHeaderLen)
 	f.Encode(b)
 	b = append(b, ipv4Packet("")...)
-	b[1], b[2], b[3], b[7] = 0xff, 0xff, 0xff, 0xff
+	b[1], b[2], b[3], b[7] = 0xff&^flagRCO, 0xff, 0xff, 0xff
 	var out Frame
-	if err := out.Decode(b); err != nil || out.VNI != 7 {
+	if err := out.Decode(b); err != nil || out.VNI != 7 || out.CsumStart != 0 {
 		t.Fatalf("Decode with reserved bits set = %+v, %v", out, err)
+	}
+}
+
+// Remote checksum offload is encoded as Linux's vxlan driver does
+// (VXLAN_HF_RCO in the flags word, start/2 and the UDP bit in the low byte
+// of the VNI word).
+func TestRCOWireBytes(t *testing.T) {
+	for _, tc := range []struct {
+		start int
+		udp   bool
+		want  []byte
+	}{
+		{34, false, []byte{0x08, 0x20, 0, 0, 0, 0, 0x05, 0x11}}, // IPv4 TCP
+		{34, true, []byte{0x08, 0x20, 0, 0, 0, 0, 0x05, 0x91}},  // IPv4 UDP
+		{54, false, []byte{0x08, 0x20, 0, 0, 0, 0, 0x05, 0x1b}}, // IPv6 TCP
+		{MaxCsumStart, false, []byte{0x08, 0x20, 0, 0, 0, 0, 0x05, 0x7f}},
+		{0, false, []byte{0x08, 0, 0, 0, 0, 0, 0x05, 0}}, // none
+	} {
+		b := make([]byte, HeaderLen)
+		Header{VNI: 5, CsumStart: tc.start, CsumUDP: tc.udp}.Encode(b)
+		if !bytes.Equal(b, tc.want) {
+			t.Fatalf("start %d udp %v: % x, want % x", tc.start, tc.udp, b, tc.want)
+		}
+		var h Header
+		if err := h.Decode(b); err != nil || h != (Header{VNI: 5, CsumStart: tc.start, CsumUDP: tc.udp && tc.start != 0}) {
+			t.Fatalf("start %d udp %v: decoded %+v, %v", tc.start, tc.udp, h, err)
+		}
+		if RCO(b) != (tc.start != 0) {
+			t.Fatalf("start %d: RCO(b) = %v", tc.start, RCO(b))
+		}
+	}
+	// The flag with a zero start would point the checksum at the inner
+	// Ethernet header.
+	var h Header
+	if err := h.Decode([]byte{0x08, 0x20, 0, 0, 0, 0, 0x05, 0x80}); !errors.Is(err, ErrFlags) {
+		t.Fatalf("RCO with start 0: %v, want ErrFlags", err)
 	}
 }
 
