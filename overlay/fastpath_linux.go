@@ -130,6 +130,7 @@ func nonBlocking(rc syscall.RawConn) bool {
 type tunReader struct {
 	rc      syscall.RawConn
 	buf     []byte
+	iovs    []unix.Iovec // when set, reads go into these (readv) instead of buf
 	n       int
 	err     error
 	read    func(fd uintptr) bool
@@ -147,7 +148,7 @@ func newTUNReader(rc syscall.RawConn) *tunReader {
 // or the read fails.
 func (t *tunReader) tryReadFunc(fd uintptr) bool {
 	for {
-		n, err := rawRead(fd, t.buf)
+		n, err := t.raw(fd)
 		if err == unix.EINTR {
 			continue
 		}
@@ -163,16 +164,24 @@ func (t *tunReader) tryReadFunc(fd uintptr) bool {
 // returns its length, or -1 if none is (or the read failed: the next
 // blocking Read reports that).
 func (t *tunReader) TryRead(b []byte) int {
-	t.buf, t.n = b, -1
+	t.buf, t.iovs, t.n = b, nil, -1
 	if t.rc.Read(t.tryRead) != nil {
 		return -1
 	}
 	return t.n
 }
 
+// raw is one read(2), or readv(2) into t.iovs.
+func (t *tunReader) raw(fd uintptr) (int, error) {
+	if t.iovs != nil {
+		return readv(fd, t.iovs)
+	}
+	return rawRead(fd, t.buf)
+}
+
 func (t *tunReader) readFunc(fd uintptr) bool {
 	for {
-		n, err := rawRead(fd, t.buf)
+		n, err := t.raw(fd)
 		switch err {
 		case unix.EINTR:
 			continue
@@ -188,11 +197,48 @@ func (t *tunReader) readFunc(fd uintptr) bool {
 // poller means the file is closed and is reported as os.ErrClosed; an error
 // of the read itself is returned as it is.
 func (t *tunReader) Read(b []byte) (int, error) {
-	t.buf, t.n, t.err = b, 0, nil
+	t.buf, t.iovs, t.n, t.err = b, nil, 0, nil
 	if err := t.rc.Read(t.read); err != nil {
 		return 0, fmt.Errorf("%w: %v", os.ErrClosed, err)
 	}
 	return t.n, t.err
+}
+
+// spreadSuper is what readSpread returns for a packet left in the layout.
+const spreadSuper = -2
+
+// readSpread reads like Read (or TryRead, unless block), but with the
+// layout l when it has a guess: the result is then either spreadSuper (the
+// super-packet is in l.sp) or the packet copied into b as Read would have
+// put it.
+func (t *tunReader) readSpread(l *spreadLayout, b []byte, block bool) (int, error) {
+	if l.hdrLen == 0 {
+		if block {
+			return t.Read(b)
+		}
+		return t.TryRead(b), nil
+	}
+	t.iovs, t.n, t.err = l.iovs, -1, nil
+	var err error
+	if block {
+		t.n = 0
+		err = t.rc.Read(t.read)
+	} else {
+		err = t.rc.Read(t.tryRead)
+	}
+	t.iovs = nil
+	switch {
+	case err != nil && block:
+		return 0, fmt.Errorf("%w: %v", os.ErrClosed, err)
+	case err != nil:
+		return -1, nil
+	case t.err != nil || t.n < 0:
+		return t.n, t.err
+	}
+	if m := l.take(t.n, b); m >= 0 {
+		return m, nil
+	}
+	return spreadSuper, nil
 }
 
 // tunWriter writes packets to the TUN file descriptor, gathering a
@@ -259,6 +305,7 @@ type fastOut struct {
 	snd  gatherSender
 	g    *vxlan.Gather
 	hdrs []byte
+	lay  spreadLayout // the guess for spread reads (spread_linux.go)
 	// split path buffers, allocated on first use
 	bufs  [][]byte
 	sizes []int
@@ -281,7 +328,7 @@ func (r *Router) outboundFast(rd *tunReader, snd gatherSender) {
 	for {
 		// The virtio header lands right in front of tunOffset, inside the
 		// headroom the VXLAN header takes later.
-		n, err := rd.Read(bufs[0][tunOffset-virtioHdrLen:])
+		n, err := rd.readSpread(&fo.lay, bufs[0][tunOffset-virtioHdrLen:], true)
 		if err != nil {
 			if r.closing() || isClosed(err) || errors.Is(err, unix.EBADFD) || errors.Is(err, unix.EBADF) {
 				return
@@ -296,7 +343,17 @@ func (r *Router) outboundFast(rd *tunReader, snd gatherSender) {
 		for reads := 1; ; reads++ {
 			buf := bufs[k]
 			var h virtioHdr
-			if h.decode(buf[tunOffset-virtioHdrLen:tunOffset-virtioHdrLen+n]) != nil {
+			if n == spreadSuper {
+				// A super-packet read into the spread layout: after
+				// what is queued, it goes out from there.
+				if k > 0 {
+					alive = r.sendBatch(t, bufs[:k], sizes[:k], st)
+					k = 0
+				}
+				if alive {
+					alive = r.sendParsed(t, &fo.lay.sp, fo, st)
+				}
+			} else if h.decode(buf[tunOffset-virtioHdrLen:tunOffset-virtioHdrLen+n]) != nil {
 				st.counts.drops[dropBadOffload]++
 			} else if pkt := buf[tunOffset : tunOffset-virtioHdrLen+n]; h.gsoType == gsoNone {
 				if h.flags&virtioNeedsCsum != 0 && finishChecksum(&h, pkt) != nil {
@@ -317,7 +374,7 @@ func (r *Router) outboundFast(rd *tunReader, snd gatherSender) {
 			if !alive || reads == readBatch {
 				break
 			}
-			if n = rd.TryRead(bufs[k][tunOffset-virtioHdrLen:]); n < 0 {
+			if n, _ = rd.readSpread(&fo.lay, bufs[k][tunOffset-virtioHdrLen:], false); n == -1 {
 				break
 			}
 		}
@@ -339,9 +396,17 @@ func (r *Router) sendOffload(t *table, h *virtioHdr, pkt []byte, fo *fastOut, st
 		st.counts.drops[dropBadOffload]++
 		return true
 	}
-	done, alive := r.sendSuper(t, &sp, fo, st)
+	if sp.proto == protoTCP {
+		fo.lay.set(sp.hdrLen, sp.mss) // the next one likely looks the same
+	}
+	return r.sendParsed(t, &sp, fo, st)
+}
+
+// sendParsed sends a parsed super-packet: gathered, else split.
+func (r *Router) sendParsed(t *table, sp *superPacket, fo *fastOut, st *outState) bool {
+	done, alive := r.sendSuper(t, sp, fo, st)
 	if !done && alive {
-		alive = r.splitSuper(t, &sp, fo, st)
+		alive = r.splitSuper(t, sp, fo, st)
 	}
 	return alive
 }
@@ -404,6 +469,27 @@ func (r *Router) sendSuper(t *table, sp *superPacket, fo *fastOut, st *outState)
 		r.log.Debug("udp send failed", "peer", p.Name, "err", err)
 		r.kickPathMTU()
 		return true
+	}
+	if sp.stride == frameLen {
+		// Spread: each segment's headers go in place in front of its
+		// payload, the template (segment 0's) last; then each datagram
+		// is one run of whole frames.
+		for i := sp.segs - 1; i >= 0; i-- {
+			h := sp.base[i*sp.stride : i*sp.stride+vxlan.FrameHeaderLen+sp.hdrLen]
+			f.Encode(h)
+			sp.segment(i, h[vxlan.FrameHeaderLen:], rco)
+		}
+		for first := 0; first < sp.segs; first += perMsg {
+			last := min(first+perMsg, sp.segs) - 1
+			if g.Full() && !send() {
+				return true, false
+			}
+			g.Begin(frameLen)
+			g.Add(sp.base[first*sp.stride : last*sp.stride+vxlan.FrameHeaderLen+sp.hdrLen+sp.payloadLen(last)])
+			pending += last - first + 1
+			pendingBytes += (last-first+1)*sp.hdrLen + (last-first)*sp.mss + sp.payloadLen(last)
+		}
+		return true, send()
 	}
 	for i := 0; i < sp.segs; i++ {
 		if i%perMsg == 0 {

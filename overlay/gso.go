@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+
+	"github.com/weftnet/weft/encap/vxlan"
 )
 
 // Offloads at the TUN device.
@@ -116,7 +118,13 @@ func finishChecksum(h *virtioHdr, pkt []byte) error {
 // trusted). Segment i carries pkt[hdrLen+i*mss:][:mss] of payload, the last
 // one what is left.
 type superPacket struct {
-	pkt    []byte
+	pkt    []byte // the headers, then (at least) the first segment's payload
+	length int    // the whole packet's length
+	// stride, when not zero, says the payloads are spread (spread_linux.go):
+	// segment i's payload is at base[i*stride+vxlan.FrameHeaderLen+hdrLen:],
+	// with room in front of it for its frame and IP/L4 headers.
+	stride int
+	base   []byte
 	v6     bool
 	proto  uint8 // protoTCP or protoUDP
 	l3Len  int   // IP header length
@@ -127,7 +135,13 @@ type superPacket struct {
 
 // parseSuper checks a packet that came with a GSO virtio header.
 func parseSuper(h *virtioHdr, pkt []byte) (superPacket, error) {
-	s := superPacket{pkt: pkt, mss: int(h.gsoSize)}
+	return parseSuperLen(h, pkt, len(pkt))
+}
+
+// parseSuperLen is parseSuper for a packet of length bytes of which pkt
+// holds the start: at least the headers.
+func parseSuperLen(h *virtioHdr, pkt []byte, length int) (superPacket, error) {
+	s := superPacket{pkt: pkt, length: length, mss: int(h.gsoSize)}
 	switch h.gsoType &^ gsoECN {
 	case gsoTCPv4:
 		s.proto = protoTCP
@@ -170,16 +184,27 @@ func parseSuper(h *virtioHdr, pkt []byte) (superPacket, error) {
 	} else {
 		s.hdrLen = s.l3Len + 8
 	}
-	if len(pkt) <= s.hdrLen || s.hdrLen+s.mss > 65535 {
+	if length <= s.hdrLen || s.hdrLen+s.mss > 65535 {
 		return s, errBadGSO
 	}
-	s.segs = (len(pkt) - s.hdrLen + s.mss - 1) / s.mss
+	s.segs = (length - s.hdrLen + s.mss - 1) / s.mss
 	return s, nil
 }
 
 // payloadLen is the payload length of segment i.
 func (s *superPacket) payloadLen(i int) int {
-	return min(s.mss, len(s.pkt)-s.hdrLen-i*s.mss)
+	return min(s.mss, s.length-s.hdrLen-i*s.mss)
+}
+
+// payload is segment i's payload: a slice of pkt, or of base when spread.
+func (s *superPacket) payload(i int) []byte {
+	n := s.payloadLen(i)
+	if s.stride != 0 {
+		off := i*s.stride + vxlan.FrameHeaderLen + s.hdrLen
+		return s.base[off : off+n]
+	}
+	off := s.hdrLen + i*s.mss
+	return s.pkt[off : off+n]
 }
 
 // segment writes the IP and L4 headers of segment i into h[:s.hdrLen] and
@@ -191,9 +216,8 @@ func (s *superPacket) payloadLen(i int) int {
 // pseudo-header sum (folded, not complemented) for the receiver to finish
 // (VXLAN remote checksum offload): the payload is then never read.
 func (s *superPacket) segment(i int, h []byte, partial bool) []byte {
-	off := s.hdrLen + i*s.mss
-	n := s.payloadLen(i)
-	payload := s.pkt[off : off+n]
+	payload := s.payload(i)
+	n := len(payload)
 	h = h[:s.hdrLen]
 	copy(h, s.pkt[:s.hdrLen])
 	l4 := h[s.l3Len:]
