@@ -274,6 +274,23 @@ func pcapPackets(t *testing.T, path string) [][]byte {
 	return pkts
 }
 
+// udpFrom returns the outer IPv4 packets of a capture that are UDP from src
+// and long enough to hold VXLAN with an inner IPv4 TCP header: outer
+// Ethernet (14) | IPv4 | UDP (8) | VXLAN (8) | inner Ethernet (14) | inner IPv4.
+func udpFrom(t *testing.T, pcap string, src [4]byte) [][]byte {
+	var out [][]byte
+	for _, f := range pcapPackets(t, pcap) {
+		if len(f) < 14+20+8+8+14+40 || binary.BigEndian.Uint16(f[12:14]) != 0x0800 {
+			continue
+		}
+		ip := f[14:]
+		if ip[9] == 17 && bytes.Equal(ip[12:16], src[:]) && len(ip) >= int(ip[0]&0x0f)*4+8+8+14+40 {
+			out = append(out, ip)
+		}
+	}
+	return out
+}
+
 // tcpPseudoSum is the folded, not complemented, sum of an IPv4 TCP
 // pseudo-header: what a partial checksum field holds.
 func tcpPseudoSum(src, dst []byte, l4Len int) uint16 {
@@ -315,17 +332,11 @@ func TestNetnsWireFormat(t *testing.T) {
 	hw1, _ := net.ParseMAC(mac1)
 	hw2, _ := net.ParseMAC(mac2)
 	want := 0
-	for _, f := range pcapPackets(t, pcap) {
-		// Outer Ethernet (14) | IPv4 | UDP (8) | VXLAN (8) | inner Ethernet (14) | inner IPv4
-		if len(f) < 14+20+8+8+14+20 || binary.BigEndian.Uint16(f[12:14]) != 0x0800 {
+	for _, ip := range udpFrom(t, pcap, u1) {
+		if !bytes.Equal(ip[16:20], u2[:]) {
 			continue
 		}
-		ip := f[14:]
-		ihl := int(ip[0]&0x0f) * 4
-		if ip[9] != 17 || !bytes.Equal(ip[12:16], u1[:]) || !bytes.Equal(ip[16:20], u2[:]) {
-			continue
-		}
-		udp := ip[ihl:]
+		udp := ip[int(ip[0]&0x0f)*4:]
 		if binary.BigEndian.Uint16(udp[2:4]) != vxlan.DefaultPort {
 			t.Errorf("outer UDP dst port %d, want %d", binary.BigEndian.Uint16(udp[2:4]), vxlan.DefaultPort)
 		}
@@ -375,16 +386,8 @@ func TestNetnsWireFormat(t *testing.T) {
 		t.Fatalf("transfer moved %d bytes, want %d", res.Bytes, 4<<20)
 	}
 	rco := 0
-	for _, f := range pcapPackets(t, pcap) {
-		if len(f) < 14+20+8+8+14+40 || binary.BigEndian.Uint16(f[12:14]) != 0x0800 {
-			continue
-		}
-		ip := f[14:]
-		ihl := int(ip[0]&0x0f) * 4
-		if ip[9] != 17 || !bytes.Equal(ip[12:16], u1[:]) {
-			continue
-		}
-		vx := ip[ihl+8:]
+	for _, ip := range udpFrom(t, pcap, u1) {
+		vx := ip[int(ip[0]&0x0f)*4+8:]
 		inner := vx[8+14:]
 		if inner[9] != 6 || int(binary.BigEndian.Uint16(inner[2:4])) <= 20+int(inner[32]>>4)*4 {
 			continue // not a TCP segment with payload

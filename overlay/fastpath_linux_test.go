@@ -27,6 +27,19 @@ func (f *fakeGather) SendGather(g *vxlan.Gather, dst netip.AddrPort, flow uint32
 }
 func (f *fakeGather) GSO() bool { return f.gso }
 
+// sendRecorded sends sp through r's gathered path into a recording sender
+// and returns the frames and the router's counts.
+func sendRecorded(t testing.TB, r *Router, sp *superPacket) ([][]byte, *outState) {
+	t.Helper()
+	fg := &fakeGather{keep: true, gso: true}
+	fo := &fastOut{snd: fg, g: vxlan.NewGather(), hdrs: make([]byte, 0, 16*vxlan.MaxGatherSegments*segHdrLen)}
+	st := r.newOutState(splitBatch)
+	if done, alive := r.sendSuper(r.table.Load(), sp, fo, st); !done || !alive {
+		t.Fatalf("done %v alive %v", done, alive)
+	}
+	return fg.frames, st
+}
+
 func fastRouter(t testing.TB) (*Router, *peerEntry) {
 	r := New(Config{VNI: 5, LocalMAC: [6]byte{2, 0, 0, 0, 0, 1}}, nil, nil)
 	p := &peerEntry{Peer: Peer{Name: "b", Underlay: netip.MustParseAddrPort("198.51.100.12:4789"),
@@ -210,12 +223,8 @@ func TestSendSuperRCO(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		fg := &fakeGather{keep: true, gso: true}
-		fo := &fastOut{snd: fg, g: vxlan.NewGather(), hdrs: make([]byte, 0, 16*vxlan.MaxGatherSegments*segHdrLen)}
-		if done, alive := r.sendSuper(r.table.Load(), &sp, fo, r.newOutState(splitBatch)); !done || !alive {
-			t.Fatalf("done %v alive %v", done, alive)
-		}
-		return fg.frames
+		frames, _ := sendRecorded(t, r, &sp)
+		return frames
 	}
 	full, frames := send(false), send(true)
 	if len(frames) != len(full) || len(frames) != 8 {

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"testing"
 	"unsafe"
-
-	"github.com/weftnet/weft/encap/vxlan"
 )
 
 // readvInto puts b into iovs as readv(2) would and returns the count.
@@ -67,12 +65,8 @@ func TestSpreadSendsSameFrames(t *testing.T) {
 			send := func(sp *superPacket) [][]byte {
 				r, p := fastRouter(t)
 				p.RemoteChecksum = rco
-				fg := &fakeGather{keep: true, gso: true}
-				fo := &fastOut{snd: fg, g: vxlan.NewGather(), hdrs: make([]byte, 0, 16*vxlan.MaxGatherSegments*segHdrLen)}
-				if done, alive := r.sendSuper(r.table.Load(), sp, fo, r.newOutState(splitBatch)); !done || !alive {
-					t.Fatalf("done %v alive %v", done, alive)
-				}
-				return fg.frames
+				frames, _ := sendRecorded(t, r, sp)
+				return frames
 			}
 			want, got := send(&flat), send(&l.sp)
 			if len(got) != len(want) || len(got) != flat.segs {
