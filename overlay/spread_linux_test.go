@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"testing"
 	"unsafe"
+
+	"github.com/weftnet/weft/encap/vxlan"
 )
 
 // readvInto puts b into iovs as readv(2) would and returns the count.
@@ -113,4 +115,46 @@ func TestSpreadLinearizes(t *testing.T) {
 	if l.hdrLen != 0 {
 		t.Fatal("a layout of 100-byte segments was set up")
 	}
+}
+
+// FuzzSpreadTake: any bytes a read can put into the layout either come back
+// unchanged as an ordinary packet, or parse as a super-packet whose every
+// segment lies inside the layout and goes out without a panic.
+func FuzzSpreadTake(f *testing.F) {
+	pkt := superTCP(false, 1388*5+9, tcpACK, 1)
+	h := virtioHdr{flags: virtioNeedsCsum, gsoType: gsoTCPv4, gsoSize: 1388}
+	seed := make([]byte, virtioHdrLen+len(pkt))
+	h.encode(seed)
+	copy(seed[virtioHdrLen:], pkt)
+	f.Add(seed, uint16(52), uint16(1388))
+	f.Add(seed[:80], uint16(52), uint16(1388))
+	f.Add(seed, uint16(52), uint16(1000))
+	f.Add(seed, uint16(40), uint16(700))
+	f.Fuzz(func(t *testing.T, read []byte, hdrLen, mss uint16) {
+		var l spreadLayout
+		l.set(int(hdrLen%200), int(mss))
+		if l.hdrLen == 0 || len(read) > spreadMaxRead {
+			return
+		}
+		n := readvInto(t, &l, read)
+		dst := make([]byte, spreadMaxRead)
+		got := l.take(n, dst)
+		if got >= 0 {
+			if got != len(read) || !bytes.Equal(dst[:got], read) {
+				t.Fatalf("linearized %d bytes, want the %d read", got, len(read))
+			}
+			return
+		}
+		sp := &l.sp
+		if sp.hdrLen != l.hdrLen || sp.mss != l.mss || sp.length != len(read)-virtioHdrLen {
+			t.Fatalf("kept %+v for layout %d/%d and %d bytes", sp, l.hdrLen, l.mss, len(read))
+		}
+		for i := 0; i < sp.segs; i++ {
+			_ = sp.payload(i) // in bounds, or this panics
+		}
+		r, _ := fastRouter(t)
+		fg := &fakeGather{gso: true}
+		fo := &fastOut{snd: fg, g: vxlan.NewGather(), hdrs: make([]byte, 0, 16*vxlan.MaxGatherSegments*segHdrLen)}
+		r.sendParsed(r.table.Load(), sp, fo, r.newOutState(splitBatch))
+	})
 }
