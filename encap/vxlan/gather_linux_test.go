@@ -35,22 +35,29 @@ func gatherFrames(g *Gather, n, segLen, last, perMsg int) [][]byte {
 	return want
 }
 
+// loopback opens a Receiver on a free port and a Sender of n sockets, both
+// closed when the test ends, and returns the address to send to.
+func loopback(tb testing.TB, n int) (*Receiver, *Sender, netip.AddrPort) {
+	tb.Helper()
+	rcv, err := ListenReceiver(0, 8)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { rcv.Close() })
+	s, err := NewSender(n)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	return rcv, s, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), rcv.Port())
+}
+
 // TestGatherThroughReceiver sends gathered GSO datagrams from a Sender to a
 // Receiver over loopback: every VXLAN datagram arrives intact and in order,
 // whether the receiver gets it on its own or inside a GRO buffer, and the
 // sender's address is reported.
 func TestGatherThroughReceiver(t *testing.T) {
-	rcv, err := ListenReceiver(0, 8)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rcv.Close()
-	s, err := NewSender(2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	dst := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), rcv.Port())
+	rcv, s, dst := loopback(t, 2)
 	g := NewGather()
 	const segLen = 1400
 	want := gatherFrames(g, 100, segLen, 333, 40)
@@ -147,17 +154,7 @@ func TestGroSize(t *testing.T) {
 }
 
 func TestGatherAllocs(t *testing.T) {
-	rcv, err := ListenReceiver(0, 8)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rcv.Close()
-	s, err := NewSender(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	dst := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), rcv.Port())
+	rcv, s, dst := loopback(t, 1)
 	g := NewGather()
 	gatherFrames(g, 4, 1000, 1000, 4)
 	bufs := [][]byte{make([]byte, 65536)}
@@ -175,17 +172,7 @@ func TestGatherAllocs(t *testing.T) {
 }
 
 func BenchmarkSendGather(b *testing.B) {
-	rcv, err := ListenReceiver(0, 8)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer rcv.Close()
-	s, err := NewSender(1)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
-	dst := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), rcv.Port())
+	rcv, s, dst := loopback(b, 1)
 	g := NewGather()
 	gatherFrames(g, 44, 1472, 1000, 44)
 	bufs := [][]byte{make([]byte, 65536)}
