@@ -589,7 +589,7 @@ func (r *Router) decapsulateGRO(t *table, b []byte, seg int, from netip.Addr, c 
 	c.trusted = p != nil && p.OuterChecksum
 	for off := 0; off < len(b); off += seg {
 		frame := b[off:min(off+seg, len(b))]
-		if v := r.decapsulate(t, frame, from); v != pass {
+		if v := r.decapsulate(frame, p); v != pass {
 			counts.drops[v]++
 			continue
 		}

@@ -247,7 +247,7 @@ func TestSendSuperRCO(t *testing.T) {
 		if l4ChecksumOK(fr[vxlan.FrameHeaderLen:]) {
 			t.Fatalf("frame %d: complete checksum under RCO", i)
 		}
-		if v := rx.decapsulate(rx.table.Load(), fr, from); v != pass {
+		if v := rx.decapsulate(fr, rx.table.Load().peerAt(from)); v != pass {
 			t.Fatalf("frame %d: decapsulate %v", i, v)
 		}
 		fin := append([]byte(nil), fr...)
@@ -261,16 +261,16 @@ func TestSendSuperRCO(t *testing.T) {
 	// it points at the inner TCP header.
 	fr := append([]byte(nil), frames[0]...)
 	p.OuterChecksum = false
-	if v := rx.decapsulate(rx.table.Load(), fr, from); v != dropFlags {
+	if v := rx.decapsulate(fr, rx.table.Load().peerAt(from)); v != dropFlags {
 		t.Fatalf("RCO from a peer without outer checksums: %v, want %v", v, dropFlags)
 	}
 	p.OuterChecksum = true
 	fr[7] = byte((vxlan.EthernetLen + 24) >> 1) // past the IP header
-	if v := rx.decapsulate(rx.table.Load(), fr, from); v != dropInnerIP {
+	if v := rx.decapsulate(fr, rx.table.Load().peerAt(from)); v != dropInnerIP {
 		t.Fatalf("RCO at the wrong place: %v, want %v", v, dropInnerIP)
 	}
 	fr[7] = byte((vxlan.EthernetLen+20)>>1) | 0x80 // UDP's, on a TCP packet
-	if v := rx.decapsulate(rx.table.Load(), fr, from); v != dropInnerIP {
+	if v := rx.decapsulate(fr, rx.table.Load().peerAt(from)); v != dropInnerIP {
 		t.Fatalf("RCO of the wrong kind: %v, want %v", v, dropInnerIP)
 	}
 }

@@ -488,7 +488,7 @@ func (r *Router) inbound(receive conn.ReceiveFunc) {
 			if sizes[i] == 0 {
 				continue
 			}
-			if v := r.decapsulate(t, rbufs[i][:sizes[i]], eps[i].DstIP()); v != pass {
+			if v := r.decapsulate(rbufs[i][:sizes[i]], t.peerAt(eps[i].DstIP())); v != pass {
 				counts.drops[v]++
 				continue
 			}
@@ -515,9 +515,10 @@ func (r *Router) inbound(receive conn.ReceiveFunc) {
 	}
 }
 
-// decapsulate validates one received frame from the underlay address from.
+// decapsulate validates one received frame from the peer p (the table's
+// entry for the frame's underlay source address, nil if there is none).
 // Only a frame that passes every check reaches the TUN.
-func (r *Router) decapsulate(t *table, frame []byte, from netip.Addr) verdict {
+func (r *Router) decapsulate(frame []byte, p *peerEntry) verdict {
 	var f vxlan.Frame
 	if err := f.Decode(frame); err != nil {
 		switch {
@@ -537,7 +538,6 @@ func (r *Router) decapsulate(t *table, frame []byte, from netip.Addr) verdict {
 	if f.Dst != r.cfg.LocalMAC {
 		return dropDstMAC
 	}
-	p := t.peerAt(from)
 	if p == nil {
 		return dropUnknownPeer
 	}

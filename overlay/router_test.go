@@ -274,7 +274,7 @@ func TestPacketPathAllocs(t *testing.T) {
 			t.Fatalf("encapsulate verdict %d", v)
 		}
 		frame := buf[tunOffset-vxlan.FrameHeaderLen : tunOffset+len(inner)]
-		if v := b.r.decapsulate(tb, frame, a.peer.Underlay.Addr()); v != pass {
+		if v := b.r.decapsulate(frame, tb.peerAt(a.peer.Underlay.Addr())); v != pass {
 			t.Fatalf("decapsulate verdict %d", v)
 		}
 	})
@@ -310,7 +310,7 @@ func BenchmarkDecapsulate(b *testing.B) {
 	b.ReportAllocs()
 	b.SetBytes(int64(len(inner)))
 	for b.Loop() {
-		if v := r.decapsulate(t, frame, from); v != pass {
+		if v := r.decapsulate(frame, t.peerAt(from)); v != pass {
 			b.Fatal(v)
 		}
 	}
