@@ -74,12 +74,16 @@ func kubeBinaries(t *testing.T) string {
 	ld := "-s -w -X k8s.io/component-base/version.gitVersion=" + k8sVersion +
 		" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34" +
 		" -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=" + k8sVersion
-	args := []string{"build", "-trimpath", "-ldflags", ld, "-o", tmp + "/"}
+	// -N -l: no optimization, no inlining. The tests need these programs
+	// to run, not to run fast, and compiling without the optimizer costs a
+	// quarter less CPU (measured on k8s.io/client-go/kubernetes: 134 s →
+	// 100 s), the longest part of a first `make test` on a 2-CPU machine.
+	args := []string{"build", "-trimpath", "-gcflags=all=-N -l", "-ldflags", ld, "-o", tmp + "/"}
 	for _, b := range k8sBinaries {
 		args = append(args, "k8s.io/kubernetes/cmd/"+b)
 	}
 	goBuild(t, "k8sbin/kubernetes", args...)
-	goBuild(t, "k8sbin/etcd", "build", "-trimpath", "-ldflags", "-s -w", "-o", filepath.Join(tmp, "etcd"), "go.etcd.io/etcd/server/v3")
+	goBuild(t, "k8sbin/etcd", "build", "-trimpath", "-gcflags=all=-N -l", "-ldflags", "-s -w", "-o", filepath.Join(tmp, "etcd"), "go.etcd.io/etcd/server/v3")
 	os.RemoveAll(dir)
 	if err := os.Rename(tmp, dir); err != nil {
 		t.Fatal(err)
