@@ -54,6 +54,12 @@ func serve(addr string) error {
 		return err
 	}
 	defer c.Close()
+	return echo(c)
+}
+
+// echo sends every datagram c receives back to its sender, until c fails
+// (or is closed).
+func echo(c *net.UDPConn) error {
 	buf := make([]byte, 2048)
 	for {
 		n, from, err := c.ReadFromUDPAddrPort(buf)
