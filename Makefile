@@ -4,14 +4,31 @@ BIN       := bin
 BINARIES  := weftd weft-cni weftctl
 GOFLAGS   ?=
 export GOFLAGS
+# What --version prints: the nearest tag, commits since it and the commit.
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X github.com/weftnet/weft/cmd/internal/buildinfo.Version=$(VERSION)
+DEPS      := sh deploy/prereq/install.sh
 
-.PHONY: all build test test-unit test-netns test-kube kube-bins demo bench fuzz vet clean lab-down
+.PHONY: all build deps deps-demo deps-test deps-bench test test-unit test-netns test-kube kube-bins demo bench fuzz vet clean lab-down
 
 all: build
 
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./cmd/weftd ./cmd/weft-cni ./cmd/weftctl
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/weftd ./cmd/weft-cni ./cmd/weftctl
+
+# The host's packages and kernel modules (deploy/prereq/prereq.tsv):
+# installs only what is missing (apt-get; `apt-get update` only then),
+# loads the modules; without apt-get it prints what to install and stops.
+# `make deps` takes all tiers; demo, test and bench take their own first.
+deps:
+	@$(DEPS) demo test bench
+deps-demo:
+	@$(DEPS) demo
+deps-test:
+	@$(DEPS) test
+deps-bench:
+	@$(DEPS) bench
 
 vet:
 	$(GO) vet ./...
@@ -23,12 +40,12 @@ vet:
 # .ci/run) uses those minutes. Then vet and the unit tier (race detector),
 # which compile everything again. The test tiers skip go test's own vet
 # pass (-vet=off): `make vet` runs all of vet's checks once, a superset.
-test: build test-netns vet test-unit test-kube
+test: deps-test build test-netns vet test-unit test-kube
 
 test-unit:
 	$(GO) test -race -count=1 -short -vet=off ./...
 
-test-netns:
+test-netns: deps-test
 	@if [ "$$(id -u)" != 0 ]; then echo "test-netns needs root (network namespaces, TUN)"; exit 1; fi
 	WEFT_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -count=1 -p 1 -vet=off -timeout 15m ./...
 
@@ -39,7 +56,7 @@ test-netns:
 # of deploy/. Needs root, containerd, runc, busybox-static, gcc. The first
 # run on a machine builds Kubernetes v1.34.4 and etcd v3.6.16 from the Go
 # module proxy into /var/cache/weft-e2e (README: Kubernetes).
-test-kube: build
+test-kube: deps-test build
 	@if [ "$$(id -u)" != 0 ]; then echo "test-kube needs root (network namespaces, containerd, kubelet)"; exit 1; fi
 	cd deploy/e2e && $(GO) vet . && WEFT_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 60m .
 
@@ -50,17 +67,17 @@ kube-bins:
 	cd deploy/e2e && $(GO) test -count=1 -run '^TestKubeBinaries$$' -timeout 60m .
 
 # The netns lab end to end: build, 3 nodes on 2 sites, pods, ping + TCP
-# across every node pair, summary, teardown. Needs root.
-demo: build
+# across every node pair, summary, teardown. Needs root and iproute2.
+demo: deps-demo build
 	$(BIN)/weftctl demo --nodes 3 --sites 2 --pods-per-node 1
 
-lab-down: build
+lab-down: deps-demo build
 	$(BIN)/weftctl lab down
 
 # iperf3 + ping over the netns lab for raw, host-gw, kernel-vxlan, wireguard-go,
 # weft-vxlan and weft-wireguard, interleaved in one run (bench/README.md).
-# Needs root, iperf3, wireguard-tools. BENCH_QUICK=1: 1-repetition smoke.
-bench: build
+# Needs root, iperf3, wireguard-tools (make deps-bench). BENCH_QUICK=1: 1-repetition smoke.
+bench: deps-bench build
 	@if [ "$$(id -u)" != 0 ]; then echo "bench needs root (network namespaces, TUN)"; exit 1; fi
 	$(GO) build -o $(BIN)/weftbench ./bench/cmd/weftbench
 	$(BIN)/weftbench -bin-dir $(CURDIR)/$(BIN)

@@ -15,7 +15,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
-	"github.com/weftnet/weft/overlay/lab"
+	"github.com/weftnet/weft/deploy/lab"
 )
 
 // Fixed numbers of the testbeds. The underlay and pod addresses come from

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/weftnet/weft/deploy/prereq"
 )
 
 // Run measures cfg.Datapaths and returns the report; with cfg.OutDir set
@@ -29,10 +31,8 @@ func Run(ctx context.Context, cfg Config) (rep *Report, err error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("bench needs root (network namespaces, TUN devices)")
 	}
-	for _, tool := range []string{"ip", "ping", "iperf3"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return nil, fmt.Errorf("bench needs %s: %w", tool, err)
-		}
+	if err := prereq.Check("ip", "ping", "iperf3"); err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
 	}
 	unlock, err := lock(cfg.RunDir + ".lock")
 	if err != nil {
@@ -286,8 +286,8 @@ func prepareBinaries(ctx context.Context, cfg *Config, tmp string, rep *Report) 
 		}
 	}
 	if slices.Contains(cfg.Datapaths, WireGuardGo) {
-		if _, err := exec.LookPath("wg"); err != nil {
-			rep.Failed[WireGuardGo] = "wireguard-tools (wg) is not installed: " + err.Error()
+		if err := prereq.Check("wg"); err != nil {
+			rep.Failed[WireGuardGo] = err.Error()
 		} else if cfg.WireGuardBin == "" {
 			bin := filepath.Join(tmp, "wireguard")
 			log.Info("building wireguard-go", "module", rep.Host.WireGuardModule)
@@ -298,8 +298,8 @@ func prepareBinaries(ctx context.Context, cfg *Config, tmp string, rep *Report) 
 		}
 	}
 	if slices.Contains(cfg.Datapaths, KernelVXLAN) {
-		if _, err := exec.LookPath("bridge"); err != nil {
-			rep.Failed[KernelVXLAN] = "bridge (iproute2) is not installed: " + err.Error()
+		if err := prereq.Check("bridge"); err != nil {
+			rep.Failed[KernelVXLAN] = err.Error()
 		}
 	}
 	return ctx.Err()

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/weftnet/weft/deploy/prereq/prereqtest"
 )
 
 // TestSmokeQuick is BENCH_QUICK for the two cheapest datapaths (raw and
@@ -16,12 +18,7 @@ import (
 // iperf3, ping, outputs, and a teardown that leaves nothing behind. Root
 // only; skipped with -short.
 func TestSmokeQuick(t *testing.T) {
-	if testing.Short() {
-		t.Skip("bench smoke: skipped with -short")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("bench smoke: needs root (network namespaces)")
-	}
+	prereqtest.Netns(t, "ip", "bridge", "ping", "iperf3")
 	wd, _ := os.Getwd()
 	cfg := DefaultConfig().QuickConfig()
 	cfg.Datapaths = []string{Raw, KernelVXLAN}

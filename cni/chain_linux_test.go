@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -18,6 +17,8 @@ import (
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/weftnet/weft/cni/cnitest"
+
+	"github.com/weftnet/weft/deploy/prereq/prereqtest"
 )
 
 // shippedConfList loads deploy/cni/10-weft.conflist with weft-cni's dirs
@@ -131,12 +132,11 @@ func testChain(t *testing.T, l *lab, cniVersion string, check bool) {
 	}
 }
 
+// requireFirewall: the reference portmap programs nftables or iptables;
+// make deps installs both, so either missing fails the test.
 func requireFirewall(t *testing.T) {
-	_, nft := exec.LookPath("nft")
-	_, ipt := exec.LookPath("iptables")
-	if nft != nil && ipt != nil {
-		t.Skip("portmap needs nftables or iptables installed")
-	}
+	t.Helper()
+	prereqtest.Programs(t, "nft", "iptables", "iptables-save")
 }
 
 // TestChainReference: the shipped 1.1.0 conflist with portmap and
@@ -156,14 +156,7 @@ func TestChainReference(t *testing.T) {
 // containernetworking-plugins (1.1.1, iptables only) from /usr/lib/cni.
 func TestChainDebian(t *testing.T) {
 	requireRoot(t)
-	for _, p := range []string{"portmap", "bandwidth"} {
-		if _, err := os.Stat(filepath.Join("/usr/lib/cni", p)); err != nil {
-			t.Skip("needs Debian's containernetworking-plugins in /usr/lib/cni")
-		}
-	}
-	if _, err := exec.LookPath("iptables"); err != nil {
-		t.Skip("Debian's portmap needs iptables")
-	}
+	prereqtest.Programs(t, "/usr/lib/cni/portmap", "/usr/lib/cni/bandwidth", "iptables")
 	l := newLab(t, "1.0.0")
 	l.cni.Path = append(l.cni.Path, "/usr/lib/cni")
 	l.writeNode()

@@ -28,6 +28,8 @@ import (
 
 	"github.com/weftnet/weft/cni/cnitest"
 	"github.com/weftnet/weft/ipam"
+
+	"github.com/weftnet/weft/deploy/prereq/prereqtest"
 )
 
 // lab is one node netns with weft-cni ready to run in it.
@@ -370,6 +372,7 @@ func TestPluginTwoPodsPing(t *testing.T) {
 		t.Fatalf("CHECK after a refused retry: %v", err)
 	}
 
+	prereqtest.Programs(t, "ping")
 	ping := func(from, to string) error {
 		out, err := exec.Command("ip", "netns", "exec", from, "ping", "-c1", "-W1", to).CombinedOutput()
 		if err != nil {

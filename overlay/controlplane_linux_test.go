@@ -20,9 +20,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/deploy/lab"
 	"github.com/weftnet/weft/ipam/claim"
 	"github.com/weftnet/weft/overlay/control"
-	"github.com/weftnet/weft/overlay/lab"
 	"github.com/weftnet/weft/peer"
 )
 

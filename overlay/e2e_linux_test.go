@@ -23,9 +23,11 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
+	"github.com/weftnet/weft/deploy/lab"
 	"github.com/weftnet/weft/encap/vxlan"
 	"github.com/weftnet/weft/overlay/control"
-	"github.com/weftnet/weft/overlay/lab"
+
+	"github.com/weftnet/weft/deploy/prereq/prereqtest"
 )
 
 var (
@@ -65,14 +67,9 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func needNetns(t *testing.T) {
+func needNetns(t *testing.T, programs ...string) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("netns test: skipped with -short")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("netns test: needs root (network namespaces, TUN devices)")
-	}
+	prereqtest.Netns(t, append([]string{"ip"}, programs...)...)
 }
 
 // startLab brings up a lab with a unique prefix and tears it down when the
@@ -194,9 +191,7 @@ func TestNetnsPodToPodAcrossSites(t *testing.T) {
 // pcap file.
 func capture(t *testing.T, netns, iface, filter string, fn func()) string {
 	t.Helper()
-	if _, err := exec.LookPath("tcpdump"); err != nil {
-		t.Fatal("tcpdump not installed (.ci/run installs it)")
-	}
+	prereqtest.Programs(t, "tcpdump")
 	pcap := filepath.Join(t.TempDir(), "capture.pcap")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -315,10 +310,7 @@ func tcpSum(src, dst []byte, l4Len int, seg []byte) uint16 {
 // port 4789, VXLAN flags and VNI, inner Ethernet with both VTEP MACs, and
 // the pod's own IPv4 packet.
 func TestNetnsWireFormat(t *testing.T) {
-	needNetns(t)
-	if _, err := exec.LookPath("tcpdump"); err != nil {
-		t.Fatal("tcpdump not installed (.ci/run installs it)")
-	}
+	needNetns(t, "tcpdump")
 	l := startLab(t, lab.Config{Nodes: 2, Sites: 2, PodsPerNode: 1})
 	waitConverged(t, l)
 	n1, n2 := l.Node("n1"), l.Node("n2")
@@ -425,7 +417,7 @@ func TestNetnsWireFormat(t *testing.T) {
 // and neighbour entries), on node n2 and has it exchange traffic with the
 // weftd on n1 in both directions.
 func TestNetnsKernelVXLANInterop(t *testing.T) {
-	needNetns(t)
+	needNetns(t, "bridge")
 	const (
 		kernelMAC  = "0e:00:00:00:02:00"
 		kernelAddr = "10.244.2.0" // flannel gives flannel.1 the network address of its CIDR

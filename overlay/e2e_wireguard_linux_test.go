@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/deploy/lab"
 	"github.com/weftnet/weft/overlay/control"
-	"github.com/weftnet/weft/overlay/lab"
 )
 
 // marker is the ping payload pattern the pods exchange; ping -p repeats it.
@@ -72,7 +72,7 @@ func pingMarked(t *testing.T, l *lab.Lab, from lab.Pod, to string) {
 // shows both (so the check can fail). Over WireGuard it also checks the
 // pod MTU (ping -M do), `wg show` against weft's device, and key rotation.
 func TestNetnsWireGuardHidesPodTraffic(t *testing.T) {
-	needNetns(t)
+	needNetns(t, "wg", "tcpdump")
 	for _, tc := range []struct {
 		transport string
 		visible   bool
@@ -229,7 +229,7 @@ func TestNetnsWireGuardAcrossSites(t *testing.T) {
 // pod traffic with a weft node in both directions: weft speaks real
 // WireGuard.
 func TestNetnsStandaloneWireGuardPeer(t *testing.T) {
-	needNetns(t)
+	needNetns(t, "wg")
 	dir := t.TempDir()
 	wgBin := filepath.Join(dir, "wireguard-go")
 	if out, err := exec.Command("go", "build", "-o", wgBin, "golang.zx2c4.com/wireguard").CombinedOutput(); err != nil {

@@ -3,16 +3,16 @@
 package main
 
 import (
+	"fmt"
+	"os"
 	"runtime"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/weftnet/weft/cmd/internal/buildinfo"
 	"github.com/weftnet/weft/cni"
 )
-
-// buildVersion is set at link time: -ldflags "-X main.buildVersion=v0.1.0".
-var buildVersion = "dev"
 
 func init() {
 	// Namespace switches (setns) act on one OS thread; keep main on the
@@ -22,11 +22,15 @@ func init() {
 }
 
 func main() {
+	if buildinfo.Requested(os.Args[1:]) {
+		fmt.Println(buildinfo.String("weft-cni"))
+		return
+	}
 	skel.PluginMainFuncs(skel.CNIFuncs{
 		Add:    cni.Add,
 		Del:    cni.Del,
 		Check:  cni.Check,
 		GC:     cni.GC,
 		Status: cni.Status,
-	}, version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"), "weft-cni "+buildVersion)
+	}, version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"), buildinfo.String("weft-cni"))
 }

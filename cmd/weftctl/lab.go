@@ -15,8 +15,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/weftnet/weft/deploy/lab"
 	"github.com/weftnet/weft/overlay/control"
-	"github.com/weftnet/weft/overlay/lab"
 )
 
 // convergeTimeout bounds the wait for gossip after the lab is up; the
@@ -84,6 +84,9 @@ func runLabUp(args []string) error {
 	}
 	cfg.External = ext
 	cfg.Log = prefixWriter{os.Stdout, "  "}
+	if err := lab.Preflight(cfg); err != nil {
+		return err
+	}
 
 	if old, err := lab.Load(cfg.Dir); err == nil && old.Alive() {
 		return fmt.Errorf("a lab (prefix %s) is running in %s: run `weftctl lab down --dir %s --prefix %s` first",
@@ -339,6 +342,9 @@ func runDemo(args []string) error {
 	cfg.External = ext
 	cfg.Log = prefixWriter{os.Stdout, "  "}
 	start := time.Now()
+	if err := lab.Preflight(cfg); err != nil {
+		return err
+	}
 
 	ctx, stop := signalContext()
 	defer stop()

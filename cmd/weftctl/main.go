@@ -8,6 +8,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+
+	"github.com/weftnet/weft/cmd/internal/buildinfo"
 )
 
 const usage = `usage: weftctl <command> [flags]
@@ -19,6 +21,7 @@ commands:
   demo         up, ping and TCP between every pair of pods, summary, down; exit 0 only on PASS
   status       show a weftd's status
   gossip-key   generate a gossip key; list, add, use or remove keys of a running weftd
+  version      print the version (also --version)
   wireguard rotate-key
                give the local node a new WireGuard key; peers re-key by gossip
 
@@ -54,6 +57,9 @@ func run(args []string) error {
 		return runGossipKey(args[1:])
 	case "wireguard":
 		return runWireGuard(args[1:])
+	case "version", "--version", "-version":
+		fmt.Println(buildinfo.String("weftctl"))
+		return nil
 	case "-h", "--help", "help":
 		fmt.Fprint(os.Stdout, usage)
 		return nil

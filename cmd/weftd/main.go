@@ -24,6 +24,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/weftnet/weft/cmd/internal/buildinfo"
 	"github.com/weftnet/weft/cni"
 	"github.com/weftnet/weft/encap/vxlan"
 	"github.com/weftnet/weft/encap/wireguard"
@@ -328,6 +329,10 @@ func firstGlobalAddr() (netip.Addr, error) {
 }
 
 func main() {
+	if buildinfo.Requested(os.Args[1:]) {
+		fmt.Println(buildinfo.String("weftd"))
+		return
+	}
 	c, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)

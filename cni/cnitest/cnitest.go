@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/weftnet/weft/deploy/prereq/prereqtest"
 )
 
 // ReferenceVersion is the containernetworking/plugins release the reference
@@ -17,19 +19,11 @@ import (
 // weft's go.mod, which speaks CNI 1.1.0.
 const ReferenceVersion = "v1.9.1"
 
-// RequireRoot skips tb unless it runs as root, outside -short, with
-// iproute2 installed: the netns tier of the Makefile.
+// RequireRoot guards the netns tier of the Makefile: skipped with -short,
+// failed without root or iproute2 (prereqtest.Netns).
 func RequireRoot(tb testing.TB) {
 	tb.Helper()
-	if testing.Short() {
-		tb.Skip("netns test: skipped in -short mode")
-	}
-	if os.Geteuid() != 0 {
-		tb.Skip("needs root for network namespaces")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		tb.Skip("needs iproute2")
-	}
+	prereqtest.Netns(tb, "ip")
 }
 
 // BuildWeft returns a directory holding a weft-cni binary: $WEFT_BIN_DIR if

@@ -45,8 +45,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/deploy/lab"
 	"github.com/weftnet/weft/overlay/control"
-	"github.com/weftnet/weft/overlay/lab"
+
+	"github.com/weftnet/weft/deploy/prereq/prereqtest"
 )
 
 const (
@@ -75,17 +77,8 @@ type cluster struct {
 }
 
 func needRoot(t *testing.T) {
-	if testing.Short() {
-		t.Skip("Kubernetes end-to-end test: not in -short")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces, containerd, kubelet)")
-	}
-	for _, b := range []string{"containerd", "containerd-shim-runc-v2", "runc", "ctr", "nsenter", "gcc", "ip", "wg"} {
-		if _, err := exec.LookPath(b); err != nil {
-			t.Fatalf("%s not installed (.ci/run installs containerd runc busybox-static gcc util-linux wireguard-tools)", b)
-		}
-	}
+	t.Helper()
+	prereqtest.Netns(t, "containerd", "containerd-shim-runc-v2", "runc", "ctr", "nsenter", "gcc", "libc6-dev", "busybox-static", "ip", "wg")
 }
 
 // start runs bin inside netns, logging to <name>.log; it is stopped (by

@@ -5,12 +5,13 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"os"
 	"os/exec"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/weftnet/weft/deploy/prereq/prereqtest"
 )
 
 // TestRCOMatchesLinux: a Linux vxlan device with remcsumtx is the
@@ -21,12 +22,7 @@ import (
 // them back, and the inner checksum field holds the pseudo-header sum.
 // Needs root (network namespaces); runs in the netns tier.
 func TestRCOMatchesLinux(t *testing.T) {
-	if testing.Short() {
-		t.Skip("netns test: skipped with -short")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("netns test: needs root (network namespaces)")
-	}
+	prereqtest.Netns(t, "ip")
 	a := fmt.Sprintf("wrco%05x-a", rand.Uint32()&0xfffff)
 	b := a[:len(a)-1] + "b"
 	run := func(args ...string) {

@@ -13,6 +13,8 @@ import (
 
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/weftnet/weft/deploy/prereq/prereqtest"
 )
 
 func TestLoadOrCreateKey(t *testing.T) {
@@ -102,9 +104,7 @@ func receive(t *testing.T, n *node) []byte {
 // loopback UDP: plaintext handed to one comes out of the other's TUN, and
 // a peer removed by SetPeers no longer gets anything.
 func TestDevicesExchangePackets(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: the UAPI socket lives in /var/run/wireguard")
-	}
+	prereqtest.Root(t) // the UAPI socket lives in /var/run/wireguard
 	a, b := newNode(t, "10.244.1.0/24"), newNode(t, "10.244.2.0/24")
 	if err := a.dev.SetPeers([]Peer{b.asPeer()}); err != nil {
 		t.Fatal(err)

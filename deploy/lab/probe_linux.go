@@ -8,48 +8,136 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"regexp"
-	"strconv"
+	"net/netip"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
 )
 
-// PingResult is what `ping` reported.
+// PingResult is the outcome of Ping.
 type PingResult struct {
 	Sent, Received int
-	// AvgRTT is ping's average round-trip time; zero if nothing came back.
+	// AvgRTT is the average round-trip time of the replies; zero if
+	// nothing came back.
 	AvgRTT time.Duration
-	// Output is ping's whole output, for error reports.
+	// Output is a ping(8)-style transcript, for error reports.
 	Output string
 }
 
-var (
-	pingCounts = regexp.MustCompile(`(\d+) packets transmitted, (\d+) (?:packets )?received`)
-	pingRTT    = regexp.MustCompile(`= [\d.]+/([\d.]+)/`)
+// Ping timing, as `ping -i 0.2 -W 2`: an echo every 200 ms, each waited
+// for up to 2 s.
+const (
+	pingInterval = 200 * time.Millisecond
+	pingWait     = 2 * time.Second
 )
 
-// Ping runs `ping -c count -i 0.2 -W 2 addr` inside netns. The error is
-// non-nil unless every echo came back.
+// Ping sends count ICMP echo requests to the IPv4 address addr from inside
+// the network namespace netns and waits for each reply. It needs no ping
+// program: the raw ICMP socket is made on a thread inside netns and stays
+// there. The error is non-nil unless every echo came back.
 func (l *Lab) Ping(ctx context.Context, netns, addr string, count int) (PingResult, error) {
-	out, err := l.Exec(ctx, netns, "ping", "-n", "-c", strconv.Itoa(count), "-i", "0.2", "-W", "2", addr)
-	r := PingResult{Output: string(out)}
-	if m := pingCounts.FindStringSubmatch(r.Output); m != nil {
-		r.Sent, _ = strconv.Atoi(m[1])
-		r.Received, _ = strconv.Atoi(m[2])
+	var r PingResult
+	dst, err := netip.ParseAddr(addr)
+	if err != nil || !dst.Is4() {
+		return r, fmt.Errorf("ping %s from %s: not an IPv4 address", addr, netns)
 	}
-	if m := pingRTT.FindStringSubmatch(r.Output); m != nil {
-		if ms, perr := strconv.ParseFloat(m[1], 64); perr == nil {
-			r.AvgRTT = time.Duration(ms * float64(time.Millisecond))
+	var c *icmp.PacketConn
+	err = ns.WithNetNSPath(filepath.Join(netnsDir, netns), func(ns.NetNS) error {
+		var err error
+		c, err = icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+		return err
+	})
+	if err != nil {
+		return r, fmt.Errorf("ping %s from %s: icmp socket: %w", addr, netns, err)
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	var out strings.Builder
+	fmt.Fprintf(&out, "PING %s from %s\n", addr, netns)
+	id := int(rand.Uint32() & 0xffff)
+	var total time.Duration
+	for seq := 1; seq <= count && ctx.Err() == nil; seq++ {
+		sent := time.Now()
+		rtt, err := echo(c, dst, id, seq, sent)
+		r.Sent++
+		if err != nil {
+			fmt.Fprintf(&out, "icmp_seq=%d: %v\n", seq, err)
+		} else {
+			r.Received++
+			total += rtt
+			fmt.Fprintf(&out, "reply from %s: icmp_seq=%d time=%.3f ms\n", addr, seq, float64(rtt)/float64(time.Millisecond))
+		}
+		if seq < count {
+			sleepCtx(ctx, time.Until(sent.Add(pingInterval)))
 		}
 	}
-	if err != nil {
+	if r.Received > 0 {
+		r.AvgRTT = total / time.Duration(r.Received)
+	}
+	fmt.Fprintf(&out, "%d packets transmitted, %d received\n", r.Sent, r.Received)
+	r.Output = out.String()
+	if err := ctx.Err(); err != nil {
 		return r, fmt.Errorf("ping %s from %s: %w", addr, netns, err)
 	}
 	if r.Sent == 0 || r.Received != r.Sent {
 		return r, fmt.Errorf("ping %s from %s: %d/%d replies", addr, netns, r.Received, r.Sent)
 	}
 	return r, nil
+}
+
+// echo sends one echo request and waits up to pingWait for its reply. The
+// raw socket sees every ICMP message of the namespace, so replies are
+// matched by source, identifier and sequence number.
+func echo(c *icmp.PacketConn, dst netip.Addr, id, seq int, sent time.Time) (time.Duration, error) {
+	payload := make([]byte, 56)
+	copy(payload, "weft lab ping")
+	req := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: id, Seq: seq, Data: payload}}
+	b, err := req.Marshal(nil)
+	if err != nil {
+		return 0, err
+	}
+	to := &net.IPAddr{IP: dst.AsSlice()}
+	if _, err := c.WriteTo(b, to); err != nil {
+		return 0, fmt.Errorf("send: %w", err)
+	}
+	if err := c.SetReadDeadline(sent.Add(pingWait)); err != nil {
+		return 0, err
+	}
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := c.ReadFrom(buf)
+		if err != nil {
+			return 0, fmt.Errorf("no reply: %w", err)
+		}
+		if a, ok := from.(*net.IPAddr); !ok || !a.IP.Equal(to.IP) {
+			continue
+		}
+		m, err := icmp.ParseMessage(1, buf[:n])
+		if err != nil || m.Type != ipv4.ICMPTypeEchoReply {
+			continue
+		}
+		if e, ok := m.Body.(*icmp.Echo); ok && e.ID == id && e.Seq == seq {
+			return time.Since(sent), nil
+		}
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
 }
 
 // TransferResult is one TCP transfer between two pods.

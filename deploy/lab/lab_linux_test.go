@@ -13,13 +13,13 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/weftnet/weft/deploy/prereq/prereqtest"
 )
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (network namespaces)")
-	}
+	prereqtest.Root(t, "ip")
 }
 
 // testPrefix is unique per test so parallel runs and leftovers of a crashed
@@ -267,7 +267,7 @@ func buildBinaries(t *testing.T) string {
 	bin := t.TempDir()
 	cmd := exec.Command("go", "build", "-o", bin+"/", "github.com/weftnet/weft/cmd/weftd", "github.com/weftnet/weft/cmd/weft-cni")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Skipf("weftd/weft-cni do not build (%v):\n%s", err, out)
+		t.Fatalf("weftd/weft-cni do not build (%v):\n%s", err, out)
 	}
 	return bin
 }

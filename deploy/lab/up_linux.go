@@ -46,6 +46,9 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("lab config: %w", err)
 	}
+	if err := Preflight(cfg); err != nil {
+		return nil, err
+	}
 	if old, lerr := Load(cfg.Dir); lerr == nil {
 		if old.Alive() {
 			return nil, fmt.Errorf("%w in %s (prefix %s): run `weftctl lab down --dir %s --prefix %s` first",
