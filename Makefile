@@ -15,6 +15,7 @@ all: build
 
 build:
 	@mkdir -p $(BIN)
+	@echo "building weftd weft-cni weftctl $(VERSION) (a first build downloads modules: about 2 min)"
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/weftd ./cmd/weft-cni ./cmd/weftctl
 
 # The host's packages and kernel modules (deploy/prereq/prereq.tsv):
