@@ -17,7 +17,6 @@ import (
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/weftnet/weft/cni/cnitest"
-
 	"github.com/weftnet/weft/deploy/prereq/prereqtest"
 )
 

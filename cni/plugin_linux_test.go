@@ -27,10 +27,11 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/weftnet/weft/cni/cnitest"
-	"github.com/weftnet/weft/ipam"
-
 	"github.com/weftnet/weft/deploy/prereq/prereqtest"
+	"github.com/weftnet/weft/ipam"
 )
+
+func TestMain(m *testing.M) { prereqtest.Main(m) }
 
 // lab is one node netns with weft-cni ready to run in it.
 type lab struct {

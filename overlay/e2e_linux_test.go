@@ -17,55 +17,18 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/weftnet/weft/deploy/lab"
+	"github.com/weftnet/weft/deploy/prereq/prereqtest"
 	"github.com/weftnet/weft/encap/vxlan"
 	"github.com/weftnet/weft/overlay/control"
-
-	"github.com/weftnet/weft/deploy/prereq/prereqtest"
 )
 
-var (
-	buildOnce sync.Once
-	builtDir  string
-	buildErr  error
-)
-
-// binDir returns a directory holding weftd and weft-cni: WEFT_BIN_DIR when
-// make sets it, else a fresh build.
-func binDir(t *testing.T) string {
-	t.Helper()
-	if d := os.Getenv("WEFT_BIN_DIR"); d != "" {
-		return d
-	}
-	buildOnce.Do(func() {
-		builtDir, buildErr = os.MkdirTemp("", "weft-bin-")
-		if buildErr != nil {
-			return
-		}
-		out, err := exec.Command("go", "build", "-o", builtDir+"/", "github.com/weftnet/weft/cmd/weftd", "github.com/weftnet/weft/cmd/weft-cni").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return builtDir
-}
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if builtDir != "" {
-		os.RemoveAll(builtDir)
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { prereqtest.Main(m) }
 
 func needNetns(t *testing.T, programs ...string) {
 	t.Helper()
@@ -78,7 +41,7 @@ func startLab(t *testing.T, cfg lab.Config) *lab.Lab {
 	t.Helper()
 	cfg.Prefix = fmt.Sprintf("wte%05x", rand.Uint32()&0xfffff)
 	cfg.Dir = filepath.Join(t.TempDir(), "lab")
-	cfg.BinDir = binDir(t)
+	cfg.BinDir = prereqtest.Binaries(t)
 	if cfg.Sites == 0 {
 		cfg.Sites = 2
 	}

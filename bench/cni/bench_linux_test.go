@@ -26,7 +26,10 @@ import (
 
 	weftcni "github.com/weftnet/weft/cni"
 	"github.com/weftnet/weft/cni/cnitest"
+	"github.com/weftnet/weft/deploy/prereq/prereqtest"
 )
+
+func TestMain(m *testing.M) { prereqtest.Main(m) }
 
 var pods = flag.Int("pods", 200, "pods per plugin (at most 250: one /24 each)")
 

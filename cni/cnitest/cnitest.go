@@ -7,7 +7,6 @@ package cnitest
 import (
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -26,22 +25,11 @@ func RequireRoot(tb testing.TB) {
 	prereqtest.Netns(tb, "ip")
 }
 
-// BuildWeft returns a directory holding a weft-cni binary: $WEFT_BIN_DIR if
-// it has one (the Makefile builds it first), else a fresh build in a
-// temporary directory.
+// BuildWeft returns a directory holding a weft-cni binary
+// (prereqtest.Binaries).
 func BuildWeft(tb testing.TB) string {
 	tb.Helper()
-	if d := os.Getenv("WEFT_BIN_DIR"); d != "" {
-		if _, err := os.Stat(filepath.Join(d, "weft-cni")); err == nil {
-			return d
-		}
-	}
-	bin := tb.TempDir()
-	cmd := exec.Command("go", "build", "-o", filepath.Join(bin, "weft-cni"), "github.com/weftnet/weft/cmd/weft-cni")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		tb.Fatalf("build weft-cni: %v\n%s", err, out)
-	}
-	return bin
+	return prereqtest.Binaries(tb)
 }
 
 // InstallReference builds reference plugins at ReferenceVersion into dir

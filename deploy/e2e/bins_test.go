@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/weftnet/weft/deploy/prereq/prereqtest"
 )
 
 const (
@@ -126,18 +128,11 @@ func TestKubeBinaries(t *testing.T) {
 	}
 }
 
-// weftBinaries returns a directory with weftd, weft-cni and weftctl:
-// WEFT_BIN_DIR if set (make test-kube passes bin/), else a fresh build.
+func TestMain(m *testing.M) { prereqtest.Main(m) }
+
+// weftBinaries returns a directory with weftd, weft-cni and weftctl
+// (prereqtest.Binaries: WEFT_BIN_DIR, which make test-kube sets, or a build).
 func weftBinaries(t *testing.T) string {
 	t.Helper()
-	if d := os.Getenv("WEFT_BIN_DIR"); d != "" {
-		return d
-	}
-	d := t.TempDir()
-	cmd := exec.Command("go", "build", "-o", d+"/", "./cmd/weftd", "./cmd/weft-cni", "./cmd/weftctl")
-	cmd.Dir = "../.."
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build weft: %v\n%s", err, out)
-	}
-	return d
+	return prereqtest.Binaries(t)
 }

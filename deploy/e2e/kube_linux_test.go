@@ -46,9 +46,8 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/deploy/lab"
-	"github.com/weftnet/weft/overlay/control"
-
 	"github.com/weftnet/weft/deploy/prereq/prereqtest"
+	"github.com/weftnet/weft/overlay/control"
 )
 
 const (

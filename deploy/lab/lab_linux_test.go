@@ -257,27 +257,14 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
-// buildBinaries builds weftd and weft-cni from this module into a temp dir,
-// or skips when they don't build (they are other packages' work).
-func buildBinaries(t *testing.T) string {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("builds weftd and weft-cni; skipped with -short")
-	}
-	bin := t.TempDir()
-	cmd := exec.Command("go", "build", "-o", bin+"/", "github.com/weftnet/weft/cmd/weftd", "github.com/weftnet/weft/cmd/weft-cni")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("weftd/weft-cni do not build (%v):\n%s", err, out)
-	}
-	return bin
-}
+func TestMain(m *testing.M) { prereqtest.Main(m) }
 
 // TestUpWithWeftd is the lab end to end: real weftd on every node, pods
 // through the real weft-cni via libcni, gossip, ping and TCP across sites,
 // then pod removal and teardown.
 func TestUpWithWeftd(t *testing.T) {
-	needRoot(t)
-	bin := buildBinaries(t)
+	prereqtest.Netns(t, "ip")
+	bin := prereqtest.Binaries(t)
 	prefix := testPrefix()
 	dir := filepath.Join(t.TempDir(), "lab")
 	t.Cleanup(func() {

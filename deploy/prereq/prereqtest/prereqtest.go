@@ -1,12 +1,17 @@
-// Package prereqtest holds the guards that weft's root and netns tests call
-// first. Under `make test` (root, no -short) a test that cannot run fails,
+// Package prereqtest holds what weft's root and netns tests call first: the
+// guards, and the weft binaries they run. Under `make test` (root, no -short) a test that cannot run fails,
 // naming what is missing and the package that provides it: CI cannot go
 // green by skipping. Skipping is left to `go test -short` and to non-root
 // runs of it.
 package prereqtest
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
 	"testing"
 
 	"github.com/weftnet/weft/deploy/prereq"
@@ -51,4 +56,59 @@ func Programs(tb testing.TB, needs ...string) {
 	if err := prereq.Check(needs...); err != nil {
 		tb.Fatal(err)
 	}
+}
+
+var (
+	buildOnce sync.Once
+	builtDir  string
+	buildErr  error
+)
+
+// Binaries returns a directory holding weftd, weft-cni and weftctl:
+// $WEFT_BIN_DIR when it has all three (the Makefile builds them before the
+// test tiers), else one build of this checkout per test process, made on
+// first use and removed by Main.
+func Binaries(tb testing.TB) string {
+	tb.Helper()
+	if d := os.Getenv("WEFT_BIN_DIR"); d != "" && hasBinaries(d) {
+		return d
+	}
+	buildOnce.Do(func() {
+		builtDir, buildErr = os.MkdirTemp("", "weft-bin-")
+		if buildErr != nil {
+			return
+		}
+		// This file sits at deploy/prereq/prereqtest in the module; build
+		// from the module's root so that a nested module (deploy/e2e)
+		// gets weft's own go.mod.
+		_, file, _, _ := runtime.Caller(0)
+		cmd := exec.Command("go", "build", "-o", builtDir+"/", "./cmd/weftd", "./cmd/weft-cni", "./cmd/weftctl")
+		cmd.Dir = filepath.Join(filepath.Dir(file), "..", "..", "..")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("build weft in %s: %v\n%s", cmd.Dir, err, out)
+		}
+	})
+	if buildErr != nil {
+		tb.Fatal(buildErr)
+	}
+	return builtDir
+}
+
+func hasBinaries(dir string) bool {
+	for _, b := range []string{"weftd", "weft-cni", "weftctl"} {
+		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// Main runs the tests and removes what Binaries built; call it from a
+// package's TestMain.
+func Main(m *testing.M) {
+	code := m.Run()
+	if builtDir != "" {
+		os.RemoveAll(builtDir)
+	}
+	os.Exit(code)
 }
