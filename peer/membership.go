@@ -130,10 +130,8 @@ func DefaultConfig() Config {
 // Peer is one remote node as seen through gossip.
 type Peer struct {
 	Record Record
-	// State is "alive", "dead" (failed) or "left" (announced its leave).
-	// memberlist reports no event for suspicion, so a suspected peer stays
-	// "alive" until memberlist declares it dead.
-	State string
+	// State is StateAlive, StateDead or StateLeft.
+	State State
 	// LastSeen is when this node last observed a change of the peer's
 	// state or record (join, update, death, leave).
 	LastSeen time.Time
@@ -419,7 +417,7 @@ func (m *Membership) reconnectLoop() {
 		}
 		var dead []Peer
 		for _, p := range m.Peers() {
-			if p.State == "dead" && p.gossipAddr.IsValid() {
+			if p.State == StateDead && p.gossipAddr.IsValid() {
 				dead = append(dead, p)
 			}
 		}
@@ -671,11 +669,11 @@ func (m *Membership) apply(now time.Time) (all, live []Peer) {
 		if !e.valid {
 			continue
 		}
-		p := Peer{Record: e.rec, State: "alive", LastSeen: e.at, gossipAddr: e.addr}
+		p := Peer{Record: e.rec, State: StateAlive, LastSeen: e.at, gossipAddr: e.addr}
 		if !e.alive {
-			p.State = "dead"
+			p.State = StateDead
 			if at, ok := m.leaving[name]; ok && at.After(e.aliveAt) {
-				p.State = "left"
+				p.State = StateLeft
 			}
 		}
 		all = append(all, p)

@@ -199,7 +199,7 @@ func (p *plane) annotate(st *control.Status) {
 	for _, r := range p.gate.Current() {
 		for i := range st.Peers {
 			if st.Peers[i].Name == r.Peer.Record.Name {
-				st.Peers[i].State = "refused"
+				st.Peers[i].State = peer.StateRefused
 			}
 		}
 	}
@@ -264,7 +264,7 @@ func holders(ps []peer.Peer) []claim.Holder {
 	var out []claim.Holder
 	for _, p := range ps {
 		for _, c := range p.Record.PodCIDRs {
-			out = append(out, claim.Holder{Name: p.Record.Name, CIDR: c, Alive: p.State == "alive", Seen: p.LastSeen})
+			out = append(out, claim.Holder{Name: p.Record.Name, CIDR: c, Alive: p.State == peer.StateAlive, Seen: p.LastSeen})
 		}
 	}
 	return out

@@ -290,7 +290,7 @@ func (k *kubeMode) setDropped(ds []peerkube.Drop) {
 }
 
 // annotate marks, in a status answer, the peers Kubernetes mode keeps out
-// of the routes: state "no-node" (their transport is already "-").
+// of the routes: peer.StateNoNode (their transport is already "-").
 func (k *kubeMode) annotate(st *control.Status) {
 	if k == nil {
 		return
@@ -299,7 +299,7 @@ func (k *kubeMode) annotate(st *control.Status) {
 	defer k.mu.Unlock()
 	for i := range st.Peers {
 		if _, ok := k.dropped[st.Peers[i].Name]; ok {
-			st.Peers[i].State = "no-node"
+			st.Peers[i].State = peer.StateNoNode
 		}
 	}
 }

@@ -553,7 +553,7 @@ func status(c config, mtu int, members *peer.Membership, router *overlay.Router)
 		Self: control.Node{
 			Name: self.Name, Site: self.Site, UnderlayAddr: self.Underlay.String(),
 			PodCIDRs: prefixStrings(self.PodCIDRs), VTEPMAC: macString(self.VTEPMAC),
-			Transport: string(c.Policy), State: "alive", MTU: mtu,
+			Transport: string(c.Policy), State: peer.StateAlive, MTU: mtu,
 		},
 		Counters: router.Stats().Snapshot(),
 	}
@@ -581,7 +581,7 @@ func status(c config, mtu int, members *peer.Membership, router *overlay.Router)
 	for _, p := range c.StaticPeers {
 		n := control.Node{
 			Name: p.Name, UnderlayAddr: p.Underlay.String(), PodCIDRs: prefixStrings(p.PodCIDRs),
-			VTEPMAC: macString(p.VTEPMAC), Transport: p.Transport.String(), State: "static",
+			VTEPMAC: macString(p.VTEPMAC), Transport: p.Transport.String(), State: peer.StateStatic,
 		}
 		if p.Transport == overlay.TransportWireGuard {
 			n.WGPublicKey, n.WGEndpoint = p.WireGuard.PublicKey.String(), p.WireGuard.Endpoint.String()
