@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/weftnet/weft/ipam/claim"
@@ -25,6 +26,10 @@ import (
 // controlPlane is the part of weftd's config this file owns; embedded in
 // config.
 type controlPlane struct {
+	Seeds      []string
+	GossipPort int
+	seeds      string // --seeds, comma-separated
+
 	GossipKeyFile  string
 	InsecureGossip bool
 	// KeyPoll is how often the key file is checked for changes.
@@ -35,8 +40,10 @@ type controlPlane struct {
 	ClaimSettle  time.Duration
 }
 
-// registerControlPlaneFlags adds this file's flags to fs.
+// registerFlags adds this file's flags to fs.
 func (cp *controlPlane) registerFlags(fs *flag.FlagSet) {
+	fs.StringVar(&cp.seeds, "seeds", "", "comma-separated gossip seeds, host or host:port; one live node is enough")
+	fs.IntVar(&cp.GossipPort, "gossip-port", peer.DefaultGossipPort, "memberlist TCP and UDP port")
 	fs.StringVar(&cp.GossipKeyFile, "gossip-key-file", "", "file with base64 gossip keys, one per line, the first one primary; watched for changes (rotation). Required unless --insecure-gossip")
 	fs.BoolVar(&cp.InsecureGossip, "insecure-gossip", false, "run gossip unencrypted and unauthenticated (tests only)")
 	fs.DurationVar(&cp.KeyPoll, "gossip-key-poll", time.Second, "how often the gossip key file is checked for changes")
@@ -49,13 +56,19 @@ func (cp *controlPlane) registerFlags(fs *flag.FlagSet) {
 func (c config) claimMode() bool { return !c.PodCIDR.IsValid() && c.NodeCIDRBits > 0 }
 
 // checkControlPlane validates the control-plane flags against the rest;
-// called by parseFlags once the common fields are parsed.
-func (c *config) checkControlPlane(podCIDRGiven bool) error {
+// called by parseFlags after checkNode (it needs the cluster CIDR).
+func (c *config) checkControlPlane() error {
+	if c.GossipPort < 1 || c.GossipPort > 65535 {
+		return fmt.Errorf("--gossip-port %d out of range", c.GossipPort)
+	}
+	if c.seeds != "" {
+		c.Seeds = strings.Split(c.seeds, ",")
+	}
 	if c.KeyPoll <= 0 {
 		return fmt.Errorf("--gossip-key-poll %s: want > 0", c.KeyPoll)
 	}
 	if c.NodeCIDRBits != 0 {
-		if podCIDRGiven {
+		if c.podCIDR != "" {
 			return errors.New("--node-cidr-size and --pod-cidr exclude each other")
 		}
 		cfg := claim.Config{Cluster: c.ClusterCIDR, Bits: c.NodeCIDRBits, Grace: c.ClaimGrace}
