@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
@@ -185,30 +184,6 @@ func (dp *datapath) Close() error {
 	}
 	dp.closers = nil
 	return errors.Join(errs...)
-}
-
-// selfRecord is the node record this node gossips for c, with the
-// WireGuard identity of wg (nil: none yet, or no WireGuard). In claim mode
-// before the claim settles, c.PodCIDR is not set and the record carries
-// no pod CIDR: peers see the node but route nothing to it.
-func (c config) selfRecord(wg *wireguard.Device) peer.Record {
-	r := peer.Record{
-		Name:       c.Name,
-		Underlay:   netip.AddrPortFrom(c.UnderlayAddr, uint16(c.VXLANPort)),
-		VTEPMAC:    c.VTEPMAC,
-		Site:       c.Site,
-		Caps:       c.vxlanCaps(),
-		Generation: uint64(time.Now().UnixNano()),
-	}
-	if c.PodCIDR.IsValid() {
-		r.PodCIDRs = []netip.Prefix{c.PodCIDR}
-	}
-	if wg != nil {
-		r.Caps |= peer.CapWireGuard
-		r.WGPublicKey = wg.PublicKey()
-		r.WGPort = uint16(c.WGPort)
-	}
-	return r
 }
 
 // vxlanCaps are the capability bits of this node's VXLAN side.

@@ -1,10 +1,10 @@
 package main
 
-// The control-plane half of weftd: gossip keys (file, watcher, control
-// endpoints), node-CIDR claims (claim.go), admission of peer records before
-// they reach the router, and underlay address selection (underlay.go).
-// main.go only calls into here, so the datapath wiring and this file can
-// change independently.
+// The control-plane half of weftd: gossip flags, this node's record, gossip
+// keys (file, watcher, control endpoints), node-CIDR claims (claim.go), and
+// admission of peer records before they reach the router (the pipeline's
+// step 2, pipeline.go). main.go only calls into here, so the datapath
+// wiring and this file can change independently.
 
 import (
 	"context"
@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weftnet/weft/encap/wireguard"
 	"github.com/weftnet/weft/ipam/claim"
 	"github.com/weftnet/weft/overlay/control"
 	"github.com/weftnet/weft/peer"
@@ -83,6 +84,30 @@ func (c *config) checkControlPlane() error {
 		return fmt.Errorf("--claim-settle %s: want >= 0", c.ClaimSettle)
 	}
 	return nil
+}
+
+// selfRecord is the node record this node gossips for c, with the
+// WireGuard identity of wg (nil: none yet, or no WireGuard). In claim mode
+// before the claim settles, c.PodCIDR is not set and the record carries
+// no pod CIDR: peers see the node but route nothing to it.
+func (c config) selfRecord(wg *wireguard.Device) peer.Record {
+	r := peer.Record{
+		Name:       c.Name,
+		Underlay:   netip.AddrPortFrom(c.UnderlayAddr, uint16(c.VXLANPort)),
+		VTEPMAC:    c.VTEPMAC,
+		Site:       c.Site,
+		Caps:       c.vxlanCaps(),
+		Generation: uint64(time.Now().UnixNano()),
+	}
+	if c.PodCIDR.IsValid() {
+		r.PodCIDRs = []netip.Prefix{c.PodCIDR}
+	}
+	if wg != nil {
+		r.Caps |= peer.CapWireGuard
+		r.WGPublicKey = wg.PublicKey()
+		r.WGPort = uint16(c.WGPort)
+	}
+	return r
 }
 
 // gossipKeys returns the keys weftd starts with. Encryption is on by
