@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/weftnet/weft/ipam/diskfile"
 )
 
 // Report is everything a run produced: the rows of latest.json, every
@@ -210,12 +212,8 @@ func (r *Report) Write(dir string) ([]string, error) {
 			return err
 		}
 		// Whole files or nothing: a reader never sees half a table.
-		tmp := p + ".tmp"
-		if err := os.WriteFile(tmp, buf.Bytes(), 0o644); err != nil {
-			return fmt.Errorf("write %s: %w", p, err)
-		}
-		if err := os.Rename(tmp, p); err != nil {
-			return fmt.Errorf("write %s: %w", p, err)
+		if err := diskfile.Write(p, buf.Bytes(), 0o644); err != nil {
+			return fmt.Errorf("bench report: %w", err)
 		}
 		files = append(files, p)
 		return nil

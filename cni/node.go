@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+
+	"github.com/weftnet/weft/ipam/diskfile"
 )
 
 // NodeStateFile is the name of the hand-off file inside weftd's run dir.
@@ -63,8 +65,8 @@ func (st NodeState) Validate() error {
 	return nil
 }
 
-// WriteNodeState validates st and writes it to runDir/node.json atomically
-// (temporary file, fsync, rename), so a plugin never reads half a file.
+// WriteNodeState validates st and writes it to runDir/node.json
+// crash-safely (diskfile.Write), so a plugin never reads half a file.
 func WriteNodeState(runDir string, st NodeState) error {
 	if err := st.Validate(); err != nil {
 		return fmt.Errorf("write node state: %w", err)
@@ -76,7 +78,8 @@ func WriteNodeState(runDir string, st NodeState) error {
 	if err := os.MkdirAll(runDir, 0o755); err != nil {
 		return fmt.Errorf("create run dir: %w", err)
 	}
-	if err := writeFileAtomic(runDir, NodeStateFile, append(b, '\n')); err != nil {
+	// World-readable: it holds nothing secret.
+	if err := diskfile.Write(filepath.Join(runDir, NodeStateFile), append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("write node state: %w", err)
 	}
 	return nil
@@ -98,40 +101,4 @@ func ReadNodeState(runDir string) (NodeState, error) {
 		return NodeState{}, fmt.Errorf("%s: %w", path, err)
 	}
 	return st, nil
-}
-
-// writeFileAtomic replaces dir/name with data so that readers see the old or
-// the new content, never a mix, even across a crash.
-func writeFileAtomic(dir, name string, data []byte) error {
-	f, err := os.CreateTemp(dir, "."+name+".*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, werr := f.Write(data)
-	if werr == nil {
-		werr = f.Chmod(0o644)
-	}
-	if werr == nil {
-		werr = f.Sync()
-	}
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr == nil {
-		werr = os.Rename(tmp, filepath.Join(dir, name))
-	}
-	if werr != nil {
-		os.Remove(tmp)
-		return werr
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }

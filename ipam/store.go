@@ -10,11 +10,10 @@
 //	<dir>/last_reserved_ip   the address handed out last, so allocation is
 //	                         round-robin and a freed address is not reused at once
 //
-// Every file is written to a temporary name, fsynced and renamed into place,
-// and the directory is fsynced after, so a crash leaves either the old or
-// the new state, never a torn file. A temporary file left behind by a crash
-// does not parse as an address and is ignored (and removed on the next write
-// of that name).
+// Every file is written through diskfile.Write (a temporary name, fsync,
+// rename into place, fsync of the directory), so a crash leaves either the
+// old or the new state, never a torn file. A temporary file left behind by
+// a crash (a dot name) does not parse as an address and is ignored.
 //
 // The flock serialises processes; a mutex serialises goroutines sharing one
 // Store, because flock locks belong to the open file description and would
@@ -32,6 +31,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/ipam/diskfile"
 )
 
 // ErrExhausted is returned by Allocate when every usable address of the
@@ -41,7 +42,9 @@ var ErrExhausted = errors.New("ipam: no free address in prefix")
 const (
 	lockName         = "lock"
 	lastReservedName = "last_reserved_ip"
-	tmpSuffix        = ".tmp"
+	// fileMode is the mode of every file the store writes (the lock
+	// aside): nothing but weft-cni and weftd, both root, reads them.
+	fileMode = 0o640
 )
 
 // Owner identifies one attachment: the CNI container ID and interface name.
@@ -158,7 +161,7 @@ func (s *Store) Allocate(cidr netip.Prefix, reserved []netip.Addr, owner Owner) 
 				if err := s.writeOwner(a, owner); err != nil {
 					return err
 				}
-				if err := writeFileAtomic(s.dir, lastReservedName, []byte(a.String())); err != nil {
+				if err := diskfile.Write(filepath.Join(s.dir, lastReservedName), []byte(a.String()), fileMode); err != nil {
 					// Undo the claim: the caller sees a failure and
 					// must not be left holding an address it never got.
 					os.Remove(filepath.Join(s.dir, a.String()))
@@ -205,7 +208,7 @@ func (s *Store) Release(owner Owner) error {
 			removed = true
 		}
 		if removed {
-			return syncDir(s.dir)
+			return diskfile.SyncDir(s.dir)
 		}
 		return nil
 	})
@@ -237,7 +240,7 @@ func (s *Store) Prune(keep func(Owner) bool) (map[netip.Addr]Owner, error) {
 			released[a] = o
 		}
 		if len(released) > 0 {
-			if err := syncDir(s.dir); err != nil {
+			if err := diskfile.SyncDir(s.dir); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -347,7 +350,7 @@ func parseOwner(b []byte) Owner {
 }
 
 func (s *Store) writeOwner(a netip.Addr, o Owner) error {
-	if err := writeFileAtomic(s.dir, a.String(), []byte(o.ContainerID+"\n"+o.IfName)); err != nil {
+	if err := diskfile.Write(filepath.Join(s.dir, a.String()), []byte(o.ContainerID+"\n"+o.IfName), fileMode); err != nil {
 		return fmt.Errorf("ipam: record %v: %w", a, err)
 	}
 	return nil
@@ -418,45 +421,4 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	}
 	a, _ := netip.AddrFromSlice(b)
 	return a
-}
-
-// writeFileAtomic replaces dir/name with data: write a temporary file, fsync
-// it, rename it over name, fsync the directory.
-func writeFileAtomic(dir, name string, data []byte) error {
-	tmp := filepath.Join(dir, name+tmpSuffix)
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
-	if err != nil {
-		return err
-	}
-	_, werr := f.Write(data)
-	if werr == nil {
-		werr = f.Sync()
-	}
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr != nil {
-		os.Remove(tmp)
-		return werr
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
 }

@@ -30,7 +30,7 @@ import (
 func peerState(st control.Status, other string) (string, []string) {
 	for _, p := range st.Peers {
 		if p.Name == other {
-			return p.State, p.PodCIDRs
+			return string(p.State), p.PodCIDRs
 		}
 	}
 	return "", nil

@@ -14,7 +14,7 @@ func admitPeer(name, underlay string, cidrs ...string) Peer {
 	for _, c := range cidrs {
 		r.PodCIDRs = append(r.PodCIDRs, netip.MustParsePrefix(c))
 	}
-	return Peer{Record: r, State: "alive"}
+	return Peer{Record: r, State: StateAlive}
 }
 
 func TestAdmit(t *testing.T) {

@@ -73,7 +73,7 @@ func waitEvery(b *testing.B, ms []*Membership, limit time.Duration, what string,
 
 func sees(name string, alive bool) func(*Membership) bool {
 	return func(m *Membership) bool {
-		i := slices.IndexFunc(m.Peers(), func(p Peer) bool { return p.Record.Name == name && p.State == "alive" })
+		i := slices.IndexFunc(m.Peers(), func(p Peer) bool { return p.Record.Name == name && p.State == StateAlive })
 		return (i >= 0) == alive
 	}
 }

@@ -89,7 +89,7 @@ func waitUpdate(t *testing.T, m *Membership, what string, ok func([]Peer) bool) 
 func names(ps []Peer) []string {
 	var out []string
 	for _, p := range ps {
-		out = append(out, p.Record.Name+"/"+p.State)
+		out = append(out, p.Record.Name+"/"+string(p.State))
 	}
 	return out
 }
@@ -140,7 +140,7 @@ func TestMembershipConvergeLeave(t *testing.T) {
 			if !p.Record.Equal(nodeRecord(j)) {
 				t.Errorf("%s sees %s as %+v, want %+v", m.Self().Name, p.Record.Name, p.Record, nodeRecord(j))
 			}
-			if p.State != "alive" || p.LastSeen.IsZero() {
+			if p.State != StateAlive || p.LastSeen.IsZero() {
 				t.Errorf("%s sees %s state %q lastSeen %v", m.Self().Name, p.Record.Name, p.State, p.LastSeen)
 			}
 		}
@@ -169,7 +169,7 @@ func TestMembershipConvergeLeave(t *testing.T) {
 	for _, p := range n1.Peers() {
 		if p.Record.Name == "n3" {
 			seen = true
-			if p.State != "left" {
+			if p.State != StateLeft {
 				t.Errorf("n1 status shows n3 as %q, want left", p.State)
 			}
 		}

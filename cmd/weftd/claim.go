@@ -82,14 +82,7 @@ func joinAndClaim(ctx context.Context, c config, keys [][]byte, log *slog.Logger
 		clog.Warn("persisted claim unreadable; claiming afresh", "err", err)
 	}
 
-	rec := peer.Record{
-		Name:       c.Name,
-		Underlay:   netip.AddrPortFrom(c.UnderlayAddr, uint16(c.VXLANPort)),
-		VTEPMAC:    c.VTEPMAC,
-		Site:       c.Site,
-		Caps:       c.vxlanCaps(),
-		Generation: uint64(time.Now().UnixNano()),
-	}
+	rec := c.selfRecord(nil) // step 1: no pod CIDR yet, no WireGuard device yet
 	m, err := peer.Join(membershipConfig(c, keys, log), rec)
 	if err != nil {
 		return nil, netip.Prefix{}, fmt.Errorf("start gossip: %w", err)

@@ -1,10 +1,10 @@
 package main
 
-// The control-plane half of weftd: gossip keys (file, watcher, control
-// endpoints), node-CIDR claims (claim.go), admission of peer records before
-// they reach the router, and underlay address selection (underlay.go).
-// main.go only calls into here, so the datapath wiring and this file can
-// change independently.
+// The control-plane half of weftd: gossip flags, this node's record, gossip
+// keys (file, watcher, control endpoints), node-CIDR claims (claim.go), and
+// admission of peer records before they reach the router (the pipeline's
+// step 2, pipeline.go). main.go only calls into here, so the datapath
+// wiring and this file can change independently.
 
 import (
 	"context"
@@ -15,8 +15,10 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"strings"
 	"time"
 
+	"github.com/weftnet/weft/encap/wireguard"
 	"github.com/weftnet/weft/ipam/claim"
 	"github.com/weftnet/weft/overlay/control"
 	"github.com/weftnet/weft/peer"
@@ -25,6 +27,10 @@ import (
 // controlPlane is the part of weftd's config this file owns; embedded in
 // config.
 type controlPlane struct {
+	Seeds      []string
+	GossipPort int
+	seeds      string // --seeds, comma-separated
+
 	GossipKeyFile  string
 	InsecureGossip bool
 	// KeyPoll is how often the key file is checked for changes.
@@ -35,8 +41,10 @@ type controlPlane struct {
 	ClaimSettle  time.Duration
 }
 
-// registerControlPlaneFlags adds this file's flags to fs.
+// registerFlags adds this file's flags to fs.
 func (cp *controlPlane) registerFlags(fs *flag.FlagSet) {
+	fs.StringVar(&cp.seeds, "seeds", "", "comma-separated gossip seeds, host or host:port; one live node is enough")
+	fs.IntVar(&cp.GossipPort, "gossip-port", peer.DefaultGossipPort, "memberlist TCP and UDP port")
 	fs.StringVar(&cp.GossipKeyFile, "gossip-key-file", "", "file with base64 gossip keys, one per line, the first one primary; watched for changes (rotation). Required unless --insecure-gossip")
 	fs.BoolVar(&cp.InsecureGossip, "insecure-gossip", false, "run gossip unencrypted and unauthenticated (tests only)")
 	fs.DurationVar(&cp.KeyPoll, "gossip-key-poll", time.Second, "how often the gossip key file is checked for changes")
@@ -49,13 +57,19 @@ func (cp *controlPlane) registerFlags(fs *flag.FlagSet) {
 func (c config) claimMode() bool { return !c.PodCIDR.IsValid() && c.NodeCIDRBits > 0 }
 
 // checkControlPlane validates the control-plane flags against the rest;
-// called by parseFlags once the common fields are parsed.
-func (c *config) checkControlPlane(podCIDRGiven bool) error {
+// called by parseFlags after checkNode (it needs the cluster CIDR).
+func (c *config) checkControlPlane() error {
+	if c.GossipPort < 1 || c.GossipPort > 65535 {
+		return fmt.Errorf("--gossip-port %d out of range", c.GossipPort)
+	}
+	if c.seeds != "" {
+		c.Seeds = strings.Split(c.seeds, ",")
+	}
 	if c.KeyPoll <= 0 {
 		return fmt.Errorf("--gossip-key-poll %s: want > 0", c.KeyPoll)
 	}
 	if c.NodeCIDRBits != 0 {
-		if podCIDRGiven {
+		if c.podCIDR != "" {
 			return errors.New("--node-cidr-size and --pod-cidr exclude each other")
 		}
 		cfg := claim.Config{Cluster: c.ClusterCIDR, Bits: c.NodeCIDRBits, Grace: c.ClaimGrace}
@@ -70,6 +84,30 @@ func (c *config) checkControlPlane(podCIDRGiven bool) error {
 		return fmt.Errorf("--claim-settle %s: want >= 0", c.ClaimSettle)
 	}
 	return nil
+}
+
+// selfRecord is the node record this node gossips for c, with the
+// WireGuard identity of wg (nil: none yet, or no WireGuard). In claim mode
+// before the claim settles, c.PodCIDR is not set and the record carries
+// no pod CIDR: peers see the node but route nothing to it.
+func (c config) selfRecord(wg *wireguard.Device) peer.Record {
+	r := peer.Record{
+		Name:       c.Name,
+		Underlay:   netip.AddrPortFrom(c.UnderlayAddr, uint16(c.VXLANPort)),
+		VTEPMAC:    c.VTEPMAC,
+		Site:       c.Site,
+		Caps:       c.vxlanCaps(),
+		Generation: uint64(time.Now().UnixNano()),
+	}
+	if c.PodCIDR.IsValid() {
+		r.PodCIDRs = []netip.Prefix{c.PodCIDR}
+	}
+	if wg != nil {
+		r.Caps |= peer.CapWireGuard
+		r.WGPublicKey = wg.PublicKey()
+		r.WGPort = uint16(c.WGPort)
+	}
+	return r
 }
 
 // gossipKeys returns the keys weftd starts with. Encryption is on by
@@ -199,7 +237,7 @@ func (p *plane) annotate(st *control.Status) {
 	for _, r := range p.gate.Current() {
 		for i := range st.Peers {
 			if st.Peers[i].Name == r.Peer.Record.Name {
-				st.Peers[i].State = "refused"
+				st.Peers[i].State = peer.StateRefused
 			}
 		}
 	}
@@ -264,7 +302,7 @@ func holders(ps []peer.Peer) []claim.Holder {
 	var out []claim.Holder
 	for _, p := range ps {
 		for _, c := range p.Record.PodCIDRs {
-			out = append(out, claim.Holder{Name: p.Record.Name, CIDR: c, Alive: p.State == "alive", Seen: p.LastSeen})
+			out = append(out, claim.Holder{Name: p.Record.Name, CIDR: c, Alive: p.State == peer.StateAlive, Seen: p.LastSeen})
 		}
 	}
 	return out

@@ -30,7 +30,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -71,11 +70,11 @@ func defaultName() string {
 }
 
 // checkKube validates the Kubernetes flags against the rest.
-func (c *config) checkKube(podCIDRGiven bool) error {
+func (c *config) checkKube() error {
 	if !c.kubeMode() {
 		return nil
 	}
-	if podCIDRGiven || c.NodeCIDRBits != 0 {
+	if c.podCIDR != "" || c.NodeCIDRBits != 0 {
 		return errors.New("--kube takes the pod CIDR from the Node object: drop --pod-cidr and --node-cidr-size")
 	}
 	return nil
@@ -290,7 +289,7 @@ func (k *kubeMode) setDropped(ds []peerkube.Drop) {
 }
 
 // annotate marks, in a status answer, the peers Kubernetes mode keeps out
-// of the routes: state "no-node" (their transport is already "-").
+// of the routes: peer.StateNoNode (their transport is already "-").
 func (k *kubeMode) annotate(st *control.Status) {
 	if k == nil {
 		return
@@ -299,7 +298,7 @@ func (k *kubeMode) annotate(st *control.Status) {
 	defer k.mu.Unlock()
 	for i := range st.Peers {
 		if _, ok := k.dropped[st.Peers[i].Name]; ok {
-			st.Peers[i].State = "no-node"
+			st.Peers[i].State = peer.StateNoNode
 		}
 	}
 }
@@ -362,25 +361,10 @@ func (k *kubeMode) live(ctx context.Context) error {
 	if k.ready() != nil {
 		return nil
 	}
-	sock := filepath.Join(k.c.RunDir, "weftd.sock")
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", sock)
-	}}}
-	defer hc.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://weftd/v1/status", nil)
-	if err != nil {
-		return err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
+	if _, err := control.Get(ctx, k.c.socket()); err != nil {
 		return fmt.Errorf("control socket: %w", err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("control socket: %s", resp.Status)
 	}
 	return nil
 }

@@ -1,12 +1,47 @@
 package main
 
+// The underlay address: the one this node gossips and carries traffic on.
+
 import (
 	"errors"
+	"flag"
 	"fmt"
+	"net"
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
 )
+
+// underlayFlags is the part of weftd's config this file owns; embedded in
+// config.
+type underlayFlags struct {
+	UnderlayAddr netip.Addr
+	underlay     string // --underlay-addr or --advertise-addr
+}
+
+func (u *underlayFlags) registerFlags(fs *flag.FlagSet) {
+	fs.StringVar(&u.underlay, "underlay-addr", "", "underlay address to gossip and carry traffic on (default: the source address of the default route, else the first global IPv4 address)")
+	fs.StringVar(&u.underlay, "advertise-addr", "", "alias of --underlay-addr")
+}
+
+// checkUnderlay parses --underlay-addr, or picks an address when it is
+// not given, except in Kubernetes mode: there the default is the Node's
+// InternalIP, known once the API server answers (kube.go).
+func (c *config) checkUnderlay() error {
+	var err error
+	switch {
+	case c.underlay != "":
+		if c.UnderlayAddr, err = netip.ParseAddr(c.underlay); err != nil {
+			return fmt.Errorf("--underlay-addr: %w", err)
+		}
+	case c.kubeMode():
+	default:
+		if c.UnderlayAddr, err = selectUnderlay(); err != nil {
+			return fmt.Errorf("--underlay-addr not given and none found: %w", err)
+		}
+	}
+	return nil
+}
 
 // selectUnderlay picks the underlay address when neither --underlay-addr
 // nor --advertise-addr is given: the preferred source of the IPv4 default
@@ -55,4 +90,27 @@ func defaultRouteAddr() (netip.Addr, error) {
 		}
 	}
 	return netip.Addr{}, errors.New("no IPv4 default route with a global address")
+}
+
+// firstGlobalAddr returns the first global unicast IPv4 address on an up,
+// non-loopback interface.
+func firstGlobalAddr() (netip.Addr, error) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("list interfaces: %w", err)
+	}
+	for _, ifc := range ifs {
+		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
+			continue
+		}
+		addrs, _ := ifc.Addrs()
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap().Is4() && ip.IsGlobalUnicast() {
+					return ip.Unmap(), nil
+				}
+			}
+		}
+	}
+	return netip.Addr{}, errors.New("no global IPv4 address on any up interface")
 }

@@ -34,6 +34,8 @@ import (
 	"golang.zx2c4.com/wireguard/ipc"
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/weftnet/weft/ipam/diskfile"
 )
 
 // Overheads of WireGuard transport data messages: outer IP, UDP (8), the
@@ -234,19 +236,17 @@ func LoadOrCreateKey(path string) (wgtypes.Key, error) {
 	return k, nil
 }
 
-// NewKeyFile generates a private key and atomically replaces the key file
-// at path with it (mode 0600).
+// NewKeyFile generates a private key and replaces the key file at path with
+// it (mode 0600) crash-safely: key rotation stores the key before the
+// device uses it, so after a crash the file holds the old key or the new
+// one, whole and durable.
 func NewKeyFile(path string) (wgtypes.Key, error) {
 	k, err := wgtypes.GeneratePrivateKey()
 	if err != nil {
 		return wgtypes.Key{}, fmt.Errorf("generate wireguard key: %w", err)
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(k.String()+"\n"), 0o600); err != nil {
-		return wgtypes.Key{}, fmt.Errorf("write %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return wgtypes.Key{}, fmt.Errorf("install %s: %w", path, err)
+	if err := diskfile.Write(path, []byte(k.String()+"\n"), 0o600); err != nil {
+		return wgtypes.Key{}, fmt.Errorf("store wireguard key: %w", err)
 	}
 	return k, nil
 }

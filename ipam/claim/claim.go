@@ -36,6 +36,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/weftnet/weft/ipam/diskfile"
 )
 
 // ErrExhausted is returned by Pick when every block is held.
@@ -212,36 +214,17 @@ func Load(dir string) (State, error) {
 	return s, nil
 }
 
-// Save persists s in dir atomically (temp file, fsync, rename, fsync dir),
-// so a crash leaves the old claim or the new one, never half of either.
+// Save persists s in dir crash-safely (diskfile.Write), so a crash leaves
+// the old claim or the new one, never half of either.
 func Save(dir string, s State) error {
 	s.Version = stateVersion
 	b, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return fmt.Errorf("save claim: %w", err)
 	}
-	path := filepath.Join(dir, FileName)
-	tmp, err := os.CreateTemp(dir, "."+FileName+".tmp*")
-	if err != nil {
+	// 0600: only weftd reads its claim.
+	if err := diskfile.Write(filepath.Join(dir, FileName), append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("save claim: %w", err)
-	}
-	_, werr := tmp.Write(append(b, '\n'))
-	if werr == nil {
-		werr = tmp.Sync()
-	}
-	if cerr := tmp.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr == nil {
-		werr = os.Rename(tmp.Name(), path)
-	}
-	if werr != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("save claim %s: %w", path, werr)
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
 	}
 	return nil
 }

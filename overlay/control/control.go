@@ -15,6 +15,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/weftnet/weft/peer"
 )
 
 // Status is the answer to GET /v1/status.
@@ -26,17 +28,17 @@ type Status struct {
 
 // Node describes this node or a peer.
 type Node struct {
-	Name         string    `json:"name"`
-	Site         string    `json:"site,omitempty"`
-	UnderlayAddr string    `json:"underlayAddr"` // ip:port of the VXLAN endpoint
-	PodCIDRs     []string  `json:"podCIDRs"`
-	VTEPMAC      string    `json:"vtepMAC"`
-	WGPublicKey  string    `json:"wgPublicKey,omitempty"` // base64; empty without WireGuard
-	WGEndpoint   string    `json:"wgEndpoint,omitempty"`  // ip:port
-	Transport    string    `json:"transport"`
-	State        string    `json:"state"` // alive, suspect, dead, left, static
-	LastSeen     time.Time `json:"lastSeen,omitzero"`
-	MTU          int       `json:"mtu,omitempty"` // self only
+	Name         string     `json:"name"`
+	Site         string     `json:"site,omitempty"`
+	UnderlayAddr string     `json:"underlayAddr"` // ip:port of the VXLAN endpoint
+	PodCIDRs     []string   `json:"podCIDRs"`
+	VTEPMAC      string     `json:"vtepMAC"`
+	WGPublicKey  string     `json:"wgPublicKey,omitempty"` // base64; empty without WireGuard
+	WGEndpoint   string     `json:"wgEndpoint,omitempty"`  // ip:port
+	Transport    string     `json:"transport"`
+	State        peer.State `json:"state"`
+	LastSeen     time.Time  `json:"lastSeen,omitzero"`
+	MTU          int        `json:"mtu,omitempty"` // self only
 }
 
 // API is what the daemon answers: GET /v1/status, and POST /v1/<action>

@@ -37,7 +37,7 @@ func rec(name string, cidrs ...string) peer.Peer {
 	for _, c := range cidrs {
 		r.PodCIDRs = append(r.PodCIDRs, netip.MustParsePrefix(c))
 	}
-	return peer.Peer{Record: r, State: "alive"}
+	return peer.Peer{Record: r, State: peer.StateAlive}
 }
 
 func names(ps []peer.Peer) []string {

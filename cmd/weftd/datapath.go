@@ -1,0 +1,218 @@
+package main
+
+// The datapath: the TUN device and its host routes, the WireGuard device
+// (when the policy asks for one), the VXLAN sender and the router, started
+// in that order by startDatapath and stopped by one Close.
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strings"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/weftnet/weft/encap/vxlan"
+	"github.com/weftnet/weft/encap/wireguard"
+	"github.com/weftnet/weft/overlay"
+	"github.com/weftnet/weft/peer"
+)
+
+// datapathFlags is the part of weftd's config this file owns; embedded in
+// config.
+type datapathFlags struct {
+	VXLANPort   int
+	VNI         uint32
+	UnderlayMTU int
+	TUN         string
+	TUNQueueLen int
+	RemoteCsum  bool    // --remote-checksum
+	VTEPMAC     [6]byte // zero: derived from the gateway address
+
+	Policy    overlay.Policy
+	WireGuard bool   // this node runs a WireGuard device (capability)
+	WGPort    int    // WireGuard UDP port
+	WGName    string // UAPI name: `wg show <WGName>`
+	WGKeyFile string // private key, mode 0600, created on first start
+
+	vni         uint   // --vni, checked into VNI
+	mac, policy string // --vtep-mac, --transport-policy
+	noWireGuard bool
+}
+
+func (d *datapathFlags) registerFlags(fs *flag.FlagSet) {
+	fs.IntVar(&d.VXLANPort, "vxlan-port", vxlan.DefaultPort, "VXLAN UDP port (flannel uses 8472)")
+	fs.UintVar(&d.vni, "vni", 1, "VXLAN network identifier (1..16777215)")
+	fs.IntVar(&d.UnderlayMTU, "underlay-mtu", 1500, "MTU of the underlay path; the pod MTU is this minus the VXLAN overhead")
+	fs.StringVar(&d.TUN, "tun", "weft0", "name of the TUN device")
+	fs.BoolVar(&d.RemoteCsum, "remote-checksum", true, "announce and use VXLAN remote checksum offload between weft nodes: TCP segments travel with partial checksums that the receiver finishes (README: Wire format)")
+	fs.IntVar(&d.TUNQueueLen, "tun-queue-len", 2000, "packets the TUN device queues for weftd (txqueuelen; the kernel's default 500 drops UDP bursts, README: Benchmarks)")
+	fs.StringVar(&d.mac, "vtep-mac", "", "VTEP MAC address (default: 0a:58 followed by the gateway IPv4 address)")
+	fs.StringVar(&d.policy, "transport-policy", string(overlay.PolicyVXLAN), "cluster-wide transport: vxlan, wireguard, or wireguard-across-sites (VXLAN inside a site, WireGuard between sites)")
+	fs.BoolVar(&d.noWireGuard, "no-wireguard", false, "run no WireGuard device even if the policy asks for one (peers then reach this node over VXLAN)")
+	fs.IntVar(&d.WGPort, "wg-port", wireguard.DefaultPort, "WireGuard UDP port")
+	fs.StringVar(&d.WGName, "wg-name", "weft-wg", "WireGuard UAPI name, for `wg show` (unique per host: the socket is /var/run/wireguard/<name>.sock)")
+	fs.StringVar(&d.WGKeyFile, "wg-key-file", "", "WireGuard private key file (default <state-dir>/wireguard.key; created with mode 0600)")
+}
+
+// checkDatapath checks the datapath flags; called after checkNode and
+// checkUnderlay, as the VTEP MAC derives from the pod CIDR or the
+// underlay address.
+func (c *config) checkDatapath() error {
+	if c.TUNQueueLen < 1 || c.TUNQueueLen > 1<<20 {
+		return fmt.Errorf("--tun-queue-len %d out of range 1..%d", c.TUNQueueLen, 1<<20)
+	}
+	if c.vni < 1 || c.vni > vxlan.MaxVNI {
+		return fmt.Errorf("--vni %d out of range 1..%d", c.vni, vxlan.MaxVNI)
+	}
+	c.VNI = uint32(c.vni)
+	if c.VXLANPort < 1 || c.VXLANPort > 65535 {
+		return fmt.Errorf("--vxlan-port %d out of range", c.VXLANPort)
+	}
+	if c.UnderlayMTU < 576+vxlan.OverheadIPv4 || c.UnderlayMTU > 65535 {
+		return fmt.Errorf("--underlay-mtu %d out of range %d..65535", c.UnderlayMTU, 576+vxlan.OverheadIPv4)
+	}
+	var err error
+	switch {
+	case c.mac != "":
+		if c.VTEPMAC, err = parseMAC(c.mac); err != nil {
+			return fmt.Errorf("--vtep-mac: %w", err)
+		}
+	case c.kubeMode():
+		// Derived from the Node's pod CIDR once known (kube.go).
+	case c.claimMode():
+		c.VTEPMAC = claimMAC(c.UnderlayAddr)
+	default:
+		c.VTEPMAC = macFromAddr(gatewayOf(c.PodCIDR))
+	}
+	if c.Policy, err = overlay.ParsePolicy(c.policy); err != nil {
+		return fmt.Errorf("--transport-policy: %w", err)
+	}
+	c.WireGuard = c.Policy != overlay.PolicyVXLAN && !c.noWireGuard
+	if c.WGPort < 1 || c.WGPort > 65535 || c.WGPort == c.VXLANPort {
+		return fmt.Errorf("--wg-port %d: out of range or equal to --vxlan-port", c.WGPort)
+	}
+	if c.WGName == "" || len(c.WGName) > 15 || strings.ContainsAny(c.WGName, "/ ") {
+		return fmt.Errorf("--wg-name %q: want 1..15 characters without '/' or spaces", c.WGName)
+	}
+	if c.WGKeyFile == "" {
+		c.WGKeyFile = filepath.Join(c.StateDir, "wireguard.key")
+	}
+	return nil
+}
+
+// vxlanSourcePorts is how many sockets (outer UDP source ports) VXLAN
+// sends spread flows over.
+const vxlanSourcePorts = 8
+
+// datapath is the running datapath. Close stops what startDatapath
+// started, in reverse order.
+type datapath struct {
+	router  *overlay.Router
+	wg      *wireguard.Device // nil without WireGuard
+	mtu     int               // the pod MTU
+	gateway netip.Addr        // the pods' gateway, on the TUN
+
+	closers []func() error // in start order
+}
+
+// startDatapath creates the TUN device for c.PodCIDR, configures the host
+// for it, and starts the WireGuard device and the router. The static
+// peers are routed from the start: they need no gossip. On error,
+// everything started so far is stopped again.
+func startDatapath(c config, log *slog.Logger) (dp *datapath, err error) {
+	dp = &datapath{mtu: c.Policy.PodMTU(c.UnderlayMTU, c.WireGuard), gateway: gatewayOf(c.PodCIDR)}
+	defer func() {
+		if err != nil {
+			dp.Close()
+			dp = nil
+		}
+	}()
+	dev, err := tun.CreateTUN(c.TUN, dp.mtu)
+	if err != nil {
+		return dp, fmt.Errorf("create tun %s: %w", c.TUN, err)
+	}
+	// Closing the TUN twice is harmless (the router closes it too), and
+	// this closer covers a failure before the router owns it.
+	dp.closers = append(dp.closers, dev.Close)
+	if err := overlay.ConfigureHost(overlay.HostConfig{TUN: c.TUN, MTU: dp.mtu, Gateway: dp.gateway, ClusterCIDR: c.ClusterCIDR, TxQueueLen: c.TUNQueueLen}); err != nil {
+		return dp, err
+	}
+	rcfg := overlay.Config{VNI: c.VNI, LocalMAC: c.VTEPMAC, PathMTU: overlay.KernelPathMTU, ICMPSource: dp.gateway, Logger: log}
+	if c.WireGuard {
+		key, err := wireguard.LoadOrCreateKey(c.WGKeyFile)
+		if err != nil {
+			return dp, err
+		}
+		if dp.wg, err = wireguard.New(wireguard.Config{Name: c.WGName, PrivateKey: key, ListenPort: uint16(c.WGPort), TUN: dev, Logger: log}); err != nil {
+			return dp, err
+		}
+		dp.closers = append(dp.closers, dp.wg.Close)
+		rcfg.WireGuard = dp.wg
+	}
+	sender, err := vxlan.NewSender(vxlanSourcePorts)
+	if err != nil {
+		return dp, err
+	}
+	dp.closers = append(dp.closers, sender.Close)
+	rcfg.Sender = sender
+	dp.router = overlay.New(rcfg, dev, conn.NewStdNetBind())
+	if err := dp.router.Start(uint16(c.VXLANPort)); err != nil {
+		return dp, err
+	}
+	dp.closers = append(dp.closers, dp.router.Close)
+	if dp.wg != nil {
+		dp.wg.SetDivert(dp.router.Divert()) // the device reads the TUN from now on
+	}
+	if err := dp.router.SetPeers(c.StaticPeers); err != nil {
+		return dp, err
+	}
+	return dp, nil
+}
+
+// Close stops the router, the sender, the WireGuard device and the TUN,
+// in that order. It is idempotent.
+func (dp *datapath) Close() error {
+	var errs []error
+	for i := len(dp.closers) - 1; i >= 0; i-- {
+		errs = append(errs, dp.closers[i]())
+	}
+	dp.closers = nil
+	return errors.Join(errs...)
+}
+
+// vxlanCaps are the capability bits of this node's VXLAN side.
+func (c *config) vxlanCaps() uint32 {
+	caps := peer.CapVXLAN
+	if c.RemoteCsum {
+		caps |= peer.CapRemoteChecksum
+	}
+	return caps
+}
+
+// gatewayOf is the first host of an IPv4 pod CIDR: it lives on the TUN and
+// every pod on the node routes through it.
+func gatewayOf(p netip.Prefix) netip.Addr { return p.Masked().Addr().Next() }
+
+// macFromAddr derives a stable, locally administered MAC from an IPv4
+// address, so a restarted node keeps its VTEP MAC without any state.
+func macFromAddr(a netip.Addr) [6]byte {
+	b := a.As4()
+	return [6]byte{0x0a, 0x58, b[0], b[1], b[2], b[3]}
+}
+
+func parseMAC(s string) ([6]byte, error) {
+	hw, err := net.ParseMAC(s)
+	if err != nil {
+		return [6]byte{}, err
+	}
+	if len(hw) != 6 {
+		return [6]byte{}, fmt.Errorf("%s is not a 48-bit MAC", s)
+	}
+	return [6]byte(hw), nil
+}

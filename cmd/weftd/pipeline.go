@@ -1,0 +1,116 @@
+package main
+
+// The peer pipeline: how a gossiped record reaches the router's peer
+// table, in the order each snapshot takes.
+//
+//  1. Membership publishes a whole snapshot of the live peers whose
+//     records decode and validate (peer.Membership.Updates); in
+//     Kubernetes mode kubeMode.peerUpdates keeps only peers whose Node
+//     exists (kube.go).
+//  2. Admission (plane.admit, gossip.go) refuses records that conflict
+//     or leave the cluster CIDR, and checks that our own claim still
+//     stands.
+//  3. The transport policy picks VXLAN or WireGuard for each peer
+//     (transportChooser); a peer with no common transport is skipped.
+//  4. The static peers join the set (in front: see route).
+//  5. Router.SetPeers swaps in a new immutable peer table.
+
+import (
+	"log/slog"
+	"net/netip"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/weftnet/weft/encap/wireguard"
+	"github.com/weftnet/weft/overlay"
+	"github.com/weftnet/weft/peer"
+)
+
+// pipeline runs the steps above for each snapshot. It is used by run's
+// loop only, so it needs no lock.
+type pipeline struct {
+	c       config
+	log     *slog.Logger
+	members *peer.Membership
+	plane   *plane
+	chooser *transportChooser
+	router  *overlay.Router
+}
+
+func newPipeline(c config, log *slog.Logger, members *peer.Membership, plane *plane, router *overlay.Router) *pipeline {
+	return &pipeline{c: c, log: log, members: members, plane: plane, chooser: newTransportChooser(c.Policy, log), router: router}
+}
+
+// route takes one membership snapshot to the router. An error is fatal
+// (our claim was lost); peers that cannot be routed are logged and
+// skipped.
+func (p *pipeline) route(snap []peer.Peer) error {
+	admitted, err := p.plane.admit(snap)
+	if err != nil {
+		return err
+	}
+	self := p.members.Self()
+	// Static peers in front, as always: the table keeps the last entry
+	// for a pod CIDR, so on a conflict the gossiped record wins.
+	peers := append(make([]overlay.Peer, 0, len(p.c.StaticPeers)+len(admitted)), p.c.StaticPeers...)
+	for _, a := range admitted {
+		op, err := p.chooser.peer(self, a.Record)
+		if err != nil {
+			p.log.Warn("peer unreachable: no common transport", "peer", a.Record.Name, "err", err)
+			continue
+		}
+		peers = append(peers, op)
+	}
+	if err := p.router.SetPeers(peers); err != nil {
+		p.log.Warn("some peers skipped", "err", err)
+	}
+	p.log.Info("peer set changed", "peers", len(peers))
+	return nil
+}
+
+// transportChooser turns gossiped records into router peers under the
+// cluster's transport policy, and logs each peer's transport when it is
+// first chosen or changes.
+type transportChooser struct {
+	policy overlay.Policy
+	log    *slog.Logger
+	last   map[string]overlay.Transport
+}
+
+func newTransportChooser(p overlay.Policy, log *slog.Logger) *transportChooser {
+	return &transportChooser{policy: p, log: log, last: make(map[string]overlay.Transport)}
+}
+
+func capabilities(r peer.Record) overlay.Capabilities {
+	return overlay.Capabilities{
+		Site:      r.Site,
+		VXLAN:     r.Caps&peer.CapVXLAN != 0,
+		WireGuard: r.Caps&peer.CapWireGuard != 0 && r.HasWGKey() && r.WGPort != 0,
+	}
+}
+
+func (tc *transportChooser) peer(self, r peer.Record) (overlay.Peer, error) {
+	t, fallback, err := tc.policy.Choose(capabilities(self), capabilities(r))
+	if err != nil {
+		return overlay.Peer{}, err
+	}
+	if old, ok := tc.last[r.Name]; !ok || old != t {
+		tc.last[r.Name] = t
+		if fallback {
+			tc.log.Warn("transport policy not met for peer: falling back to what both support", "peer", r.Name, "policy", tc.policy, "transport", t)
+		} else {
+			tc.log.Info("peer transport", "peer", r.Name, "site", r.Site, "transport", t)
+		}
+	}
+	p := overlay.Peer{Name: r.Name, Underlay: r.Underlay, PodCIDRs: r.PodCIDRs, VTEPMAC: r.VTEPMAC, Transport: t,
+		OuterChecksum:  true, // weft's sender always checksums
+		RemoteChecksum: self.Caps&r.Caps&peer.CapRemoteChecksum != 0}
+	if t == overlay.TransportWireGuard {
+		p.WireGuard = wireguard.Peer{
+			PublicKey:  wgtypes.Key(r.WGPublicKey),
+			Endpoint:   netip.AddrPortFrom(r.Underlay.Addr(), r.WGPort),
+			AllowedIPs: r.PodCIDRs,
+		}
+	}
+	return p, nil
+}

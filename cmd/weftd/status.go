@@ -1,0 +1,79 @@
+package main
+
+// The status view: what GET /v1/status answers (weftctl status). The
+// control plane (plane.annotate) and Kubernetes mode (kubeMode.annotate)
+// overlay their states on it.
+
+import (
+	"net"
+	"net/netip"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/weftnet/weft/overlay"
+	"github.com/weftnet/weft/overlay/control"
+	"github.com/weftnet/weft/peer"
+)
+
+func macString(m [6]byte) string { return net.HardwareAddr(m[:]).String() }
+
+func prefixStrings(ps []netip.Prefix) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.String()
+	}
+	return out
+}
+
+// status assembles the control API's answer.
+func status(c config, dp *datapath, members *peer.Membership) control.Status {
+	self := members.Self()
+	st := control.Status{
+		Self: control.Node{
+			Name: self.Name, Site: self.Site, UnderlayAddr: self.Underlay.String(),
+			PodCIDRs: prefixStrings(self.PodCIDRs), VTEPMAC: macString(self.VTEPMAC),
+			Transport: string(c.Policy), State: peer.StateAlive, MTU: dp.mtu,
+		},
+		Counters: dp.router.Stats().Snapshot(),
+	}
+	st.Self.WGPublicKey, st.Self.WGEndpoint = wgFields(self)
+	for k, v := range members.Counters() {
+		st.Counters[k] = v
+	}
+	inUse := make(map[string]overlay.Transport)
+	for _, p := range dp.router.Peers() {
+		inUse[p.Name] = p.Transport
+	}
+	for _, p := range members.Peers() {
+		transport := "-" // not routed: gone, or no common transport
+		if t, ok := inUse[p.Record.Name]; ok {
+			transport = t.String()
+		}
+		st.Peers = append(st.Peers, control.Node{
+			Name: p.Record.Name, Site: p.Record.Site, UnderlayAddr: p.Record.Underlay.String(),
+			PodCIDRs: prefixStrings(p.Record.PodCIDRs), VTEPMAC: macString(p.Record.VTEPMAC),
+			Transport: transport, State: p.State, LastSeen: p.LastSeen,
+		})
+		last := &st.Peers[len(st.Peers)-1]
+		last.WGPublicKey, last.WGEndpoint = wgFields(p.Record)
+	}
+	for _, p := range c.StaticPeers {
+		n := control.Node{
+			Name: p.Name, UnderlayAddr: p.Underlay.String(), PodCIDRs: prefixStrings(p.PodCIDRs),
+			VTEPMAC: macString(p.VTEPMAC), Transport: p.Transport.String(), State: peer.StateStatic,
+		}
+		if p.Transport == overlay.TransportWireGuard {
+			n.WGPublicKey, n.WGEndpoint = p.WireGuard.PublicKey.String(), p.WireGuard.Endpoint.String()
+		}
+		st.Peers = append(st.Peers, n)
+	}
+	return st
+}
+
+// wgFields renders a record's WireGuard identity for status output.
+func wgFields(r peer.Record) (publicKey, endpoint string) {
+	if !r.HasWGKey() {
+		return "", ""
+	}
+	return wgtypes.Key(r.WGPublicKey).String(), netip.AddrPortFrom(r.Underlay.Addr(), r.WGPort).String()
+}
