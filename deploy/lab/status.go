@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/overlay/control"
+	"github.com/weftnet/weft/peer"
 )
 
 // Status asks the weftd of node for its status over the node's control
@@ -68,7 +69,7 @@ func (l *Lab) missingPeers(ctx context.Context, names []string) []string {
 			if other == name {
 				continue
 			}
-			if !slices.ContainsFunc(st.Peers, func(p control.Node) bool { return p.Name == other && p.State == "alive" }) {
+			if !slices.ContainsFunc(st.Peers, func(p control.Node) bool { return p.Name == other && p.State == peer.StateAlive }) {
 				lack = append(lack, other)
 			}
 		}

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/weftnet/weft/ipam/diskfile"
 )
 
 // ErrRunning is returned by Up when the lab directory describes a lab that
@@ -325,7 +327,7 @@ func (l *Lab) makeNode(ctx context.Context, n *Node) error {
 	if err != nil {
 		return fmt.Errorf("node %s conflist: %w", n.Name, err)
 	}
-	return writeFileAtomic(filepath.Join(n.CNIConfDir, confName), append(conf, '\n'), 0o644)
+	return diskfile.Write(filepath.Join(n.CNIConfDir, confName), append(conf, '\n'), 0o644)
 }
 
 // startWeftd runs weftd inside the node namespace. `ip netns exec` execs

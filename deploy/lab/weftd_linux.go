@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/weftnet/weft/ipam/diskfile"
 	"github.com/weftnet/weft/peer"
 )
 
@@ -20,7 +21,7 @@ func (l *Lab) writeGossipKey() error {
 		return err
 	}
 	l.GossipKeyFile = filepath.Join(l.Dir, "gossip.key")
-	return writeFileAtomic(l.GossipKeyFile, peer.FormatKeyFile([][]byte{k}), 0o600)
+	return diskfile.Write(l.GossipKeyFile, peer.FormatKeyFile([][]byte{k}), 0o600)
 }
 
 // StopWeftd sends sig to node's weftd and waits up to timeout for it to
