@@ -314,6 +314,8 @@ func tcpSum(src, dst []byte, l4Len int, seg []byte) uint16 {
 // and checks the frames byte by byte against RFC 7348: outer IPv4/UDP to
 // port 4789, VXLAN flags and VNI, inner Ethernet with both VTEP MACs, and
 // the pod's own IPv4 packet.
+//
+// Over 80 lines: one scenario, its steps in order, each needing the last.
 func TestNetnsWireFormat(t *testing.T) {
 	needNetns(t)
 	if _, err := exec.LookPath("tcpdump"); err != nil {

@@ -18,7 +18,7 @@ func TestFragNeeded(t *testing.T) {
 		t.Fatalf("length %d, want 56", n)
 	}
 	b := buf[:n]
-	if checksum(b[:20], 0) != 0 || checksum(b[20:], 0) != 0 {
+	if refChecksum(b[:20]) != 0xffff || refChecksum(b[20:]) != 0xffff {
 		t.Fatal("bad IP or ICMP checksum")
 	}
 	if b[9] != 1 || b[20] != 3 || b[21] != 4 || binary.BigEndian.Uint16(b[26:28]) != 1350 {

@@ -33,7 +33,7 @@ func sendRecorded(t testing.TB, r *Router, sp *superPacket) ([][]byte, *outState
 	t.Helper()
 	fg := &fakeGather{keep: true, gso: true}
 	fo := &fastOut{snd: fg, g: vxlan.NewGather(), hdrs: make([]byte, 0, 16*vxlan.MaxGatherSegments*segHdrLen)}
-	st := r.newOutState(splitBatch)
+	st := r.newOutState()
 	if done, alive := r.sendSuper(r.table.Load(), sp, fo, st); !done || !alive {
 		t.Fatalf("done %v alive %v", done, alive)
 	}
@@ -61,7 +61,7 @@ func TestSendSuperFrames(t *testing.T) {
 	}
 	fg := &fakeGather{keep: true, gso: true}
 	fo := &fastOut{snd: fg, g: vxlan.NewGather(), hdrs: make([]byte, 0, 16*vxlan.MaxGatherSegments*segHdrLen)}
-	st := r.newOutState(splitBatch)
+	st := r.newOutState()
 	done, alive := r.sendSuper(r.table.Load(), &sp, fo, st)
 	if !done || !alive {
 		t.Fatalf("done %v alive %v", done, alive)
@@ -125,7 +125,7 @@ func TestFastPathAllocs(t *testing.T) {
 	pkt := superTCP(false, 60000, tcpACK, 2)
 	h := virtioHdr{flags: virtioNeedsCsum, gsoType: gsoTCPv4, gsoSize: 1388}
 	fo := &fastOut{snd: &fakeGather{gso: true}, g: vxlan.NewGather(), hdrs: make([]byte, 0, 16*vxlan.MaxGatherSegments*segHdrLen)}
-	st := r.newOutState(splitBatch)
+	st := r.newOutState()
 	tab := r.table.Load()
 	if n := testing.AllocsPerRun(100, func() {
 		sp, err := parseSuper(&h, pkt)
@@ -176,7 +176,7 @@ func BenchmarkSendSuper(b *testing.B) {
 	pkt := superTCP(false, 65535-52, tcpACK, 4)
 	h := virtioHdr{flags: virtioNeedsCsum, gsoType: gsoTCPv4, gsoSize: 1388}
 	fo := &fastOut{snd: &fakeGather{gso: true}, g: vxlan.NewGather(), hdrs: make([]byte, 0, 16*vxlan.MaxGatherSegments*segHdrLen)}
-	st := r.newOutState(splitBatch)
+	st := r.newOutState()
 	tab := r.table.Load()
 	b.SetBytes(int64(len(pkt)))
 	b.ReportAllocs()

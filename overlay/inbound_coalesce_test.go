@@ -153,6 +153,8 @@ func TestCoalesceRuns(t *testing.T) {
 
 // TestCoalesceSplits: any mismatch or gap ends a run; nothing is lost,
 // reordered or merged wrongly.
+//
+// Over 80 lines: one scenario, its steps in order, each needing the last.
 func TestCoalesceSplits(t *testing.T) {
 	type mod func(frames [][]byte)
 	inner := func(f []byte) []byte { return f[vxlan.FrameHeaderLen:] }
@@ -161,9 +163,9 @@ func TestCoalesceSplits(t *testing.T) {
 	refix := func(f []byte) {
 		p := inner(f)
 		p[10], p[11] = 0, 0
-		binary.BigEndian.PutUint16(p[10:12], ^csumFold(csumAdd(p[:20], 0)))
+		binary.BigEndian.PutUint16(p[10:12], ^csum(p[:20], 0))
 		p[36], p[37] = 0, 0
-		binary.BigEndian.PutUint16(p[36:38], ^csumFold(csumAdd(p[20:], pseudoSum(p[12:16], p[16:20], protoTCP, len(p)-20))))
+		binary.BigEndian.PutUint16(p[36:38], ^csum(p[20:], pseudoSum(p[12:16], p[16:20], protoTCP, len(p)-20)))
 	}
 	cases := []struct {
 		name string
