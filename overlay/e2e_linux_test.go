@@ -442,21 +442,8 @@ func TestNetnsKernelVXLANInterop(t *testing.T) {
 	if n2.UnderlayAddr != "198.51.100.12" || n2.PodCIDR != "10.244.2.0/24" {
 		t.Fatalf("lab plan changed: n2 is %s with %s", n2.UnderlayAddr, n2.PodCIDR)
 	}
-	mac1 := status(t, n1).Self.VTEPMAC
-	gw1 := netip.MustParsePrefix(n1.PodCIDR).Addr() // flannel routes via the peer's network address
+	kernelVXLAN(t, l, n1, n2, kernelMAC, kernelAddr, port)
 	ctx := context.Background()
-	for _, args := range [][]string{
-		{"ip", "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", n2.UnderlayAddr, "dev", n2.UnderlayIf, "dstport", port, "nolearning"},
-		{"ip", "link", "set", "flannel.1", "address", kernelMAC, "mtu", "1450", "up"},
-		{"ip", "addr", "add", kernelAddr + "/32", "dev", "flannel.1"},
-		{"ip", "route", "add", n1.PodCIDR, "via", gw1.String(), "dev", "flannel.1", "onlink"},
-		{"ip", "neigh", "replace", gw1.String(), "lladdr", mac1, "dev", "flannel.1", "nud", "permanent"},
-		{"bridge", "fdb", "append", mac1, "dev", "flannel.1", "dst", n1.UnderlayAddr},
-	} {
-		if out, err := l.Exec(ctx, n2.Netns, args...); err != nil {
-			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
 	p1 := l.PodsOn("n1")[0]
 	ping(t, l, p1.Netns, kernelAddr) // weft pod → kernel vxlan → back
 	ping(t, l, n2.Netns, p1.Address) // kernel vxlan → weft pod → back
@@ -466,6 +453,28 @@ func TestNetnsKernelVXLANInterop(t *testing.T) {
 	}
 	if out, _ := l.Exec(ctx, n2.Netns, "ip", "-s", "link", "show", "flannel.1"); !strings.Contains(string(out), "RX:") {
 		t.Logf("flannel.1: %s", out)
+	}
+}
+
+// kernelVXLAN makes the external node kernel a flannel-style Linux vxlan
+// peer of the weft node n1: flannel.1 (VNI 1, no learning, default
+// offloads) with the address addr and the MAC mac, a route to n1's pod
+// CIDR through n1's gateway, and static neighbour and FDB entries.
+func kernelVXLAN(t *testing.T, l *lab.Lab, n1, kernel *lab.Node, mac, addr, port string) {
+	t.Helper()
+	mac1 := status(t, n1).Self.VTEPMAC
+	gw1 := netip.MustParsePrefix(n1.PodCIDR).Addr() // flannel routes via the peer's network address
+	for _, args := range [][]string{
+		{"ip", "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", kernel.UnderlayAddr, "dev", kernel.UnderlayIf, "dstport", port, "nolearning"},
+		{"ip", "link", "set", "flannel.1", "address", mac, "mtu", "1450", "up"},
+		{"ip", "addr", "add", addr + "/32", "dev", "flannel.1"},
+		{"ip", "route", "add", n1.PodCIDR, "via", gw1.String(), "dev", "flannel.1", "onlink"},
+		{"ip", "neigh", "replace", gw1.String(), "lladdr", mac1, "dev", "flannel.1", "nud", "permanent"},
+		{"bridge", "fdb", "append", mac1, "dev", "flannel.1", "dst", n1.UnderlayAddr},
+	} {
+		if out, err := l.Exec(context.Background(), kernel.Netns, args...); err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+		}
 	}
 }
 

@@ -11,6 +11,7 @@ package overlay
 // fails a check reaches the TUN; every drop is counted by reason.
 
 import (
+	"encoding/binary"
 	"errors"
 	"net/netip"
 
@@ -152,12 +153,16 @@ func (r *Router) decapsulate(frame []byte, p *peerEntry) verdict {
 		return dropWrongTransport
 	}
 	inner := frame[vxlan.FrameHeaderLen:]
-	src, ok := innerSrc(inner)
-	if !ok {
-		return dropInnerIP
+	ip, v := checkInner(inner)
+	if v != pass {
+		return v
 	}
-	if !p.owns(src) {
+	src, dst := addrs(inner, ip.v6)
+	if !p.owns(addrFrom(src)) {
 		return dropSpoofedSource
+	}
+	if !r.local(addrFrom(dst)) {
+		return dropNotLocal
 	}
 	if f.CsumStart != 0 {
 		if !p.OuterChecksum {
@@ -168,8 +173,94 @@ func (r *Router) decapsulate(frame []byte, p *peerEntry) verdict {
 		if !rcoFits(inner, f.CsumStart-vxlan.EthernetLen, f.CsumUDP) {
 			return dropInnerIP
 		}
+		return pass
+	}
+	if !p.OuterChecksum {
+		completeL4(inner, &ip)
 	}
 	return pass
+}
+
+// minEthernetFrame is the shortest Ethernet frame (without FCS): a sender
+// may pad a shorter inner frame up to it, and the kernel trims the padding.
+const minEthernetFrame = 60
+
+// checkInner checks an inner packet before anything of it reaches the TUN,
+// so that weft hands the kernel only what it would have sent itself: an
+// IPv4 or IPv6 header that parses (version, IHL); a length by the header
+// equal to the bytes present (or shorter by Ethernet padding of a minimum
+// frame); IPv4 with a right header checksum, the reserved flag clear, and
+// fragments whose length and offset fit (RFC 791: all but the last a
+// multiple of 8 bytes, none past 65,535); and for TCP and UDP (not in
+// later fragments) a whole L4 header, a TCP data offset inside the packet,
+// and (unfragmented) a UDP length equal to the IP payload's.
+func checkInner(pkt []byte) (ipHeader, verdict) {
+	ip, ok := parseIP(pkt)
+	if !ok {
+		if len(pkt) >= ipv4MinHeaderLen && pkt[0]>>4 == 4 && int(pkt[0]&0x0f)*4 > len(pkt) {
+			return ip, dropInnerLength // IHL past the end: truncated
+		}
+		return ip, dropInnerIP
+	}
+	if ip.length < ip.l3Len || ip.length > len(pkt) ||
+		ip.length < len(pkt) && len(pkt)+vxlan.EthernetLen > minEthernetFrame {
+		return ip, dropInnerLength
+	}
+	pkt = pkt[:ip.length]
+	if !ip.v6 {
+		if csum(pkt[:ip.l3Len], 0) != 0xffff {
+			return ip, dropBadChecksum
+		}
+		if !ip.fragmentSane() {
+			return ip, dropInnerIP
+		}
+	}
+	if ip.laterFragment() || ip.proto != protoTCP && ip.proto != protoUDP {
+		return ip, pass
+	}
+	if len(pkt) < ip.l3Len+minL4Len(ip.proto) {
+		return ip, dropInnerLength
+	}
+	if ip.l4Len(pkt) == 0 {
+		return ip, dropInnerIP // a TCP data offset under 5 words or past the end
+	}
+	if ip.proto == protoUDP && !ip.fragment() && int(binary.BigEndian.Uint16(pkt[ip.l3Len+udpLen:])) != ip.length-ip.l3Len {
+		return ip, dropInnerLength
+	}
+	return ip, pass
+}
+
+// completeL4 finishes the TCP or UDP checksum of an inner packet from a
+// peer without an outer checksum (a kernel vxlan device, a static peer)
+// when it arrived partial. Such a sender on the same host or L2 segment
+// (veth, virtio between VMs) may hand over segments whose checksum field
+// holds only the pseudo-header sum, the rest left to a NIC that never came
+// (the kernel's CHECKSUM_PARTIAL); the kernel would drop them as corrupt.
+// They are told apart by exactly that field value and finished here, as
+// the NIC would have. (A complete checksum that happens to equal the
+// pseudo-header sum comes out of the finishing unchanged.) Any other
+// checksum is left as it is: the kernel verifies it on a packet written
+// alone, and the coalescer before it merges one (its runs reach the kernel
+// flagged NEEDS_CSUM, which it trusts). Fragments are left to the kernel's
+// reassembly.
+func completeL4(pkt []byte, ip *ipHeader) {
+	if ip.fragment() || ip.proto != protoTCP && ip.proto != protoUDP {
+		return
+	}
+	at := ip.l3Len + tcpCsum
+	if ip.proto == protoUDP {
+		at = ip.l3Len + udpCsum
+	}
+	l4 := pkt[ip.l3Len:ip.length]
+	src, dst := addrs(pkt, ip.v6)
+	if binary.BigEndian.Uint16(pkt[at:]) != pseudoSum(src, dst, ip.proto, len(l4)) {
+		return
+	}
+	s := ^csum(l4, 0) // the field's pseudo-header sum included
+	if s == 0 && ip.proto == protoUDP {
+		s = 0xffff
+	}
+	binary.BigEndian.PutUint16(pkt[at:], s)
 }
 
 // rcoFits reports whether a remote checksum offload start (from the inner

@@ -79,12 +79,16 @@ type coalescer struct {
 	// checksum the kernel verified (Peer.OuterChecksum), so their inner
 	// TCP checksums need no second check.
 	trusted bool
+	// dropped counts the segments of runs whose virtio header did not
+	// describe the packet (drop_bad_offload); reset clears it.
+	dropped int
 }
 
 func (c *coalescer) reset() {
 	c.writes = c.writes[:0]
 	c.payloads = c.payloads[:0]
 	c.open = false
+	c.dropped = 0
 }
 
 // add takes one validated VXLAN frame (frame header and inner packet). The
@@ -254,6 +258,13 @@ func (c *coalescer) closeRun() {
 	}
 	src, dst := addrs(f, r.v6)
 	binary.BigEndian.PutUint16(f[r.l3Len+tcpCsum:], pseudoSum(src, dst, protoTCP, r.length-r.l3Len))
+	// The kernel trusts this header (and so the checksum it asks for):
+	// read it back the way the outbound path reads the kernel's, and drop
+	// the run if the two disagree.
+	if sp, err := parseSuperLen(&h, f, r.length); err != nil || sp.segs != r.segs || sp.hdrLen != r.hdrLen {
+		c.dropped += r.segs
+		return
+	}
 	h.encode(base)
 	c.writes = append(c.writes, tunWrite{head: base, lo: r.lo, hi: len(c.payloads), segs: r.segs})
 }

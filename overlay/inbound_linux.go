@@ -45,6 +45,8 @@ func (r *Router) inboundFast(rcv *vxlan.Receiver, w *tunWriter) {
 			r.decapsulateGRO(t, bufs[i][:sizes[i]], segs[i], from[i], &c, &counts)
 		}
 		c.flush()
+		counts.drops[dropBadOffload] += uint64(c.dropped)
+		counts.packets -= uint64(c.dropped)
 		for _, wr := range c.writes {
 			if err := w.Write(wr.head, c.payloads[wr.lo:wr.hi]); err != nil {
 				if r.closing() || isClosed(err) {

@@ -41,7 +41,7 @@ func sendRecorded(t testing.TB, r *Router, sp *superPacket) ([][]byte, *outState
 }
 
 func fastRouter(t testing.TB) (*Router, *peerEntry) {
-	r := New(Config{VNI: 5, LocalMAC: [6]byte{2, 0, 0, 0, 0, 1}}, nil, nil)
+	r := New(Config{VNI: 5, LocalMAC: [6]byte{2, 0, 0, 0, 0, 1}, PodCIDRs: testPodCIDRs}, nil, nil)
 	p := &peerEntry{Peer: Peer{Name: "b", Underlay: netip.MustParseAddrPort("198.51.100.12:4789"),
 		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")}, VTEPMAC: [6]byte{2, 0, 0, 0, 0, 2}}, pmtu: &pathMTU{}}
 	r.table.Store(newTable([]*peerEntry{p}))
@@ -231,7 +231,7 @@ func TestSendSuperRCO(t *testing.T) {
 		t.Fatalf("%d frames with RCO, %d without; want 8", len(frames), len(full))
 	}
 	// The receiving router, for which the sender is a weft peer.
-	rx := New(Config{VNI: 5, LocalMAC: [6]byte{2, 0, 0, 0, 0, 2}}, nil, nil)
+	rx := New(Config{VNI: 5, LocalMAC: [6]byte{2, 0, 0, 0, 0, 2}, PodCIDRs: testPodCIDRs}, nil, nil)
 	p := &peerEntry{Peer: Peer{Name: "a", Underlay: netip.MustParseAddrPort("192.0.2.11:4789"),
 		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}, OuterChecksum: true}, pmtu: &pathMTU{}}
 	rx.table.Store(newTable([]*peerEntry{p}))

@@ -39,6 +39,7 @@ const (
 	ip6Src        = 8
 	ip6Dst        = 24
 
+	ip4FlagRsv    = 0x8000
 	ip4FlagDF     = 0x4000
 	ip4FlagMF     = 0x2000
 	ip4OffsetMask = 0x1fff
@@ -111,6 +112,24 @@ func parseIP(pkt []byte) (h ipHeader, ok bool) {
 // non-zero offset).
 func (h *ipHeader) fragment() bool { return h.frag&(ip4FlagMF|ip4OffsetMask) != 0 }
 
+// fragmentSane reports whether the IPv4 flags and offset are ones a sender
+// may use: the reserved flag clear, and for a fragment a payload of at
+// least 8 bytes, a multiple of 8 unless it is the last, ending within the
+// 65,535 bytes a reassembled packet may have.
+func (h *ipHeader) fragmentSane() bool {
+	if h.frag&ip4FlagRsv != 0 {
+		return false
+	}
+	if !h.fragment() {
+		return true
+	}
+	payload := h.length - h.l3Len
+	if h.frag&ip4FlagMF != 0 && (payload < 8 || payload%8 != 0) {
+		return false
+	}
+	return int(h.frag&ip4OffsetMask)*8+payload <= 65535
+}
+
 // laterFragment reports whether the packet is an IPv4 fragment after the
 // first, which carries no L4 header.
 func (h *ipHeader) laterFragment() bool { return h.frag&ip4OffsetMask != 0 }
@@ -145,6 +164,14 @@ func (h *ipHeader) l4Len(pkt []byte) int {
 		return udpHeaderLen
 	}
 	return 0
+}
+
+// addrFrom makes an address of 4 or 16 bytes, as addrs slices them.
+func addrFrom(b []byte) netip.Addr {
+	if len(b) == 4 {
+		return netip.AddrFrom4([4]byte(b))
+	}
+	return netip.AddrFrom16([16]byte(b))
 }
 
 // innerDst returns the destination address and EtherType of an IP packet.

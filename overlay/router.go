@@ -69,6 +69,11 @@ const (
 type Config struct {
 	VNI      uint32  // VXLAN network identifier, 24 bits
 	LocalMAC [6]byte // our VTEP MAC: inner Ethernet source out, expected destination in
+	// PodCIDRs are this node's own pod CIDRs (the gateway address is
+	// inside): inbound, an inner destination outside them is dropped
+	// (drop_not_local), so a forged frame cannot reach the node's host
+	// addresses or anything it routes. Empty drops every inbound packet.
+	PodCIDRs []netip.Prefix
 	// WireGuard carries the packets of peers whose Transport is
 	// TransportWireGuard; nil when the node has no WireGuard device. When
 	// set, the device is the TUN's only reader: it hands every batch to
@@ -150,6 +155,11 @@ func New(cfg Config, dev tun.Device, bind conn.Bind) *Router {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	local := make([]netip.Prefix, len(cfg.PodCIDRs))
+	for i, c := range cfg.PodCIDRs {
+		local[i] = c.Masked()
+	}
+	cfg.PodCIDRs = local
 	r := &Router{cfg: cfg, tun: dev, bind: bind, log: log,
 		pmtus: make(map[netip.Addr]*pathMTU), pmtuKick: make(chan struct{}, 1), done: make(chan struct{})}
 	r.table.Store(newTable(nil))
@@ -261,6 +271,16 @@ func (r *Router) pathMTUFor(a netip.Addr) *pathMTU {
 	m := &pathMTU{}
 	r.pmtus[a] = m
 	return m
+}
+
+// local reports whether a is inside one of this node's pod CIDRs.
+func (r *Router) local(a netip.Addr) bool {
+	for _, c := range r.cfg.PodCIDRs {
+		if c.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // closing reports whether Close has begun.

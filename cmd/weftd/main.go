@@ -424,7 +424,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		}
 		defer wg.Close()
 	}
-	rcfg := overlay.Config{VNI: c.VNI, LocalMAC: c.VTEPMAC, PathMTU: overlay.KernelPathMTU, ICMPSource: gw, Logger: log}
+	rcfg := overlay.Config{VNI: c.VNI, LocalMAC: c.VTEPMAC, PodCIDRs: []netip.Prefix{c.PodCIDR}, PathMTU: overlay.KernelPathMTU, ICMPSource: gw, Logger: log}
 	if wg != nil {
 		rcfg.WireGuard = wg
 	}
