@@ -512,6 +512,12 @@ func TestNetnsBadInputDropped(t *testing.T) {
 		copy(inner[12:], s[:])
 		copy(inner[16:], d[:])
 		inner[20] = 8 // ICMP echo request
+		var sum uint32
+		for i := 0; i < 20; i += 2 {
+			sum += uint32(inner[i])<<8 | uint32(inner[i+1])
+		}
+		sum = sum>>16 + sum&0xffff
+		inner[10], inner[11] = ^byte(sum>>8), ^byte(sum) // the IPv4 header checksum
 		f := vxlan.Frame{VNI: vni, Dst: [6]byte(hw1), EtherType: vxlan.EtherTypeIPv4}
 		b := make([]byte, vxlan.FrameHeaderLen+len(inner))
 		f.Encode(b)

@@ -208,7 +208,7 @@ func checkInner(pkt []byte) (ipHeader, verdict) {
 	}
 	pkt = pkt[:ip.length]
 	if !ip.v6 {
-		if csum(pkt[:ip.l3Len], 0) != 0xffff {
+		if !ipv4HeaderValid(pkt[:ip.l3Len]) {
 			return ip, dropBadChecksum
 		}
 		if !ip.fragmentSane() {
