@@ -93,6 +93,7 @@ func pingPods(t *testing.T, l *lab.Lab, from []string, to string) {
 	}
 }
 
+// Over 80 lines: one scenario, its steps in order, each needing the last.
 func TestControlPlaneClaimsAndLifecycle(t *testing.T) {
 	needNetns(t)
 	l := startLab(t, lab.Config{Nodes: 4, Sites: 2, PodsPerNode: 1, ClaimCIDRs: true})
@@ -216,6 +217,7 @@ func TestControlPlaneClaimsAndLifecycle(t *testing.T) {
 	}
 }
 
+// Over 80 lines: one scenario, its steps in order, each needing the last.
 func TestControlPlaneWrongKeyAndPartition(t *testing.T) {
 	needNetns(t)
 	l := startLab(t, lab.Config{Nodes: 4, Sites: 2, PodsPerNode: 1})

@@ -38,35 +38,25 @@ const frameSize = 2048
 // Each call makes a new filter with its own buffers; a filter must be
 // called by one goroutine at a time.
 func (r *Router) Divert() wireguard.Divert {
-	d := &diverter{r: r, icmp: make([]byte, tunOffset+128), buckets: 1}
-	if r.cfg.Sender != nil {
-		d.buckets = uint32(r.cfg.Sender.Buckets())
-	}
+	d := &diverter{r: r, st: r.newOutState()}
 	return d.divert
 }
 
-// diverter is the state of one filter. Its buffers are allocated on first
-// use and reused for every batch after, so the per-packet work allocates
-// nothing.
+// diverter is the state of one filter: the outbound state every outbound
+// goroutine has, and the copy buffers for VXLAN packets. Its buffers are
+// allocated on first use and reused for every batch after, so the
+// per-packet work allocates nothing.
 type diverter struct {
-	r       *Router
-	frames  [][]byte // VXLAN copies: packet at [tunOffset:], header in front
-	groups  []sendGroup
-	icmp    []byte
-	limiter icmpLimiter
-	counts  batchCounts
-	buckets uint32
+	r      *Router
+	st     *outState
+	frames [][]byte // VXLAN copies: packet at [tunOffset:], header in front
 }
 
 func (d *diverter) divert(bufs [][]byte, sizes []int, offset int) {
-	r := d.r
+	r, st := d.r, d.st
 	t := r.table.Load()
 	rt := routes{t: t}
-	d.counts.reset()
-	for g := range d.groups {
-		d.groups[g].bufs = d.groups[g].bufs[:0]
-	}
-	d.groups = d.groups[:0]
+	st.resetGroups()
 	k := 0 // next free VXLAN copy buffer
 	for i := range bufs {
 		size := sizes[i]
@@ -76,8 +66,8 @@ func (d *diverter) divert(bufs [][]byte, sizes []int, offset int) {
 		pkt := bufs[i][offset : offset+size]
 		p, v := rt.route(pkt)
 		if v == pass && p.Transport == TransportWireGuard {
-			d.counts.packets++
-			d.counts.bytes += uint64(size)
+			st.counts.packets++
+			st.counts.bytes += uint64(size)
 			continue // stays in the batch for the device
 		}
 		sizes[i] = 0
@@ -88,25 +78,17 @@ func (d *diverter) divert(bufs [][]byte, sizes []int, offset int) {
 			p, v = r.encapsulate(t, buf, size)
 		}
 		if v == dropTooBig {
-			r.tooBig(p, pkt, d.icmp, &d.limiter)
+			r.tooBig(p, pkt, st)
 		}
 		if v != pass {
-			d.counts.drops[v]++
+			st.counts.drops[v]++
 			continue
 		}
 		k++
-		d.counts.packets++
-		d.counts.bytes += uint64(size)
-		bucket := uint32(0)
-		if d.buckets > 1 {
-			bucket = flowHash(pkt) % d.buckets
-		}
-		d.groups = addToGroup(d.groups, p, bucket, buf[tunOffset-vxlan.FrameHeaderLen:tunOffset+size])
+		st.add(p, pkt, buf[tunOffset-vxlan.FrameHeaderLen:tunOffset+size])
 	}
-	r.sendGroups(d.groups, &d.counts) // a closed socket: counted, the device stops on its own
-	r.stats.TxPackets.Add(d.counts.packets)
-	r.stats.TxBytes.Add(d.counts.bytes)
-	r.stats.addDrops(&d.counts)
+	r.sendGroups(st.groups, &st.counts) // a closed socket: counted, the device stops on its own
+	r.flushOut(st)
 }
 
 // frame returns VXLAN copy buffer k, with room for a packet of size bytes

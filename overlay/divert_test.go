@@ -58,7 +58,7 @@ func TestDivertSplitsBatch(t *testing.T) {
 	b := newTestNode(t, n, "b", "198.51.100.12:4789", "10.244.2.0/24", 2)
 	aTUN := tuntest.NewChannelTUN()
 	aBind := n.bind("192.0.2.11:4789")
-	a := New(Config{VNI: 1, LocalMAC: [6]byte{0x0a, 0x58, 0, 0, 0, 1}, WireGuard: &fakeWireGuard{}, ICMPSource: netip.MustParseAddr("10.244.1.1")}, aTUN.TUN(), aBind)
+	a := New(Config{VNI: 1, LocalMAC: [6]byte{0x0a, 0x58, 0, 0, 0, 1}, PodCIDRs: testPodCIDRs, WireGuard: &fakeWireGuard{}, ICMPSource: netip.MustParseAddr("10.244.1.1")}, aTUN.TUN(), aBind)
 	if err := a.Start(aBind.addr.Port()); err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +137,7 @@ func TestDivertSplitsBatch(t *testing.T) {
 // divertRouter is a router with a VXLAN peer b (10.244.2.0/24) and a
 // WireGuard peer c (10.244.3.0/24) whose VXLAN frames go to sender.
 func divertRouter(t testing.TB, sender *fakeSender) *Router {
-	r := New(Config{VNI: 1, WireGuard: &fakeWireGuard{}, Sender: sender}, nil, &memBind{})
+	r := New(Config{VNI: 1, PodCIDRs: testPodCIDRs, WireGuard: &fakeWireGuard{}, Sender: sender}, nil, &memBind{})
 	b := Peer{Name: "b", Underlay: netip.MustParseAddrPort("198.51.100.12:4789"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")}}
 	if err := r.SetPeers([]Peer{b, wgPeer("c", "203.0.113.13:51820", "10.244.3.0/24")}); err != nil {
 		t.Fatal(err)

@@ -71,6 +71,8 @@ func pingMarked(t *testing.T, l *lab.Lab, from lab.Pod, to string) {
 // nor the marker the pods exchanged, while the same exchange over VXLAN
 // shows both (so the check can fail). Over WireGuard it also checks the
 // pod MTU (ping -M do), `wg show` against weft's device, and key rotation.
+//
+// Over 80 lines: one scenario, its steps in order, each needing the last.
 func TestNetnsWireGuardHidesPodTraffic(t *testing.T) {
 	needNetns(t, "wg", "tcpdump")
 	for _, tc := range []struct {

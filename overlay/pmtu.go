@@ -124,47 +124,31 @@ func (l *icmpLimiter) allow(now time.Time) bool {
 // carrying mtu, and returns its length; 0 if pkt deserves no answer (not
 // IPv4, DF clear, or itself an ICMP error). b must hold 20+8+28+40 bytes.
 func fragNeeded(b []byte, src netip.Addr, pkt []byte, mtu int) int {
-	if len(pkt) < 20 || pkt[0]>>4 != 4 || pkt[6]&0x40 == 0 {
+	ip, ok := parseIP(pkt)
+	if !ok || ip.v6 || ip.frag&ip4FlagDF == 0 {
 		return 0
 	}
-	ihl := int(pkt[0]&0x0f) * 4
-	if ihl < 20 || len(pkt) < ihl {
-		return 0
-	}
-	if pkt[9] == 1 && len(pkt) > ihl && pkt[ihl] != 0 && pkt[ihl] != 8 {
+	ihl := ip.l3Len
+	if ip.proto == protoICMP && len(pkt) > ihl && pkt[ihl] != 0 && pkt[ihl] != 8 {
 		return 0 // never answer an ICMP error with one
 	}
 	quote := min(len(pkt), ihl+8)
-	n := 20 + 8 + quote
-	ip := b[:20]
-	clear(ip)
-	ip[0] = 0x45
-	binary.BigEndian.PutUint16(ip[2:4], uint16(n))
-	ip[8] = 64
-	ip[9] = 1
+	n := ipv4MinHeaderLen + 8 + quote
+	h := b[:ipv4MinHeaderLen]
+	clear(h)
+	h[0] = 0x45
+	binary.BigEndian.PutUint16(h[ip4TotalLen:], uint16(n))
+	h[8] = 64 // TTL
+	h[ip4Proto] = protoICMP
 	s := src.As4()
-	copy(ip[12:16], s[:])
-	copy(ip[16:20], pkt[12:16]) // back to the sender
-	binary.BigEndian.PutUint16(ip[10:12], checksum(ip, 0))
-	icmp := b[20:n]
+	copy(h[ip4Src:], s[:])
+	copy(h[ip4Dst:ip4Dst+4], pkt[ip4Src:ip4Src+4]) // back to the sender
+	putIPv4Checksum(h)
+	icmp := b[ipv4MinHeaderLen:n]
 	clear(icmp[:8])
 	icmp[0], icmp[1] = 3, 4
 	binary.BigEndian.PutUint16(icmp[6:8], uint16(mtu))
 	copy(icmp[8:], pkt[:quote])
-	binary.BigEndian.PutUint16(icmp[2:4], checksum(icmp, 0))
+	binary.BigEndian.PutUint16(icmp[2:4], ^csum(icmp, 0))
 	return n
-}
-
-// checksum is the Internet checksum (RFC 1071) of b.
-func checksum(b []byte, sum uint32) uint16 {
-	for ; len(b) >= 2; b = b[2:] {
-		sum += uint32(b[0])<<8 | uint32(b[1])
-	}
-	if len(b) == 1 {
-		sum += uint32(b[0]) << 8
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	return ^uint16(sum)
 }

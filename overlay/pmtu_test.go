@@ -18,7 +18,7 @@ func TestFragNeeded(t *testing.T) {
 		t.Fatalf("length %d, want 56", n)
 	}
 	b := buf[:n]
-	if checksum(b[:20], 0) != 0 || checksum(b[20:], 0) != 0 {
+	if refChecksum(b[:20]) != 0xffff || refChecksum(b[20:]) != 0xffff {
 		t.Fatal("bad IP or ICMP checksum")
 	}
 	if b[9] != 1 || b[20] != 3 || b[21] != 4 || binary.BigEndian.Uint16(b[26:28]) != 1350 {
@@ -50,7 +50,7 @@ func TestRouterAnswersTooBig(t *testing.T) {
 	a := &testNode{tun: tuntest.NewChannelTUN(), bind: n.bind("192.0.2.11:4789")}
 	a.peer = Peer{Name: "a", Underlay: a.bind.addr, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}, VTEPMAC: [6]byte{0x0a, 0x58, 0, 0, 0, 1}}
 	pmtu := func(netip.Addr) (int, error) { return 1400, nil }
-	a.r = New(Config{VNI: 1, LocalMAC: a.peer.VTEPMAC, PathMTU: pmtu, ICMPSource: netip.MustParseAddr("10.244.1.1")}, a.tun.TUN(), a.bind)
+	a.r = New(Config{VNI: 1, LocalMAC: a.peer.VTEPMAC, PodCIDRs: a.peer.PodCIDRs, PathMTU: pmtu, ICMPSource: netip.MustParseAddr("10.244.1.1")}, a.tun.TUN(), a.bind)
 	if err := a.r.Start(4789); err != nil {
 		t.Fatal(err)
 	}

@@ -77,7 +77,7 @@ func TestRouterSendsWireGuardPeersToWireGuard(t *testing.T) {
 	wg := &fakeWireGuard{}
 	a := &testNode{tun: tuntest.NewChannelTUN(), bind: n.bind("192.0.2.11:4789")}
 	a.peer = Peer{Name: "a", Underlay: a.bind.addr, PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}, VTEPMAC: [6]byte{0x0a, 0x58, 0, 0, 0, 1}}
-	a.r = New(Config{VNI: 1, LocalMAC: a.peer.VTEPMAC, WireGuard: wg}, a.tun.TUN(), a.bind)
+	a.r = New(Config{VNI: 1, LocalMAC: a.peer.VTEPMAC, PodCIDRs: a.peer.PodCIDRs, WireGuard: wg}, a.tun.TUN(), a.bind)
 	if err := a.r.Start(4789); err != nil {
 		t.Fatal(err)
 	}

@@ -13,16 +13,29 @@
 // writes the surviving inner packets to the TUN in one call. Buffers are
 // allocated once per loop and reused; the per-packet work allocates nothing.
 //
-// That is the portable path. On Linux, with weftd's real TUN device
-// (virtio-net headers, TSO/USO) and its vxlan.Sender, the loops of
-// fastpath_linux.go take over: TCP and UDP super-packets are sent as VXLAN
-// segments gathered from the TUN read buffer without being cut apart
-// (gso.go), and received segments of one TCP flow are written to the TUN as
-// one super-packet without being copied together (coalesce.go).
+// The files follow a packet:
+//
+//	router.go            Router, its configuration, Start and Close
+//	outbound.go          TUN → wire, per packet (the portable loop)
+//	outbound_gso.go      super-packets cut into segments without copying
+//	outbound_linux.go    the fast outbound loop: gathered GSO sends, spread reads
+//	divert.go            outbound on a node whose WireGuard device reads the TUN
+//	inbound.go           wire → TUN: the portable loop and the checks (decapsulate)
+//	inbound_coalesce.go  runs of one TCP flow written as one GSO packet
+//	inbound_linux.go     the fast inbound loop: recvmmsg, UDP GRO, writev
+//	tun_linux.go         the TUN file descriptor: virtio-net headers, raw reads and writes
+//	packet.go, checksum.go, offload.go  inner headers, checksums, virtio and RCO headers
+//	table.go, stats.go, pmtu.go, policy.go, host_linux.go
+//
+// The portable loops run everywhere. On Linux, with weftd's real TUN device
+// (virtio-net headers, TSO/USO) and its vxlan.Sender, the fast loops take
+// over: TCP and UDP super-packets are sent as VXLAN segments gathered from
+// the TUN read buffer without being cut apart, and received segments of one
+// TCP flow are written to the TUN as one super-packet without being copied
+// together.
 package overlay
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -32,12 +45,10 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
 
-	"github.com/weftnet/weft/encap/vxlan"
 	"github.com/weftnet/weft/encap/wireguard"
 )
 
@@ -58,6 +69,11 @@ const (
 type Config struct {
 	VNI      uint32  // VXLAN network identifier, 24 bits
 	LocalMAC [6]byte // our VTEP MAC: inner Ethernet source out, expected destination in
+	// PodCIDRs are this node's own pod CIDRs (the gateway address is
+	// inside): inbound, an inner destination outside them is dropped
+	// (drop_not_local), so a forged frame cannot reach the node's host
+	// addresses or anything it routes. Empty drops every inbound packet.
+	PodCIDRs []netip.Prefix
 	// WireGuard carries the packets of peers whose Transport is
 	// TransportWireGuard; nil when the node has no WireGuard device. When
 	// set, the device is the TUN's only reader: it hands every batch to
@@ -76,7 +92,27 @@ type Config struct {
 }
 
 // FrameSender sends VXLAN frames to a peer from the socket of a flow's
-// bucket; see vxlan.Sender.
+// bucket; vxlan.Sender is the one weftd uses.
+//
+// Send sends each of frames (VXLAN header onward: the kernel adds the outer
+// IP and UDP headers) as one datagram to dst, from the source port of
+// bucket flow (the router passes a flow hash modulo Buckets()). A batch
+// holds one outbound round's frames for one peer and bucket: at most the
+// TUN's batch size (tun.Device.BatchSize, or the WireGuard device's batch
+// when diverting) and at most 64 on the fast path; each frame is at most
+// 65,507 bytes. The frames have no headroom in front. The frames are slices of the router's
+// buffers: the router owns them and reuses them as soon as Send returns, so
+// Send must not keep them. Send is called by one goroutine at a time (each
+// outbound loop or divert filter has its own batch, and the router calls
+// Send from one of them at a time per Sender); it returns an error
+// wrapping net.ErrClosed once the sender is closed, which stops the loop,
+// and any other error counts the batch's frames as send drops.
+//
+// Buckets is how many source ports the sender has (at least 1); it is read
+// once per loop.
+//
+// The router never closes the FrameSender: its creator does, after the
+// router's Close.
 type FrameSender interface {
 	Send(frames [][]byte, dst netip.AddrPort, flow uint32) error
 	Buckets() int
@@ -119,6 +155,11 @@ func New(cfg Config, dev tun.Device, bind conn.Bind) *Router {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	local := make([]netip.Prefix, len(cfg.PodCIDRs))
+	for i, c := range cfg.PodCIDRs {
+		local[i] = c.Masked()
+	}
+	cfg.PodCIDRs = local
 	r := &Router{cfg: cfg, tun: dev, bind: bind, log: log,
 		pmtus: make(map[netip.Addr]*pathMTU), pmtuKick: make(chan struct{}, 1), done: make(chan struct{})}
 	r.table.Store(newTable(nil))
@@ -232,408 +273,26 @@ func (r *Router) pathMTUFor(a netip.Addr) *pathMTU {
 	return m
 }
 
+// local reports whether a is inside one of this node's pod CIDRs.
+func (r *Router) local(a netip.Addr) bool {
+	for _, c := range r.cfg.PodCIDRs {
+		if c.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// closing reports whether Close has begun.
+func (r *Router) closing() bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return false
+	}
+}
+
 func isClosed(err error) bool {
 	return errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed)
-}
-
-// sendGroup is the packets of one batch bound for one peer from one
-// source-port bucket.
-type sendGroup struct {
-	peer   *peerEntry
-	bucket uint32
-	bufs   [][]byte
-}
-
-// outState is the outbound loop's reusable state: nothing in it is
-// allocated per packet.
-type outState struct {
-	// groups is reused across batches; each group's bufs keeps its capacity.
-	groups  []sendGroup
-	icmp    []byte
-	limiter icmpLimiter
-	counts  batchCounts
-	buckets uint32
-}
-
-func (r *Router) newOutState(batch int) *outState {
-	st := &outState{
-		groups:  make([]sendGroup, 0, 8),
-		icmp:    make([]byte, tunOffset+128),
-		buckets: 1,
-	}
-	if r.cfg.Sender != nil {
-		st.buckets = uint32(r.cfg.Sender.Buckets())
-	}
-	return st
-}
-
-// bucketOf is the source-port bucket of an inner packet's flow.
-func (st *outState) bucketOf(pkt []byte) uint32 {
-	if st.buckets <= 1 {
-		return 0
-	}
-	return flowHash(pkt) % st.buckets
-}
-
-// flushOut adds the batch's counters to the router's, once per batch.
-func (r *Router) flushOut(st *outState) {
-	r.stats.TxPackets.Add(st.counts.packets)
-	r.stats.TxBytes.Add(st.counts.bytes)
-	r.stats.addDrops(&st.counts)
-	st.counts.reset()
-}
-
-func (r *Router) outbound() {
-	defer r.wg.Done()
-	batch := r.tun.BatchSize()
-	bufs := make([][]byte, batch)
-	for i := range bufs {
-		bufs[i] = make([]byte, bufSize)
-	}
-	sizes := make([]int, batch)
-	st := r.newOutState(batch)
-	for {
-		n, err := r.tun.Read(bufs, sizes, tunOffset)
-		if err != nil && n == 0 {
-			if isClosed(err) {
-				return
-			}
-			if errors.Is(err, tun.ErrTooManySegments) {
-				r.log.Debug("tun read: too many segments", "err", err)
-				continue
-			}
-			r.log.Error("tun read failed; outbound loop stops", "err", err)
-			return
-		}
-		ok := r.sendBatch(r.table.Load(), bufs[:n], sizes[:n], st)
-		r.flushOut(st)
-		if !ok {
-			return
-		}
-	}
-}
-
-// sendBatch encapsulates the packets bufs[i][tunOffset:tunOffset+sizes[i]] and
-// sends them, grouped by peer and flow bucket. (It never sees WireGuard
-// peers: they exist only with a WireGuard device, which reads the TUN
-// itself.) It adds to st.counts and reports false once the router is
-// closing.
-func (r *Router) sendBatch(t *table, bufs [][]byte, sizes []int, st *outState) bool {
-	for g := range st.groups {
-		st.groups[g].bufs = st.groups[g].bufs[:0]
-	}
-	st.groups = st.groups[:0]
-	counts := &st.counts
-	for i := range bufs {
-		p, v := r.encapsulate(t, bufs[i], sizes[i])
-		if v == dropTooBig {
-			r.tooBig(p, bufs[i][tunOffset:tunOffset+sizes[i]], st.icmp, &st.limiter)
-		}
-		if v != pass {
-			counts.drops[v]++
-			continue
-		}
-		counts.packets++
-		counts.bytes += uint64(sizes[i])
-		frame := bufs[i][tunOffset-vxlan.FrameHeaderLen : tunOffset+sizes[i]]
-		st.groups = addToGroup(st.groups, p, st.bucketOf(bufs[i][tunOffset:tunOffset+sizes[i]]), frame)
-	}
-	return r.sendGroups(st.groups, counts)
-}
-
-// sendGroups sends each group to its peer, from the group's source-port
-// bucket. Failed sends are counted as drops (and taken off counts.packets);
-// it reports false once the socket is closed.
-func (r *Router) sendGroups(groups []sendGroup, counts *batchCounts) bool {
-	open := true
-	for _, g := range groups {
-		var err error
-		if r.cfg.Sender != nil {
-			err = r.cfg.Sender.Send(g.bufs, g.peer.Underlay, g.bucket)
-		} else {
-			err = r.bind.Send(g.bufs, g.peer.ep)
-		}
-		if err == nil {
-			continue
-		}
-		counts.drops[dropSendError] += uint64(len(g.bufs))
-		counts.packets -= uint64(len(g.bufs))
-		if isClosed(err) {
-			open = false
-			continue
-		}
-		r.log.Debug("udp send failed", "peer", g.peer.Name, "err", err)
-		// A datagram over the path MTU fails here; learn it now.
-		r.kickPathMTU()
-	}
-	return open
-}
-
-// addToGroup appends frame to the group of (p, bucket), making the group if
-// needed. A batch rarely spans more than a few peers and flows, so a linear
-// scan wins over a map.
-func addToGroup(groups []sendGroup, p *peerEntry, bucket uint32, frame []byte) []sendGroup {
-	for i := range groups {
-		if groups[i].peer == p && groups[i].bucket == bucket {
-			groups[i].bufs = append(groups[i].bufs, frame)
-			return groups
-		}
-	}
-	if len(groups) < cap(groups) {
-		groups = groups[:len(groups)+1]
-		g := &groups[len(groups)-1]
-		g.peer, g.bucket = p, bucket
-		g.bufs = append(g.bufs[:0], frame)
-		return groups
-	}
-	return append(groups, sendGroup{peer: p, bucket: bucket, bufs: [][]byte{frame}})
-}
-
-// flowHash hashes an IP packet's flow: addresses, protocol and, for TCP and
-// UDP, ports (FNV-1a). Fragments after the first hash without ports, as do
-// all fragments of a flow, so they stay together.
-func flowHash(pkt []byte) uint32 {
-	h := uint32(2166136261)
-	mix := func(b []byte) {
-		for _, c := range b {
-			h = (h ^ uint32(c)) * 16777619
-		}
-	}
-	switch {
-	case len(pkt) >= 20 && pkt[0]>>4 == 4:
-		mix(pkt[12:20])
-		mix(pkt[9:10])
-		ihl := int(pkt[0]&0x0f) * 4
-		fragmented := pkt[6]&0x3f != 0 || pkt[7] != 0 || pkt[6]&0x20 != 0
-		if (pkt[9] == 6 || pkt[9] == 17) && !fragmented && len(pkt) >= ihl+4 {
-			mix(pkt[ihl : ihl+4])
-		}
-	case len(pkt) >= 40 && pkt[0]>>4 == 6:
-		mix(pkt[8:40])
-		mix(pkt[6:7])
-		if (pkt[6] == 6 || pkt[6] == 17) && len(pkt) >= 44 {
-			mix(pkt[40:44])
-		}
-	}
-	return h
-}
-
-// encapsulate finds the peer for the packet at buf[tunOffset:tunOffset+size]
-// and, for a VXLAN peer, writes the frame header into the headroom in front
-// of it. WireGuard peers get the packet as it is.
-func (r *Router) encapsulate(t *table, buf []byte, size int) (*peerEntry, verdict) {
-	pkt := buf[tunOffset : tunOffset+size]
-	dst, et, ok := innerDst(pkt)
-	if !ok {
-		return nil, dropNotIP
-	}
-	p := t.lookup(dst)
-	if p == nil {
-		return nil, dropNoRoute
-	}
-	if !p.fits(size) {
-		return p, dropTooBig
-	}
-	if p.Transport == TransportWireGuard {
-		return p, pass
-	}
-	f := vxlan.Frame{VNI: r.cfg.VNI, Dst: p.VTEPMAC, Src: r.cfg.LocalMAC, EtherType: et}
-	f.Encode(buf[tunOffset-vxlan.FrameHeaderLen : tunOffset])
-	return p, pass
-}
-
-// tooBig answers a packet that does not fit the path to p with an ICMP
-// "fragmentation needed" written back into the TUN, rate-limited.
-func (r *Router) tooBig(p *peerEntry, pkt, buf []byte, limiter *icmpLimiter) {
-	if !r.cfg.ICMPSource.IsValid() || !limiter.allow(time.Now()) {
-		return
-	}
-	n := fragNeeded(buf[tunOffset:], r.cfg.ICMPSource, pkt, p.innerMTU())
-	if n == 0 {
-		return
-	}
-	if _, err := r.tun.Write([][]byte{buf[:tunOffset+n]}, tunOffset); err != nil {
-		r.log.Debug("write icmp frag-needed", "err", err)
-		return
-	}
-	r.stats.ICMPFragNeeded.Add(1)
-}
-
-func (r *Router) inbound(receive conn.ReceiveFunc) {
-	defer r.wg.Done()
-	batch := r.bind.BatchSize()
-	backing := make([][]byte, batch)
-	rbufs := make([][]byte, batch)
-	for i := range backing {
-		backing[i] = make([]byte, rxPad+bufSize)
-		rbufs[i] = backing[i][rxPad:]
-	}
-	sizes := make([]int, batch)
-	eps := make([]conn.Endpoint, batch)
-	wbufs := make([][]byte, 0, batch)
-	var counts batchCounts
-	for {
-		n, err := receive(rbufs, sizes, eps)
-		if err != nil {
-			if isClosed(err) {
-				return
-			}
-			r.log.Debug("udp receive failed", "err", err)
-			continue
-		}
-		t := r.table.Load()
-		counts.reset()
-		wbufs = wbufs[:0]
-		for i := 0; i < n; i++ {
-			if sizes[i] == 0 {
-				continue
-			}
-			if v := r.decapsulate(rbufs[i][:sizes[i]], t.peerAt(eps[i].DstIP())); v != pass {
-				counts.drops[v]++
-				continue
-			}
-			finishRCO(rbufs[i][:sizes[i]])
-			counts.packets++
-			counts.bytes += uint64(sizes[i] - vxlan.FrameHeaderLen)
-			// The inner packet is rbufs[i][22:sizes[i]]; hand the TUN a
-			// slice that has it at offset rxPad.
-			wbufs = append(wbufs, backing[i][vxlan.FrameHeaderLen:rxPad+sizes[i]])
-		}
-		if len(wbufs) > 0 {
-			if _, err := r.tun.Write(wbufs, rxPad); err != nil {
-				if isClosed(err) {
-					return
-				}
-				counts.drops[dropTunWrite] += uint64(len(wbufs))
-				counts.packets -= uint64(len(wbufs))
-				r.log.Debug("tun write failed", "err", err)
-			}
-		}
-		r.stats.RxPackets.Add(counts.packets)
-		r.stats.RxBytes.Add(counts.bytes)
-		r.stats.addDrops(&counts)
-	}
-}
-
-// decapsulate validates one received frame from the peer p (the table's
-// entry for the frame's underlay source address, nil if there is none).
-// Only a frame that passes every check reaches the TUN.
-func (r *Router) decapsulate(frame []byte, p *peerEntry) verdict {
-	var f vxlan.Frame
-	if err := f.Decode(frame); err != nil {
-		switch {
-		case errors.Is(err, vxlan.ErrFlags):
-			return dropFlags
-		case errors.Is(err, vxlan.ErrEtherType):
-			return dropEtherType
-		case errors.Is(err, vxlan.ErrInnerIP):
-			return dropInnerIP
-		default:
-			return dropShort
-		}
-	}
-	if f.VNI != r.cfg.VNI {
-		return dropVNI
-	}
-	if f.Dst != r.cfg.LocalMAC {
-		return dropDstMAC
-	}
-	if p == nil {
-		return dropUnknownPeer
-	}
-	if p.Transport != TransportVXLAN {
-		// Both ends apply the same policy, so a peer we reach over
-		// WireGuard never sends us VXLAN: this is spoofed or stale.
-		return dropWrongTransport
-	}
-	src, ok := innerSrc(frame[vxlan.FrameHeaderLen:])
-	if !ok {
-		return dropInnerIP
-	}
-	if !p.owns(src) {
-		return dropSpoofedSource
-	}
-	if f.CsumStart != 0 {
-		if !p.OuterChecksum {
-			// Only weft peers send remote checksum offload, and only
-			// under an outer checksum the kernel verified.
-			return dropFlags
-		}
-		if !rcoFits(frame[vxlan.FrameHeaderLen:], f.CsumStart-vxlan.EthernetLen, f.CsumUDP) {
-			return dropInnerIP
-		}
-	}
-	return pass
-}
-
-// rcoFits reports whether a remote checksum offload start (from the inner
-// IP header) and kind point exactly at the inner packet's TCP or UDP
-// header, which must be whole.
-func rcoFits(inner []byte, start int, udp bool) bool {
-	var l3Len int
-	var proto byte
-	if inner[0]>>4 == 4 {
-		l3Len, proto = int(inner[0]&0x0f)*4, inner[9]
-		if binary.BigEndian.Uint16(inner[6:8])&0x1fff != 0 {
-			return false // a later fragment has no L4 header
-		}
-	} else {
-		l3Len, proto = 40, inner[6]
-	}
-	l4Len := 20
-	if udp {
-		l4Len = 8
-	}
-	return start == l3Len && len(inner) >= l3Len+l4Len &&
-		(udp && proto == protoUDP || !udp && proto == protoTCP)
-}
-
-// finishRCO completes, in software, the partial checksum of a frame's inner
-// packet that came with remote checksum offload (decapsulate accepted it),
-// for the paths that write whole packets to the TUN.
-func finishRCO(frame []byte) {
-	if !vxlan.RCO(frame) {
-		return
-	}
-	var vh vxlan.Header
-	_ = vh.Decode(frame)
-	h := virtioHdr{csumStart: uint16(vh.CsumStart - vxlan.EthernetLen), csumOffset: 16}
-	if vh.CsumUDP {
-		h.csumOffset = 6
-	}
-	_ = finishChecksum(&h, frame[vxlan.FrameHeaderLen:])
-}
-
-// innerDst returns the destination address and EtherType of an IP packet.
-func innerDst(pkt []byte) (netip.Addr, uint16, bool) {
-	switch vxlan.EtherTypeFor(pkt) {
-	case vxlan.EtherTypeIPv4:
-		if len(pkt) < 20 {
-			return netip.Addr{}, 0, false
-		}
-		return netip.AddrFrom4([4]byte(pkt[16:20])), vxlan.EtherTypeIPv4, true
-	case vxlan.EtherTypeIPv6:
-		if len(pkt) < 40 {
-			return netip.Addr{}, 0, false
-		}
-		return netip.AddrFrom16([16]byte(pkt[24:40])), vxlan.EtherTypeIPv6, true
-	}
-	return netip.Addr{}, 0, false
-}
-
-// innerSrc returns the source address of an IP packet.
-func innerSrc(pkt []byte) (netip.Addr, bool) {
-	switch vxlan.EtherTypeFor(pkt) {
-	case vxlan.EtherTypeIPv4:
-		if len(pkt) < 20 {
-			return netip.Addr{}, false
-		}
-		return netip.AddrFrom4([4]byte(pkt[12:16])), true
-	case vxlan.EtherTypeIPv6:
-		if len(pkt) < 40 {
-			return netip.Addr{}, false
-		}
-		return netip.AddrFrom16([16]byte(pkt[8:24])), true
-	}
-	return netip.Addr{}, false
 }

@@ -2,6 +2,7 @@ package overlay
 
 import (
 	"bytes"
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"sync"
@@ -92,17 +93,36 @@ func (b *memBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	return nil
 }
 
-// ipv4 builds an IPv4 packet (no options) from src to dst with payload.
+// ipv4 builds an IPv4 packet (no options) from src to dst with payload,
+// of protocol 253 (RFC 3692, for experiments), which has no L4 header the
+// receiver checks.
 func ipv4(src, dst string, payload string) []byte {
 	p := make([]byte, 20+len(payload))
 	p[0] = 0x45
 	p[2], p[3] = byte(len(p)>>8), byte(len(p))
 	p[8] = 64
-	p[9] = 17
+	p[9] = 253
 	s, d := netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
 	copy(p[12:16], s[:])
 	copy(p[16:20], d[:])
 	copy(p[20:], payload)
+	binary.BigEndian.PutUint16(p[10:12], ^refChecksum(p[:20]))
+	return p
+}
+
+// udp4 builds an IPv4 UDP datagram from src to dst with payload and a
+// complete UDP checksum.
+func udp4(src, dst string, sport, dport uint16, payload string) []byte {
+	p := ipv4(src, dst, string(make([]byte, 8))+payload)
+	p[9] = protoUDP
+	binary.BigEndian.PutUint16(p[10:12], 0)
+	binary.BigEndian.PutUint16(p[10:12], ^refChecksum(p[:20]))
+	u := p[20:]
+	binary.BigEndian.PutUint16(u[0:2], sport)
+	binary.BigEndian.PutUint16(u[2:4], dport)
+	binary.BigEndian.PutUint16(u[4:6], uint16(len(u)))
+	pseudo := append(append([]byte{}, p[12:20]...), 0, protoUDP, byte(len(u)>>8), byte(len(u)))
+	binary.BigEndian.PutUint16(u[6:8], ^refChecksum(append(pseudo, u...)))
 	return p
 }
 
@@ -117,7 +137,7 @@ func newTestNode(t *testing.T, n *memNet, name, underlay, cidr string, mac byte)
 	t.Helper()
 	tn := &testNode{tun: tuntest.NewChannelTUN(), bind: n.bind(underlay)}
 	tn.peer = Peer{Name: name, Underlay: tn.bind.addr, PodCIDRs: []netip.Prefix{netip.MustParsePrefix(cidr)}, VTEPMAC: [6]byte{0x0a, 0x58, 0, 0, 0, mac}}
-	tn.r = New(Config{VNI: 1, LocalMAC: tn.peer.VTEPMAC}, tn.tun.TUN(), tn.bind)
+	tn.r = New(Config{VNI: 1, LocalMAC: tn.peer.VTEPMAC, PodCIDRs: tn.peer.PodCIDRs}, tn.tun.TUN(), tn.bind)
 	if err := tn.r.Start(tn.bind.addr.Port()); err != nil {
 		t.Fatal(err)
 	}
@@ -284,7 +304,7 @@ func TestPacketPathAllocs(t *testing.T) {
 }
 
 func BenchmarkEncapsulate(b *testing.B) {
-	r := New(Config{VNI: 1}, nil, &memBind{})
+	r := New(Config{VNI: 1, PodCIDRs: testPodCIDRs}, nil, &memBind{})
 	r.SetPeers([]Peer{{Name: "p", Underlay: netip.MustParseAddrPort("192.0.2.12:4789"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")}}})
 	t := r.table.Load()
 	inner := ipv4("10.244.1.2", "10.244.2.2", string(make([]byte, 1400)))
@@ -299,10 +319,10 @@ func BenchmarkEncapsulate(b *testing.B) {
 
 func BenchmarkDecapsulate(b *testing.B) {
 	peer := Peer{Name: "p", Underlay: netip.MustParseAddrPort("192.0.2.12:4789"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")}}
-	r := New(Config{VNI: 1}, nil, &memBind{})
+	r := New(Config{VNI: 1, PodCIDRs: testPodCIDRs}, nil, &memBind{})
 	r.SetPeers([]Peer{peer})
 	t := r.table.Load()
-	inner := ipv4("10.244.2.2", "10.244.1.2", string(make([]byte, 1400)))
+	inner := udp4("10.244.2.2", "10.244.1.2", 40000, 5201, string(make([]byte, 1392)))
 	frame := make([]byte, vxlan.FrameHeaderLen+len(inner))
 	(&vxlan.Frame{VNI: 1, EtherType: vxlan.EtherTypeIPv4}).Encode(frame)
 	copy(frame[vxlan.FrameHeaderLen:], inner)
@@ -344,3 +364,7 @@ func TestFlowHash(t *testing.T) {
 		t.Fatalf("flowHash allocates %v", n)
 	}
 }
+
+// testPodCIDRs are the local pod CIDRs of test routers that are not one of
+// a test's nodes: every test address is inside.
+var testPodCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00::/16")}

@@ -22,27 +22,33 @@ const (
 	dropWrongTransport
 	dropTooBig
 	dropBadOffload
+	dropInnerLength
+	dropNotLocal
+	dropBadChecksum
 	numVerdicts
 )
 
 // verdictNames are the stable counter names shown by `weftctl status`.
 var verdictNames = [numVerdicts]string{
 	pass:               "",
-	dropNoRoute:        "drop_no_route",        // outbound: no peer owns the destination
-	dropNotIP:          "drop_not_ip",          // outbound: not an IPv4/IPv6 packet
-	dropSendError:      "drop_send_error",      // outbound: the UDP send failed
-	dropShort:          "drop_short",           // inbound: shorter than VXLAN + Ethernet headers
-	dropFlags:          "drop_bad_flags",       // inbound: VXLAN flags other than I (and RCO from a non-weft peer)
-	dropVNI:            "drop_bad_vni",         // inbound: VNI is not ours
-	dropEtherType:      "drop_bad_ethertype",   // inbound: inner frame is not IPv4/IPv6
-	dropInnerIP:        "drop_bad_inner_ip",    // inbound: inner IP header malformed
-	dropDstMAC:         "drop_bad_dst_mac",     // inbound: inner Ethernet dst is not our VTEP
-	dropUnknownPeer:    "drop_unknown_peer",    // inbound: sender is no live peer
-	dropSpoofedSource:  "drop_spoofed_source",  // inbound: inner source outside the sender's pod CIDRs
-	dropTunWrite:       "drop_tun_write",       // inbound: the TUN write failed
-	dropWrongTransport: "drop_wrong_transport", // inbound: VXLAN from a peer we reach over WireGuard
-	dropTooBig:         "drop_too_big",         // outbound: does not fit the path MTU after encapsulation
-	dropBadOffload:     "drop_bad_offload",     // outbound: a TUN packet that does not match its virtio (offload) header
+	dropNoRoute:        "drop_no_route",         // outbound: no peer owns the destination
+	dropNotIP:          "drop_not_ip",           // outbound: not an IPv4/IPv6 packet
+	dropSendError:      "drop_send_error",       // outbound: the UDP send failed
+	dropShort:          "drop_short",            // inbound: shorter than VXLAN + Ethernet headers
+	dropFlags:          "drop_bad_flags",        // inbound: VXLAN flags other than I (and RCO from a non-weft peer)
+	dropVNI:            "drop_bad_vni",          // inbound: VNI is not ours
+	dropEtherType:      "drop_bad_ethertype",    // inbound: inner frame is not IPv4/IPv6
+	dropInnerIP:        "drop_bad_inner_ip",     // inbound: inner IP header malformed (version, IHL, fragment fields, TCP offset)
+	dropDstMAC:         "drop_bad_dst_mac",      // inbound: inner Ethernet dst is not our VTEP
+	dropUnknownPeer:    "drop_unknown_peer",     // inbound: sender is no live peer
+	dropSpoofedSource:  "drop_spoofed_source",   // inbound: inner source outside the sender's pod CIDRs
+	dropTunWrite:       "drop_tun_write",        // inbound: the TUN write failed
+	dropWrongTransport: "drop_wrong_transport",  // inbound: VXLAN from a peer we reach over WireGuard
+	dropTooBig:         "drop_too_big",          // outbound: does not fit the path MTU after encapsulation
+	dropBadOffload:     "drop_bad_offload",      // a TUN packet (outbound) or coalesced run (inbound) that does not match its virtio (offload) header
+	dropInnerLength:    "drop_bad_inner_length", // inbound: inner IP/UDP lengths disagree with the bytes present (truncated, padded, jumbo)
+	dropNotLocal:       "drop_not_local",        // inbound: inner destination outside this node's pod CIDRs
+	dropBadChecksum:    "drop_bad_checksum",     // inbound: inner IPv4 header checksum wrong
 }
 
 // Stats counts what the router moved and what it dropped, by reason.

@@ -155,6 +155,6 @@ func FuzzSpreadTake(f *testing.F) {
 		r, _ := fastRouter(t)
 		fg := &fakeGather{gso: true}
 		fo := &fastOut{snd: fg, g: vxlan.NewGather(), hdrs: make([]byte, 0, 16*vxlan.MaxGatherSegments*segHdrLen)}
-		r.sendParsed(r.table.Load(), sp, fo, r.newOutState(splitBatch))
+		r.sendParsed(r.table.Load(), sp, fo, r.newOutState())
 	})
 }

@@ -7,7 +7,7 @@ import (
 	"github.com/weftnet/weft/encap/vxlan"
 )
 
-// Inbound coalescing.
+// Inbound coalescing (the fast path, inbound_linux.go).
 //
 // The underlay delivers a TCP stream as many segments (often many per
 // received UDP GRO datagram). Writing each to the TUN costs a system call
@@ -79,12 +79,16 @@ type coalescer struct {
 	// checksum the kernel verified (Peer.OuterChecksum), so their inner
 	// TCP checksums need no second check.
 	trusted bool
+	// dropped counts the segments of runs whose virtio header did not
+	// describe the packet (drop_bad_offload); reset clears it.
+	dropped int
 }
 
 func (c *coalescer) reset() {
 	c.writes = c.writes[:0]
 	c.payloads = c.payloads[:0]
 	c.open = false
+	c.dropped = 0
 }
 
 // add takes one validated VXLAN frame (frame header and inner packet). The
@@ -117,15 +121,7 @@ func (c *coalescer) single(frame []byte) {
 // header says it starts (decapsulate checked that place).
 func singleHead(frame []byte) []byte {
 	head := frame[vxlan.FrameHeaderLen-virtioHdrLen:]
-	var h virtioHdr
-	if vxlan.RCO(frame) {
-		var vh vxlan.Header
-		_ = vh.Decode(frame)
-		h = virtioHdr{flags: virtioNeedsCsum, csumStart: uint16(vh.CsumStart - vxlan.EthernetLen), csumOffset: 16}
-		if vh.CsumUDP {
-			h.csumOffset = 6
-		}
-	}
+	h, _ := rcoHeader(frame) // no RCO: the zero header
 	h.encode(head)
 	return head
 }
@@ -134,32 +130,18 @@ func singleHead(frame []byte) []byte {
 // run: an unfragmented TCP packet whose IP length matches the frame, with
 // payload and without SYN, FIN, RST, URG or CWR.
 func tcpSegment(p []byte) (v6 bool, l3Len, hdrLen int, ok bool) {
-	switch {
-	case len(p) >= 20 && p[0]>>4 == 4:
-		l3Len = int(p[0]&0x0f) * 4
-		if l3Len < 20 || p[9] != protoTCP || binary.BigEndian.Uint16(p[6:8])&0x3fff != 0 ||
-			int(binary.BigEndian.Uint16(p[2:4])) != len(p) {
-			return false, 0, 0, false
-		}
-	case len(p) >= 40 && p[0]>>4 == 6:
-		v6, l3Len = true, 40
-		if p[6] != protoTCP || int(binary.BigEndian.Uint16(p[4:6]))+40 != len(p) {
-			return false, 0, 0, false
-		}
-	default:
+	ip, ok := parseIP(p)
+	if !ok || ip.proto != protoTCP || ip.fragment() || ip.length != len(p) {
 		return false, 0, 0, false
 	}
-	if len(p) < l3Len+20 {
-		return false, 0, 0, false
-	}
-	doff := int(p[l3Len+12]>>4) * 4
-	if doff < 20 || len(p) <= l3Len+doff {
+	l4Len := ip.l4Len(p)
+	if l4Len == 0 || len(p) <= ip.l3Len+l4Len {
 		return false, 0, 0, false // no payload (or a bad offset): nothing to merge
 	}
-	if p[l3Len+13]&(tcpSYN|tcpFIN|tcpRST|tcpURG|tcpCWR) != 0 {
+	if p[ip.l3Len+tcpFlags]&(tcpSYN|tcpFIN|tcpRST|tcpURG|tcpCWR) != 0 {
 		return false, 0, 0, false
 	}
-	return v6, l3Len, l3Len + doff, true
+	return ip.v6, ip.l3Len, ip.l3Len + l4Len, true
 }
 
 // start opens a run with frame as its first segment, if it may start one.
@@ -171,8 +153,8 @@ func (c *coalescer) start(frame []byte) bool {
 	}
 	mss := len(inner) - hdrLen
 	c.cur = run{frame: frame, first: inner, v6: v6, l3Len: l3Len, hdrLen: hdrLen, mss: mss,
-		nextSeq: binary.BigEndian.Uint32(inner[l3Len+4:]) + uint32(mss),
-		length:  len(inner), segs: 1, psh: inner[l3Len+13]&tcpPSH != 0,
+		nextSeq: binary.BigEndian.Uint32(inner[l3Len+tcpSeq:]) + uint32(mss),
+		length:  len(inner), segs: 1, psh: inner[l3Len+tcpFlags]&tcpPSH != 0,
 		lo: len(c.payloads), trusted: c.trusted}
 	c.cur.closed = c.cur.psh
 	c.open = true
@@ -235,13 +217,7 @@ func (c *coalescer) join(p []byte) bool {
 
 // tcpChecksumOK verifies the TCP checksum of a whole inner packet.
 func tcpChecksumOK(p []byte, v6 bool, l3Len int) bool {
-	var acc uint64
-	if v6 {
-		acc = pseudoSum(p[8:24], p[24:40], protoTCP, len(p)-l3Len)
-	} else {
-		acc = pseudoSum(p[12:16], p[16:20], protoTCP, len(p)-l3Len)
-	}
-	return csumFold(csumAdd(p[l3Len:], acc)) == 0xffff
+	return l4ChecksumValid(p, &ipHeader{v6: v6, l3Len: l3Len, proto: protoTCP})
 }
 
 // closeRun turns the open run into a write. A run of one segment is written
@@ -268,23 +244,27 @@ func (c *coalescer) closeRun() {
 		hdrLen:     uint16(r.hdrLen),
 		gsoSize:    uint16(r.mss),
 		csumStart:  uint16(r.l3Len),
-		csumOffset: 16,
+		csumOffset: tcpCsum,
 	}
-	var acc uint64
 	if r.v6 {
 		h.gsoType = gsoTCPv6
-		binary.BigEndian.PutUint16(f[4:6], uint16(r.length-40))
-		acc = pseudoSum(f[8:24], f[24:40], protoTCP, r.length-r.l3Len)
+		binary.BigEndian.PutUint16(f[ip6PayloadLen:], uint16(r.length-ipv6HeaderLen))
 	} else {
-		binary.BigEndian.PutUint16(f[2:4], uint16(r.length))
-		f[10], f[11] = 0, 0
-		binary.BigEndian.PutUint16(f[10:12], ^csumFold(csumAdd(f[:r.l3Len], 0)))
-		acc = pseudoSum(f[12:16], f[16:20], protoTCP, r.length-r.l3Len)
+		binary.BigEndian.PutUint16(f[ip4TotalLen:], uint16(r.length))
+		putIPv4Checksum(f[:r.l3Len])
 	}
 	if r.psh {
-		f[r.l3Len+13] |= tcpPSH
+		f[r.l3Len+tcpFlags] |= tcpPSH
 	}
-	binary.BigEndian.PutUint16(f[r.l3Len+16:], csumFold(acc))
+	src, dst := addrs(f, r.v6)
+	binary.BigEndian.PutUint16(f[r.l3Len+tcpCsum:], pseudoSum(src, dst, protoTCP, r.length-r.l3Len))
+	// The kernel trusts this header (and so the checksum it asks for):
+	// read it back the way the outbound path reads the kernel's, and drop
+	// the run if the two disagree.
+	if sp, err := parseSuperLen(&h, f, r.length); err != nil || sp.segs != r.segs || sp.hdrLen != r.hdrLen {
+		c.dropped += r.segs
+		return
+	}
 	h.encode(base)
 	c.writes = append(c.writes, tunWrite{head: base, lo: r.lo, hi: len(c.payloads), segs: r.segs})
 }

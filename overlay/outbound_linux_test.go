@@ -33,7 +33,7 @@ func sendRecorded(t testing.TB, r *Router, sp *superPacket) ([][]byte, *outState
 	t.Helper()
 	fg := &fakeGather{keep: true, gso: true}
 	fo := &fastOut{snd: fg, g: vxlan.NewGather(), hdrs: make([]byte, 0, 16*vxlan.MaxGatherSegments*segHdrLen)}
-	st := r.newOutState(splitBatch)
+	st := r.newOutState()
 	if done, alive := r.sendSuper(r.table.Load(), sp, fo, st); !done || !alive {
 		t.Fatalf("done %v alive %v", done, alive)
 	}
@@ -41,7 +41,7 @@ func sendRecorded(t testing.TB, r *Router, sp *superPacket) ([][]byte, *outState
 }
 
 func fastRouter(t testing.TB) (*Router, *peerEntry) {
-	r := New(Config{VNI: 5, LocalMAC: [6]byte{2, 0, 0, 0, 0, 1}}, nil, nil)
+	r := New(Config{VNI: 5, LocalMAC: [6]byte{2, 0, 0, 0, 0, 1}, PodCIDRs: testPodCIDRs}, nil, nil)
 	p := &peerEntry{Peer: Peer{Name: "b", Underlay: netip.MustParseAddrPort("198.51.100.12:4789"),
 		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.2.0/24")}, VTEPMAC: [6]byte{2, 0, 0, 0, 0, 2}}, pmtu: &pathMTU{}}
 	r.table.Store(newTable([]*peerEntry{p}))
@@ -61,7 +61,7 @@ func TestSendSuperFrames(t *testing.T) {
 	}
 	fg := &fakeGather{keep: true, gso: true}
 	fo := &fastOut{snd: fg, g: vxlan.NewGather(), hdrs: make([]byte, 0, 16*vxlan.MaxGatherSegments*segHdrLen)}
-	st := r.newOutState(splitBatch)
+	st := r.newOutState()
 	done, alive := r.sendSuper(r.table.Load(), &sp, fo, st)
 	if !done || !alive {
 		t.Fatalf("done %v alive %v", done, alive)
@@ -125,7 +125,7 @@ func TestFastPathAllocs(t *testing.T) {
 	pkt := superTCP(false, 60000, tcpACK, 2)
 	h := virtioHdr{flags: virtioNeedsCsum, gsoType: gsoTCPv4, gsoSize: 1388}
 	fo := &fastOut{snd: &fakeGather{gso: true}, g: vxlan.NewGather(), hdrs: make([]byte, 0, 16*vxlan.MaxGatherSegments*segHdrLen)}
-	st := r.newOutState(splitBatch)
+	st := r.newOutState()
 	tab := r.table.Load()
 	if n := testing.AllocsPerRun(100, func() {
 		sp, err := parseSuper(&h, pkt)
@@ -176,7 +176,7 @@ func BenchmarkSendSuper(b *testing.B) {
 	pkt := superTCP(false, 65535-52, tcpACK, 4)
 	h := virtioHdr{flags: virtioNeedsCsum, gsoType: gsoTCPv4, gsoSize: 1388}
 	fo := &fastOut{snd: &fakeGather{gso: true}, g: vxlan.NewGather(), hdrs: make([]byte, 0, 16*vxlan.MaxGatherSegments*segHdrLen)}
-	st := r.newOutState(splitBatch)
+	st := r.newOutState()
 	tab := r.table.Load()
 	b.SetBytes(int64(len(pkt)))
 	b.ReportAllocs()
@@ -231,7 +231,7 @@ func TestSendSuperRCO(t *testing.T) {
 		t.Fatalf("%d frames with RCO, %d without; want 8", len(frames), len(full))
 	}
 	// The receiving router, for which the sender is a weft peer.
-	rx := New(Config{VNI: 5, LocalMAC: [6]byte{2, 0, 0, 0, 0, 2}}, nil, nil)
+	rx := New(Config{VNI: 5, LocalMAC: [6]byte{2, 0, 0, 0, 0, 2}, PodCIDRs: testPodCIDRs}, nil, nil)
 	p := &peerEntry{Peer: Peer{Name: "a", Underlay: netip.MustParseAddrPort("192.0.2.11:4789"),
 		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}, OuterChecksum: true}, pmtu: &pathMTU{}}
 	rx.table.Store(newTable([]*peerEntry{p}))

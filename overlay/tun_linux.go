@@ -1,0 +1,251 @@
+//go:build linux
+
+package overlay
+
+// The TUN file descriptor, as the fast paths use it.
+//
+// They run when the router owns a real TUN device opened with virtio-net
+// headers (IFF_VNET_HDR, as weftd opens it) and in non-blocking mode, and
+// has a vxlan.Sender: startFast then starts inboundFast (inbound_linux.go)
+// on every node, and outboundFast (outbound_linux.go) when the node has no
+// WireGuard device (whose reader owns the TUN, divert.go: the TUN must have
+// exactly one reader). Reads and writes go through the runtime poller as
+// raw system calls, with callbacks made once so that no call allocates.
+
+import (
+	"fmt"
+	"os"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/encap/vxlan"
+)
+
+const (
+	// inBatch is how many receive buffers (each up to 64 KiB of GRO
+	// datagrams) one recvmmsg fills.
+	inBatch = 32
+	// splitBatch is how many packets the split path hands sendBatch at a
+	// time.
+	splitBatch = 64
+	// readBatch bounds the TUN reads of one outbound round.
+	readBatch = 32
+)
+
+// startFast starts the fast loops the router's devices allow and reports
+// which it started; the caller starts the ordinary loops for the others.
+func (r *Router) startFast(port uint16) (outbound, inbound bool, err error) {
+	snd, ok := r.cfg.Sender.(gatherSender)
+	if !ok {
+		return false, false, nil
+	}
+	f := r.tun.File()
+	if f == nil {
+		return false, false, nil
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return false, false, nil
+	}
+	if !vnetHeaders(rc) || !nonBlocking(rc) {
+		return false, false, nil
+	}
+	rcv, err := vxlan.ListenReceiver(port, inBatch)
+	if err != nil {
+		return false, false, err
+	}
+	r.receiver = rcv
+	r.wg.Add(1)
+	go r.inboundFast(rcv, newTUNWriter(rc))
+	if r.cfg.WireGuard == nil {
+		r.wg.Add(1)
+		go r.outboundFast(newTUNReader(rc), snd)
+		outbound = true
+	}
+	return outbound, true, nil
+}
+
+// vnetHeaders reports whether the TUN file carries virtio-net headers.
+func vnetHeaders(rc syscall.RawConn) bool {
+	var flags uint16
+	var ierr error
+	err := rc.Control(func(fd uintptr) {
+		var ifr *unix.Ifreq
+		if ifr, ierr = unix.NewIfreq("weft"); ierr != nil {
+			return
+		}
+		if ierr = unix.IoctlIfreq(int(fd), unix.TUNGETIFF, ifr); ierr == nil {
+			flags = ifr.Uint16()
+		}
+	})
+	return err == nil && ierr == nil && flags&unix.IFF_VNET_HDR != 0 && flags&unix.IFF_TUN != 0
+}
+
+// nonBlocking reports whether the file is in non-blocking mode, which the
+// fast paths' raw system calls (see rawRead) need.
+func nonBlocking(rc syscall.RawConn) bool {
+	var flags int
+	var ferr error
+	err := rc.Control(func(fd uintptr) {
+		flags, ferr = unix.FcntlInt(fd, unix.F_GETFL, 0)
+	})
+	return err == nil && ferr == nil && flags&unix.O_NONBLOCK != 0
+}
+
+// tunReader reads single packets from the TUN file descriptor through the
+// runtime poller. The callbacks are made once, so reads do not allocate.
+type tunReader struct {
+	rc      syscall.RawConn
+	buf     []byte
+	iovs    []unix.Iovec // when set, reads go into these (readv) instead of buf
+	n       int
+	err     error
+	read    func(fd uintptr) bool
+	tryRead func(fd uintptr) bool
+}
+
+func newTUNReader(rc syscall.RawConn) *tunReader {
+	t := &tunReader{rc: rc}
+	t.read = t.readFunc
+	t.tryRead = t.tryReadFunc
+	return t
+}
+
+// tryReadFunc reads once without waiting: n is -1 when nothing is queued
+// or the read fails.
+func (t *tunReader) tryReadFunc(fd uintptr) bool {
+	for {
+		n, err := t.raw(fd)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			n = -1
+		}
+		t.n = n
+		return true
+	}
+}
+
+// TryRead reads one virtio header and packet into b if one is queued, and
+// returns its length, or -1 if none is (or the read failed: the next
+// blocking Read reports that).
+func (t *tunReader) TryRead(b []byte) int {
+	t.buf, t.iovs, t.n = b, nil, -1
+	if t.rc.Read(t.tryRead) != nil {
+		return -1
+	}
+	return t.n
+}
+
+// raw is one read(2), or readv(2) into t.iovs.
+func (t *tunReader) raw(fd uintptr) (int, error) {
+	if t.iovs != nil {
+		return readv(fd, t.iovs)
+	}
+	return rawRead(fd, t.buf)
+}
+
+func (t *tunReader) readFunc(fd uintptr) bool {
+	for {
+		n, err := t.raw(fd)
+		switch err {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		}
+		t.n, t.err = n, err
+		return true
+	}
+}
+
+// Read reads one virtio header and packet into b. An error from the
+// poller means the file is closed and is reported as os.ErrClosed; an error
+// of the read itself is returned as it is.
+func (t *tunReader) Read(b []byte) (int, error) {
+	t.buf, t.iovs, t.n, t.err = b, nil, 0, nil
+	if err := t.rc.Read(t.read); err != nil {
+		return 0, fmt.Errorf("%w: %v", os.ErrClosed, err)
+	}
+	return t.n, t.err
+}
+
+// tunWriter writes packets to the TUN file descriptor, gathering a
+// coalesced packet from its pieces. Used by one goroutine at a time.
+type tunWriter struct {
+	rc    syscall.RawConn
+	iovs  []unix.Iovec
+	err   error
+	write func(fd uintptr) bool
+}
+
+func newTUNWriter(rc syscall.RawConn) *tunWriter {
+	t := &tunWriter{rc: rc, iovs: make([]unix.Iovec, 0, maxRunSegs+1)}
+	t.write = t.writeFunc
+	return t
+}
+
+func (t *tunWriter) writeFunc(fd uintptr) bool {
+	for {
+		_, _, e := unix.RawSyscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&t.iovs[0])), uintptr(len(t.iovs)))
+		switch e {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		case 0:
+			t.err = nil
+		default:
+			t.err = e
+		}
+		return true
+	}
+}
+
+// Write writes head (virtio header and packet, or the head of a coalesced
+// packet) followed by the payloads in more, as one packet.
+func (t *tunWriter) Write(head []byte, more [][]byte) error {
+	t.iovs = t.iovs[:0]
+	t.iovs = append(t.iovs, unix.Iovec{Base: &head[0]})
+	t.iovs[0].SetLen(len(head))
+	for _, b := range more {
+		t.iovs = append(t.iovs, unix.Iovec{Base: &b[0]})
+		t.iovs[len(t.iovs)-1].SetLen(len(b))
+	}
+	t.err = nil
+	if err := t.rc.Write(t.write); err != nil {
+		return fmt.Errorf("%w: %v", os.ErrClosed, err)
+	}
+	return t.err
+}
+
+// rawRead is read(2) as a raw system call: the goroutine keeps its P
+// instead of handing it off, which spares the scheduler's monitor thread a
+// wake-up per call. Only for non-blocking descriptors, where the call never
+// waits; the fast paths' other calls (writev, sendmmsg, recvmmsg) are raw
+// for the same reason.
+func rawRead(fd uintptr, b []byte) (int, error) {
+	n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(n), nil
+}
+
+// readv reads into iovs as a raw system call (see rawRead).
+func readv(fd uintptr, iovs []unix.Iovec) (int, error) {
+	n, _, e := unix.RawSyscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&iovs[0])), uintptr(len(iovs)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(n), nil
+}
+
+func iovec(b []byte) unix.Iovec {
+	v := unix.Iovec{Base: &b[0]}
+	v.SetLen(len(b))
+	return v
+}
