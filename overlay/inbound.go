@@ -109,6 +109,12 @@ func (r *Router) decapsulateGRO(t *table, b []byte, seg int, from netip.Addr, c 
 	}
 	p := t.peerAt(from)
 	c.trusted = p != nil && p.OuterChecksum
+	if len(b) > seg || len(b)-vxlan.FrameHeaderLen > r.mtu {
+		if mss, ok := tunnelSuper(b, seg, r.mtu); ok {
+			r.decapsulateSuper(b, mss, p, c, counts)
+			return
+		}
+	}
 	for off := 0; off < len(b); off += seg {
 		frame := b[off:min(off+seg, len(b))]
 		if v := r.decapsulate(frame, p); v != pass {
@@ -121,64 +127,134 @@ func (r *Router) decapsulateGRO(t *table, b []byte, seg int, from netip.Addr, c 
 	}
 }
 
+// tunnelSuper reports whether a received buffer is one VXLAN frame around
+// an inner TCP super-packet rather than a run of datagrams, and the
+// segment size its payload is to be cut into. A Linux vxlan device on the
+// same host or L2 segment (veth, virtio between VMs) passes its TSO packets
+// on unsegmented (SKB_GSO_UDP_TUNNEL), and a UDP GRO socket takes them
+// whole: the inner IP length then spans the whole buffer, where a GRO run
+// of datagrams has one frame per seg bytes. gro is the GRO segment size
+// the kernel reported (the buffer's length without one); mtu is the TUN's,
+// which every segment must fit.
+func tunnelSuper(b []byte, gro, mtu int) (mss int, ok bool) {
+	if len(b) <= vxlan.FrameHeaderLen {
+		return 0, false
+	}
+	inner := b[vxlan.FrameHeaderLen:]
+	ip, ok := parseIP(inner)
+	if !ok || ip.proto != protoTCP || ip.length != len(inner) || ip.length <= mtu {
+		return 0, false
+	}
+	l4 := ip.l4Len(inner)
+	if l4 == 0 || ip.l3Len+l4 >= mtu {
+		return 0, false
+	}
+	mss = mtu - ip.l3Len - l4
+	if gro > 0 && gro < len(b) && gro < mss {
+		mss = gro // the sender's own segment size, when the kernel says it
+	}
+	return mss, true
+}
+
+// decapsulateSuper validates a frame around an inner TCP super-packet
+// (tunnelSuper) like any other frame and hands it to the coalescer as one
+// GSO write of mss-byte segments. Its TCP checksum must be partial (the
+// pseudo-header sum a TSO sender leaves for the NIC); the kernel finishes
+// it per segment. Such frames come only over virtual links, where nothing
+// corrupts them in flight.
+func (r *Router) decapsulateSuper(frame []byte, mss int, p *peerEntry, c *coalescer, counts *batchCounts) {
+	inner := frame[vxlan.FrameHeaderLen:]
+	ip, v := r.admit(frame, p)
+	if v == pass && ip.fragment() {
+		v = dropInnerIP
+	}
+	if v == pass {
+		src, dst := addrs(inner, ip.v6)
+		if binary.BigEndian.Uint16(inner[ip.l3Len+tcpCsum:]) != pseudoSum(src, dst, protoTCP, ip.length-ip.l3Len) {
+			v = dropBadOffload
+		}
+	}
+	if v != pass || !c.super(frame, ip, mss) {
+		if v == pass {
+			v = dropBadOffload
+		}
+		counts.drops[v]++
+		return
+	}
+	counts.packets++
+	counts.bytes += uint64(len(inner))
+}
+
 // decapsulate validates one received frame from the peer p (the table's
 // entry for the frame's underlay source address, nil if there is none).
 // Only a frame that passes every check reaches the TUN.
 func (r *Router) decapsulate(frame []byte, p *peerEntry) verdict {
+	ip, v := r.admit(frame, p)
+	if v != pass {
+		return v
+	}
+	if !p.OuterChecksum {
+		completeL4(frame[vxlan.FrameHeaderLen:], &ip)
+	}
+	return pass
+}
+
+// admit runs every check of a received frame from the peer p: the VXLAN
+// header, the peer and its transport, the inner packet (checkInner), its
+// source inside the peer's and its destination inside our pod CIDRs, and
+// remote checksum offload only where allowed.
+func (r *Router) admit(frame []byte, p *peerEntry) (ipHeader, verdict) {
 	var f vxlan.Frame
+	var ip ipHeader
 	if err := f.Decode(frame); err != nil {
 		switch {
 		case errors.Is(err, vxlan.ErrFlags):
-			return dropFlags
+			return ip, dropFlags
 		case errors.Is(err, vxlan.ErrEtherType):
-			return dropEtherType
+			return ip, dropEtherType
 		case errors.Is(err, vxlan.ErrInnerIP):
-			return dropInnerIP
+			return ip, dropInnerIP
 		default:
-			return dropShort
+			return ip, dropShort
 		}
 	}
 	if f.VNI != r.cfg.VNI {
-		return dropVNI
+		return ip, dropVNI
 	}
 	if f.Dst != r.cfg.LocalMAC {
-		return dropDstMAC
+		return ip, dropDstMAC
 	}
 	if p == nil {
-		return dropUnknownPeer
+		return ip, dropUnknownPeer
 	}
 	if p.Transport != TransportVXLAN {
 		// Both ends apply the same policy, so a peer we reach over
 		// WireGuard never sends us VXLAN: this is spoofed or stale.
-		return dropWrongTransport
+		return ip, dropWrongTransport
 	}
 	inner := frame[vxlan.FrameHeaderLen:]
 	ip, v := checkInner(inner)
 	if v != pass {
-		return v
+		return ip, v
 	}
 	src, dst := addrs(inner, ip.v6)
 	if !p.owns(addrFrom(src)) {
-		return dropSpoofedSource
+		return ip, dropSpoofedSource
 	}
 	if !r.local(addrFrom(dst)) {
-		return dropNotLocal
+		return ip, dropNotLocal
 	}
 	if f.CsumStart != 0 {
 		if !p.OuterChecksum {
 			// Only weft peers send remote checksum offload, and only
 			// under an outer checksum the kernel verified.
-			return dropFlags
+			return ip, dropFlags
 		}
 		if !rcoFits(inner, f.CsumStart-vxlan.EthernetLen, f.CsumUDP) {
-			return dropInnerIP
+			return ip, dropInnerIP
 		}
-		return pass
 	}
-	if !p.OuterChecksum {
-		completeL4(inner, &ip)
-	}
-	return pass
+	return ip, pass
 }
 
 // minEthernetFrame is the shortest Ethernet frame (without FCS): a sender

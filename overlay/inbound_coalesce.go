@@ -109,6 +109,37 @@ func (c *coalescer) add(frame []byte) {
 // flush closes the open run; c.writes is then complete.
 func (c *coalescer) flush() { c.closeRun() }
 
+// super queues a frame around an inner TCP super-packet (decapsulateSuper)
+// as one GSO write of mss-byte segments whose checksums the kernel
+// finishes. Its virtio header is read back the way the outbound path reads
+// the kernel's; super reports false, and queues nothing, if the two
+// disagree.
+func (c *coalescer) super(frame []byte, ip ipHeader, mss int) bool {
+	c.closeRun()
+	inner := frame[vxlan.FrameHeaderLen:]
+	h := virtioHdr{
+		flags:      virtioNeedsCsum,
+		gsoType:    gsoTCPv4,
+		hdrLen:     uint16(ip.l3Len + ip.l4Len(inner)),
+		gsoSize:    uint16(mss),
+		csumStart:  uint16(ip.l3Len),
+		csumOffset: tcpCsum,
+	}
+	if ip.v6 {
+		h.gsoType = gsoTCPv6
+	}
+	if inner[ip.l3Len+tcpFlags]&tcpCWR != 0 {
+		h.gsoType |= gsoECN
+	}
+	if _, err := parseSuperLen(&h, inner, len(inner)); err != nil {
+		return false
+	}
+	head := frame[vxlan.FrameHeaderLen-virtioHdrLen:]
+	h.encode(head)
+	c.writes = append(c.writes, tunWrite{head: head, lo: len(c.payloads), hi: len(c.payloads), segs: 1})
+	return true
+}
+
 // single queues a frame's inner packet as a write of its own (singleHead).
 func (c *coalescer) single(frame []byte) {
 	c.writes = append(c.writes, tunWrite{head: singleHead(frame), segs: 1})

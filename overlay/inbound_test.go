@@ -296,3 +296,71 @@ func FuzzDecapsulate(f *testing.F) {
 		}
 	})
 }
+
+// TestInboundTunnelSuperPacket: a buffer that is one VXLAN frame around an
+// inner TCP super-packet (a same-host kernel vxlan peer's TSO packet, taken
+// whole by the GRO socket) becomes one GSO write of segments that fit the
+// TUN's MTU, with the kernel asked to finish the partial checksum; a
+// complete checksum or a broken header is dropped and counted, and frames
+// of a normal GRO run are not taken for one.
+func TestInboundTunnelSuperPacket(t *testing.T) {
+	r, kernel := inboundRouter(false)
+	r.mtu = 1450
+	payload := string(make([]byte, 9000))
+	tab := r.table.Load()
+	from := kernel.Underlay.Addr()
+
+	var c coalescer
+	var counts batchCounts
+	b := frameOf(tcp4("10.244.1.2", "10.244.2.2", tcpACK, payload, true))
+	r.decapsulateGRO(tab, b, len(b), from, &c, &counts)
+	c.flush()
+	if len(c.writes) != 1 || counts.packets != 1 {
+		t.Fatalf("writes %d, packets %d, drops %v", len(c.writes), counts.packets, counts.drops)
+	}
+	var h virtioHdr
+	if err := h.decode(c.writes[0].head); err != nil {
+		t.Fatal(err)
+	}
+	want := virtioHdr{flags: virtioNeedsCsum, gsoType: gsoTCPv4, hdrLen: 40, gsoSize: 1410, csumStart: 20, csumOffset: tcpCsum}
+	if h != want || len(c.writes[0].head) != virtioHdrLen+40+9000 {
+		t.Errorf("virtio header %+v (write of %d bytes), want %+v", h, len(c.writes[0].head), want)
+	}
+
+	// The GRO segment size the kernel reports wins when it is smaller.
+	c.reset()
+	b = frameOf(tcp4("10.244.1.2", "10.244.2.2", tcpACK, payload, true))
+	r.decapsulateGRO(tab, b, 1000, from, &c, &counts)
+	c.flush()
+	if len(c.writes) != 1 || c.writes[0].head[4] != 1000&0xff || c.writes[0].head[5] != 1000>>8 {
+		t.Errorf("gso_size with a reported segment of 1000: writes %d, header % x", len(c.writes), c.writes[0].head[:virtioHdrLen])
+	}
+
+	for _, tc := range []struct {
+		name  string
+		frame []byte
+		want  verdict
+	}{
+		{"complete checksum", frameOf(tcp4("10.244.1.2", "10.244.2.2", tcpACK, payload, false)), dropBadOffload},
+		{"foreign source", frameOf(tcp4("10.244.9.2", "10.244.2.2", tcpACK, payload, true)), dropSpoofedSource},
+		{"not local", frameOf(tcp4("10.244.1.2", "192.0.2.12", tcpACK, payload, true)), dropNotLocal},
+	} {
+		c.reset()
+		counts.reset()
+		r.decapsulateGRO(tab, tc.frame, len(tc.frame), from, &c, &counts)
+		c.flush()
+		if len(c.writes) != 0 || counts.drops[tc.want] != 1 {
+			t.Errorf("%s: writes %d, drops %v, want one %s", tc.name, len(c.writes), counts.drops, verdictNames[tc.want])
+		}
+	}
+
+	// A GRO run of two datagrams is two frames, not a super-packet.
+	c.reset()
+	counts.reset()
+	one := frameOf(tcp4("10.244.1.2", "10.244.2.2", tcpACK, string(make([]byte, 1000)), false))
+	r.decapsulateGRO(tab, append(append([]byte{}, one...), one...), len(one), from, &c, &counts)
+	c.flush()
+	if counts.packets != 2 {
+		t.Errorf("GRO run of two: packets %d, drops %v", counts.packets, counts.drops)
+	}
+}

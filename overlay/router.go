@@ -133,6 +133,9 @@ type Router struct {
 	log   *slog.Logger
 	table atomic.Pointer[table]
 	stats Stats
+	// mtu is the TUN's MTU, read by Start: inbound super-packets are cut
+	// into segments that fit it (tunnelSuper). Zero takes none.
+	mtu int
 
 	// receiver is the VXLAN socket of the inbound fast path
 	// (fastpath_linux.go), nil when the bind receives instead.
@@ -171,6 +174,11 @@ func New(cfg Config, dev tun.Device, bind conn.Bind) *Router {
 // fastpath_linux.go run and receive on their own socket; otherwise the
 // bind is opened on port.
 func (r *Router) Start(port uint16) error {
+	if r.tun != nil {
+		if mtu, err := r.tun.MTU(); err == nil {
+			r.mtu = mtu
+		}
+	}
 	fastOut, fastIn, err := r.startFast(port)
 	if err != nil {
 		return fmt.Errorf("open udp port %d: %w", port, err)
