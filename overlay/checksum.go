@@ -23,17 +23,39 @@ func csum(b []byte, initial uint16) uint16 { return checksum.Checksum(b, initial
 // and the L4 length. The addresses are short: summed here word by word,
 // which beats a call into the general sum on the per-packet path.
 func pseudoSum(src, dst []byte, proto uint8, l4Len int) uint16 {
+	if len(src) == 4 && len(dst) == 4 {
+		s := uint64(binary.BigEndian.Uint32(src)) + uint64(binary.BigEndian.Uint32(dst)) + uint64(proto) + uint64(l4Len)
+		return fold64(s)
+	}
 	acc := shortSum(dst, shortSum(src, uint32(proto)+uint32(l4Len)))
 	return fold(acc)
 }
 
 // shortSum adds the big-endian 16-bit words of b (even length, at most a
 // few dozen bytes: headers and addresses) to acc, unfolded.
+//
+// It adds 32-bit words into a 64-bit accumulator and folds that back to 32
+// bits with the carries added in: 2^16 ≡ 1 (mod 0xffff), so the folded
+// 16-bit result is the same as of the 16-bit words, in half the steps.
 func shortSum(b []byte, acc uint32) uint32 {
-	for i := 0; i+1 < len(b); i += 2 {
-		acc += uint32(b[i])<<8 | uint32(b[i+1])
+	s := uint64(acc)
+	for len(b) >= 4 {
+		s += uint64(binary.BigEndian.Uint32(b))
+		b = b[4:]
 	}
-	return acc
+	if len(b) >= 2 {
+		s += uint64(binary.BigEndian.Uint16(b))
+	}
+	s = s>>32 + s&0xffffffff
+	s = s>>32 + s&0xffffffff
+	return uint32(s)
+}
+
+// fold64 folds a 64-bit sum of 32-bit words to 16 bits, carries added in.
+func fold64(s uint64) uint16 {
+	s = s>>32 + s&0xffffffff
+	s = s>>32 + s&0xffffffff
+	return fold(uint32(s))
 }
 
 // fold folds an unfolded sum of shortSum to 16 bits.
@@ -45,7 +67,15 @@ func fold(acc uint32) uint16 {
 
 // ipv4HeaderValid reports whether the IPv4 header h (h[:IHL×4]) has a right
 // checksum.
-func ipv4HeaderValid(h []byte) bool { return fold(shortSum(h, 0)) == 0xffff }
+func ipv4HeaderValid(h []byte) bool {
+	if len(h) == ipv4MinHeaderLen { // the common header, summed unrolled
+		s := uint64(binary.BigEndian.Uint32(h[0:])) + uint64(binary.BigEndian.Uint32(h[4:])) +
+			uint64(binary.BigEndian.Uint32(h[8:])) + uint64(binary.BigEndian.Uint32(h[12:])) +
+			uint64(binary.BigEndian.Uint32(h[16:]))
+		return fold64(s) == 0xffff
+	}
+	return fold(shortSum(h, 0)) == 0xffff
+}
 
 // putIPv4Checksum writes the header checksum of the IPv4 header h
 // (h[:IHL×4]).

@@ -104,3 +104,57 @@ func BenchmarkChecksum(b *testing.B) {
 		}
 	})
 }
+
+// TestShortSumMatchesReference: the word-by-word header sum folds to the
+// reference for every even length of headers and addresses, with any
+// starting sum.
+func TestShortSumMatchesReference(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for n := 0; n <= 64; n += 2 {
+		for range 50 {
+			b := make([]byte, n)
+			for i := range b {
+				b[i] = byte(rng.Uint32())
+			}
+			if rng.IntN(4) == 0 {
+				for i := range b {
+					b[i] = 0xff
+				}
+			}
+			init := uint32(rng.Uint32() & 0x3ffff)
+			want := refChecksum(append([]byte{byte(init >> 24), byte(init >> 16), byte(init >> 8), byte(init)}, b...))
+			if got := fold(shortSum(b, init)); got != want && !(got == 0xffff && want == 0) && !(got == 0 && want == 0xffff) {
+				t.Fatalf("len %d init %x: %04x, want %04x", n, init, got, want)
+			}
+		}
+	}
+}
+
+// TestHeaderSumsCarry: the unrolled IPv4 header and pseudo-header sums
+// keep their carries (all-ones words overflow 32 bits).
+func TestHeaderSumsCarry(t *testing.T) {
+	h := bytes.Repeat([]byte{0xff}, 20)
+	if got, want := ipv4HeaderValid(h), refChecksum(h) == 0xffff; got != want {
+		t.Errorf("all-ones header: valid %v, want %v", got, want)
+	}
+	rng := rand.New(rand.NewPCG(5, 6))
+	for range 10000 {
+		h := make([]byte, 20)
+		for i := range h {
+			h[i] = byte(rng.Uint32()) | 0xf0
+		}
+		if got, want := ipv4HeaderValid(h), refChecksum(h) == 0xffff; got != want {
+			t.Fatalf("header % x: valid %v, want %v", h, got, want)
+		}
+		binary.BigEndian.PutUint16(h[10:], 0)
+		binary.BigEndian.PutUint16(h[10:], ^refChecksum(h))
+		if !ipv4HeaderValid(h) {
+			t.Fatalf("header % x with its checksum: not valid", h)
+		}
+		src, dst, n := h[0:4], h[4:8], int(rng.Uint32()&0xffff)
+		ref := refChecksum(append(append(append([]byte{}, src...), dst...), 0, protoTCP, byte(n>>8), byte(n)))
+		if got := pseudoSum(src, dst, protoTCP, n); got != ref && !(got == 0xffff && ref == 0) {
+			t.Fatalf("pseudoSum(% x, % x, %d) = %04x, want %04x", src, dst, n, got, ref)
+		}
+	}
+}

@@ -164,7 +164,8 @@ func tunnelSuper(b []byte, gro, mtu int) (mss int, ok bool) {
 // corrupts them in flight.
 func (r *Router) decapsulateSuper(frame []byte, mss int, p *peerEntry, c *coalescer, counts *batchCounts) {
 	inner := frame[vxlan.FrameHeaderLen:]
-	ip, v := r.admit(frame, p)
+	var ip ipHeader
+	v := r.admit(frame, p, &ip)
 	if v == pass && ip.fragment() {
 		v = dropInnerIP
 	}
@@ -189,8 +190,8 @@ func (r *Router) decapsulateSuper(frame []byte, mss int, p *peerEntry, c *coales
 // entry for the frame's underlay source address, nil if there is none).
 // Only a frame that passes every check reaches the TUN.
 func (r *Router) decapsulate(frame []byte, p *peerEntry) verdict {
-	ip, v := r.admit(frame, p)
-	if v != pass {
+	var ip ipHeader
+	if v := r.admit(frame, p, &ip); v != pass {
 		return v
 	}
 	if !p.OuterChecksum {
@@ -203,58 +204,56 @@ func (r *Router) decapsulate(frame []byte, p *peerEntry) verdict {
 // header, the peer and its transport, the inner packet (checkInner), its
 // source inside the peer's and its destination inside our pod CIDRs, and
 // remote checksum offload only where allowed.
-func (r *Router) admit(frame []byte, p *peerEntry) (ipHeader, verdict) {
+func (r *Router) admit(frame []byte, p *peerEntry, ip *ipHeader) verdict {
 	var f vxlan.Frame
-	var ip ipHeader
 	if err := f.Decode(frame); err != nil {
 		switch {
 		case errors.Is(err, vxlan.ErrFlags):
-			return ip, dropFlags
+			return dropFlags
 		case errors.Is(err, vxlan.ErrEtherType):
-			return ip, dropEtherType
+			return dropEtherType
 		case errors.Is(err, vxlan.ErrInnerIP):
-			return ip, dropInnerIP
+			return dropInnerIP
 		default:
-			return ip, dropShort
+			return dropShort
 		}
 	}
 	if f.VNI != r.cfg.VNI {
-		return ip, dropVNI
+		return dropVNI
 	}
 	if f.Dst != r.cfg.LocalMAC {
-		return ip, dropDstMAC
+		return dropDstMAC
 	}
 	if p == nil {
-		return ip, dropUnknownPeer
+		return dropUnknownPeer
 	}
 	if p.Transport != TransportVXLAN {
 		// Both ends apply the same policy, so a peer we reach over
 		// WireGuard never sends us VXLAN: this is spoofed or stale.
-		return ip, dropWrongTransport
+		return dropWrongTransport
 	}
 	inner := frame[vxlan.FrameHeaderLen:]
-	ip, v := checkInner(inner)
-	if v != pass {
-		return ip, v
+	if v := checkInner(inner, ip); v != pass {
+		return v
 	}
 	src, dst := addrs(inner, ip.v6)
-	if !p.owns(addrFrom(src)) {
-		return ip, dropSpoofedSource
+	if !p.pods.contains(src) {
+		return dropSpoofedSource
 	}
-	if !r.local(addrFrom(dst)) {
-		return ip, dropNotLocal
+	if !r.pods.contains(dst) {
+		return dropNotLocal
 	}
 	if f.CsumStart != 0 {
 		if !p.OuterChecksum {
 			// Only weft peers send remote checksum offload, and only
 			// under an outer checksum the kernel verified.
-			return ip, dropFlags
+			return dropFlags
 		}
 		if !rcoFits(inner, f.CsumStart-vxlan.EthernetLen, f.CsumUDP) {
-			return ip, dropInnerIP
+			return dropInnerIP
 		}
 	}
-	return ip, pass
+	return pass
 }
 
 // minEthernetFrame is the shortest Ethernet frame (without FCS): a sender
@@ -270,40 +269,39 @@ const minEthernetFrame = 60
 // multiple of 8 bytes, none past 65,535); and for TCP and UDP (not in
 // later fragments) a whole L4 header, a TCP data offset inside the packet,
 // and (unfragmented) a UDP length equal to the IP payload's.
-func checkInner(pkt []byte) (ipHeader, verdict) {
-	ip, ok := parseIP(pkt)
-	if !ok {
+func checkInner(pkt []byte, ip *ipHeader) verdict {
+	if !ip.parse(pkt) {
 		if len(pkt) >= ipv4MinHeaderLen && pkt[0]>>4 == 4 && int(pkt[0]&0x0f)*4 > len(pkt) {
-			return ip, dropInnerLength // IHL past the end: truncated
+			return dropInnerLength // IHL past the end: truncated
 		}
-		return ip, dropInnerIP
+		return dropInnerIP
 	}
 	if ip.length < ip.l3Len || ip.length > len(pkt) ||
 		ip.length < len(pkt) && len(pkt)+vxlan.EthernetLen > minEthernetFrame {
-		return ip, dropInnerLength
+		return dropInnerLength
 	}
 	pkt = pkt[:ip.length]
 	if !ip.v6 {
 		if !ipv4HeaderValid(pkt[:ip.l3Len]) {
-			return ip, dropBadChecksum
+			return dropBadChecksum
 		}
 		if !ip.fragmentSane() {
-			return ip, dropInnerIP
+			return dropInnerIP
 		}
 	}
 	if ip.laterFragment() || ip.proto != protoTCP && ip.proto != protoUDP {
-		return ip, pass
+		return pass
 	}
 	if len(pkt) < ip.l3Len+minL4Len(ip.proto) {
-		return ip, dropInnerLength
+		return dropInnerLength
 	}
 	if ip.l4Len(pkt) == 0 {
-		return ip, dropInnerIP // a TCP data offset under 5 words or past the end
+		return dropInnerIP // a TCP data offset under 5 words or past the end
 	}
 	if ip.proto == protoUDP && !ip.fragment() && int(binary.BigEndian.Uint16(pkt[ip.l3Len+udpLen:])) != ip.length-ip.l3Len {
-		return ip, dropInnerLength
+		return dropInnerLength
 	}
-	return ip, pass
+	return pass
 }
 
 // completeL4 finishes the TCP or UDP checksum of an inner packet from a

@@ -81,31 +81,39 @@ type ipHeader struct {
 // neither IPv4 nor IPv6, is shorter than the fixed header, or (IPv4) has an
 // IHL under 5 or longer than pkt. It checks nothing else: validInner does.
 func parseIP(pkt []byte) (h ipHeader, ok bool) {
+	ok = h.parse(pkt)
+	return h, ok
+}
+
+// parse is parseIP into h, for the per-packet path (no 40-byte struct
+// returned by value through the calls of the inbound checks).
+func (h *ipHeader) parse(pkt []byte) bool {
+	*h = ipHeader{}
 	if len(pkt) == 0 {
-		return h, false
+		return false
 	}
 	switch pkt[0] >> 4 {
 	case 4:
 		if len(pkt) < ipv4MinHeaderLen {
-			return h, false
+			return false
 		}
 		h.l3Len = int(pkt[0]&0x0f) * 4
 		if h.l3Len < ipv4MinHeaderLen || h.l3Len > len(pkt) {
-			return h, false
+			return false
 		}
 		h.proto = pkt[ip4Proto]
 		h.length = int(binary.BigEndian.Uint16(pkt[ip4TotalLen:]))
 		h.frag = binary.BigEndian.Uint16(pkt[ip4Frag:])
-		return h, true
+		return true
 	case 6:
 		if len(pkt) < ipv6HeaderLen {
-			return h, false
+			return false
 		}
 		h.v6, h.l3Len, h.proto = true, ipv6HeaderLen, pkt[ip6NextHdr]
 		h.length = ipv6HeaderLen + int(binary.BigEndian.Uint16(pkt[ip6PayloadLen:]))
-		return h, true
+		return true
 	}
-	return h, false
+	return false
 }
 
 // fragment reports whether the packet is an IPv4 fragment (MF set or a

@@ -133,6 +133,8 @@ type Router struct {
 	log   *slog.Logger
 	table atomic.Pointer[table]
 	stats Stats
+	// pods is cfg.PodCIDRs, for the inbound destination check.
+	pods prefixSet
 	// mtu is the TUN's MTU, read by Start: inbound super-packets are cut
 	// into segments that fit it (tunnelSuper). Zero takes none.
 	mtu int
@@ -163,7 +165,7 @@ func New(cfg Config, dev tun.Device, bind conn.Bind) *Router {
 		local[i] = c.Masked()
 	}
 	cfg.PodCIDRs = local
-	r := &Router{cfg: cfg, tun: dev, bind: bind, log: log,
+	r := &Router{cfg: cfg, tun: dev, bind: bind, log: log, pods: newPrefixSet(local),
 		pmtus: make(map[netip.Addr]*pathMTU), pmtuKick: make(chan struct{}, 1), done: make(chan struct{})}
 	r.table.Store(newTable(nil))
 	return r
@@ -279,16 +281,6 @@ func (r *Router) pathMTUFor(a netip.Addr) *pathMTU {
 	m := &pathMTU{}
 	r.pmtus[a] = m
 	return m
-}
-
-// local reports whether a is inside one of this node's pod CIDRs.
-func (r *Router) local(a netip.Addr) bool {
-	for _, c := range r.cfg.PodCIDRs {
-		if c.Contains(a) {
-			return true
-		}
-	}
-	return false
 }
 
 // closing reports whether Close has begun.

@@ -1,6 +1,7 @@
 package overlay
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"slices"
 
@@ -37,12 +38,54 @@ type peerEntry struct {
 	Peer
 	ep   conn.Endpoint // parsed once per snapshot, not per packet
 	pmtu *pathMTU      // shared by every snapshot holding this peer
+	pods prefixSet     // PodCIDRs, for the inbound source check (newTable)
 }
 
-// owns reports whether a is inside one of the peer's pod CIDRs.
-func (p *peerEntry) owns(a netip.Addr) bool {
-	for _, c := range p.PodCIDRs {
-		if c.Contains(a) {
+// prefixSet matches raw inner addresses (4 or 16 bytes, as addrs slices
+// them) against a few prefixes without building a netip.Addr per packet:
+// IPv4 by mask and compare.
+type prefixSet struct {
+	v4 []v4Net
+	v6 []netip.Prefix
+}
+
+type v4Net struct{ addr, mask uint32 }
+
+func newPrefixSet(ps []netip.Prefix) prefixSet {
+	var s prefixSet
+	for _, p := range ps {
+		p = p.Masked()
+		if p.Addr().Is4() {
+			a := p.Addr().As4()
+			s.v4 = append(s.v4, v4Net{addr: binary.BigEndian.Uint32(a[:]), mask: ^uint32(0) << (32 - p.Bits())})
+			if p.Bits() == 0 {
+				s.v4[len(s.v4)-1].mask = 0
+			}
+		} else {
+			s.v6 = append(s.v6, p)
+		}
+	}
+	return s
+}
+
+// contains reports whether the address a (4 or 16 bytes) is inside one of
+// the set's prefixes.
+func (s *prefixSet) contains(a []byte) bool {
+	if len(a) == 4 {
+		x := binary.BigEndian.Uint32(a)
+		for _, n := range s.v4 {
+			if x&n.mask == n.addr {
+				return true
+			}
+		}
+		return false
+	}
+	if len(a) != 16 {
+		return false
+	}
+	ad := netip.AddrFrom16([16]byte(a))
+	for _, p := range s.v6 {
+		if p.Contains(ad) {
 			return true
 		}
 	}
@@ -67,6 +110,7 @@ func newTable(entries []*peerEntry) *table {
 		peers:      entries,
 	}
 	for _, e := range entries {
+		e.pods = newPrefixSet(e.PodCIDRs)
 		t.byUnderlay[e.Underlay.Addr().Unmap()] = e
 		for _, c := range e.PodCIDRs {
 			c = c.Masked()
