@@ -31,8 +31,14 @@ deps-test:
 deps-bench:
 	@$(DEPS) bench
 
+# vet, gofmt, and vet again for another OS of every package that is not a
+# Linux program (the three commands, the bench runner and the CNI bench are
+# TUN and namespace programs): the platform pairs (_linux.go beside a
+# portable half) must stay true.
+PORTABLE = $$($(GO) list ./... | grep -v -e /cmd/ -e /bench/cmd/ -e /bench/cni)
 vet:
 	$(GO) vet ./...
+	GOOS=darwin $(GO) vet $(PORTABLE)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 
 # The netns tier (real TUN, UDP, CNI, kernel vxlan interop; needs root)

@@ -13,6 +13,8 @@
 package cni
 
 import (
+	"crypto/sha1"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
@@ -66,4 +68,12 @@ func ParseConfig(stdin []byte) (Config, error) {
 		}
 	}
 	return c, nil
+}
+
+// HostVethName is the host-side veth of an attachment: "weft" and 11 hex
+// digits of sha1(containerID+ifName), 15 bytes, the kernel's IFNAMSIZ-1.
+// Being derived from the attachment, DEL finds it without any saved state.
+func HostVethName(containerID, ifName string) string {
+	sum := sha1.Sum([]byte(containerID + ifName))
+	return "weft" + hex.EncodeToString(sum[:])[:11]
 }

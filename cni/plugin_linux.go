@@ -1,8 +1,6 @@
 package cni
 
 import (
-	"crypto/sha1"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -24,14 +22,6 @@ import (
 
 	"github.com/weftnet/weft/ipam"
 )
-
-// HostVethName is the host-side veth of an attachment: "weft" and 11 hex
-// digits of sha1(containerID+ifName), 15 bytes, the kernel's IFNAMSIZ-1.
-// Being derived from the attachment, DEL finds it without any saved state.
-func HostVethName(containerID, ifName string) string {
-	sum := sha1.Sum([]byte(containerID + ifName))
-	return "weft" + hex.EncodeToString(sum[:])[:11]
-}
 
 // Add wires the pod: allocates its address, creates the veth pair, and
 // configures both ends. On failure it undoes what it did.

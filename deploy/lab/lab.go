@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 
@@ -177,6 +178,13 @@ type Lab struct {
 	log io.Writer
 	// binDir is Config.BinDir.
 	binDir string
+}
+
+// proc is a weftd this process started. done closes once it has been reaped.
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
 }
 
 // Router is the namespace that routes between the sites.

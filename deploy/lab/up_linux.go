@@ -32,13 +32,6 @@ const confName = "10-weft.conflist"
 // headroom for a loaded CI machine.
 const readyTimeout = 20 * time.Second
 
-// proc is a weftd this process started. done closes once it has been reaped.
-type proc struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
-}
-
 // Up builds the lab described by cfg: router, nodes, weftd on every
 // non-external node (waiting for each one's node.json and control socket),
 // and cfg.PodsPerNode pods on each of them. On any failure it tears down
