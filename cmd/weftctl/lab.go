@@ -381,28 +381,7 @@ func runDemo(args []string) error {
 	}
 	fmt.Printf("   converged after %.1fs\n", time.Since(start).Seconds())
 
-	siteOf := map[string]string{}
-	for _, n := range l.Nodes {
-		siteOf[n.Name] = n.Site
-	}
-	var results []pairResult
-	for _, from := range l.Pods {
-		for _, to := range l.Pods {
-			if from.Node == to.Node {
-				continue
-			}
-			if ctx.Err() != nil {
-				break
-			}
-			r := pairResult{from: from, to: to, crossSite: siteOf[from.Node] != siteOf[to.Node]}
-			fmt.Printf("== %s (%s) -> %s (%s)\n", from.Name, from.Address, to.Name, to.Address)
-			r.ping, r.pingErr = l.Ping(ctx, from.Netns, to.Address, 3)
-			r.tcp, r.tcpErr = l.Transfer(ctx, from, to, int64(*sizeMiB)<<20)
-			fmt.Printf("   ping %s, tcp %s\n", pingCell(r), tcpCell(r))
-			results = append(results, r)
-		}
-	}
-
+	results := probePairs(ctx, l, int64(*sizeMiB)<<20)
 	ok := ctx.Err() == nil && len(results) > 0
 	for _, r := range results {
 		ok = ok && r.ok()
@@ -412,24 +391,7 @@ func runDemo(args []string) error {
 	fmt.Println()
 	printLearned(os.Stdout, learned(ctx, l))
 	fmt.Println()
-	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "PAIR\tPATH\tPING\tTCP %d MiB (sha256)\n", *sizeMiB)
-	for _, r := range results {
-		path := "same site"
-		if r.crossSite {
-			path = "cross-site"
-		}
-		fmt.Fprintf(tw, "%s -> %s\t%s\t%s\t%s\n", r.from.Name, r.to.Name, path, pingCell(r), tcpCell(r))
-	}
-	tw.Flush()
-	for _, r := range results {
-		if r.pingErr != nil {
-			fmt.Printf("\n%s -> %s ping: %v\n%s", r.from.Name, r.to.Name, r.pingErr, r.ping.Output)
-		}
-		if r.tcpErr != nil {
-			fmt.Printf("\n%s -> %s tcp: %v\n", r.from.Name, r.to.Name, r.tcpErr)
-		}
-	}
+	printPairs(os.Stdout, results, *sizeMiB)
 	if len(results) == 0 {
 		fmt.Println("\nno pairs of pods on different nodes to test (need >= 2 nodes with pods)")
 	}
@@ -443,6 +405,56 @@ func runDemo(args []string) error {
 	}
 	fmt.Printf("\nPASS (%d pairs, %.1fs)\n", len(results), time.Since(start).Seconds())
 	return nil
+}
+
+// probePairs pings every ordered pair of pods on different nodes and sends
+// size checksummed bytes over TCP between them, printing progress.
+func probePairs(ctx context.Context, l *lab.Lab, size int64) []pairResult {
+	siteOf := map[string]string{}
+	for _, n := range l.Nodes {
+		siteOf[n.Name] = n.Site
+	}
+	var results []pairResult
+	for _, from := range l.Pods {
+		for _, to := range l.Pods {
+			if from.Node == to.Node {
+				continue
+			}
+			if ctx.Err() != nil {
+				return results
+			}
+			r := pairResult{from: from, to: to, crossSite: siteOf[from.Node] != siteOf[to.Node]}
+			fmt.Printf("== %s (%s) -> %s (%s)\n", from.Name, from.Address, to.Name, to.Address)
+			r.ping, r.pingErr = l.Ping(ctx, from.Netns, to.Address, 3)
+			r.tcp, r.tcpErr = l.Transfer(ctx, from, to, size)
+			fmt.Printf("   ping %s, tcp %s\n", pingCell(r), tcpCell(r))
+			results = append(results, r)
+		}
+	}
+	return results
+}
+
+// printPairs prints the summary table of probePairs and the errors behind
+// each failure.
+func printPairs(w io.Writer, results []pairResult, sizeMiB int) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "PAIR\tPATH\tPING\tTCP %d MiB (sha256)\n", sizeMiB)
+	for _, r := range results {
+		path := "same site"
+		if r.crossSite {
+			path = "cross-site"
+		}
+		fmt.Fprintf(tw, "%s -> %s\t%s\t%s\t%s\n", r.from.Name, r.to.Name, path, pingCell(r), tcpCell(r))
+	}
+	tw.Flush()
+	for _, r := range results {
+		if r.pingErr != nil {
+			fmt.Fprintf(w, "\n%s -> %s ping: %v\n%s", r.from.Name, r.to.Name, r.pingErr, r.ping.Output)
+		}
+		if r.tcpErr != nil {
+			fmt.Fprintf(w, "\n%s -> %s tcp: %v\n", r.from.Name, r.to.Name, r.tcpErr)
+		}
+	}
 }
 
 func pingCell(r pairResult) string {
