@@ -96,7 +96,7 @@ func pingPods(t *testing.T, l *lab.Lab, from []string, to string) {
 // Over 80 lines: one scenario, its steps in order, each needing the last.
 func TestControlPlaneClaimsAndLifecycle(t *testing.T) {
 	needNetns(t)
-	l := startLab(t, lab.Config{Nodes: 4, Sites: 2, PodsPerNode: 1, ClaimCIDRs: true})
+	l := startLab(t, lab.Config{Nodes: 4, Sites: 2, PodsPerNode: 1, ClaimCIDRs: true, WeftdArgs: []string{"--leave-on-exit"}})
 	waitConverged(t, l)
 
 	// Claims: four distinct /24s inside the cluster CIDR, persisted, and
@@ -220,7 +220,7 @@ func TestControlPlaneClaimsAndLifecycle(t *testing.T) {
 // Over 80 lines: one scenario, its steps in order, each needing the last.
 func TestControlPlaneWrongKeyAndPartition(t *testing.T) {
 	needNetns(t)
-	l := startLab(t, lab.Config{Nodes: 4, Sites: 2, PodsPerNode: 1})
+	l := startLab(t, lab.Config{Nodes: 4, Sites: 2, PodsPerNode: 1, WeftdArgs: []string{"--leave-on-exit"}})
 	waitConverged(t, l)
 
 	// n4 comes back with a key of its own: nobody admits it, no table changes.

@@ -6,8 +6,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/tun"
 	"golang.org/x/sys/unix"
 )
 
@@ -59,6 +61,9 @@ func ConfigureHost(c HostConfig) error {
 	if err := netlink.RouteReplace(route); err != nil {
 		return fmt.Errorf("route %s dev %s: %w", cidr, c.TUN, err)
 	}
+	if err := InstallFallback(cidr); err != nil {
+		return err
+	}
 	if err := writeSysctl("net/ipv4/ip_forward", "1"); err != nil {
 		return err
 	}
@@ -73,6 +78,76 @@ func ConfigureHost(c HostConfig) error {
 	// gateway address, which is local; without accept_local the kernel
 	// drops those as martians and the pod never learns the path MTU.
 	return writeSysctl("net/ipv4/conf/"+c.TUN+"/accept_local", "1")
+}
+
+// FallbackMetric is the metric of the blackhole route for the cluster CIDR
+// that weft leaves on a node: worse than the TUN's route (metric 0), so it
+// decides only while the TUN device is gone (deleted by hand, or a node
+// booted and weftd not started yet). Pod traffic to other nodes is then
+// dropped on the node instead of following the default route to the
+// underlay in the clear. The route outlives weftd on purpose.
+const FallbackMetric = 4242
+
+// InstallFallback adds (idempotently) the blackhole route for cidr at
+// FallbackMetric in the main table.
+func InstallFallback(cidr netip.Prefix) error {
+	cidr = cidr.Masked()
+	route := &netlink.Route{
+		Dst:      &net.IPNet{IP: cidr.Addr().AsSlice(), Mask: net.CIDRMask(cidr.Bits(), cidr.Addr().BitLen())},
+		Type:     unix.RTN_BLACKHOLE,
+		Priority: FallbackMetric,
+	}
+	if err := netlink.RouteReplace(route); err != nil {
+		return fmt.Errorf("fallback route blackhole %s metric %d: %w", cidr, FallbackMetric, err)
+	}
+	return nil
+}
+
+// OpenTUN creates the TUN device name, or attaches to it when it exists
+// (a persistent device a previous weftd left), and makes it persistent:
+// the device, its addresses and its route outlive this process, so while
+// no weftd runs the kernel queues pod packets for it (txqueuelen) instead
+// of routing them elsewhere. A device still held by a process that is
+// exiting (its threads close it within tens of milliseconds after a
+// SIGKILL) answers EBUSY: OpenTUN retries for up to busyWait.
+func OpenTUN(name string, mtu int, busyWait time.Duration) (tun.Device, error) {
+	deadline := time.Now().Add(busyWait)
+	for {
+		dev, err := tun.CreateTUN(name, mtu)
+		if err == nil {
+			if err := persist(dev); err != nil {
+				dev.Close()
+				return nil, fmt.Errorf("tun %s: %w", name, err)
+			}
+			return dev, nil
+		}
+		if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+			return nil, fmt.Errorf("create tun %s: %w", name, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// persist sets TUNSETPERSIST on the device's descriptor, through the raw
+// connection so that the descriptor stays non-blocking (File.Fd would make
+// it blocking, which the fast path must not see).
+func persist(dev tun.Device) error {
+	nt, ok := dev.(interface{ File() *os.File })
+	if !ok {
+		return errors.New("not a kernel TUN device")
+	}
+	rc, err := nt.File().SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ierr error
+	if err := rc.Control(func(fd uintptr) { ierr = unix.IoctlSetInt(int(fd), unix.TUNSETPERSIST, 1) }); err != nil {
+		return err
+	}
+	if ierr != nil {
+		return fmt.Errorf("TUNSETPERSIST: %w", ierr)
+	}
+	return nil
 }
 
 func writeSysctl(key, value string) error {

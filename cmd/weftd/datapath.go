@@ -13,9 +13,9 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
-	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/weftnet/weft/encap/vxlan"
 	"github.com/weftnet/weft/encap/wireguard"
@@ -133,12 +133,13 @@ func startDatapath(c config, log *slog.Logger) (dp *datapath, err error) {
 			dp = nil
 		}
 	}()
-	dev, err := tun.CreateTUN(c.TUN, dp.mtu)
+	dev, err := overlay.OpenTUN(c.TUN, dp.mtu, 2*time.Second)
 	if err != nil {
-		return dp, fmt.Errorf("create tun %s: %w", c.TUN, err)
+		return dp, err
 	}
 	// Closing the TUN twice is harmless (the router closes it too), and
-	// this closer covers a failure before the router owns it.
+	// this closer covers a failure before the router owns it. The device
+	// persists: closing detaches, its route keeps pod traffic in it.
 	dp.closers = append(dp.closers, dev.Close)
 	if err := overlay.ConfigureHost(overlay.HostConfig{TUN: c.TUN, MTU: dp.mtu, Gateway: dp.gateway, ClusterCIDR: c.ClusterCIDR, TxQueueLen: c.TUNQueueLen}); err != nil {
 		return dp, err

@@ -39,6 +39,9 @@ type controlPlane struct {
 	NodeCIDRBits int
 	ClaimGrace   time.Duration
 	ClaimSettle  time.Duration
+	// LeaveOnExit leaves gossip on SIGTERM/SIGINT, so peers withdraw the
+	// node at once; off, a stop looks like a restart (README: Restarts).
+	LeaveOnExit bool
 }
 
 // registerFlags adds this file's flags to fs.
@@ -51,6 +54,7 @@ func (cp *controlPlane) registerFlags(fs *flag.FlagSet) {
 	fs.IntVar(&cp.NodeCIDRBits, "node-cidr-size", 0, "without --pod-cidr: claim a block of this prefix length (e.g. 24) from --cluster-cidr over gossip")
 	fs.DurationVar(&cp.ClaimGrace, "claim-grace", 10*time.Minute, "how long a dead or departed node's claimed block stays reserved")
 	fs.DurationVar(&cp.ClaimSettle, "claim-settle", 2*time.Second, "how long a new claim must stand unchallenged before the datapath uses it")
+	fs.BoolVar(&cp.LeaveOnExit, "leave-on-exit", false, "leave gossip on SIGTERM/SIGINT, so peers withdraw this node's routes at once (for removing a node); by default a stop is a restart: peers keep the routes and the device keeps the traffic until a new weftd takes over")
 }
 
 // claimMode reports whether the pod CIDR comes from a gossip claim.

@@ -238,6 +238,12 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 				return fmt.Errorf("control socket: %w", err)
 			}
 		case <-ctx.Done():
+			if !c.LeaveOnExit {
+				// A restart: no leave, so peers keep this node's
+				// routes; the persistent TUN holds the traffic.
+				log.Info("stopping without leaving the cluster (restart)")
+				return nil
+			}
 			log.Info("leaving the cluster")
 			if err := members.Leave(2 * time.Second); err != nil {
 				log.Warn("graceful leave failed", "err", err)

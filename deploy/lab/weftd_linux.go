@@ -25,7 +25,8 @@ func (l *Lab) writeGossipKey() error {
 }
 
 // StopWeftd sends sig to node's weftd and waits up to timeout for it to
-// exit. SIGTERM is a graceful stop (weftd leaves the cluster first),
+// exit. SIGTERM is a graceful stop (a restart; weftd leaves the cluster
+// first only with --leave-on-exit),
 // SIGKILL a crash. The node's pods and its state directory stay; start it
 // again with StartWeftd.
 func (l *Lab) StopWeftd(node string, sig syscall.Signal, timeout time.Duration) error {

@@ -1,0 +1,239 @@
+package overlay_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/weftnet/weft/deploy/lab"
+)
+
+// restartMarker is in the payload of every datagram the fail-closed test
+// sends, so a plaintext copy on the underlay is found by its bytes.
+const restartMarker = "weft-restart-marker-9f3c"
+
+// markedStream sends a marked UDP datagram from pod from to pod to every
+// 10 ms until stop is closed, and counts what arrives.
+type markedStream struct {
+	sent, received atomic.Int64
+	stop           chan struct{}
+	wg             sync.WaitGroup
+}
+
+func startMarkedStream(t *testing.T, from, to lab.Pod) *markedStream {
+	t.Helper()
+	var rx, tx net.PacketConn
+	if err := ns.WithNetNSPath(to.NetnsPath, func(ns.NetNS) error {
+		var err error
+		rx, err = net.ListenPacket("udp4", net.JoinHostPort(to.Address, "0"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.WithNetNSPath(from.NetnsPath, func(ns.NetNS) error {
+		var err error
+		tx, err = net.ListenPacket("udp4", net.JoinHostPort(from.Address, "0"))
+		return err
+	}); err != nil {
+		rx.Close()
+		t.Fatal(err)
+	}
+	m := &markedStream{stop: make(chan struct{})}
+	m.wg.Add(2)
+	go func() {
+		defer m.wg.Done()
+		buf := make([]byte, 2048)
+		for {
+			n, _, err := rx.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if bytes.Contains(buf[:n], []byte(restartMarker)) {
+				m.received.Add(1)
+			}
+		}
+	}()
+	go func() {
+		defer m.wg.Done()
+		defer tx.Close()
+		defer rx.Close()
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		payload := []byte(restartMarker + " datagram")
+		for {
+			select {
+			case <-m.stop:
+				time.Sleep(100 * time.Millisecond) // the last ones in flight
+				return
+			case <-tick.C:
+				tx.WriteTo(payload, rx.LocalAddr())
+				m.sent.Add(1)
+			}
+		}
+	}()
+	return m
+}
+
+func (m *markedStream) close() { close(m.stop); m.wg.Wait() }
+
+// routeVia is the device `ip route get` names for addr inside netns, or the
+// route type (blackhole, unreachable) when there is none.
+func routeVia(t *testing.T, l *lab.Lab, netns, addr string) string {
+	t.Helper()
+	out, err := l.Exec(context.Background(), netns, "ip", "route", "get", addr)
+	s := string(out)
+	if err != nil && !strings.Contains(s, "No route") && !strings.Contains(s, "Invalid argument") {
+		return "error: " + s
+	}
+	f := strings.Fields(s)
+	for i, w := range f {
+		if w == "dev" && i+1 < len(f) {
+			return f[i+1]
+		}
+	}
+	if len(f) > 0 && (f[0] == "blackhole" || f[0] == "unreachable") {
+		return f[0]
+	}
+	if strings.Contains(s, "Invalid argument") || strings.Contains(s, "No route") {
+		return "blackhole" // `ip route get` through a blackhole route fails this way
+	}
+	return s
+}
+
+// TestNetnsRestartFailsClosed: under --transport-policy wireguard, n1's
+// weftd is killed (SIGKILL), stopped (SIGTERM) and kept down, and its TUN
+// device deleted while it is down, with a pod on n1 sending marked
+// datagrams to a pod on n2 all along. On n1's underlay not one frame
+// carries the marker or an inner pod address in the clear; the route to
+// the remote pod stays on weft0 while the device persists and falls to
+// the blackhole when it is gone; peers keep n1 across a SIGTERM (a
+// restart, not a leave); and traffic flows again after each restart.
+//
+// Over 80 lines: one scenario, its steps in order, each needing the last.
+func TestNetnsRestartFailsClosed(t *testing.T) {
+	needNetns(t, "tcpdump")
+	l := startLab(t, lab.Config{Nodes: 2, Sites: 2, PodsPerNode: 1, Transport: "wireguard"})
+	waitConverged(t, l)
+	n1, n2 := l.Node("n1"), l.Node("n2")
+	p1, p2 := l.PodsOn("n1")[0], l.PodsOn("n2")[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	resumed := func(what string) {
+		t.Helper()
+		m := startMarkedStream(t, p1, p2)
+		deadline := time.Now().Add(10 * time.Second)
+		for m.received.Load() < 5 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		m.close()
+		if m.received.Load() < 5 {
+			t.Fatalf("%s: %d of %d datagrams arrived", what, m.received.Load(), m.sent.Load())
+		}
+	}
+	resumed("before any restart")
+
+	pcap := capture(t, n1.Netns, n1.UnderlayIf, "", func() {
+		m := startMarkedStream(t, p1, p2)
+		defer m.close()
+		time.Sleep(300 * time.Millisecond)
+
+		// A crash: the device persists, its route holds the traffic.
+		if err := l.StopWeftd("n1", syscall.SIGKILL, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		if via := routeVia(t, l, n1.Netns, p2.Address); via != "weft0" {
+			t.Errorf("after SIGKILL the route to %s is via %q, want weft0", p2.Address, via)
+		}
+		if err := l.StartWeftd(ctx, "n1"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(500 * time.Millisecond)
+
+		// A stop (what a rollout sends), kept down: peers keep n1.
+		if err := l.StopWeftd("n1", syscall.SIGTERM, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		if s, _ := peerState(status(t, n2), "n1"); s != "alive" {
+			t.Errorf("1 s after n1's SIGTERM, n2 has n1 %q, want alive (a restart is no leave)", s)
+		}
+		// The device gone as well: the blackhole decides.
+		if _, err := l.Exec(ctx, n1.Netns, "ip", "link", "del", "weft0"); err != nil {
+			t.Fatal(err)
+		}
+		if via := routeVia(t, l, n1.Netns, p2.Address); via != "blackhole" {
+			t.Errorf("with weft0 deleted the route to %s is %q, want the blackhole", p2.Address, via)
+		}
+		time.Sleep(2 * time.Second)
+		if err := l.StartWeftd(ctx, "n1"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	})
+	inner := innerHeader(p1.Address, p2.Address)
+	frames := pcapPackets(t, pcap)
+	if len(frames) == 0 {
+		t.Fatal("nothing captured on n1's underlay")
+	}
+	for i, f := range frames {
+		if bytes.Contains(f, []byte(restartMarker)) || bytes.Contains(f, inner) {
+			t.Fatalf("frame %d of %d on n1's underlay carries pod traffic in the clear: % x", i, len(frames), f[:min(len(f), 64)])
+		}
+		if len(f) >= 14+20 && binary.BigEndian.Uint16(f[12:14]) == 0x0800 && f[14+12] == 10 && f[14+13] == 244 {
+			t.Fatalf("frame %d leaves with a pod source address: % x", i, f[:min(len(f), 64)])
+		}
+	}
+	resumed("after the restarts")
+}
+
+// TestNetnsRestartKeepsTCP: a TCP transfer from a pod on n1 to a pod on n2
+// survives n1's weftd killed (SIGKILL) and stopped (SIGTERM) and started
+// again at once, mid-stream, over VXLAN and over WireGuard: every byte
+// arrives (SHA-256) on the one connection.
+func TestNetnsRestartKeepsTCP(t *testing.T) {
+	needNetns(t)
+	for _, transport := range []string{"vxlan", "wireguard"} {
+		for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
+			t.Run(transport+"/"+sig.String(), func(t *testing.T) {
+				l := startLab(t, lab.Config{Nodes: 2, Sites: 2, PodsPerNode: 1, Transport: transport})
+				waitConverged(t, l)
+				p1, p2 := l.PodsOn("n1")[0], l.PodsOn("n2")[0]
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				done := make(chan error, 1)
+				var res lab.TransferResult
+				go func() {
+					var err error
+					res, err = l.Transfer(ctx, p1, p2, 512<<20)
+					done <- err
+				}()
+				time.Sleep(300 * time.Millisecond)
+				stopped := time.Now()
+				if err := l.StopWeftd("n1", sig, 5*time.Second); err != nil {
+					t.Fatal(err)
+				}
+				if err := l.StartWeftd(ctx, "n1"); err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("%s: weftd back %s after the signal", sig, time.Since(stopped).Round(time.Millisecond))
+				if err := <-done; err != nil {
+					t.Fatalf("transfer across the restart: %v", err)
+				}
+				if res.Bytes != 512<<20 {
+					t.Fatalf("transfer: %d bytes", res.Bytes)
+				}
+			})
+		}
+	}
+}
