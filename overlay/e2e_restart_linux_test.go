@@ -25,8 +25,10 @@ const restartMarker = "weft-restart-marker-9f3c"
 // 10 ms until stop is closed, and counts what arrives.
 type markedStream struct {
 	sent, received atomic.Int64
-	stop           chan struct{}
-	wg             sync.WaitGroup
+	// maxGap is the longest time between two arrivals (nanoseconds).
+	maxGap atomic.Int64
+	stop   chan struct{}
+	wg     sync.WaitGroup
 }
 
 func startMarkedStream(t *testing.T, from, to lab.Pod) *markedStream {
@@ -52,6 +54,7 @@ func startMarkedStream(t *testing.T, from, to lab.Pod) *markedStream {
 	go func() {
 		defer m.wg.Done()
 		buf := make([]byte, 2048)
+		var last time.Time
 		for {
 			n, _, err := rx.ReadFrom(buf)
 			if err != nil {
@@ -59,6 +62,11 @@ func startMarkedStream(t *testing.T, from, to lab.Pod) *markedStream {
 			}
 			if bytes.Contains(buf[:n], []byte(restartMarker)) {
 				m.received.Add(1)
+				now := time.Now()
+				if !last.IsZero() && int64(now.Sub(last)) > m.maxGap.Load() {
+					m.maxGap.Store(int64(now.Sub(last)))
+				}
+				last = now
 			}
 		}
 	}()
@@ -218,6 +226,7 @@ func TestNetnsRestartKeepsTCP(t *testing.T) {
 					res, err = l.Transfer(ctx, p1, p2, 512<<20)
 					done <- err
 				}()
+				m := startMarkedStream(t, p1, p2)
 				time.Sleep(300 * time.Millisecond)
 				stopped := time.Now()
 				if err := l.StopWeftd("n1", sig, 5*time.Second); err != nil {
@@ -226,9 +235,18 @@ func TestNetnsRestartKeepsTCP(t *testing.T) {
 				if err := l.StartWeftd(ctx, "n1"); err != nil {
 					t.Fatal(err)
 				}
-				t.Logf("%s: weftd back %s after the signal", sig, time.Since(stopped).Round(time.Millisecond))
-				if err := <-done; err != nil {
+				back := time.Since(stopped)
+				err := <-done
+				time.Sleep(500 * time.Millisecond)
+				m.close()
+				lost := m.sent.Load() - m.received.Load()
+				t.Logf("%s %s: weftd back %s after the signal; 10 ms datagrams: longest gap %s, %d of %d lost; TCP %.0f MB/s",
+					transport, sig, back.Round(time.Millisecond), time.Duration(m.maxGap.Load()).Round(time.Millisecond), lost, m.sent.Load(), res.MBps())
+				if err != nil {
 					t.Fatalf("transfer across the restart: %v", err)
+				}
+				if st := status(t, l.Node("n1")); st.Process.Start != "warm" || st.Process.WarmPeers != 1 {
+					t.Errorf("the restarted weftd: %+v, want a warm start from 1 peer", st.Process)
 				}
 				if res.Bytes != 512<<20 {
 					t.Fatalf("transfer: %d bytes", res.Bytes)

@@ -42,6 +42,9 @@ type controlPlane struct {
 	// LeaveOnExit leaves gossip on SIGTERM/SIGINT, so peers withdraw the
 	// node at once; off, a stop looks like a restart (README: Restarts).
 	LeaveOnExit bool
+	// WarmMaxAge bounds the age of the peer snapshot a start forwards
+	// from before gossip has joined (warm.go).
+	WarmMaxAge time.Duration
 }
 
 // registerFlags adds this file's flags to fs.
@@ -54,6 +57,7 @@ func (cp *controlPlane) registerFlags(fs *flag.FlagSet) {
 	fs.IntVar(&cp.NodeCIDRBits, "node-cidr-size", 0, "without --pod-cidr: claim a block of this prefix length (e.g. 24) from --cluster-cidr over gossip")
 	fs.DurationVar(&cp.ClaimGrace, "claim-grace", 10*time.Minute, "how long a dead or departed node's claimed block stays reserved")
 	fs.DurationVar(&cp.ClaimSettle, "claim-settle", 2*time.Second, "how long a new claim must stand unchallenged before the datapath uses it")
+	fs.DurationVar(&cp.WarmMaxAge, "warm-start-max-age", 5*time.Minute, "a starting weftd forwards from the peer table its predecessor left in --run-dir if it is at most this old, until gossip replaces it; 0 always starts cold")
 	fs.BoolVar(&cp.LeaveOnExit, "leave-on-exit", false, "leave gossip on SIGTERM/SIGINT, so peers withdraw this node's routes at once (for removing a node); by default a stop is a restart: peers keep the routes and the device keeps the traffic until a new weftd takes over")
 }
 

@@ -202,6 +202,12 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	defer dp.Close()
 
 	self := c.selfRecord(dp.wg)
+	started := control.Process{PID: os.Getpid(), Generation: self.Generation, Started: time.Now().UTC(), Start: "cold"}
+	if c.WarmMaxAge > 0 {
+		if n := warmStart(c, log, dp.router, self); n > 0 {
+			started.Start, started.WarmPeers = "warm", n
+		}
+	}
 	if members == nil {
 		if members, err = peer.Join(membershipConfig(c, keys, log), self); err != nil {
 			return fmt.Errorf("start gossip: %w", err)
@@ -222,7 +228,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	}); err != nil {
 		return err
 	}
-	served := serveControl(ctx, c, dp, members, plane, kube)
+	served := serveControl(ctx, c, dp, members, plane, kube, started)
 	log.Info("weftd running", "name", c.Name, "underlay", self.Underlay, "podCIDR", c.PodCIDR, "tun", c.TUN, "mtu", dp.mtu, "vni", c.VNI, "socket", c.socket(), "procs", runtime.GOMAXPROCS(0))
 
 	pipe := newPipeline(c, log, members, plane, dp.router)
@@ -258,12 +264,13 @@ func (c config) socket() string { return filepath.Join(c.RunDir, "weftd.sock") }
 
 // serveControl serves the control API on the socket in c.RunDir until ctx
 // ends; the channel delivers Serve's result.
-func serveControl(ctx context.Context, c config, dp *datapath, members *peer.Membership, plane *plane, kube *kubeMode) <-chan error {
+func serveControl(ctx context.Context, c config, dp *datapath, members *peer.Membership, plane *plane, kube *kubeMode, started control.Process) <-chan error {
 	served := make(chan error, 1)
 	go func() {
 		served <- control.Serve(ctx, c.socket(), control.API{
 			Status: func() control.Status {
 				st := status(c, dp, members)
+				st.Process = started
 				plane.annotate(&st)
 				kube.annotate(&st)
 				return st

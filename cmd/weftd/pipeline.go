@@ -18,6 +18,7 @@ package main
 import (
 	"log/slog"
 	"net/netip"
+	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -49,23 +50,53 @@ func (p *pipeline) route(snap []peer.Peer) error {
 	if err != nil {
 		return err
 	}
-	self := p.members.Self()
-	// Static peers in front, as always: the table keeps the last entry
-	// for a pod CIDR, so on a conflict the gossiped record wins.
-	peers := append(make([]overlay.Peer, 0, len(p.c.StaticPeers)+len(admitted)), p.c.StaticPeers...)
+	n := setPeers(p.router, p.c.StaticPeers, admitted, p.members.Self(), p.chooser, p.log)
+	p.log.Info("peer set changed", "peers", n)
+	if err := saveWarm(p.c, admitted, time.Now()); err != nil {
+		p.log.Warn("warm-start snapshot not saved", "err", err)
+	}
+	return nil
+}
+
+// setPeers gives the router the static peers and the admitted ones, each
+// with its transport, and returns how many it set. Static peers go in
+// front, as always: the table keeps the last entry for a pod CIDR, so on a
+// conflict the gossiped record wins.
+func setPeers(r *overlay.Router, static []overlay.Peer, admitted []peer.Peer, self peer.Record, tc *transportChooser, log *slog.Logger) int {
+	peers := append(make([]overlay.Peer, 0, len(static)+len(admitted)), static...)
 	for _, a := range admitted {
-		op, err := p.chooser.peer(self, a.Record)
+		op, err := tc.peer(self, a.Record)
 		if err != nil {
-			p.log.Warn("peer unreachable: no common transport", "peer", a.Record.Name, "err", err)
+			log.Warn("peer unreachable: no common transport", "peer", a.Record.Name, "err", err)
 			continue
 		}
 		peers = append(peers, op)
 	}
-	if err := p.router.SetPeers(peers); err != nil {
-		p.log.Warn("some peers skipped", "err", err)
+	if err := r.SetPeers(peers); err != nil {
+		log.Warn("some peers skipped", "err", err)
 	}
-	p.log.Info("peer set changed", "peers", len(peers))
-	return nil
+	return len(peers)
+}
+
+// warmStart routes the peers of the snapshot a previous weftd left
+// (warm.go), admitted against self as gossiped records are, before gossip
+// has joined. It reports how many peers it routed (0: a cold start).
+func warmStart(c config, log *slog.Logger, r *overlay.Router, self peer.Record) int {
+	snap, err := loadWarm(c, c.WarmMaxAge, time.Now())
+	if err != nil {
+		log.Warn("cold start: warm-start snapshot not used", "err", err)
+		return 0
+	}
+	if len(snap) == 0 {
+		return 0
+	}
+	admitted, refused := peer.Admit(snap, self, []netip.Prefix{c.ClusterCIDR})
+	if len(refused) > 0 {
+		log.Warn("warm start: records refused", "refused", len(refused))
+	}
+	setPeers(r, c.StaticPeers, admitted, self, newTransportChooser(c.Policy, log), log)
+	log.Info("warm start: forwarding from the last peer table until gossip replaces it", "peers", len(admitted))
+	return len(admitted)
 }
 
 // transportChooser turns gossiped records into router peers under the

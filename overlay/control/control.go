@@ -24,6 +24,21 @@ type Status struct {
 	Self     Node              `json:"self"`
 	Peers    []Node            `json:"peers"`
 	Counters map[string]uint64 `json:"counters"`
+	Process  Process           `json:"process,omitzero"`
+}
+
+// Process is how this weftd process started.
+type Process struct {
+	PID int `json:"pid"`
+	// Generation is the node record's generation at start (its start
+	// time in nanoseconds): every start has a new one.
+	Generation uint64    `json:"generation"`
+	Started    time.Time `json:"started"`
+	// Start is "cold" (gossip alone fills the peer table) or "warm" (it
+	// forwarded from the peer table its predecessor left, WarmPeers
+	// peers, until gossip replaced it).
+	Start     string `json:"start"`
+	WarmPeers int    `json:"warmPeers,omitempty"`
 }
 
 // Node describes this node or a peer.
