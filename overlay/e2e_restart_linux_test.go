@@ -255,3 +255,47 @@ func TestNetnsRestartKeepsTCP(t *testing.T) {
 		}
 	}
 }
+
+// TestNetnsWireGuardResumesAfterLongStop: n1's weftd is killed and kept
+// down until n2 has declared it dead and removed its WireGuard peer, then
+// started again. The first marked datagram from n1's pod reaches n2's pod
+// well before wireguard-go's 5 s handshake retry would let it: the peer
+// re-added on n2 starts a handshake of its own at once (keepalive).
+func TestNetnsWireGuardResumesAfterLongStop(t *testing.T) {
+	needNetns(t, "wg")
+	l := startLab(t, lab.Config{Nodes: 2, Sites: 2, PodsPerNode: 1, Transport: "wireguard"})
+	waitConverged(t, l)
+	n2 := l.Node("n2")
+	p1, p2 := l.PodsOn("n1")[0], l.PodsOn("n2")[0]
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := l.StopWeftd("n1", syscall.SIGKILL, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out, err := l.Exec(ctx, n2.Netns, "wg", "show", n2.WGName, "peers")
+		if err == nil && strings.TrimSpace(string(out)) == "" {
+			break // n2 removed n1's WireGuard peer
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("n2 kept n1's WireGuard peer 20 s after n1 died: %s %v", out, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	m := startMarkedStream(t, p1, p2)
+	defer m.close()
+	started := time.Now()
+	if err := l.StartWeftd(ctx, "n1"); err != nil {
+		t.Fatal(err)
+	}
+	ready := time.Since(started)
+	for m.received.Load() == 0 && time.Since(started) < 10*time.Second {
+		time.Sleep(5 * time.Millisecond)
+	}
+	first := time.Since(started)
+	t.Logf("weftd ready %s after its start; first datagram through %s after it", ready.Round(time.Millisecond), first.Round(time.Millisecond))
+	if m.received.Load() == 0 || first > 3*time.Second {
+		t.Fatalf("first datagram after %s (received %d): the session waited for a handshake retry", first, m.received.Load())
+	}
+}

@@ -184,7 +184,7 @@ func (d *Device) SetPeers(peers []Peer) error {
 		if old, ok := d.applied[k]; ok && old.Endpoint == p.Endpoint && slices.Equal(old.AllowedIPs, p.AllowedIPs) {
 			continue
 		}
-		fmt.Fprintf(&b, "public_key=%s\nendpoint=%s\nreplace_allowed_ips=true\n", hexKey(k), p.Endpoint)
+		fmt.Fprintf(&b, "public_key=%s\nendpoint=%s\npersistent_keepalive_interval=%d\nreplace_allowed_ips=true\n", hexKey(k), p.Endpoint, keepaliveSeconds)
 		for _, a := range p.AllowedIPs {
 			fmt.Fprintf(&b, "allowed_ip=%s\n", a.Masked())
 		}
@@ -212,6 +212,14 @@ func (d *Device) Close() error {
 	})
 	return nil
 }
+
+// keepaliveSeconds is every peer's persistent keepalive. Besides keeping
+// NAT mappings open, turning it on for a new peer makes wireguard-go send
+// a keepalive at once, which starts a handshake: a peer that comes back
+// after a restart (and was removed meanwhile) has a session within a round
+// trip instead of after the 5 s handshake retry of an unanswered
+// initiation from its side.
+const keepaliveSeconds = 25
 
 func hexKey(k wgtypes.Key) string { return fmt.Sprintf("%x", k[:]) }
 
