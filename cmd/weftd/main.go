@@ -202,12 +202,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	defer dp.Close()
 
 	self := c.selfRecord(dp.wg)
-	started := control.Process{PID: os.Getpid(), Generation: self.Generation, Started: time.Now().UTC(), Start: "cold"}
-	if c.WarmMaxAge > 0 {
-		if n := warmStart(c, log, dp.router, self); n > 0 {
-			started.Start, started.WarmPeers = "warm", n
-		}
-	}
+	started := startPeers(c, log, dp, self)
 	if members == nil {
 		if members, err = peer.Join(membershipConfig(c, keys, log), self); err != nil {
 			return fmt.Errorf("start gossip: %w", err)
@@ -244,18 +239,23 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 				return fmt.Errorf("control socket: %w", err)
 			}
 		case <-ctx.Done():
-			if !c.LeaveOnExit {
-				// A restart: no leave, so peers keep this node's
-				// routes; the persistent TUN holds the traffic.
-				log.Info("stopping without leaving the cluster (restart)")
-				return nil
-			}
-			log.Info("leaving the cluster")
-			if err := members.Leave(2 * time.Second); err != nil {
-				log.Warn("graceful leave failed", "err", err)
-			}
+			stop(c, log, members)
 			return nil
 		}
+	}
+}
+
+// stop ends a weftd on SIGTERM or SIGINT. By default it is a restart: no
+// leave, so peers keep this node's routes while the persistent TUN holds
+// its traffic for the next weftd; --leave-on-exit leaves first.
+func stop(c config, log *slog.Logger, members *peer.Membership) {
+	if !c.LeaveOnExit {
+		log.Info("stopping without leaving the cluster (restart)")
+		return
+	}
+	log.Info("leaving the cluster")
+	if err := members.Leave(2 * time.Second); err != nil {
+		log.Warn("graceful leave failed", "err", err)
 	}
 }
 

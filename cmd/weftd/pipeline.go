@@ -18,12 +18,14 @@ package main
 import (
 	"log/slog"
 	"net/netip"
+	"os"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/weftnet/weft/encap/wireguard"
 	"github.com/weftnet/weft/overlay"
+	"github.com/weftnet/weft/overlay/control"
 	"github.com/weftnet/weft/peer"
 )
 
@@ -76,6 +78,19 @@ func setPeers(r *overlay.Router, static []overlay.Peer, admitted []peer.Peer, se
 		log.Warn("some peers skipped", "err", err)
 	}
 	return len(peers)
+}
+
+// startPeers is the start of this process as status reports it: cold, or
+// warm when warmStart routed the peers of the last table (before gossip
+// joins; --warm-start-max-age 0 turns it off).
+func startPeers(c config, log *slog.Logger, dp *datapath, self peer.Record) control.Process {
+	started := control.Process{PID: os.Getpid(), Generation: self.Generation, Started: time.Now().UTC(), Start: "cold"}
+	if c.WarmMaxAge > 0 {
+		if n := warmStart(c, log, dp.router, self); n > 0 {
+			started.Start, started.WarmPeers = "warm", n
+		}
+	}
+	return started
 }
 
 // warmStart routes the peers of the snapshot a previous weftd left
