@@ -156,6 +156,7 @@ func (tc *transportChooser) peer(self, r peer.Record) (overlay.Peer, error) {
 			PublicKey:  wgtypes.Key(r.WGPublicKey),
 			Endpoint:   netip.AddrPortFrom(r.Underlay.Addr(), r.WGPort),
 			AllowedIPs: r.PodCIDRs,
+			Keepalive:  true, // a gossiped weft node: its device is up
 		}
 	}
 	return p, nil

@@ -18,6 +18,7 @@
 package wireguard
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -28,6 +29,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
@@ -67,6 +69,12 @@ type Peer struct {
 	PublicKey  wgtypes.Key
 	Endpoint   netip.AddrPort
 	AllowedIPs []netip.Prefix
+	// Keepalive turns on the persistent keepalive (keepaliveSeconds) when
+	// the peer is added: for weft peers, whose gossiped presence says
+	// their device is up. A static peer may not be ready when it is
+	// configured; a handshake started then would go unanswered and hold
+	// its first packets until wireguard-go's 5 s retry.
+	Keepalive bool
 }
 
 // Device is a running wireguard-go device.
@@ -77,9 +85,10 @@ type Device struct {
 	log  *slog.Logger
 	name string
 
-	mu      sync.Mutex // guards applied and key
+	mu      sync.Mutex // guards applied, key and closed
 	applied map[wgtypes.Key]Peer
 	key     wgtypes.Key
+	closed  bool
 
 	closeOnce sync.Once
 	wg        sync.WaitGroup
@@ -180,11 +189,21 @@ func (d *Device) SetPeers(peers []Peer) error {
 			fmt.Fprintf(&b, "public_key=%s\nremove=true\n", hexKey(k))
 		}
 	}
+	ours := d.key.PublicKey()
+	var later []wgtypes.Key
 	for k, p := range want {
-		if old, ok := d.applied[k]; ok && old.Endpoint == p.Endpoint && slices.Equal(old.AllowedIPs, p.AllowedIPs) {
+		old, known := d.applied[k]
+		if known && old.Endpoint == p.Endpoint && slices.Equal(old.AllowedIPs, p.AllowedIPs) {
 			continue
 		}
-		fmt.Fprintf(&b, "public_key=%s\nendpoint=%s\npersistent_keepalive_interval=%d\nreplace_allowed_ips=true\n", hexKey(k), p.Endpoint, keepaliveSeconds)
+		fmt.Fprintf(&b, "public_key=%s\nendpoint=%s\nreplace_allowed_ips=true\n", hexKey(k), p.Endpoint)
+		if !known && p.Keepalive {
+			if bytes.Compare(ours[:], k[:]) > 0 {
+				fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", keepaliveSeconds)
+			} else {
+				later = append(later, k)
+			}
+		}
 		for _, a := range p.AllowedIPs {
 			fmt.Fprintf(&b, "allowed_ip=%s\n", a.Masked())
 		}
@@ -196,7 +215,23 @@ func (d *Device) SetPeers(peers []Peer) error {
 		return fmt.Errorf("configure wireguard peers: %w", err)
 	}
 	d.applied = want
+	for _, k := range later {
+		time.AfterFunc(keepaliveDelay, func() { d.startKeepalive(k) })
+	}
 	return nil
+}
+
+// startKeepalive turns on the keepalive of peer k (see keepaliveSeconds),
+// if the device still has it.
+func (d *Device) startKeepalive(k wgtypes.Key) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.applied[k]; !ok || d.closed {
+		return
+	}
+	if err := d.dev.IpcSet(fmt.Sprintf("public_key=%s\nupdate_only=true\npersistent_keepalive_interval=%d\n", hexKey(k), keepaliveSeconds)); err != nil {
+		d.log.Debug("keepalive not set", "err", err)
+	}
 }
 
 // SetDivert starts the device's reads from the TUN, each batch filtered by
@@ -206,6 +241,9 @@ func (d *Device) SetDivert(f Divert) { d.tun.setDivert(f) }
 // Close stops the device and removes the UAPI socket. It is idempotent.
 func (d *Device) Close() error {
 	d.closeOnce.Do(func() {
+		d.mu.Lock()
+		d.closed = true
+		d.mu.Unlock()
 		d.uapi.Close()
 		d.dev.Close() // closes the TUN, which ends the device's reads
 		d.wg.Wait()
@@ -213,13 +251,21 @@ func (d *Device) Close() error {
 	return nil
 }
 
-// keepaliveSeconds is every peer's persistent keepalive. Besides keeping
+// keepaliveSeconds is the persistent keepalive of weft peers (Peer.Keepalive). Besides keeping
 // NAT mappings open, turning it on for a new peer makes wireguard-go send
 // a keepalive at once, which starts a handshake: a peer that comes back
 // after a restart (and was removed meanwhile) has a session within a round
 // trip instead of after the 5 s handshake retry of an unanswered
-// initiation from its side.
-const keepaliveSeconds = 25
+// initiation from its side. Two devices that add each other at the same
+// moment must not both initiate (each initiation overwrites the other's
+// handshake state, and both wait for the retry): the device with the
+// greater public key turns the keepalive on at once, the other
+// keepaliveDelay later, by when a handshake the first one started is done
+// and the keepalive rides on its session.
+const (
+	keepaliveSeconds = 25
+	keepaliveDelay   = 300 * time.Millisecond
+)
 
 func hexKey(k wgtypes.Key) string { return fmt.Sprintf("%x", k[:]) }
 

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -146,5 +147,51 @@ func TestDevicesExchangePackets(t *testing.T) {
 	}
 	if cfg, _ := a.dev.dev.IpcGet(); bytes.Contains([]byte(cfg), []byte("public_key=")) {
 		t.Fatalf("peer still configured after SetPeers(nil):\n%s", cfg)
+	}
+}
+
+// TestKeepalivePeersHandshakeUnprompted: two devices that add each other
+// as weft peers (Keepalive) at the same moment get a session without any
+// traffic asking for one, and without both initiating at once (which
+// would leave both waiting for the 5 s handshake retry); a packet then
+// goes straight through. Peers without Keepalive stay silent until
+// traffic comes.
+func TestKeepalivePeersHandshakeUnprompted(t *testing.T) {
+	prereqtest.Root(t) // the UAPI socket lives in /var/run/wireguard
+	handshake := func(n *node) bool {
+		cfg, err := n.dev.dev.IpcGet()
+		return err == nil && strings.Contains(cfg, "last_handshake_time_sec=") && !strings.Contains(cfg, "last_handshake_time_sec=0\n")
+	}
+	quiet, other := newNode(t, "10.244.3.0/24"), newNode(t, "10.244.4.0/24")
+	if err := quiet.dev.SetPeers([]Peer{other.asPeer()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.dev.SetPeers([]Peer{quiet.asPeer()}); err != nil {
+		t.Fatal(err)
+	}
+
+	a, b := newNode(t, "10.244.1.0/24"), newNode(t, "10.244.2.0/24")
+	pa, pb := a.asPeer(), b.asPeer()
+	pa.Keepalive, pb.Keepalive = true, true
+	if err := a.dev.SetPeers([]Peer{pb}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.dev.SetPeers([]Peer{pa}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Second) // the retry would take 5 s
+	for !(handshake(a) && handshake(b)) {
+		if time.Now().After(deadline) {
+			t.Fatal("no handshake within 2 s of adding the peers: both initiated, or neither")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	pkt := ipv4("10.244.1.2", "10.244.2.2", "on the session the keepalive made")
+	a.tun.Outbound <- pkt
+	if got := receive(t, b); !bytes.Equal(got, pkt) {
+		t.Fatalf("b decrypted % x, want % x", got, pkt)
+	}
+	if handshake(quiet) || handshake(other) {
+		t.Error("peers without Keepalive handshook with no traffic")
 	}
 }
