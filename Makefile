@@ -9,7 +9,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X github.com/weftnet/weft/cmd/internal/buildinfo.Version=$(VERSION)
 DEPS      := sh deploy/prereq/install.sh
 
-.PHONY: all build deps deps-demo deps-test deps-bench test test-unit test-netns test-kube kube-bins demo bench fuzz vet clean lab-down
+.PHONY: bench-restart all build deps deps-demo deps-test deps-bench test test-unit test-netns test-kube kube-bins demo bench fuzz vet clean lab-down
 
 all: build
 
@@ -88,6 +88,15 @@ bench: deps-bench build
 	@if [ "$$(id -u)" != 0 ]; then echo "bench needs root (network namespaces, TUN)"; exit 1; fi
 	$(GO) build -o $(BIN)/weftbench ./bench/cmd/weftbench
 	$(BIN)/weftbench -bin-dir $(CURDIR)/$(BIN)
+
+# Pod traffic through restarts of weftd (bench/restart_linux.go): a TCP
+# stream and a 10 ms UDP probe between two pods while the sender's weftd
+# is killed (SIGKILL) or stopped (SIGTERM) and started again, over VXLAN
+# and WireGuard; writes bench/results/restart-{latest.json,<date>.md}.
+bench-restart: deps-demo build
+	@if [ "$$(id -u)" != 0 ]; then echo "bench-restart needs root (network namespaces, TUN)"; exit 1; fi
+	$(GO) build -o $(BIN)/weftbench ./bench/cmd/weftbench
+	$(BIN)/weftbench -restart -bin-dir $(CURDIR)/$(BIN)
 
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzFrameDecode -fuzztime 30s ./encap/vxlan

@@ -85,3 +85,48 @@ func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(b), "\n"))
 	return len(b), nil
 }
+
+// TestRestartSmoke runs the restart benchmark once, VXLAN and SIGKILL
+// only: the connection survives, the figures are there, the report is
+// written, and nothing is left.
+func TestRestartSmoke(t *testing.T) {
+	prereqtest.Netns(t, "ip")
+	cfg := DefaultRestartConfig()
+	cfg.Transports, cfg.Signals, cfg.Reps = []string{"vxlan"}, cfg.Signals[:1], 1
+	cfg.Before, cfg.After = 300*time.Millisecond, 300*time.Millisecond
+	cfg.BinDir = prereqtest.Binaries(t)
+	cfg.RunDir = filepath.Join(t.TempDir(), "run")
+	cfg.OutDir = t.TempDir()
+	cfg.Tag = "wbr"
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rep, err := RunRestart(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Samples) != 1 {
+		t.Fatalf("%d samples, want 1", len(rep.Samples))
+	}
+	s := rep.Samples[0]
+	t.Logf("%+v", s.Result)
+	if !s.Result.Survived || s.Result.BytesDelivered == 0 || s.Result.ProbesSent == 0 || s.Back <= 0 || s.Result.StallNs <= 0 {
+		t.Fatalf("implausible sample: back %s, %+v", s.Back, s.Result)
+	}
+	md, err := os.ReadFile(filepath.Join(cfg.OutDir, "restart-"+rep.Date.Format("2006-01-02")+".md"))
+	if err != nil || !strings.Contains(string(md), "| vxlan | SIGKILL | 1 |") || !strings.Contains(string(md), "1 of 1") {
+		t.Fatalf("report: %v\n%s", err, md)
+	}
+	var back RestartReport
+	if b, err := os.ReadFile(filepath.Join(cfg.OutDir, "restart-latest.json")); err != nil || json.Unmarshal(b, &back) != nil || len(back.Samples) != 1 {
+		t.Fatalf("restart-latest.json: %v", err)
+	}
+	ents, _ := os.ReadDir("/run/netns")
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), cfg.Tag) {
+			t.Errorf("namespace %s left behind", e.Name())
+		}
+	}
+	if _, err := os.Stat(cfg.RunDir); !os.IsNotExist(err) {
+		t.Errorf("%s left behind (%v)", cfg.RunDir, err)
+	}
+}

@@ -4,94 +4,24 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"net"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
-
 	"github.com/weftnet/weft/deploy/lab"
 )
 
-// restartMarker is in the payload of every datagram the fail-closed test
-// sends, so a plaintext copy on the underlay is found by its bytes.
-const restartMarker = "weft-restart-marker-9f3c"
-
-// markedStream sends a marked UDP datagram from pod from to pod to every
-// 10 ms until stop is closed, and counts what arrives.
-type markedStream struct {
-	sent, received atomic.Int64
-	// maxGap is the longest time between two arrivals (nanoseconds).
-	maxGap atomic.Int64
-	stop   chan struct{}
-	wg     sync.WaitGroup
-}
-
-func startMarkedStream(t *testing.T, from, to lab.Pod) *markedStream {
+// startFlow starts a lab.Flow from pod from to pod to, stopped at the
+// latest when the test ends.
+func startFlow(t *testing.T, l *lab.Lab, from, to lab.Pod) *lab.Flow {
 	t.Helper()
-	var rx, tx net.PacketConn
-	if err := ns.WithNetNSPath(to.NetnsPath, func(ns.NetNS) error {
-		var err error
-		rx, err = net.ListenPacket("udp4", net.JoinHostPort(to.Address, "0"))
-		return err
-	}); err != nil {
+	f, err := l.StartFlow(context.Background(), from, to)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ns.WithNetNSPath(from.NetnsPath, func(ns.NetNS) error {
-		var err error
-		tx, err = net.ListenPacket("udp4", net.JoinHostPort(from.Address, "0"))
-		return err
-	}); err != nil {
-		rx.Close()
-		t.Fatal(err)
-	}
-	m := &markedStream{stop: make(chan struct{})}
-	m.wg.Add(2)
-	go func() {
-		defer m.wg.Done()
-		buf := make([]byte, 2048)
-		var last time.Time
-		for {
-			n, _, err := rx.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			if bytes.Contains(buf[:n], []byte(restartMarker)) {
-				m.received.Add(1)
-				now := time.Now()
-				if !last.IsZero() && int64(now.Sub(last)) > m.maxGap.Load() {
-					m.maxGap.Store(int64(now.Sub(last)))
-				}
-				last = now
-			}
-		}
-	}()
-	go func() {
-		defer m.wg.Done()
-		defer tx.Close()
-		defer rx.Close()
-		tick := time.NewTicker(10 * time.Millisecond)
-		defer tick.Stop()
-		payload := []byte(restartMarker + " datagram")
-		for {
-			select {
-			case <-m.stop:
-				time.Sleep(100 * time.Millisecond) // the last ones in flight
-				return
-			case <-tick.C:
-				tx.WriteTo(payload, rx.LocalAddr())
-				m.sent.Add(1)
-			}
-		}
-	}()
-	return m
+	return f
 }
-
-func (m *markedStream) close() { close(m.stop); m.wg.Wait() }
 
 // routeVia is the device `ip route get` names for addr inside netns, or the
 // route type (blackhole, unreachable) when there is none.
@@ -138,21 +68,21 @@ func TestNetnsRestartFailsClosed(t *testing.T) {
 
 	resumed := func(what string) {
 		t.Helper()
-		m := startMarkedStream(t, p1, p2)
+		f := startFlow(t, l, p1, p2)
 		deadline := time.Now().Add(10 * time.Second)
-		for m.received.Load() < 5 && time.Now().Before(deadline) {
+		for _, got := f.Probes(); got < 5 && time.Now().Before(deadline); _, got = f.Probes() {
 			time.Sleep(10 * time.Millisecond)
 		}
-		m.close()
-		if m.received.Load() < 5 {
-			t.Fatalf("%s: %d of %d datagrams arrived", what, m.received.Load(), m.sent.Load())
+		r := f.Stop()
+		if r.ProbesSent-r.ProbesLost < 5 || !r.Survived {
+			t.Fatalf("%s: %+v", what, r)
 		}
 	}
 	resumed("before any restart")
 
 	pcap := capture(t, n1.Netns, n1.UnderlayIf, "", func() {
-		m := startMarkedStream(t, p1, p2)
-		defer m.close()
+		f := startFlow(t, l, p1, p2)
+		defer f.Stop()
 		time.Sleep(300 * time.Millisecond)
 
 		// A crash: the device persists, its route holds the traffic.
@@ -195,7 +125,7 @@ func TestNetnsRestartFailsClosed(t *testing.T) {
 		t.Fatal("nothing captured on n1's underlay")
 	}
 	for i, f := range frames {
-		if bytes.Contains(f, []byte(restartMarker)) || bytes.Contains(f, inner) {
+		if bytes.Contains(f, lab.FlowMarker) || bytes.Contains(f, inner) {
 			t.Fatalf("frame %d of %d on n1's underlay carries pod traffic in the clear: % x", i, len(frames), f[:min(len(f), 64)])
 		}
 		if len(f) >= 14+20 && binary.BigEndian.Uint16(f[12:14]) == 0x0800 && f[14+12] == 10 && f[14+13] == 244 {
@@ -216,17 +146,9 @@ func TestNetnsRestartKeepsTCP(t *testing.T) {
 			t.Run(transport+"/"+sig.String(), func(t *testing.T) {
 				l := startLab(t, lab.Config{Nodes: 2, Sites: 2, PodsPerNode: 1, Transport: transport})
 				waitConverged(t, l)
-				p1, p2 := l.PodsOn("n1")[0], l.PodsOn("n2")[0]
 				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 				defer cancel()
-				done := make(chan error, 1)
-				var res lab.TransferResult
-				go func() {
-					var err error
-					res, err = l.Transfer(ctx, p1, p2, 512<<20)
-					done <- err
-				}()
-				m := startMarkedStream(t, p1, p2)
+				f := startFlow(t, l, l.PodsOn("n1")[0], l.PodsOn("n2")[0])
 				time.Sleep(300 * time.Millisecond)
 				stopped := time.Now()
 				if err := l.StopWeftd("n1", sig, 5*time.Second); err != nil {
@@ -236,20 +158,15 @@ func TestNetnsRestartKeepsTCP(t *testing.T) {
 					t.Fatal(err)
 				}
 				back := time.Since(stopped)
-				err := <-done
-				time.Sleep(500 * time.Millisecond)
-				m.close()
-				lost := m.sent.Load() - m.received.Load()
-				t.Logf("%s %s: weftd back %s after the signal; 10 ms datagrams: longest gap %s, %d of %d lost; TCP %.0f MB/s",
-					transport, sig, back.Round(time.Millisecond), time.Duration(m.maxGap.Load()).Round(time.Millisecond), lost, m.sent.Load(), res.MBps())
-				if err != nil {
-					t.Fatalf("transfer across the restart: %v", err)
+				time.Sleep(time.Second)
+				r := f.Stop()
+				t.Logf("%s %s: weftd back %s after the signal; TCP %d MB, longest stall %s, %d retransmits; 10 ms probes: longest gap %s, %d of %d lost",
+					transport, sig, back.Round(time.Millisecond), r.Bytes>>20, r.LongestStall, r.Retransmits, r.LongestProbeGap, r.ProbesLost, r.ProbesSent)
+				if !r.Survived || r.Bytes == 0 {
+					t.Fatalf("the TCP connection did not survive the restart: %+v", r)
 				}
 				if st := status(t, l.Node("n1")); st.Process.Start != "warm" || st.Process.WarmPeers != 1 {
 					t.Errorf("the restarted weftd: %+v, want a warm start from 1 peer", st.Process)
-				}
-				if res.Bytes != 512<<20 {
-					t.Fatalf("transfer: %d bytes", res.Bytes)
 				}
 			})
 		}
@@ -258,7 +175,7 @@ func TestNetnsRestartKeepsTCP(t *testing.T) {
 
 // TestNetnsWireGuardResumesAfterLongStop: n1's weftd is killed and kept
 // down until n2 has declared it dead and removed its WireGuard peer, then
-// started again. The first marked datagram from n1's pod reaches n2's pod
+// started again. The first probe from n1's pod reaches n2's pod
 // well before wireguard-go's 5 s handshake retry would let it: the peer
 // re-added on n2 starts a handshake of its own at once (keepalive).
 func TestNetnsWireGuardResumesAfterLongStop(t *testing.T) {
@@ -269,6 +186,7 @@ func TestNetnsWireGuardResumesAfterLongStop(t *testing.T) {
 	p1, p2 := l.PodsOn("n1")[0], l.PodsOn("n2")[0]
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	f := startFlow(t, l, p1, p2)
 	if err := l.StopWeftd("n1", syscall.SIGKILL, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -283,19 +201,23 @@ func TestNetnsWireGuardResumesAfterLongStop(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	m := startMarkedStream(t, p1, p2)
-	defer m.close()
+	arrived := func() int { _, n := f.Probes(); return n }
+	before := arrived()
 	started := time.Now()
 	if err := l.StartWeftd(ctx, "n1"); err != nil {
 		t.Fatal(err)
 	}
 	ready := time.Since(started)
-	for m.received.Load() == 0 && time.Since(started) < 10*time.Second {
+	for arrived() == before && time.Since(started) < 10*time.Second {
 		time.Sleep(5 * time.Millisecond)
 	}
 	first := time.Since(started)
-	t.Logf("weftd ready %s after its start; first datagram through %s after it", ready.Round(time.Millisecond), first.Round(time.Millisecond))
-	if m.received.Load() == 0 || first > 3*time.Second {
-		t.Fatalf("first datagram after %s (received %d): the session waited for a handshake retry", first, m.received.Load())
+	t.Logf("weftd ready %s after its start; first probe through %s after it", ready.Round(time.Millisecond), first.Round(time.Millisecond))
+	if arrived() == before || first > 3*time.Second {
+		t.Fatalf("first probe after %s: the session waited for a handshake retry", first)
+	}
+	// The TCP stream started before the stop lives through it too.
+	if r := f.Stop(); !r.Survived {
+		t.Errorf("the TCP connection did not survive a stop of %s: %+v", time.Since(started)+ready, r)
 	}
 }

@@ -51,6 +51,7 @@ func run(args []string) int {
 	fs.StringVar(&cfg.WireGuardBin, "wireguard-bin", "", "standalone wireguard-go binary (default: go build golang.zx2c4.com/wireguard at go.mod's version)")
 	fs.StringVar(&cfg.OutDir, "out", cfg.OutDir, "results directory (latest.json, latest.png, <date>.md); empty writes nothing")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
+	restart := fs.Bool("restart", false, "the restart benchmark instead (make bench-restart): pod traffic through SIGKILL and SIGTERM restarts of weftd, VXLAN and WireGuard; writes restart-latest.json and restart-<date>.md")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -69,6 +70,9 @@ func run(args []string) int {
 	// a second Ctrl-C cannot cut the cleanup short.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
+	if *restart {
+		return runRestart(ctx, cfg)
+	}
 	rep, err := bench.Run(ctx, cfg)
 	if rep != nil && rep.Rows != nil {
 		fmt.Print(bench.Table(rep.Rows, rep.Unavailable, rep.Failed))
@@ -79,6 +83,26 @@ func run(args []string) int {
 	}
 	if len(rep.Failed) > 0 {
 		cfg.Log.Error("datapaths failed", "datapaths", strings.Join(keys(rep.Failed), ","))
+		return 1
+	}
+	return 0
+}
+
+// runRestart is -restart: the restart benchmark, with the bin and output
+// directories and BENCH_REPS of cfg.
+func runRestart(ctx context.Context, cfg bench.Config) int {
+	rc := bench.DefaultRestartConfig()
+	rc.BinDir, rc.OutDir, rc.Command = cfg.BinDir, cfg.OutDir, strings.Replace(cfg.Command, "make bench →", "make bench-restart →", 1)
+	if os.Getenv("BENCH_REPS") != "" {
+		rc.Reps = cfg.Reps
+	}
+	rc.Log = func(format string, args ...any) { cfg.Log.Info(fmt.Sprintf(format, args...)) }
+	rep, err := bench.RunRestart(ctx, rc)
+	if rep != nil {
+		fmt.Print(rep.Markdown())
+	}
+	if err != nil {
+		cfg.Log.Error("restart bench failed", "err", err)
 		return 1
 	}
 	return 0
