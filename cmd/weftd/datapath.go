@@ -144,6 +144,11 @@ func startDatapath(c config, log *slog.Logger) (dp *datapath, err error) {
 	if err := overlay.ConfigureHost(overlay.HostConfig{TUN: c.TUN, MTU: dp.mtu, Gateway: dp.gateway, ClusterCIDR: c.ClusterCIDR, TxQueueLen: c.TUNQueueLen}); err != nil {
 		return dp, err
 	}
+	stopMasq, err := startMasquerade(c, log)
+	if err != nil {
+		return dp, err
+	}
+	dp.closers = append(dp.closers, stopMasq)
 	rcfg := overlay.Config{VNI: c.VNI, LocalMAC: c.VTEPMAC, PodCIDRs: []netip.Prefix{c.PodCIDR}, PathMTU: overlay.KernelPathMTU, ICMPSource: dp.gateway, Logger: log}
 	if c.WireGuard {
 		key, err := wireguard.LoadOrCreateKey(c.WGKeyFile)

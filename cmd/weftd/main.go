@@ -51,6 +51,7 @@ type config struct {
 	statics       // --static-peer (static.go)
 	controlPlane  // gossip, keys, node-CIDR claims (gossip.go)
 	kubeFlags     // Kubernetes mode, health endpoints (kube.go)
+	masqFlags     // egress masquerade (masq.go)
 }
 
 // registerFlags adds the node-wide flags to fs.
@@ -77,13 +78,14 @@ func parseFlags(args []string) (config, error) {
 	c.statics.registerFlags(fs)
 	c.controlPlane.registerFlags(fs)
 	c.kubeFlags.registerFlags(fs)
+	c.masqFlags.registerFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
-	for _, check := range []func() error{c.checkKube, c.checkNode, c.checkControlPlane, c.checkUnderlay, c.checkDatapath} {
+	for _, check := range []func() error{c.checkKube, c.checkNode, c.checkControlPlane, c.checkUnderlay, c.checkDatapath, c.checkMasq} {
 		if err := check(); err != nil {
 			return c, err
 		}

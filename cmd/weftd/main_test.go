@@ -20,6 +20,12 @@ func TestParseFlags(t *testing.T) {
 	if c.VNI != 1 || c.VXLANPort != 4789 || c.GossipPort != 7946 || c.ClusterCIDR != netip.MustParsePrefix("10.244.0.0/16") {
 		t.Fatalf("defaults: %+v", c)
 	}
+	if !c.Masquerade || len(c.MasqExcept) != 0 || c.MasqResync <= 0 {
+		t.Fatalf("masquerade defaults: %v %v %v", c.Masquerade, c.MasqExcept, c.MasqResync)
+	}
+	if c2, err := parseFlags(append(base, "--masquerade-except", "172.16.0.1/12, 192.168.0.0/16")); err != nil || len(c2.MasqExcept) != 2 || c2.MasqExcept[0] != netip.MustParsePrefix("172.16.0.0/12") {
+		t.Fatalf("--masquerade-except: %v %v", c2.MasqExcept, err)
+	}
 	if c.VTEPMAC != [6]byte{0x0a, 0x58, 10, 244, 1, 1} {
 		t.Fatalf("derived VTEP MAC = % x", c.VTEPMAC)
 	}
@@ -41,6 +47,9 @@ func TestParseFlags(t *testing.T) {
 		{append(base, "extra"), "unexpected arguments"},
 		{append(base, "--procs", "-1"), "--procs -1 out of range"},
 		{append(base, "--tun-queue-len", "0"), "--tun-queue-len 0 out of range"},
+		{append(base, "--masquerade-except", "10.0.0.0/8,bogus"), `--masquerade-except "bogus"`},
+		{append(base, "--masquerade-except", "2001:db8::/32"), "want IPv4 CIDRs"},
+		{append(base, "--masquerade-resync", "0s"), "--masquerade-resync 0s"},
 		{append(base, "--static-peer", "name=kv,addr=192.0.2.12"), "all required"},
 		{append(base, "--static-peer", "name=kv,bogus=1"), "unknown key"},
 		{append(base, "--static-peer", "name=kv,addr=192.0.2.12,cidr=10.244.2.0/24,mac=01:02"), "mac"},

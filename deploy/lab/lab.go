@@ -84,6 +84,11 @@ type Config struct {
 	// 24: nodes claim their pod CIDRs over gossip (standalone mode), and
 	// lab.json's podCIDR stays empty (ask weftd's status).
 	ClaimCIDRs bool
+	// Internet adds an "internet" namespace behind the router on
+	// 203.0.113.0/24 (so at most 2 sites), host InternetAddr, which has
+	// no route to the pod CIDRs: pods reach it only through their node's
+	// masquerade.
+	Internet bool
 	// Log receives one line per step of progress; nil discards.
 	Log io.Writer
 }
@@ -157,8 +162,10 @@ type Lab struct {
 	Transport   string `json:"transport"`
 	ClusterCIDR string `json:"clusterCIDR"`
 	Router      Router `json:"router"`
-	Nodes       []Node `json:"nodes"`
-	Pods        []Pod  `json:"pods"`
+	// Internet is the "internet" namespace (Config.Internet), nil without.
+	Internet *Internet `json:"internet,omitempty"`
+	Nodes    []Node    `json:"nodes"`
+	Pods     []Pod     `json:"pods"`
 	// GossipKeyFile is the lab's gossip key file (<dir>/gossip.key, made
 	// by Up), given to every weftd with --gossip-key-file.
 	GossipKeyFile string `json:"gossipKeyFile,omitempty"`
@@ -191,6 +198,17 @@ type proc struct {
 type Router struct {
 	Netns string `json:"netns"`
 	Sites []Site `json:"sites"`
+}
+
+// InternetAddr is the host of the lab's "internet" namespace.
+const InternetAddr = "203.0.113.100"
+
+// Internet is a host outside the cluster, routed by the router namespace,
+// that knows no route to the pod CIDRs.
+type Internet struct {
+	Netns   string `json:"netns"`
+	Addr    string `json:"addr"`
+	Gateway string `json:"gateway"` // the router's address on its link
 }
 
 // Site is one underlay subnet, a bridge inside the router namespace.
@@ -347,6 +365,9 @@ func (cfg *Config) validate() error {
 		errs = append(errs, fmt.Errorf("sites %d: want 1..%d", cfg.Sites, len(sites)))
 	}
 	// Node addresses are .(10+i) and pod CIDRs 10.244.i.0/24.
+	if cfg.Internet && cfg.Sites > 2 {
+		errs = append(errs, fmt.Errorf("internet: needs 203.0.113.0/24, which a third site takes (sites %d: want 1..2)", cfg.Sites))
+	}
 	if cfg.Nodes < cfg.Sites || cfg.Nodes > 200 {
 		errs = append(errs, fmt.Errorf("nodes %d: want %d..200 (at least one per site)", cfg.Nodes, cfg.Sites))
 	}

@@ -160,6 +160,9 @@ func plan(cfg Config) *Lab {
 		WeftdArgs:   slices.Clone(cfg.WeftdArgs),
 		ClaimCIDRs:  cfg.ClaimCIDRs,
 	}
+	if cfg.Internet {
+		l.Internet = &Internet{Netns: cfg.Prefix + "-inet", Addr: InternetAddr, Gateway: "203.0.113.1"}
+	}
 	for i := 1; i <= cfg.Nodes; i++ {
 		site := l.Router.Sites[(i-1)%cfg.Sites]
 		pfx := netip.MustParsePrefix(site.Subnet)
@@ -215,6 +218,9 @@ func (l *Lab) netnsNames() []string {
 	for _, n := range l.Nodes {
 		out = append(out, n.Netns)
 	}
+	if l.Internet != nil {
+		out = append(out, l.Internet.Netns)
+	}
 	return append(out, l.Router.Netns)
 }
 
@@ -258,6 +264,34 @@ func (l *Lab) makeRouter(ctx context.Context) error {
 			if _, err := ip(ctx, c...); err != nil {
 				return fmt.Errorf("router site %s: %w", s.Name, err)
 			}
+		}
+	}
+	return l.makeInternet(ctx)
+}
+
+// makeInternet adds the "internet" namespace (Config.Internet): a veth from
+// the router, a default route back to it, and nothing toward the pods.
+func (l *Lab) makeInternet(ctx context.Context) error {
+	in := l.Internet
+	if in == nil {
+		return nil
+	}
+	r := l.Router.Netns
+	fmt.Fprintf(l.log, "creating internet %s (%s)\n", in.Netns, in.Addr)
+	if _, err := ip(ctx, "netns", "add", in.Netns); err != nil {
+		return err
+	}
+	for _, c := range [][]string{
+		{"-n", in.Netns, "link", "set", "lo", "up"},
+		{"-n", r, "link", "add", "vinet", "type", "veth", "peer", "name", "eth0", "netns", in.Netns},
+		{"-n", r, "addr", "add", in.Gateway + "/24", "dev", "vinet"},
+		{"-n", r, "link", "set", "vinet", "up"},
+		{"-n", in.Netns, "addr", "add", in.Addr + "/24", "dev", "eth0"},
+		{"-n", in.Netns, "link", "set", "eth0", "up"},
+		{"-n", in.Netns, "route", "add", "default", "via", in.Gateway},
+	} {
+		if _, err := ip(ctx, c...); err != nil {
+			return fmt.Errorf("internet: %w", err)
 		}
 	}
 	return nil

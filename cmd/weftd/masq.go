@@ -1,0 +1,80 @@
+package main
+
+// Egress masquerade (overlay/masq.go): on by default, applied once the
+// datapath is up and re-applied every --masquerade-resync to repair drift.
+
+import (
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/weftnet/weft/overlay"
+)
+
+type masqFlags struct {
+	Masquerade bool
+	MasqExcept []netip.Prefix
+	MasqResync time.Duration
+	except     string // --masquerade-except, comma-separated
+}
+
+func (m *masqFlags) registerFlags(fs *flag.FlagSet) {
+	fs.BoolVar(&m.Masquerade, "masquerade", true, "translate the source of pod traffic leaving the cluster CIDR to the node's address (nftables table ip "+overlay.MasqTable+"); false removes the table")
+	fs.StringVar(&m.except, "masquerade-except", "", "comma-separated IPv4 CIDRs outside the cluster CIDR that pods reach with their own address (e.g. the VPC's range)")
+	fs.DurationVar(&m.MasqResync, "masquerade-resync", time.Minute, "how often the masquerade table is applied again, repairing changes made by others")
+}
+
+// checkMasq parses --masquerade-except and checks the resync interval.
+func (c *config) checkMasq() error {
+	for _, s := range strings.Split(c.except, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil || !p.Addr().Is4() {
+			return fmt.Errorf("--masquerade-except %q: want IPv4 CIDRs", s)
+		}
+		c.MasqExcept = append(c.MasqExcept, p.Masked())
+	}
+	if c.MasqResync <= 0 {
+		return fmt.Errorf("--masquerade-resync %s: want > 0", c.MasqResync)
+	}
+	return nil
+}
+
+// startMasquerade applies the masquerade (or removes it with
+// --masquerade=false) and keeps it applied; the returned function stops
+// the resync. The table stays when weftd exits: pods keep reaching the
+// outside across restarts.
+func startMasquerade(c config, log *slog.Logger) (stop func() error, err error) {
+	var want *overlay.Masquerade
+	if c.Masquerade {
+		want = &overlay.Masquerade{PodCIDR: c.PodCIDR, ClusterCIDR: c.ClusterCIDR, Except: c.MasqExcept}
+	}
+	if err := overlay.ApplyMasquerade(want); err != nil {
+		return nil, err
+	}
+	if want == nil {
+		return func() error { return nil }, nil
+	}
+	done, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		t := time.NewTicker(c.MasqResync)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if err := overlay.ApplyMasquerade(want); err != nil {
+					log.Warn("masquerade not repaired", "err", err)
+				}
+			}
+		}
+	}()
+	return func() error { close(done); <-exited; return nil }, nil
+}
