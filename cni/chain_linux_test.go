@@ -21,7 +21,10 @@ import (
 )
 
 // shippedConfList loads deploy/cni/10-weft.conflist with weft-cni's dirs
-// pointed at the lab and the version replaced by cniVersion.
+// pointed at the lab. With cniVersion "" the versions stay as shipped
+// (libcni picks the highest of cniVersions it knows, as a current
+// runtime does); otherwise cniVersion replaces them, as a runtime whose
+// libcni predates cniVersions reads only cniVersion.
 func (l *lab) shippedConfList(cniVersion string) {
 	l.t.Helper()
 	b, err := os.ReadFile("../deploy/cni/10-weft.conflist")
@@ -38,7 +41,10 @@ func (l *lab) shippedConfList(cniVersion string) {
 		l.t.Fatalf("shipped conflist: %s", b)
 	}
 	weft["runDir"], weft["dataDir"] = l.runDir, l.dataDir
-	m["cniVersion"] = cniVersion
+	if cniVersion != "" {
+		m["cniVersion"] = cniVersion
+		delete(m, "cniVersions")
+	}
 	b, err = json.Marshal(m)
 	if err != nil {
 		l.t.Fatal(err)
@@ -109,7 +115,7 @@ func testChain(t *testing.T, l *lab, cniVersion string, check bool) {
 	if !strings.Contains(qd, "tbf") || !strings.Contains(qd, "ingress") {
 		t.Fatalf("bandwidth qdiscs on %s: %s", host, qd)
 	}
-	if check && versionAtLeast(cniVersion, "0.4.0") {
+	if check && versionAtLeast(l.confList.CNIVersion, "0.4.0") {
 		if err := l.inNode(func() error { return l.cni.CheckNetworkList(context.Background(), l.confList, rt) }); err != nil {
 			t.Fatalf("chained CHECK: %v", err)
 		}
@@ -138,8 +144,9 @@ func requireFirewall(t *testing.T) {
 	prereqtest.Programs(t, "nft", "iptables", "iptables-save")
 }
 
-// TestChainReference: the shipped 1.1.0 conflist with portmap and
-// bandwidth at ReferenceVersion, built from the Go module proxy.
+// TestChainReference: the shipped conflist as shipped (libcni picks 1.1.0
+// from its cniVersions) with portmap and bandwidth at ReferenceVersion,
+// built from the Go module proxy.
 func TestChainReference(t *testing.T) {
 	requireRoot(t)
 	requireFirewall(t)
@@ -148,7 +155,10 @@ func TestChainReference(t *testing.T) {
 	cnitest.InstallReference(t, ref, "meta/portmap", "meta/bandwidth")
 	l.cni.Path = append(l.cni.Path, ref)
 	l.writeNode()
-	testChain(t, l, "1.1.0", true)
+	testChain(t, l, "", true)
+	if l.confList.CNIVersion != "1.1.0" {
+		t.Errorf("libcni picked %s from the shipped cniVersions, want 1.1.0", l.confList.CNIVersion)
+	}
 }
 
 // TestChainDebian: the same chain at 1.0.0 with Debian's

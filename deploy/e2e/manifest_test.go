@@ -5,9 +5,12 @@ package e2e
 // install depends on. It needs neither root nor a cluster.
 
 import (
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -152,6 +155,32 @@ func TestRBACLeastPrivilege(t *testing.T) {
 
 // Every flag the DaemonSet passes exists in weftd: the args, with the
 // ConfigMap's values expanded as the kubelet does, parse up to -h.
+// TestConfigMapConflistIsShipped: the conflist the install-cni init
+// container writes (ConfigMap) is deploy/cni/10-weft.conflist, and it
+// names 1.0.0 (what containerd 1.6's libcni reads) and 1.1.0 in
+// cniVersions for a runtime that picks.
+func TestConfigMapConflistIsShipped(t *testing.T) {
+	var cm corev1.ConfigMap
+	readYAML(t, "../configmap.yaml", &cm)
+	file, err := os.ReadFile("../cni/10-weft.conflist")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inMap, shipped map[string]any
+	if err := json.Unmarshal([]byte(cm.Data["10-weft.conflist"]), &inMap); err != nil {
+		t.Fatalf("ConfigMap conflist: %v", err)
+	}
+	if err := json.Unmarshal(file, &shipped); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(inMap, shipped) {
+		t.Fatalf("ConfigMap conflist differs from deploy/cni/10-weft.conflist:\n%v\n%v", inMap, shipped)
+	}
+	if shipped["cniVersion"] != "1.0.0" || fmt.Sprint(shipped["cniVersions"]) != "[1.0.0 1.1.0]" {
+		t.Fatalf("versions: cniVersion %v, cniVersions %v", shipped["cniVersion"], shipped["cniVersions"])
+	}
+}
+
 func TestDaemonSetFlagsExist(t *testing.T) {
 	var (
 		ds appsv1.DaemonSet
