@@ -153,8 +153,6 @@ func TestRBACLeastPrivilege(t *testing.T) {
 	}
 }
 
-// Every flag the DaemonSet passes exists in weftd: the args, with the
-// ConfigMap's values expanded as the kubelet does, parse up to -h.
 // TestConfigMapConflistIsShipped: the conflist the install-cni init
 // container writes (ConfigMap) is deploy/cni/10-weft.conflist, and it
 // names 1.0.0 (what containerd 1.6's libcni reads) and 1.1.0 in
@@ -181,6 +179,8 @@ func TestConfigMapConflistIsShipped(t *testing.T) {
 	}
 }
 
+// Every flag the DaemonSet passes exists in weftd: the args, with the
+// ConfigMap's values expanded as the kubelet does, parse up to -h.
 func TestDaemonSetFlagsExist(t *testing.T) {
 	var (
 		ds appsv1.DaemonSet
