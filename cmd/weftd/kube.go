@@ -196,6 +196,22 @@ func (k *kubeMode) feed(ctx context.Context, members *peer.Membership, out chan 
 		published = ann
 		k.log.Info("published Node annotations", "annotations", ann)
 	}
+	// The datapath is up (feed starts after it): tell the cluster, once,
+	// retrying on the resync until it took.
+	available := false
+	markAvailable := func() {
+		if available {
+			return
+		}
+		mctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := k.cluster.MarkNetworkAvailable(mctx, k.c.Name); err != nil {
+			k.log.Warn("setting NetworkUnavailable=False failed; retrying", "err", err)
+			return
+		}
+		available = true
+		k.log.Info("Node condition NetworkUnavailable=False set")
+	}
 	emit := func() {
 		snap := k.nodes.Snapshot()
 		kept, dropped := snap.Filter(last)
@@ -207,6 +223,7 @@ func (k *kubeMode) feed(ctx context.Context, members *peer.Membership, out chan 
 		out <- kept
 	}
 	publish()
+	markAvailable()
 	// The resync publishes annotations again after a failure or a key
 	// rotation, and repairs anyone else's edits.
 	tick := time.NewTicker(15 * time.Second)
@@ -230,6 +247,7 @@ func (k *kubeMode) feed(ctx context.Context, members *peer.Membership, out chan 
 			}
 		case <-tick.C:
 			publish()
+			markAvailable()
 		}
 	}
 }

@@ -321,6 +321,16 @@ func TestKubernetes(t *testing.T) {
 		if want := st.Self.VTEPMAC + " " + l.Node(n).UnderlayAddr; strings.TrimSpace(ann) != want {
 			t.Fatalf("%s annotations %q, want %q", n, ann, want)
 		}
+		c.eventually("Node "+n+" NetworkUnavailable=False", 30*time.Second, func() error {
+			out, err := c.kubectl("", "get", "node", n, "-o", `jsonpath={.status.conditions[?(@.type=="NetworkUnavailable")].status} {.status.conditions[?(@.type=="NetworkUnavailable")].reason}`)
+			if err != nil {
+				return err
+			}
+			if strings.TrimSpace(out) != "False WeftIsUp" {
+				return fmt.Errorf("NetworkUnavailable: %q", out)
+			}
+			return nil
+		})
 	}
 	t.Logf("nodes ready, pod CIDRs %v, after %s", cidrs, time.Since(total).Round(time.Second))
 	c.eventually("default ServiceAccount", 30*time.Second, func() error {

@@ -136,8 +136,11 @@ func TestRBACLeastPrivilege(t *testing.T) {
 		bind rbacv1.ClusterRoleBinding
 	)
 	readYAML(t, "../rbac.yaml", &sa, &role, &bind)
-	if len(role.Rules) != 1 {
-		t.Fatalf("rules %+v, want one", role.Rules)
+	if len(role.Rules) != 2 {
+		t.Fatalf("rules %+v, want two", role.Rules)
+	}
+	if st := role.Rules[1]; !slices.Equal(st.APIGroups, []string{""}) || !slices.Equal(st.Resources, []string{"nodes/status"}) || !slices.Equal(st.Verbs, []string{"patch"}) {
+		t.Errorf("second rule %+v: want patch on core nodes/status only (the NetworkUnavailable condition)", st)
 	}
 	r := role.Rules[0]
 	if !slices.Equal(r.APIGroups, []string{""}) || !slices.Equal(r.Resources, []string{"nodes"}) {

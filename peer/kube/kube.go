@@ -26,6 +26,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	corev1 "k8s.io/api/core/v1"
@@ -84,6 +85,28 @@ func Publish(ctx context.Context, c kubernetes.Interface, node string, ann map[s
 	}
 	if _, err := c.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 		return fmt.Errorf("annotate node %s: %w", node, err)
+	}
+	return nil
+}
+
+// MarkNetworkAvailable sets the Node's NetworkUnavailable condition to
+// False (reason WeftIsUp), as a network plugin does once its datapath is
+// up: clouds whose node controller sets it True at registration keep pods
+// off a Node until someone does. A strategic merge patch of the status
+// subresource, merged by condition type, so the kubelet's own conditions
+// are left alone.
+func MarkNetworkAvailable(ctx context.Context, c kubernetes.Interface, node string, now time.Time) error {
+	t := metav1.NewTime(now)
+	patch, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{{
+		Type: corev1.NodeNetworkUnavailable, Status: corev1.ConditionFalse,
+		Reason: "WeftIsUp", Message: "weft is running on this node",
+		LastTransitionTime: t, LastHeartbeatTime: t,
+	}}}})
+	if err != nil {
+		return fmt.Errorf("encode condition patch: %w", err)
+	}
+	if _, err := c.CoreV1().Nodes().Patch(ctx, node, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status"); err != nil {
+		return fmt.Errorf("mark node %s network available: %w", node, err)
 	}
 	return nil
 }
@@ -402,3 +425,8 @@ func (k *Cluster) Publish(ctx context.Context, node string, ann map[string]strin
 
 // Watch starts a Node watcher (see Watch).
 func (k *Cluster) Watch(ctx context.Context) (*Nodes, error) { return Watch(ctx, k.c, k.log) }
+
+// MarkNetworkAvailable is MarkNetworkAvailable on the cluster's client.
+func (k *Cluster) MarkNetworkAvailable(ctx context.Context, node string) error {
+	return MarkNetworkAvailable(ctx, k.c, node, time.Now())
+}

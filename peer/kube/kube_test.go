@@ -237,3 +237,45 @@ func TestClusterWaitPodCIDRs(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestMarkNetworkAvailable: NetworkUnavailable becomes False (reason
+// WeftIsUp) on the status subresource, the kubelet's Ready condition is
+// left as it was, and a Node that does not exist is an error.
+func TestMarkNetworkAvailable(t *testing.T) {
+	n := kNode("n1", "192.0.2.11", "10.244.1.0/24")
+	n.Status.Conditions = []corev1.NodeCondition{
+		{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady"},
+		{Type: corev1.NodeNetworkUnavailable, Status: corev1.ConditionTrue, Reason: "NoRouteCreated"},
+	}
+	c := fake.NewSimpleClientset(n)
+	ctx := context.Background()
+	if err := MarkNetworkAvailable(ctx, c, "n1", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.CoreV1().Nodes().Get(ctx, "n1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conds := map[corev1.NodeConditionType]corev1.NodeCondition{}
+	for _, cd := range got.Status.Conditions {
+		conds[cd.Type] = cd
+	}
+	if cd := conds[corev1.NodeNetworkUnavailable]; cd.Status != corev1.ConditionFalse || cd.Reason != "WeftIsUp" || cd.LastTransitionTime.IsZero() {
+		t.Errorf("NetworkUnavailable = %+v", cd)
+	}
+	if cd := conds[corev1.NodeReady]; cd.Status != corev1.ConditionTrue || cd.Reason != "KubeletReady" || len(got.Status.Conditions) != 2 {
+		t.Errorf("conditions after the patch: %+v", got.Status.Conditions)
+	}
+	var sub []string
+	for _, a := range c.Actions() {
+		if p, ok := a.(k8stesting.PatchAction); ok {
+			sub = append(sub, p.GetSubresource())
+		}
+	}
+	if !slices.Equal(sub, []string{"status"}) {
+		t.Errorf("patches on subresources %q, want one on status", sub)
+	}
+	if err := MarkNetworkAvailable(ctx, c, "nope", time.Now()); err == nil {
+		t.Error("no error for a missing Node")
+	}
+}
