@@ -48,12 +48,23 @@ type kubeFlags struct {
 	Kube       bool
 	Kubeconfig string
 	HealthAddr string
+	SiteLabel  string // the Node label a site comes from, without --site
 }
 
 func (k *kubeFlags) registerFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&k.Kube, "kube", false, "Kubernetes mode: pod CIDR from this node's Node.spec.podCIDRs, gossip seeds from the other Nodes' InternalIPs, peers routed only while their Node exists; in-cluster credentials unless --kubeconfig. --name must be the Node name (default $NODE_NAME)")
 	fs.StringVar(&k.Kubeconfig, "kubeconfig", "", "kubeconfig file for Kubernetes mode (implies --kube)")
+	fs.StringVar(&k.SiteLabel, "site-label", "topology.kubernetes.io/zone", "Kubernetes mode without --site: the Node label whose value is this node's site (transport policy wireguard-across-sites); empty: no site")
 	fs.StringVar(&k.HealthAddr, "health-addr", "", "serve /healthz (liveness) and /readyz (readiness) over HTTP on this address, e.g. 127.0.0.1:9993; empty: off")
+}
+
+// siteOf is the node's site in Kubernetes mode: --site if given, else the
+// value of the Node's --site-label label ("" when it has none).
+func siteOf(c config, labels map[string]string) string {
+	if c.Site != "" || c.SiteLabel == "" {
+		return c.Site
+	}
+	return labels[c.SiteLabel]
 }
 
 // kubeMode reports whether weftd runs against a Kubernetes API server.
@@ -121,10 +132,12 @@ func startKube(ctx context.Context, c *config, log *slog.Logger) (context.Contex
 	if k.cluster, err = peerkube.Connect(c.Kubeconfig, k.log); err != nil {
 		return fail(err)
 	}
-	internalIP, cidrs, err := k.cluster.WaitPodCIDRs(ctx, c.Name)
+	self, err := k.cluster.WaitPodCIDRs(ctx, c.Name)
 	if err != nil {
 		return fail(fmt.Errorf("pod CIDR of Node %s: %w", c.Name, err))
 	}
+	internalIP, cidrs := self.InternalIP, self.PodCIDRs
+	c.Site = siteOf(*c, self.Labels)
 	pod, ok := ipamkube.IPv4(cidrs)
 	if !ok {
 		return fail(fmt.Errorf("Node %s has no IPv4 pod CIDR (%v); weft's datapath is IPv4 only", c.Name, cidrs))
@@ -155,7 +168,7 @@ func startKube(ctx context.Context, c *config, log *slog.Logger) (context.Contex
 	}
 	seeds := k.nodes.Snapshot().Seeds(c.Name, c.GossipPort)
 	c.Seeds = append(c.Seeds, seeds...)
-	k.log.Info("Kubernetes mode", "node", c.Name, "podCIDR", pod, "underlay", c.UnderlayAddr, "seeds", seeds)
+	k.log.Info("Kubernetes mode", "node", c.Name, "podCIDR", pod, "underlay", c.UnderlayAddr, "site", c.Site, "seeds", seeds)
 	return ctx, k, nil
 }
 

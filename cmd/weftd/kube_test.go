@@ -76,3 +76,23 @@ func TestHealthEndpoints(t *testing.T) {
 	}
 	defer k.Close()
 }
+
+func TestSiteOf(t *testing.T) {
+	zone := map[string]string{"topology.kubernetes.io/zone": "zone-a", "rack": "r7"}
+	for _, tc := range []struct {
+		site, label string
+		want        string
+	}{
+		{"", "topology.kubernetes.io/zone", "zone-a"}, // the default label
+		{"", "rack", "r7"},
+		{"given", "topology.kubernetes.io/zone", "given"}, // --site wins
+		{"", "", ""},        // --site-label "": no site
+		{"", "missing", ""}, // a Node without the label
+	} {
+		c := config{Site: tc.site}
+		c.SiteLabel = tc.label
+		if got := siteOf(c, zone); got != tc.want {
+			t.Errorf("site %q, label %q: %q, want %q", tc.site, tc.label, got, tc.want)
+		}
+	}
+}

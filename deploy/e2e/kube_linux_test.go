@@ -346,6 +346,37 @@ func TestKubernetes(t *testing.T) {
 		c.runPod("client-vxlan", "n1", fetch(webIP), true, cidrs["n1"])
 	})
 
+	// Sites from the Nodes' zone label (weftd --site-label's default):
+	// wireguard-across-sites gives WireGuard between two zones and VXLAN
+	// inside one.
+	t.Run("SitesFromZones", func(t *testing.T) {
+		for _, tc := range []struct {
+			zone1, zone2, want string
+		}{{"zone-a", "zone-b", "wireguard"}, {"zone-a", "zone-a", "vxlan"}} {
+			c.mustKubectl("", "label", "--overwrite", "node", "n1", "topology.kubernetes.io/zone="+tc.zone1)
+			c.mustKubectl("", "label", "--overwrite", "node", "n2", "topology.kubernetes.io/zone="+tc.zone2)
+			for _, n := range []string{"n1", "n2"} {
+				c.weftd[n].name += "-stopped"
+				c.weftd[n].stop()
+				c.startWeftd(n, "wireguard-across-sites")
+			}
+			for _, n := range []string{"n1", "n2"} {
+				c.eventually("weftd "+n+" ready again", 30*time.Second, func() error {
+					if code := c.readyz(n); code != http.StatusOK {
+						return fmt.Errorf("/readyz %d", code)
+					}
+					return nil
+				})
+			}
+			if st := c.status("n1"); st.Self.Site != tc.zone1 {
+				t.Fatalf("n1's site %q, want its zone %q", st.Self.Site, tc.zone1)
+			}
+			c.waitTransport("n1", "n2", tc.want)
+			c.waitTransport("n2", "n1", tc.want)
+			c.runPod("client-zones-"+tc.want, "n1", fetch(webIP), true, cidrs["n1"])
+		}
+	})
+
 	t.Run("WireGuard", func(t *testing.T) {
 		for _, n := range []string{"n1", "n2"} {
 			c.weftd[n].name += "-stopped"

@@ -20,6 +20,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -405,17 +406,25 @@ func Connect(kubeconfig string, log *slog.Logger) (*Cluster, error) {
 	return NewCluster(cs, log), nil
 }
 
+// Self is what weftd takes from its own Node: its InternalIP (the default
+// underlay address), its pod CIDRs and its labels (the site).
+type Self struct {
+	InternalIP netip.Addr
+	PodCIDRs   []netip.Prefix
+	Labels     map[string]string
+}
+
 // WaitPodCIDRs waits until the Node called name exists and has pod CIDRs
-// (see ipam/kube.Wait) and returns them with the Node's InternalIP.
-func (k *Cluster) WaitPodCIDRs(ctx context.Context, name string) (netip.Addr, []netip.Prefix, error) {
+// (ipam/kube.Wait) and returns what weftd takes from it.
+func (k *Cluster) WaitPodCIDRs(ctx context.Context, name string) (Self, error) {
 	cfg := ipamkube.DefaultWaitConfig()
 	cfg.Logger = k.log
 	n, cidrs, err := ipamkube.Wait(ctx, k.c, name, cfg)
 	if err != nil {
-		return netip.Addr{}, nil, err
+		return Self{}, err
 	}
 	ip, _ := InternalIP(n)
-	return ip, cidrs, nil
+	return Self{InternalIP: ip, PodCIDRs: cidrs, Labels: maps.Clone(n.Labels)}, nil
 }
 
 // Publish merges annotations into the Node called node (see Publish).

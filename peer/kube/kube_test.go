@@ -226,12 +226,15 @@ func TestWatchFollowsNodes(t *testing.T) {
 }
 
 // Cluster is weftd's only handle on client-go: the pod CIDR wait returns
-// the Node's InternalIP too (weftd's default underlay address).
+// the Node's InternalIP (weftd's default underlay address) and labels (its
+// site) too.
 func TestClusterWaitPodCIDRs(t *testing.T) {
-	c := NewCluster(fake.NewClientset(kNode("n1", "192.0.2.11", "10.244.1.0/24")), quiet())
-	ip, cidrs, err := c.WaitPodCIDRs(context.Background(), "n1")
-	if err != nil || ip.String() != "192.0.2.11" || len(cidrs) != 1 || cidrs[0].String() != "10.244.1.0/24" {
-		t.Fatalf("WaitPodCIDRs = %v %v %v", ip, cidrs, err)
+	n := kNode("n1", "192.0.2.11", "10.244.1.0/24")
+	n.Labels = map[string]string{"topology.kubernetes.io/zone": "zone-a"}
+	c := NewCluster(fake.NewClientset(n), quiet())
+	self, err := c.WaitPodCIDRs(context.Background(), "n1")
+	if err != nil || self.InternalIP.String() != "192.0.2.11" || len(self.PodCIDRs) != 1 || self.PodCIDRs[0].String() != "10.244.1.0/24" || self.Labels["topology.kubernetes.io/zone"] != "zone-a" {
+		t.Fatalf("WaitPodCIDRs = %+v %v", self, err)
 	}
 	if err := c.Publish(context.Background(), "n1", map[string]string{AnnotationVTEPMAC: "0a:58:0a:f4:01:01"}); err != nil {
 		t.Fatal(err)
