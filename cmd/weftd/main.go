@@ -52,6 +52,7 @@ type config struct {
 	controlPlane  // gossip, keys, node-CIDR claims (gossip.go)
 	kubeFlags     // Kubernetes mode, health endpoints (kube.go)
 	masqFlags     // egress masquerade (masq.go)
+	metricsFlags  // Prometheus metrics (metrics.go)
 }
 
 // registerFlags adds the node-wide flags to fs.
@@ -79,6 +80,7 @@ func parseFlags(args []string) (config, error) {
 	c.controlPlane.registerFlags(fs)
 	c.kubeFlags.registerFlags(fs)
 	c.masqFlags.registerFlags(fs)
+	c.metricsFlags.registerFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -267,16 +269,24 @@ func (c config) socket() string { return filepath.Join(c.RunDir, "weftd.sock") }
 // serveControl serves the control API on the socket in c.RunDir until ctx
 // ends; the channel delivers Serve's result.
 func serveControl(ctx context.Context, c config, dp *datapath, members *peer.Membership, plane *plane, kube *kubeMode, started control.Process) <-chan error {
-	served := make(chan error, 1)
+	statusOf := func() control.Status {
+		st := status(c, dp, members)
+		st.Process = started
+		plane.annotate(&st)
+		kube.annotate(&st)
+		return st
+	}
+	served := make(chan error, 2) // the control socket's and the metrics server's
+	if c.MetricsAddr != "" {
+		go func() {
+			if err := serveMetrics(ctx, c.MetricsAddr, statusOf); err != nil {
+				served <- err
+			}
+		}()
+	}
 	go func() {
 		served <- control.Serve(ctx, c.socket(), control.API{
-			Status: func() control.Status {
-				st := status(c, dp, members)
-				st.Process = started
-				plane.annotate(&st)
-				kube.annotate(&st)
-				return st
-			},
+			Status: statusOf,
 			Actions: plane.withKeyActions(map[string]func(map[string]string) (any, error){
 				"wireguard/rotate-key": func(map[string]string) (any, error) { return rotateKey(c, dp.wg, members) },
 			}),
