@@ -355,19 +355,7 @@ func TestKubernetes(t *testing.T) {
 		}{{"zone-a", "zone-b", "wireguard"}, {"zone-a", "zone-a", "vxlan"}} {
 			c.mustKubectl("", "label", "--overwrite", "node", "n1", "topology.kubernetes.io/zone="+tc.zone1)
 			c.mustKubectl("", "label", "--overwrite", "node", "n2", "topology.kubernetes.io/zone="+tc.zone2)
-			for _, n := range []string{"n1", "n2"} {
-				c.weftd[n].name += "-stopped"
-				c.weftd[n].stop()
-				c.startWeftd(n, "wireguard-across-sites")
-			}
-			for _, n := range []string{"n1", "n2"} {
-				c.eventually("weftd "+n+" ready again", 30*time.Second, func() error {
-					if code := c.readyz(n); code != http.StatusOK {
-						return fmt.Errorf("/readyz %d", code)
-					}
-					return nil
-				})
-			}
+			c.restartWeftd("wireguard-across-sites")
 			if st := c.status("n1"); st.Self.Site != tc.zone1 {
 				t.Fatalf("n1's site %q, want its zone %q", st.Self.Site, tc.zone1)
 			}
@@ -378,19 +366,7 @@ func TestKubernetes(t *testing.T) {
 	})
 
 	t.Run("WireGuard", func(t *testing.T) {
-		for _, n := range []string{"n1", "n2"} {
-			c.weftd[n].name += "-stopped"
-			c.weftd[n].stop()
-			c.startWeftd(n, "wireguard")
-		}
-		for _, n := range []string{"n1", "n2"} {
-			c.eventually("weftd "+n+" ready again", 30*time.Second, func() error {
-				if code := c.readyz(n); code != http.StatusOK {
-					return fmt.Errorf("/readyz %d", code)
-				}
-				return nil
-			})
-		}
+		c.restartWeftd("wireguard")
 		c.waitTransport("n1", "n2", "wireguard")
 		c.waitTransport("n2", "n1", "wireguard")
 		key := c.mustKubectl("", "get", "node", "n1", "-o", `jsonpath={.metadata.annotations.weft\.dev/wg-public-key}`)
@@ -549,6 +525,24 @@ func (c *cluster) startWeftd(n, policy string) {
 		"--kubeconfig", filepath.Join(d, "kubeconfig"), "--name", n, "--cluster-cidr", clusterCIDR,
 		"--gossip-key-file", c.lab.GossipKeyFile, "--run-dir", filepath.Join(d, "run"), "--state-dir", filepath.Join(d, "state"),
 		"--transport-policy", policy, "--wg-name", prefix+"-"+n, "--health-addr", "127.0.0.1:9993", "--log-level", "debug")
+}
+
+// restartWeftd stops both nodes' weftd and starts them again under
+// policy, waiting until both are ready.
+func (c *cluster) restartWeftd(policy string) {
+	for _, n := range []string{"n1", "n2"} {
+		c.weftd[n].name += "-stopped"
+		c.weftd[n].stop()
+		c.startWeftd(n, policy)
+	}
+	for _, n := range []string{"n1", "n2"} {
+		c.eventually("weftd "+n+" ready again", 30*time.Second, func() error {
+			if code := c.readyz(n); code != http.StatusOK {
+				return fmt.Errorf("/readyz %d", code)
+			}
+			return nil
+		})
+	}
 }
 
 // startNode starts containerd (images imported) and the kubelet of n.
