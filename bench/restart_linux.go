@@ -56,7 +56,6 @@ type RestartSample struct {
 	Signal    string         `json:"signal"`
 	Rep       int            `json:"rep"`
 	Back      time.Duration  `json:"backNs"` // signal → new weftd ready
-	Flow      lab.FlowResult `json:"-"`
 	Result    restartFigures `json:"result"`
 }
 
@@ -153,11 +152,11 @@ func restartOnce(ctx context.Context, cfg RestartConfig, transport string, sig s
 	}
 	s.Back = time.Since(at)
 	time.Sleep(cfg.After)
-	s.Flow = f.Stop()
-	s.Result = restartFigures{Survived: s.Flow.Survived, StallNs: s.Flow.LongestStall, ProbeGapNs: s.Flow.LongestProbeGap,
-		ProbesLost: s.Flow.ProbesLost, ProbesSent: s.Flow.ProbesSent, Retransmits: s.Flow.Retransmits, BytesDelivered: s.Flow.Bytes}
-	if s.Flow.Err != nil {
-		s.Result.Error = s.Flow.Err.Error()
+	fr := f.Stop()
+	s.Result = restartFigures{Survived: fr.Survived, StallNs: fr.LongestStall, ProbeGapNs: fr.LongestProbeGap,
+		ProbesLost: fr.ProbesLost, ProbesSent: fr.ProbesSent, Retransmits: fr.Retransmits, BytesDelivered: fr.Bytes}
+	if fr.Err != nil {
+		s.Result.Error = fr.Err.Error()
 	}
 	return s, nil
 }
