@@ -221,3 +221,45 @@ func TestNetnsWireGuardResumesAfterLongStop(t *testing.T) {
 		t.Errorf("the TCP connection did not survive a stop of %s: %+v", time.Since(started)+ready, r)
 	}
 }
+
+// TestNetnsHandOff: a new weftd started beside n1's running one takes the
+// datapath over (the TUN device, the VXLAN socket, the peer table) while a
+// TCP stream and 10 ms probes run from n1's pod to n2's, over VXLAN and
+// over WireGuard; the old weftd exits, the connection lives on, and the new
+// one reports the hand-off. Twice in a row, so the new weftd hands off in
+// turn.
+func TestNetnsHandOff(t *testing.T) {
+	needNetns(t)
+	for _, transport := range []string{"vxlan", "wireguard"} {
+		t.Run(transport, func(t *testing.T) {
+			l := startLab(t, lab.Config{Nodes: 2, Sites: 2, PodsPerNode: 1, Transport: transport})
+			waitConverged(t, l)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			for round := 1; round <= 2; round++ {
+				old := l.Node("n1").WeftdPID
+				f := startFlow(t, l, l.PodsOn("n1")[0], l.PodsOn("n2")[0])
+				time.Sleep(500 * time.Millisecond)
+				began := time.Now()
+				if err := l.HandOffWeftd(ctx, "n1"); err != nil {
+					t.Fatal(err)
+				}
+				took := time.Since(began)
+				time.Sleep(time.Second)
+				r := f.Stop()
+				t.Logf("%s round %d: hand-off done %s after the start; TCP %d MB, longest stall %s, %d retransmits; 10 ms probes: longest gap %s, %d of %d lost",
+					transport, round, took.Round(time.Millisecond), r.Bytes>>20, r.LongestStall, r.Retransmits, r.LongestProbeGap, r.ProbesLost, r.ProbesSent)
+				if !r.Survived || r.Bytes == 0 {
+					t.Fatalf("the TCP connection did not survive the hand-off: %+v", r)
+				}
+				st := status(t, l.Node("n1"))
+				if st.Process.Start != "handoff" || st.Process.HandOffFrom != old || st.Process.WarmPeers != 1 || st.Process.PID == old {
+					t.Fatalf("the new weftd: %+v, want a hand-off from pid %d with 1 peer", st.Process, old)
+				}
+				if s, _ := peerState(status(t, l.Node("n2")), "n1"); s != "alive" {
+					t.Fatalf("n2 has n1 %q after the hand-off, want alive", s)
+				}
+			}
+		})
+	}
+}

@@ -32,6 +32,9 @@ func (r *Router) inboundFast(rcv *vxlan.Receiver, w *tunWriter) {
 	for {
 		n, err := rcv.Read(bufs, sizes, segs, from)
 		if err != nil {
+			if r.park(err) {
+				continue
+			}
 			if r.closing() || isClosed(err) {
 				return
 			}

@@ -35,9 +35,7 @@ package overlay
 
 import (
 	"errors"
-	"fmt"
 	"net/netip"
-	"os"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -97,6 +95,9 @@ func (r *Router) outboundFast(rd *tunReader, snd gatherSender) {
 		// headroom the VXLAN header takes later.
 		n, err := rd.readSpread(&fo.lay, fo.rbufs[0][tunOffset-virtioHdrLen:], true)
 		if err != nil {
+			if r.park(err) {
+				continue
+			}
 			if r.closing() || isClosed(err) || errors.Is(err, unix.EBADFD) || errors.Is(err, unix.EBADF) {
 				return
 			}
@@ -368,7 +369,7 @@ func (t *tunReader) readSpread(l *spreadLayout, b []byte, block bool) (int, erro
 	t.iovs = nil
 	switch {
 	case err != nil && block:
-		return 0, fmt.Errorf("%w: %v", os.ErrClosed, err)
+		return 0, pollerError(err)
 	case err != nil:
 		return -1, nil
 	case t.err != nil || t.n < 0:

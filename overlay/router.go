@@ -89,6 +89,10 @@ type Config struct {
 	// flow; nil sends through the bind (one source port).
 	Sender FrameSender
 	Logger *slog.Logger
+	// VXLANSocket, when set, is an open UDP socket on the VXLAN port to
+	// receive on instead of binding it: the one a previous weftd passed on
+	// (package overlay/handoff). It stays the caller's to close.
+	VXLANSocket *os.File
 }
 
 // FrameSender sends VXLAN frames to a peer from the socket of a flow's
@@ -142,6 +146,14 @@ type Router struct {
 	// receiver is the VXLAN socket of the inbound fast path
 	// (fastpath_linux.go), nil when the bind receives instead.
 	receiver io.Closer
+
+	// Hand-off (handoff_linux.go): readLoops counts the loops reading
+	// the TUN or the VXLAN socket, parked those waiting in park; resume
+	// is closed by Resume, nil unless paused.
+	readLoops atomic.Int32
+	parked    atomic.Int32
+	pauseMu   sync.Mutex
+	resume    chan struct{}
 
 	pmtuMu   sync.Mutex // guards pmtus
 	pmtus    map[netip.Addr]*pathMTU

@@ -13,6 +13,7 @@ package overlay
 // raw system calls, with callbacks made once so that no call allocates.
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"syscall"
@@ -52,15 +53,22 @@ func (r *Router) startFast(port uint16) (outbound, inbound bool, err error) {
 	if !vnetHeaders(rc) || !nonBlocking(rc) {
 		return false, false, nil
 	}
-	rcv, err := vxlan.ListenReceiver(port, inBatch)
+	var rcv *vxlan.Receiver
+	if r.cfg.VXLANSocket != nil {
+		rcv, err = vxlan.FileReceiver(r.cfg.VXLANSocket, inBatch)
+	} else {
+		rcv, err = vxlan.ListenReceiver(port, inBatch)
+	}
 	if err != nil {
 		return false, false, err
 	}
 	r.receiver = rcv
 	r.wg.Add(1)
+	r.readLoops.Add(1)
 	go r.inboundFast(rcv, newTUNWriter(rc))
 	if r.cfg.WireGuard == nil {
 		r.wg.Add(1)
+		r.readLoops.Add(1)
 		go r.outboundFast(newTUNReader(rc), snd)
 		outbound = true
 	}
@@ -168,9 +176,18 @@ func (t *tunReader) readFunc(fd uintptr) bool {
 func (t *tunReader) Read(b []byte) (int, error) {
 	t.buf, t.iovs, t.n, t.err = b, nil, 0, nil
 	if err := t.rc.Read(t.read); err != nil {
-		return 0, fmt.Errorf("%w: %v", os.ErrClosed, err)
+		return 0, pollerError(err)
 	}
 	return t.n, t.err
+}
+
+// pollerError is a failed wait of the poller: a read deadline passed
+// (Router.Pause), reported as it is, or the file was closed.
+func pollerError(err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return err
+	}
+	return fmt.Errorf("%w: %v", os.ErrClosed, err)
 }
 
 // tunWriter writes packets to the TUN file descriptor, gathering a

@@ -73,7 +73,10 @@ func printStatus(st control.Status) {
 	fmt.Printf("\nmtu %d  tx %d pkts  rx %d pkts  drops: %s\n", st.Self.MTU, st.Counters["tx_packets"], st.Counters["rx_packets"], orDash(strings.Join(drops, " ")))
 	if p := st.Process; p.PID != 0 {
 		start := p.Start
-		if p.WarmPeers > 0 {
+		switch {
+		case p.HandOffFrom != 0:
+			start = fmt.Sprintf("%s (from pid %d, %d peers)", start, p.HandOffFrom, p.WarmPeers)
+		case p.WarmPeers > 0:
 			start = fmt.Sprintf("%s (%d peers from the last table)", start, p.WarmPeers)
 		}
 		fmt.Printf("weftd pid %d, generation %d, started %s, %s start\n", p.PID, p.Generation, p.Started.Format(time.RFC3339), start)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/weftnet/weft/encap/vxlan"
 	"github.com/weftnet/weft/encap/wireguard"
@@ -121,11 +122,15 @@ type datapath struct {
 	closers []func() error // in start order
 }
 
-// startDatapath creates the TUN device for c.PodCIDR, configures the host
-// for it, and starts the WireGuard device and the router. The static
-// peers are routed from the start: they need no gossip. On error,
-// everything started so far is stopped again.
-func startDatapath(c config, log *slog.Logger) (dp *datapath, err error) {
+// startDatapath creates the TUN device for c.PodCIDR (or adopts the one a
+// running weftd hands off, tk), configures the host for it, and starts the
+// WireGuard device and the router. In a hand-off the donor pauses once the
+// device and the host are ready, and before the WireGuard port is bound.
+// resuming: the first peer table comes from this node's previous weftd
+// (wireguard.Config.Resuming). The static peers are routed from the
+// start: they need no gossip. On error, everything started so far is
+// stopped again.
+func startDatapath(c config, log *slog.Logger, tk *takeover, resuming bool) (dp *datapath, err error) {
 	dp = &datapath{mtu: c.Policy.PodMTU(c.UnderlayMTU, c.WireGuard), gateway: gatewayOf(c.PodCIDR)}
 	defer func() {
 		if err != nil {
@@ -133,7 +138,7 @@ func startDatapath(c config, log *slog.Logger) (dp *datapath, err error) {
 			dp = nil
 		}
 	}()
-	dev, err := overlay.OpenTUN(c.TUN, dp.mtu, 2*time.Second)
+	dev, err := openTUN(c, dp.mtu, tk)
 	if err != nil {
 		return dp, err
 	}
@@ -149,13 +154,18 @@ func startDatapath(c config, log *slog.Logger) (dp *datapath, err error) {
 		return dp, err
 	}
 	dp.closers = append(dp.closers, stopMasq)
+	if err := tk.pause(); err != nil {
+		return dp, err
+	}
 	rcfg := overlay.Config{VNI: c.VNI, LocalMAC: c.VTEPMAC, PodCIDRs: []netip.Prefix{c.PodCIDR}, PathMTU: overlay.KernelPathMTU, ICMPSource: dp.gateway, Logger: log}
 	if c.WireGuard {
 		key, err := wireguard.LoadOrCreateKey(c.WGKeyFile)
 		if err != nil {
 			return dp, err
 		}
-		if dp.wg, err = wireguard.New(wireguard.Config{Name: c.WGName, PrivateKey: key, ListenPort: uint16(c.WGPort), TUN: dev, Logger: log}); err != nil {
+		wcfg := wireguard.Config{Name: c.WGName, PrivateKey: key, ListenPort: uint16(c.WGPort), TUN: dev, Logger: log,
+			Resuming: resuming, LateUAPI: tk != nil}
+		if dp.wg, err = wireguard.New(wcfg); err != nil {
 			return dp, err
 		}
 		dp.closers = append(dp.closers, dp.wg.Close)
@@ -167,6 +177,9 @@ func startDatapath(c config, log *slog.Logger) (dp *datapath, err error) {
 	}
 	dp.closers = append(dp.closers, sender.Close)
 	rcfg.Sender = sender
+	if rcfg.VXLANSocket = tk.file(fdVXLAN); rcfg.VXLANSocket != nil {
+		defer rcfg.VXLANSocket.Close() // the router's receiver holds its own
+	}
 	dp.router = overlay.New(rcfg, dev, conn.NewStdNetBind())
 	if err := dp.router.Start(uint16(c.VXLANPort)); err != nil {
 		return dp, err
@@ -179,6 +192,25 @@ func startDatapath(c config, log *slog.Logger) (dp *datapath, err error) {
 		return dp, err
 	}
 	return dp, nil
+}
+
+// openTUN opens the TUN device, or adopts the descriptor a hand-off
+// passed (the same device, still attached: no packet is dropped).
+func openTUN(c config, mtu int, tk *takeover) (tun.Device, error) {
+	f := tk.file(fdTUN)
+	if f == nil {
+		return overlay.OpenTUN(c.TUN, mtu, 2*time.Second)
+	}
+	dev, err := tun.CreateTUNFromFile(f, mtu)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("hand-off: adopt tun: %w", err)
+	}
+	if name, err := dev.Name(); err != nil || name != c.TUN {
+		dev.Close()
+		return nil, fmt.Errorf("hand-off: the passed device is %q, --tun is %q", name, c.TUN)
+	}
+	return dev, nil
 }
 
 // Close stops the router, the sender, the WireGuard device and the TUN,

@@ -101,8 +101,9 @@ type kubeMode struct {
 	nodes   *peerkube.Nodes
 	podCIDR atomic.Pointer[netip.Prefix] // set once known; readiness
 	cancel  context.CancelFunc
-	health  *http.Server
-	wg      sync.WaitGroup
+	health   *http.Server
+	healthLn net.Listener // passed on in a hand-off
+	wg       sync.WaitGroup
 
 	mu      sync.Mutex
 	dropped map[string]string // peer → why it is not routed
@@ -113,14 +114,14 @@ type kubeMode struct {
 // given), c.VTEPMAC (when not given) and c.Seeds. The returned context
 // ends when ctx does or when weftd must restart (its Node came back with a
 // different pod CIDR).
-func startKube(ctx context.Context, c *config, log *slog.Logger) (context.Context, *kubeMode, error) {
+func startKube(ctx context.Context, c *config, log *slog.Logger, healthLn net.Listener) (context.Context, *kubeMode, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	k := &kubeMode{c: c, log: log.With("component", "kube"), cancel: cancel}
 	if !c.kubeMode() && c.PodCIDR.IsValid() {
 		p := c.PodCIDR
 		k.podCIDR.Store(&p)
 	}
-	if err := k.serveHealth(); err != nil {
+	if err := k.serveHealth(healthLn); err != nil {
 		cancel()
 		return ctx, k, err
 	}
@@ -334,16 +335,23 @@ func (k *kubeMode) annotate(st *control.Status) {
 	}
 }
 
-// serveHealth starts the health server when --health-addr is set. The
-// listener is opened here so that a taken port fails startup loudly.
-func (k *kubeMode) serveHealth() error {
+// serveHealth starts the health server when --health-addr is set, on ln
+// when a hand-off passed the listener, else on one opened here, so that a
+// taken port fails startup loudly.
+func (k *kubeMode) serveHealth(ln net.Listener) error {
 	if k.c.HealthAddr == "" {
+		if ln != nil {
+			ln.Close()
+		}
 		return nil
 	}
-	ln, err := net.Listen("tcp", k.c.HealthAddr)
-	if err != nil {
-		return fmt.Errorf("--health-addr: %w", err)
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", k.c.HealthAddr); err != nil {
+			return fmt.Errorf("--health-addr: %w", err)
+		}
 	}
+	k.healthLn = ln
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { reply(w, k.live(r.Context())) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) { reply(w, k.ready()) })
@@ -398,6 +406,23 @@ func (k *kubeMode) live(ctx context.Context) error {
 		return fmt.Errorf("control socket: %w", err)
 	}
 	return nil
+}
+
+// healthListener is the health server's listener (nil: none), to pass on
+// in a hand-off. Nil-safe.
+func (k *kubeMode) healthListener() net.Listener {
+	if k == nil {
+		return nil
+	}
+	return k.healthLn
+}
+
+// stopHealth closes the health server (a hand-off: the taker serves the
+// same listening socket). Nil-safe.
+func (k *kubeMode) stopHealth() {
+	if k != nil && k.health != nil {
+		k.health.Close()
+	}
 }
 
 // Close stops the health server, the Node watcher and the feed, and waits

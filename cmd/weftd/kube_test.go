@@ -71,7 +71,7 @@ func TestHealthEndpoints(t *testing.T) {
 		t.Fatal("live without a control socket")
 	}
 
-	if err := k.serveHealth(); err != nil {
+	if err := k.serveHealth(nil); err != nil {
 		t.Fatal(err)
 	}
 	defer k.Close()

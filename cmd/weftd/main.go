@@ -17,6 +17,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -29,6 +30,7 @@ import (
 	"github.com/weftnet/weft/cni"
 	"github.com/weftnet/weft/overlay"
 	"github.com/weftnet/weft/overlay/control"
+	"github.com/weftnet/weft/overlay/handoff"
 	"github.com/weftnet/weft/peer"
 )
 
@@ -51,6 +53,7 @@ type config struct {
 	statics       // --static-peer (static.go)
 	controlPlane  // gossip, keys, node-CIDR claims (gossip.go)
 	kubeFlags     // Kubernetes mode, health endpoints (kube.go)
+	handoffFlags  // hand-off from a running weftd (handoff.go)
 	masqFlags     // egress masquerade (masq.go)
 	metricsFlags  // Prometheus metrics (metrics.go)
 }
@@ -81,6 +84,7 @@ func parseFlags(args []string) (config, error) {
 	c.kubeFlags.registerFlags(fs)
 	c.masqFlags.registerFlags(fs)
 	c.metricsFlags.registerFlags(fs)
+	c.handoffFlags.registerFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -145,7 +149,14 @@ func main() {
 	runtime.GOMAXPROCS(procs(c.Procs, os.Getenv("GOMAXPROCS"), runtime.GOMAXPROCS(0)))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, c, log); err != nil {
+	err = run(ctx, c, log)
+	switch {
+	case errors.Is(err, errHandedOff) && c.kubeMode():
+		// An exit would restart this container, which would take the
+		// node back: wait for the pod's deletion instead.
+		log.Info("handed off: idle until SIGTERM")
+		<-ctx.Done()
+	case err != nil && !errors.Is(err, errHandedOff):
 		log.Error("weftd failed", "err", err)
 		os.Exit(1)
 	}
@@ -168,10 +179,11 @@ func procs(flag int, env string, avail int) int {
 	return max(1, avail/2)
 }
 
-// run wires the parts in the order the node needs them: the pod CIDR
-// (claim or Kubernetes), the datapath for it, gossip with the full record,
-// node.json for weft-cni, the control socket, and then the peer pipeline
-// until ctx ends.
+// run wires the parts in the order the node needs them: a hand-off from a
+// running weftd if there is one (handoff.go), the pod CIDR (claim or
+// Kubernetes), the datapath for it, gossip with the full record, node.json
+// for weft-cni, the control socket, and then the peer pipeline until ctx
+// ends or this weftd hands off in turn (errHandedOff).
 func run(ctx context.Context, c config, log *slog.Logger) error {
 	if err := overlay.CheckPrivileges(); err != nil {
 		return err
@@ -181,6 +193,11 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 			return fmt.Errorf("create %s: %w", dir, err)
 		}
 	}
+	tk, err := dialDonor(c, log)
+	if err != nil {
+		return err
+	}
+	defer tk.abort() // before done: the donor resumes
 	keys, err := gossipKeys(c, log)
 	if err != nil {
 		return err
@@ -194,21 +211,33 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	}
 	// Kubernetes mode: the pod CIDR, seeds and underlay come from the
 	// Node objects; the health endpoints start here in every mode.
-	ctx, kube, err := startKube(ctx, &c, log)
+	healthLn, err := tk.listener(fdHealth)
+	if err != nil {
+		return err
+	}
+	passedMetrics, err := tk.listener(fdMetrics)
+	if err != nil {
+		return err
+	}
+	ctx, kube, err := startKube(ctx, &c, log, healthLn)
 	if err != nil {
 		return err
 	}
 	defer kube.Close()
-	dp, err := startDatapath(c, log)
+	how := startOf(c, log, tk)
+	dp, err := startDatapath(c, log, tk, how.resuming())
 	if err != nil {
 		return err
 	}
 	defer dp.Close()
 
 	self := c.selfRecord(dp.wg)
-	started := startPeers(c, log, dp, self)
+	started, first := how.apply(c, log, dp.router, self)
 	if members == nil {
-		if members, err = peer.Join(membershipConfig(c, keys, log), self); err != nil {
+		if err := tk.releaseGossip(); err != nil {
+			return err
+		}
+		if members, err = joinRetry(membershipConfig(c, keys, log), self, tk); err != nil {
 			return fmt.Errorf("start gossip: %w", err)
 		}
 		defer members.Close()
@@ -227,22 +256,65 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	}); err != nil {
 		return err
 	}
-	served := serveControl(ctx, c, dp, members, plane, kube, started)
-	log.Info("weftd running", "name", c.Name, "underlay", self.Underlay, "podCIDR", c.PodCIDR, "tun", c.TUN, "mtu", dp.mtu, "vni", c.VNI, "socket", c.socket(), "procs", runtime.GOMAXPROCS(0))
+	// The donor frees the control, UAPI and hand-off sockets only now.
+	if err := tk.done(); err != nil {
+		log.Warn("hand-off: the donor did not confirm the end", "err", err)
+	}
+	if dp.wg != nil {
+		if err := dp.wg.StartUAPI(); err != nil {
+			return err
+		}
+	}
+	metricsLn, err := listenMetrics(c.MetricsAddr, passedMetrics)
+	if err != nil {
+		return err
+	}
+	n := &node{c: c, log: log, dp: dp, members: members, kube: kube, metricsLn: metricsLn}
+	ctrl, stopCtrl := context.WithCancel(ctx)
+	defer stopCtrl()
+	n.stopControl = stopCtrl
+	n.served = serveControl(ctrl, c, dp, members, plane, kube, started, metricsLn)
+	d := donor{reqs: make(chan donorReq)}
+	handed := make(chan error, 1)
+	go func() { handed <- handoff.Serve(ctrl, c.handoffSocket(), d) }()
+	log.Info("weftd running", "name", c.Name, "underlay", self.Underlay, "podCIDR", c.PodCIDR, "tun", c.TUN, "mtu", dp.mtu, "vni", c.VNI, "socket", c.socket(), "procs", runtime.GOMAXPROCS(0), "start", started.Start)
 
 	pipe := newPipeline(c, log, members, plane, dp.router)
+	pipe.last = first
+	n.pipe = pipe
 	updates := kube.peerUpdates(ctx, members) // filtered by the Node set in Kubernetes mode
 	for {
 		select {
 		case snap := <-updates:
+			if n.paused {
+				continue // the taker routes now
+			}
 			if err := pipe.route(snap); err != nil {
 				return plane.giveUp(err)
 			}
-		case err := <-served:
+		case req := <-d.reqs:
+			req.reply <- n.handle(req.op)
+			if n.gossipGone {
+				updates = nil
+			}
+		case err := <-handed:
+			switch {
+			case errors.Is(err, handoff.ErrHandedOff):
+				log.Info("handed off to a new weftd")
+				return errHandedOff
+			case errors.Is(err, handoff.ErrLost):
+				return err
+			case err != nil:
+				log.Warn("hand-off socket stopped: no hand-off to this weftd", "err", err)
+			}
+		case err := <-n.served:
 			if err != nil {
 				return fmt.Errorf("control socket: %w", err)
 			}
 		case <-ctx.Done():
+			if n.gossipGone {
+				return errHandedOff // a signal in the middle of a hand-off
+			}
 			stop(c, log, members)
 			return nil
 		}
@@ -268,7 +340,7 @@ func (c config) socket() string { return filepath.Join(c.RunDir, "weftd.sock") }
 
 // serveControl serves the control API on the socket in c.RunDir until ctx
 // ends; the channel delivers Serve's result.
-func serveControl(ctx context.Context, c config, dp *datapath, members *peer.Membership, plane *plane, kube *kubeMode, started control.Process) <-chan error {
+func serveControl(ctx context.Context, c config, dp *datapath, members *peer.Membership, plane *plane, kube *kubeMode, started control.Process, metricsLn net.Listener) <-chan error {
 	statusOf := func() control.Status {
 		st := status(c, dp, members)
 		st.Process = started
@@ -277,9 +349,9 @@ func serveControl(ctx context.Context, c config, dp *datapath, members *peer.Mem
 		return st
 	}
 	served := make(chan error, 2) // the control socket's and the metrics server's
-	if c.MetricsAddr != "" {
+	if metricsLn != nil {
 		go func() {
-			if err := serveMetrics(ctx, c.MetricsAddr, statusOf); err != nil {
+			if err := serveMetrics(ctx, metricsLn, statusOf); err != nil {
 				served <- err
 			}
 		}()

@@ -27,16 +27,31 @@ func (m *metricsFlags) registerFlags(fs *flag.FlagSet) {
 	fs.StringVar(&m.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at http://ADDR/metrics, e.g. :9995 (README: Metrics); empty: off")
 }
 
-// serveMetrics serves /metrics on addr until ctx ends. A listen error is
-// returned at once; after that it returns nil when ctx ends.
-func serveMetrics(ctx context.Context, addr string, status func() control.Status) error {
-	reg := prometheus.NewRegistry()
-	if err := reg.Register(control.NewCollector(status, buildinfo.Version)); err != nil {
-		return fmt.Errorf("metrics: %w", err)
+// listenMetrics opens --metrics-addr, unless a hand-off passed its
+// listener (ln); nil when metrics are off.
+func listenMetrics(addr string, ln net.Listener) (net.Listener, error) {
+	if addr == "" {
+		if ln != nil {
+			ln.Close()
+		}
+		return nil, nil
+	}
+	if ln != nil {
+		return ln, nil
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("--metrics-addr %s: %w", addr, err)
+		return nil, fmt.Errorf("--metrics-addr %s: %w", addr, err)
+	}
+	return ln, nil
+}
+
+// serveMetrics serves /metrics on ln until ctx ends; then it returns nil.
+func serveMetrics(ctx context.Context, ln net.Listener, status func() control.Status) error {
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(control.NewCollector(status, buildinfo.Version)); err != nil {
+		ln.Close()
+		return fmt.Errorf("metrics: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))

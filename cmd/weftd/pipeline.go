@@ -38,6 +38,8 @@ type pipeline struct {
 	plane   *plane
 	chooser *transportChooser
 	router  *overlay.Router
+	// last is the admitted peer set in force, which a hand-off passes on.
+	last []peer.Peer
 }
 
 func newPipeline(c config, log *slog.Logger, members *peer.Membership, plane *plane, router *overlay.Router) *pipeline {
@@ -52,6 +54,7 @@ func (p *pipeline) route(snap []peer.Peer) error {
 	if err != nil {
 		return err
 	}
+	p.last = admitted
 	n := setPeers(p.router, p.c.StaticPeers, admitted, p.members.Self(), p.chooser, p.log)
 	p.log.Info("peer set changed", "peers", n)
 	if err := saveWarm(p.c, admitted, time.Now()); err != nil {
@@ -80,38 +83,58 @@ func setPeers(r *overlay.Router, static []overlay.Peer, admitted []peer.Peer, se
 	return len(peers)
 }
 
-// startPeers is the start of this process as status reports it: cold, or
-// warm when warmStart routed the peers of the last table (before gossip
-// joins; --warm-start-max-age 0 turns it off).
-func startPeers(c config, log *slog.Logger, dp *datapath, self peer.Record) control.Process {
-	started := control.Process{PID: os.Getpid(), Generation: self.Generation, Started: time.Now().UTC(), Start: "cold"}
-	if c.WarmMaxAge > 0 {
-		if n := warmStart(c, log, dp.router, self); n > 0 {
-			started.Start, started.WarmPeers = "warm", n
-		}
-	}
-	return started
+// start is how this process starts forwarding, before gossip has joined:
+// cold (gossip alone fills the peer table), warm (from the snapshot a
+// previous weftd left, warm.go; --warm-start-max-age 0 turns it off) or
+// from a hand-off (the donor's live table, handoff.go).
+type start struct {
+	kind  string // "cold", "warm" or "handoff"
+	from  int    // the donor's pid
+	peers []peer.Peer
 }
 
-// warmStart routes the peers of the snapshot a previous weftd left
-// (warm.go), admitted against self as gossiped records are, before gossip
-// has joined. It reports how many peers it routed (0: a cold start).
-func warmStart(c config, log *slog.Logger, r *overlay.Router, self peer.Record) int {
+// startOf decides the start: a hand-off's table, else a usable warm
+// snapshot, else cold.
+func startOf(c config, log *slog.Logger, tk *takeover) start {
+	if tk != nil {
+		return start{kind: "handoff", from: tk.t.State.PID, peers: tk.peers}
+	}
+	if c.WarmMaxAge <= 0 {
+		return start{kind: "cold"}
+	}
 	snap, err := loadWarm(c, c.WarmMaxAge, time.Now())
 	if err != nil {
 		log.Warn("cold start: warm-start snapshot not used", "err", err)
-		return 0
+		return start{kind: "cold"}
 	}
 	if len(snap) == 0 {
-		return 0
+		return start{kind: "cold"}
 	}
-	admitted, refused := peer.Admit(snap, self, []netip.Prefix{c.ClusterCIDR})
+	return start{kind: "warm", peers: snap}
+}
+
+// resuming reports whether the first peer table comes from a previous
+// weftd of this node: its WireGuard peers then know this node already
+// (wireguard.Config.Resuming).
+func (s start) resuming() bool { return s.kind != "cold" }
+
+// apply routes the start's peers, admitted against self as gossiped
+// records are, and returns the process as status reports it and the
+// admitted peers (the table a hand-off passes on until gossip replaces
+// it).
+func (s start) apply(c config, log *slog.Logger, r *overlay.Router, self peer.Record) (control.Process, []peer.Peer) {
+	p := control.Process{PID: os.Getpid(), Generation: self.Generation, Started: time.Now().UTC(), Start: "cold", HandOffFrom: s.from}
+	if len(s.peers) == 0 && s.kind != "handoff" {
+		return p, nil
+	}
+	admitted, refused := peer.Admit(s.peers, self, []netip.Prefix{c.ClusterCIDR})
 	if len(refused) > 0 {
-		log.Warn("warm start: records refused", "refused", len(refused))
+		log.Warn(s.kind+" start: records refused", "refused", len(refused))
 	}
 	setPeers(r, c.StaticPeers, admitted, self, newTransportChooser(c.Policy, log), log)
-	log.Info("warm start: forwarding from the last peer table until gossip replaces it", "peers", len(admitted))
-	return len(admitted)
+	log.Info(s.kind+" start: forwarding from the last peer table until gossip replaces it", "peers", len(admitted))
+	p.Start, p.WarmPeers = s.kind, len(admitted)
+	return p, admitted
 }
 
 // transportChooser turns gossiped records into router peers under the

@@ -36,18 +36,11 @@ type warmSnapshot struct {
 
 // saveWarm writes the admitted peers of one snapshot for the next start.
 func saveWarm(c config, admitted []peer.Peer, now time.Time) error {
-	s := warmSnapshot{Version: warmVersion, Node: c.Name, Saved: now.UTC()}
-	for _, p := range admitted {
-		if p.State != peer.StateAlive {
-			continue
-		}
-		b, err := p.Record.MarshalBinary()
-		if err != nil {
-			return fmt.Errorf("warm snapshot: %s: %w", p.Record.Name, err)
-		}
-		s.Records = append(s.Records, b)
+	records, err := encodeRecords(admitted)
+	if err != nil {
+		return fmt.Errorf("warm snapshot: %w", err)
 	}
-	b, err := json.Marshal(s)
+	b, err := json.Marshal(warmSnapshot{Version: warmVersion, Node: c.Name, Saved: now.UTC(), Records: records})
 	if err != nil {
 		return err
 	}
@@ -78,8 +71,14 @@ func loadWarm(c config, maxAge time.Duration, now time.Time) ([]peer.Peer, error
 	case age > maxAge || age < -time.Minute:
 		return nil, fmt.Errorf("warm snapshot: saved %s ago, beyond --warm-start-max-age %s", age.Round(time.Second), maxAge)
 	}
-	peers := make([]peer.Peer, 0, len(s.Records))
-	for i, rb := range s.Records {
+	return decodeRecords(s.Records, s.Saved)
+}
+
+// decodeRecords decodes and validates peer records in the gossip codec, as
+// gossiped ones are: one bad record refuses them all.
+func decodeRecords(records [][]byte, seen time.Time) ([]peer.Peer, error) {
+	peers := make([]peer.Peer, 0, len(records))
+	for i, rb := range records {
 		var r peer.Record
 		if err := r.UnmarshalBinary(rb); err != nil {
 			return nil, fmt.Errorf("warm snapshot: record %d: %w", i, err)
@@ -87,7 +86,23 @@ func loadWarm(c config, maxAge time.Duration, now time.Time) ([]peer.Peer, error
 		if err := r.Validate(); err != nil {
 			return nil, fmt.Errorf("warm snapshot: record %d (%s): %w", i, r.Name, err)
 		}
-		peers = append(peers, peer.Peer{Record: r, State: peer.StateAlive, LastSeen: s.Saved})
+		peers = append(peers, peer.Peer{Record: r, State: peer.StateAlive, LastSeen: seen})
 	}
 	return peers, nil
+}
+
+// encodeRecords is decodeRecords' inverse for the live peers of a table.
+func encodeRecords(admitted []peer.Peer) ([][]byte, error) {
+	var out [][]byte
+	for _, p := range admitted {
+		if p.State != peer.StateAlive {
+			continue
+		}
+		b, err := p.Record.MarshalBinary()
+		if err != nil {
+			return nil, fmt.Errorf("peer record %s: %w", p.Record.Name, err)
+		}
+		out = append(out, b)
+	}
+	return out, nil
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/ipam/diskfile"
+	"github.com/weftnet/weft/overlay/control"
 	"github.com/weftnet/weft/peer"
 )
 
@@ -83,4 +84,55 @@ func (l *Lab) StartWeftd(ctx context.Context, node string, extra ...string) erro
 		return err
 	}
 	return l.waitReady(ctx, n)
+}
+
+// HandOffWeftd starts a second weftd on node beside the running one, with
+// the flags Up used plus extra: the new one takes the datapath over
+// (weftd's hand-off) and the old one exits. It returns once the old one
+// has exited and the control socket answers from the new one.
+func (l *Lab) HandOffWeftd(ctx context.Context, node string, extra ...string) error {
+	n := l.Node(node)
+	if n == nil || n.External {
+		return fmt.Errorf("hand off weftd: no weftd node %q", node)
+	}
+	old := n.WeftdPID
+	l.mu.Lock()
+	oldProc := l.procs[old]
+	l.mu.Unlock()
+	if old <= 0 || oldProc == nil || !alive(old, l.reap) {
+		return fmt.Errorf("hand off weftd on %s: no running weftd of this lab", node)
+	}
+	args := append(append([]string(nil), l.WeftdArgs...), extra...)
+	if err := l.startWeftd(n, l.Seed, args); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	newProc := l.procs[n.WeftdPID]
+	l.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
+	defer cancel()
+	select {
+	case <-oldProc.done:
+	case <-newProc.done:
+		return fmt.Errorf("hand off weftd on %s: the new weftd exited (%v); log %s:\n%s", node, newProc.err, n.LogFile, tail(n.LogFile, 20))
+	case <-ctx.Done():
+		return fmt.Errorf("hand off weftd on %s: the old weftd (pid %d) still runs: %w; log %s:\n%s", node, old, ctx.Err(), n.LogFile, tail(n.LogFile, 20))
+	}
+	l.mu.Lock()
+	delete(l.procs, old)
+	l.mu.Unlock()
+	for {
+		st, err := control.Get(ctx, n.ControlSocket)
+		if err == nil && st.Process.PID == n.WeftdPID {
+			break
+		}
+		select {
+		case <-newProc.done:
+			return fmt.Errorf("hand off weftd on %s: the new weftd exited (%v); log %s:\n%s", node, newProc.err, n.LogFile, tail(n.LogFile, 20))
+		case <-ctx.Done():
+			return fmt.Errorf("hand off weftd on %s: the new weftd's control socket: %v (%w)", node, err, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return l.save()
 }

@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -47,6 +49,32 @@ func ListenReceiver(port uint16, batch int) (*Receiver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("vxlan receiver: listen on port %d: %w", port, err)
 	}
+	return newReceiver(c, batch)
+}
+
+// FileReceiver receives on an open UDP socket (one a previous weftd
+// passed on, package overlay/handoff), for batches of up to batch
+// datagrams. f stays the caller's: the receiver holds its own descriptor.
+func FileReceiver(f *os.File, batch int) (*Receiver, error) {
+	pc, err := net.FilePacketConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("vxlan receiver: %w", err)
+	}
+	c, ok := pc.(*net.UDPConn)
+	domain := -1
+	if ok {
+		if rc, err := c.SyscallConn(); err == nil {
+			rc.Control(func(fd uintptr) { domain, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN) })
+		}
+	}
+	if domain != unix.AF_INET {
+		pc.Close()
+		return nil, fmt.Errorf("vxlan receiver: descriptor is not an IPv4 UDP socket (%s)", pc.LocalAddr())
+	}
+	return newReceiver(c, batch)
+}
+
+func newReceiver(c *net.UDPConn, batch int) (*Receiver, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		c.Close()
@@ -69,6 +97,13 @@ func ListenReceiver(port uint16, batch int) (*Receiver, error) {
 	r.recv = r.recvmmsg
 	return r, nil
 }
+
+// SyscallConn is the socket's raw connection (to pass it on).
+func (r *Receiver) SyscallConn() (syscall.RawConn, error) { return r.rc, nil }
+
+// SetReadDeadline makes a blocked or later Read return
+// os.ErrDeadlineExceeded at t; the zero time clears it.
+func (r *Receiver) SetReadDeadline(t time.Time) error { return r.conn.SetReadDeadline(t) }
 
 // Port is the local port.
 func (r *Receiver) Port() uint16 { return uint16(r.conn.LocalAddr().(*net.UDPAddr).Port) }

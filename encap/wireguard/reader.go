@@ -1,8 +1,10 @@
 package wireguard
 
 import (
+	"errors"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"golang.zx2c4.com/wireguard/tun"
 )
@@ -36,6 +38,51 @@ type reader struct {
 	ready  chan struct{} // closed by setDivert
 	closed chan struct{} // closed by Close
 	close  sync.Once
+
+	// A hand-off (Device.Pause): a read that fails with the TUN file's
+	// deadline waits on wake until resume closes it.
+	pauseMu sync.Mutex
+	wake    chan struct{}
+	parked  atomic.Bool
+}
+
+// pause makes the next deadline error park the reader.
+func (r *reader) pause() {
+	r.pauseMu.Lock()
+	if r.wake == nil {
+		r.wake = make(chan struct{})
+	}
+	r.pauseMu.Unlock()
+}
+
+func (r *reader) resume() {
+	r.pauseMu.Lock()
+	if r.wake != nil {
+		close(r.wake)
+		r.wake = nil
+	}
+	r.pauseMu.Unlock()
+}
+
+func (r *reader) isParked() bool { return r.parked.Load() }
+
+// park waits for resume or Close after a read failed with the deadline;
+// false means closed.
+func (r *reader) park() bool {
+	r.pauseMu.Lock()
+	if r.wake == nil { // a deadline before Device.Pause: the router paused first
+		r.wake = make(chan struct{})
+	}
+	wake := r.wake
+	r.pauseMu.Unlock()
+	r.parked.Store(true)
+	defer r.parked.Store(false)
+	select {
+	case <-wake:
+		return true
+	case <-r.closed:
+		return false
+	}
 }
 
 func newReader(dev tun.Device) *reader {
@@ -62,11 +109,19 @@ func (r *reader) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			return 0, os.ErrClosed
 		}
 	}
-	n, err := r.Device.Read(bufs, sizes, offset)
-	if n > 0 {
-		r.divert(bufs[:n], sizes[:n], offset)
+	for {
+		n, err := r.Device.Read(bufs, sizes, offset)
+		if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+			if r.park() {
+				continue
+			}
+			return 0, os.ErrClosed
+		}
+		if n > 0 {
+			r.divert(bufs[:n], sizes[:n], offset)
+		}
+		return n, err
 	}
-	return n, err
 }
 
 // Close closes the real TUN as well: a blocked read ends no other way, and

@@ -62,6 +62,14 @@ type Config struct {
 	// it, and so does whoever else owns it.
 	TUN    tun.Device
 	Logger *slog.Logger
+	// Resuming says this node's previous weftd had the peers of the first
+	// SetPeers (a warm start or a hand-off): each of them starts a
+	// handshake at once, whatever the key order (see keepaliveSeconds),
+	// since they knew this node and will not start one themselves.
+	Resuming bool
+	// LateUAPI leaves the UAPI socket to StartUAPI (a hand-off: the
+	// previous weftd serves that name until it is done).
+	LateUAPI bool
 }
 
 // Peer is one WireGuard peer as the router wants it.
@@ -85,10 +93,11 @@ type Device struct {
 	log  *slog.Logger
 	name string
 
-	mu      sync.Mutex // guards applied, key and closed
-	applied map[wgtypes.Key]Peer
-	key     wgtypes.Key
-	closed  bool
+	mu       sync.Mutex // guards applied, key, closed, resuming and uapi
+	applied  map[wgtypes.Key]Peer
+	key      wgtypes.Key
+	closed   bool
+	resuming bool
 
 	closeOnce sync.Once
 	wg        sync.WaitGroup
@@ -117,8 +126,9 @@ func New(cfg Config) (*Device, error) {
 		tun:     r,
 		log:     log,
 		name:    cfg.Name,
-		applied: make(map[wgtypes.Key]Peer),
-		key:     cfg.PrivateKey,
+		applied:  make(map[wgtypes.Key]Peer),
+		key:      cfg.PrivateKey,
+		resuming: cfg.Resuming,
 	}
 	set := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hexKey(cfg.PrivateKey), cfg.ListenPort)
 	if err := d.dev.IpcSet(set); err != nil {
@@ -129,24 +139,42 @@ func New(cfg Config) (*Device, error) {
 		d.dev.Close()
 		return nil, fmt.Errorf("wireguard device %s up (udp port %d): %w", cfg.Name, cfg.ListenPort, err)
 	}
-	file, err := ipc.UAPIOpen(cfg.Name)
-	if err != nil {
-		d.dev.Close()
-		return nil, fmt.Errorf("open uapi socket for %s: %w", cfg.Name, err)
+	if !cfg.LateUAPI {
+		if err := d.StartUAPI(); err != nil {
+			d.dev.Close()
+			return nil, err
+		}
 	}
-	if d.uapi, err = ipc.UAPIListen(cfg.Name, file); err != nil {
-		d.dev.Close()
-		return nil, fmt.Errorf("listen on uapi socket for %s: %w", cfg.Name, err)
-	}
-	d.wg.Add(1)
-	go d.serveUAPI()
 	return d, nil
 }
 
-func (d *Device) serveUAPI() {
+// StartUAPI opens the UAPI socket (`wg show <Name>`) and serves it until
+// Close. New calls it unless Config.LateUAPI; later calls do nothing.
+func (d *Device) StartUAPI() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.uapi != nil || d.closed {
+		return nil
+	}
+	file, err := ipc.UAPIOpen(d.name)
+	if err != nil {
+		return fmt.Errorf("open uapi socket for %s: %w", d.name, err)
+	}
+	uapi, err := ipc.UAPIListen(d.name, file)
+	file.Close()
+	if err != nil {
+		return fmt.Errorf("listen on uapi socket for %s: %w", d.name, err)
+	}
+	d.uapi = uapi
+	d.wg.Add(1)
+	go d.serveUAPI(uapi)
+	return nil
+}
+
+func (d *Device) serveUAPI(l net.Listener) {
 	defer d.wg.Done()
 	for {
-		c, err := d.uapi.Accept()
+		c, err := l.Accept()
 		if err != nil {
 			return
 		}
@@ -198,7 +226,7 @@ func (d *Device) SetPeers(peers []Peer) error {
 		}
 		fmt.Fprintf(&b, "public_key=%s\nendpoint=%s\nreplace_allowed_ips=true\n", hexKey(k), p.Endpoint)
 		if !known && p.Keepalive {
-			if bytes.Compare(ours[:], k[:]) > 0 {
+			if d.resuming || bytes.Compare(ours[:], k[:]) > 0 {
 				fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", keepaliveSeconds)
 			} else {
 				later = append(later, k)
@@ -208,6 +236,7 @@ func (d *Device) SetPeers(peers []Peer) error {
 			fmt.Fprintf(&b, "allowed_ip=%s\n", a.Masked())
 		}
 	}
+	d.resuming = false
 	if b.Len() == 0 {
 		return nil
 	}
@@ -234,6 +263,36 @@ func (d *Device) startKeepalive(k wgtypes.Key) {
 	}
 }
 
+// Pause stops the device for a hand-off: its TUN reads park (the router's
+// Pause sets the TUN file's read deadline, which this device's reads see
+// too: call it first), and the device goes down, which closes its UDP port
+// for the next weftd to bind. Sessions are dropped; Resume brings the
+// device up again with fresh handshakes.
+func (d *Device) Pause() error {
+	d.tun.pause()
+	deadline := time.Now().Add(time.Second)
+	for !d.tun.isParked() {
+		if time.Now().After(deadline) {
+			return errors.New("wireguard pause: the TUN reader did not park within 1s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := d.dev.Down(); err != nil {
+		return fmt.Errorf("wireguard pause: %w", err)
+	}
+	return nil
+}
+
+// Resume undoes Pause (after the router's Resume cleared the deadline).
+func (d *Device) Resume() error {
+	err := d.dev.Up()
+	d.tun.resume()
+	if err != nil {
+		return fmt.Errorf("wireguard resume: %w", err)
+	}
+	return nil
+}
+
 // SetDivert starts the device's reads from the TUN, each batch filtered by
 // f first (see Divert). Only the first call counts.
 func (d *Device) SetDivert(f Divert) { d.tun.setDivert(f) }
@@ -243,8 +302,11 @@ func (d *Device) Close() error {
 	d.closeOnce.Do(func() {
 		d.mu.Lock()
 		d.closed = true
+		uapi := d.uapi
 		d.mu.Unlock()
-		d.uapi.Close()
+		if uapi != nil {
+			uapi.Close()
+		}
 		d.dev.Close() // closes the TUN, which ends the device's reads
 		d.wg.Wait()
 	})

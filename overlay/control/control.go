@@ -34,11 +34,13 @@ type Process struct {
 	// time in nanoseconds): every start has a new one.
 	Generation uint64    `json:"generation"`
 	Started    time.Time `json:"started"`
-	// Start is "cold" (gossip alone fills the peer table) or "warm" (it
+	// Start is "cold" (gossip alone fills the peer table), "warm" (it
 	// forwarded from the peer table its predecessor left, WarmPeers
-	// peers, until gossip replaced it).
-	Start     string `json:"start"`
-	WarmPeers int    `json:"warmPeers,omitempty"`
+	// peers, until gossip replaced it) or "handoff" (it took the running
+	// datapath of weftd HandOffFrom, and its WarmPeers peers, over).
+	Start       string `json:"start"`
+	WarmPeers   int    `json:"warmPeers,omitempty"`
+	HandOffFrom int    `json:"handOffFrom,omitempty"`
 }
 
 // Node describes this node or a peer.
