@@ -95,12 +95,12 @@ func (c *config) checkKube() error {
 // or zero value is valid (no Kubernetes, no health server) so that main.go
 // needs no branches.
 type kubeMode struct {
-	c       *config
-	log     *slog.Logger
-	cluster *peerkube.Cluster // nil outside Kubernetes mode
-	nodes   *peerkube.Nodes
-	podCIDR atomic.Pointer[netip.Prefix] // set once known; readiness
-	cancel  context.CancelFunc
+	c        *config
+	log      *slog.Logger
+	cluster  *peerkube.Cluster // nil outside Kubernetes mode
+	nodes    *peerkube.Nodes
+	podCIDR  atomic.Pointer[netip.Prefix] // set once known; readiness
+	cancel   context.CancelFunc
 	health   *http.Server
 	healthLn net.Listener // passed on in a hand-off
 	wg       sync.WaitGroup

@@ -122,10 +122,10 @@ func New(cfg Config) (*Device, error) {
 		wlog.Verbosef = func(f string, a ...any) { log.Debug(fmt.Sprintf(f, a...)) }
 	}
 	d := &Device{
-		dev:     device.NewDevice(r, conn.NewStdNetBind(), wlog),
-		tun:     r,
-		log:     log,
-		name:    cfg.Name,
+		dev:      device.NewDevice(r, conn.NewStdNetBind(), wlog),
+		tun:      r,
+		log:      log,
+		name:     cfg.Name,
 		applied:  make(map[wgtypes.Key]Peer),
 		key:      cfg.PrivateKey,
 		resuming: cfg.Resuming,
