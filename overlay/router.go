@@ -224,6 +224,14 @@ func (r *Router) SetPeers(peers []Peer) error {
 	var errs []error
 	var wgPeers []wireguard.Peer
 	for _, p := range peers {
+		if p.Standby {
+			if p.Transport == TransportWireGuard && r.cfg.WireGuard != nil {
+				w := p.WireGuard
+				w.Standby = true
+				wgPeers = append(wgPeers, w)
+			}
+			continue
+		}
 		if p.Transport == TransportWireGuard {
 			if r.cfg.WireGuard == nil {
 				errs = append(errs, fmt.Errorf("peer %s: wireguard transport but this node has no wireguard device", p.Name))

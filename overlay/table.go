@@ -31,6 +31,9 @@ type Peer struct {
 	// finishes itself (VXLAN remote checksum offload, encap/vxlan), so the
 	// sender does not sum their payloads.
 	RemoteChecksum bool
+	// Standby: not routed; a WireGuard peer stays on the device as it is
+	// (wireguard.Peer.Standby).
+	Standby bool
 }
 
 // peerEntry is a Peer plus what the packet path needs precomputed.

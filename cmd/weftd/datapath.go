@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -118,18 +119,22 @@ type datapath struct {
 	wg      *wireguard.Device // nil without WireGuard
 	mtu     int               // the pod MTU
 	gateway netip.Addr        // the pods' gateway, on the TUN
+	// vxlanSocket is the VXLAN socket a hand-off passed, until start.
+	vxlanSocket *os.File
 
 	closers []func() error // in start order
 }
 
 // startDatapath creates the TUN device for c.PodCIDR (or adopts the one a
-// running weftd hands off, tk), configures the host for it, and starts the
-// WireGuard device and the router. In a hand-off the donor pauses once the
-// device and the host are ready, and before the WireGuard port is bound.
-// resuming: the first peer table comes from this node's previous weftd
-// (wireguard.Config.Resuming). The static peers are routed from the
-// start: they need no gossip. On error, everything started so far is
-// stopped again.
+// running weftd hands off, tk), configures the host for it, and builds the
+// WireGuard device and the router; start then starts the router once its
+// first peer table is in. resuming: that table comes from this node's
+// previous weftd (wireguard.Config.Resuming). On error, everything started
+// so far is stopped again.
+//
+// In a hand-off the donor reads on until the last moment: with WireGuard
+// it pauses here, just before the port is bound; with VXLAN alone in
+// start, once this router reads.
 func startDatapath(c config, log *slog.Logger, tk *takeover, resuming bool) (dp *datapath, err error) {
 	dp = &datapath{mtu: c.Policy.PodMTU(c.UnderlayMTU, c.WireGuard), gateway: gatewayOf(c.PodCIDR)}
 	defer func() {
@@ -154,13 +159,19 @@ func startDatapath(c config, log *slog.Logger, tk *takeover, resuming bool) (dp 
 		return dp, err
 	}
 	dp.closers = append(dp.closers, stopMasq)
-	if err := tk.pause(); err != nil {
+	rcfg := overlay.Config{VNI: c.VNI, LocalMAC: c.VTEPMAC, PodCIDRs: []netip.Prefix{c.PodCIDR}, PathMTU: overlay.KernelPathMTU, ICMPSource: dp.gateway, Logger: log}
+	sender, err := vxlan.NewSender(vxlanSourcePorts)
+	if err != nil {
 		return dp, err
 	}
-	rcfg := overlay.Config{VNI: c.VNI, LocalMAC: c.VTEPMAC, PodCIDRs: []netip.Prefix{c.PodCIDR}, PathMTU: overlay.KernelPathMTU, ICMPSource: dp.gateway, Logger: log}
+	dp.closers = append(dp.closers, sender.Close)
+	rcfg.Sender = sender
 	if c.WireGuard {
 		key, err := wireguard.LoadOrCreateKey(c.WGKeyFile)
 		if err != nil {
+			return dp, err
+		}
+		if err := tk.pause(); err != nil {
 			return dp, err
 		}
 		wcfg := wireguard.Config{Name: c.WGName, PrivateKey: key, ListenPort: uint16(c.WGPort), TUN: dev, Logger: log,
@@ -171,27 +182,27 @@ func startDatapath(c config, log *slog.Logger, tk *takeover, resuming bool) (dp 
 		dp.closers = append(dp.closers, dp.wg.Close)
 		rcfg.WireGuard = dp.wg
 	}
-	sender, err := vxlan.NewSender(vxlanSourcePorts)
-	if err != nil {
-		return dp, err
-	}
-	dp.closers = append(dp.closers, sender.Close)
-	rcfg.Sender = sender
-	if rcfg.VXLANSocket = tk.file(fdVXLAN); rcfg.VXLANSocket != nil {
-		defer rcfg.VXLANSocket.Close() // the router's receiver holds its own
-	}
+	dp.vxlanSocket = tk.file(fdVXLAN)
+	rcfg.VXLANSocket = dp.vxlanSocket
 	dp.router = overlay.New(rcfg, dev, conn.NewStdNetBind())
+	return dp, nil
+}
+
+// start starts the router's loops (the peer table is in: Start's loops
+// forward at once) and, in a VXLAN-only hand-off, then pauses the donor.
+func (dp *datapath) start(c config, tk *takeover) error {
+	if dp.vxlanSocket != nil {
+		defer dp.vxlanSocket.Close() // the router's receiver holds its own
+	}
 	if err := dp.router.Start(uint16(c.VXLANPort)); err != nil {
-		return dp, err
+		return err
 	}
 	dp.closers = append(dp.closers, dp.router.Close)
 	if dp.wg != nil {
 		dp.wg.SetDivert(dp.router.Divert()) // the device reads the TUN from now on
+		return nil
 	}
-	if err := dp.router.SetPeers(c.StaticPeers); err != nil {
-		return dp, err
-	}
-	return dp, nil
+	return tk.pause()
 }
 
 // openTUN opens the TUN device, or adopts the descriptor a hand-off

@@ -408,6 +408,16 @@ func (k *kubeMode) live(ctx context.Context) error {
 	return nil
 }
 
+// routable keeps the peers whose Node exists; all of them outside
+// Kubernetes mode. Nil-safe.
+func (k *kubeMode) routable(peers []peer.Peer) []peer.Peer {
+	if k == nil || k.nodes == nil {
+		return peers
+	}
+	kept, _ := k.nodes.Snapshot().Filter(peers)
+	return kept
+}
+
 // healthListener is the health server's listener (nil: none), to pass on
 // in a hand-off. Nil-safe.
 func (k *kubeMode) healthListener() net.Listener {

@@ -233,6 +233,9 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 
 	self := c.selfRecord(dp.wg)
 	started, first := how.apply(c, log, dp.router, self)
+	if err := dp.start(c, tk); err != nil {
+		return err
+	}
 	if members == nil {
 		if err := tk.releaseGossip(); err != nil {
 			return err
@@ -279,7 +282,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	go func() { handed <- handoff.Serve(ctrl, c.handoffSocket(), d) }()
 	log.Info("weftd running", "name", c.Name, "underlay", self.Underlay, "podCIDR", c.PodCIDR, "tun", c.TUN, "mtu", dp.mtu, "vni", c.VNI, "socket", c.socket(), "procs", runtime.GOMAXPROCS(0), "start", started.Start)
 
-	pipe := newPipeline(c, log, members, plane, dp.router)
+	pipe := newPipeline(c, log, members, plane, dp.router, kube.routable)
 	pipe.last = first
 	n.pipe = pipe
 	updates := kube.peerUpdates(ctx, members) // filtered by the Node set in Kubernetes mode

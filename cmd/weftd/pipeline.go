@@ -40,10 +40,12 @@ type pipeline struct {
 	router  *overlay.Router
 	// last is the admitted peer set in force, which a hand-off passes on.
 	last []peer.Peer
+	// nodes keeps the peers whose Node exists (Kubernetes mode).
+	nodes func([]peer.Peer) []peer.Peer
 }
 
-func newPipeline(c config, log *slog.Logger, members *peer.Membership, plane *plane, router *overlay.Router) *pipeline {
-	return &pipeline{c: c, log: log, members: members, plane: plane, chooser: newTransportChooser(c.Policy, log), router: router}
+func newPipeline(c config, log *slog.Logger, members *peer.Membership, plane *plane, router *overlay.Router, nodes func([]peer.Peer) []peer.Peer) *pipeline {
+	return &pipeline{c: c, log: log, members: members, plane: plane, chooser: newTransportChooser(c.Policy, log), router: router, nodes: nodes}
 }
 
 // route takes one membership snapshot to the router. An error is fatal
@@ -55,7 +57,7 @@ func (p *pipeline) route(snap []peer.Peer) error {
 		return err
 	}
 	p.last = admitted
-	n := setPeers(p.router, p.c.StaticPeers, admitted, p.members.Self(), p.chooser, p.log)
+	n := setPeers(p.router, p.c.StaticPeers, admitted, p.standby(admitted), p.members.Self(), p.chooser, p.log)
 	p.log.Info("peer set changed", "peers", n)
 	if err := saveWarm(p.c, admitted, time.Now()); err != nil {
 		p.log.Warn("warm-start snapshot not saved", "err", err)
@@ -63,12 +65,38 @@ func (p *pipeline) route(snap []peer.Peer) error {
 	return nil
 }
 
+// standby is the WireGuard peers gossip declared dead within
+// --warm-start-max-age (and whose Node exists, in Kubernetes mode): not
+// routed, but kept on the WireGuard device as they are, so that a peer
+// restarted after a long stop gets its handshake answered at once instead
+// of after gossip brings it back (wireguard.Peer.Standby). A peer that
+// left, or whose Node was deleted, goes at once.
+func (p *pipeline) standby(admitted []peer.Peer) []peer.Peer {
+	if !p.c.WireGuard || p.c.WarmMaxAge <= 0 {
+		return nil
+	}
+	live := make(map[string]bool, len(admitted))
+	for _, a := range admitted {
+		live[a.Record.Name] = true
+	}
+	var dead []peer.Peer
+	for _, q := range p.members.Peers() {
+		if q.State == peer.StateDead && !live[q.Record.Name] && time.Since(q.LastSeen) <= p.c.WarmMaxAge {
+			dead = append(dead, q)
+		}
+	}
+	if len(dead) == 0 || p.nodes == nil {
+		return dead
+	}
+	return p.nodes(dead)
+}
+
 // setPeers gives the router the static peers and the admitted ones, each
-// with its transport, and returns how many it set. Static peers go in
-// front, as always: the table keeps the last entry for a pod CIDR, so on a
-// conflict the gossiped record wins.
-func setPeers(r *overlay.Router, static []overlay.Peer, admitted []peer.Peer, self peer.Record, tc *transportChooser, log *slog.Logger) int {
-	peers := append(make([]overlay.Peer, 0, len(static)+len(admitted)), static...)
+// with its transport, and the standby ones, and returns how many it
+// routes. Static peers go in front, as always: the table keeps the last
+// entry for a pod CIDR, so on a conflict the gossiped record wins.
+func setPeers(r *overlay.Router, static []overlay.Peer, admitted, standby []peer.Peer, self peer.Record, tc *transportChooser, log *slog.Logger) int {
+	peers := append(make([]overlay.Peer, 0, len(static)+len(admitted)+len(standby)), static...)
 	for _, a := range admitted {
 		op, err := tc.peer(self, a.Record)
 		if err != nil {
@@ -77,10 +105,17 @@ func setPeers(r *overlay.Router, static []overlay.Peer, admitted []peer.Peer, se
 		}
 		peers = append(peers, op)
 	}
+	routed := len(peers)
+	for _, s := range standby {
+		if op, err := tc.peer(self, s.Record); err == nil && op.Transport == overlay.TransportWireGuard {
+			op.Standby = true
+			peers = append(peers, op)
+		}
+	}
 	if err := r.SetPeers(peers); err != nil {
 		log.Warn("some peers skipped", "err", err)
 	}
-	return len(peers)
+	return routed
 }
 
 // start is how this process starts forwarding, before gossip has joined:
@@ -118,20 +153,23 @@ func startOf(c config, log *slog.Logger, tk *takeover) start {
 // (wireguard.Config.Resuming).
 func (s start) resuming() bool { return s.kind != "cold" }
 
-// apply routes the start's peers, admitted against self as gossiped
-// records are, and returns the process as status reports it and the
-// admitted peers (the table a hand-off passes on until gossip replaces
-// it).
+// apply gives the router its first table: the static peers and the
+// start's peers, admitted against self as gossiped records are. It returns
+// the process as status reports it and the admitted peers (the table a
+// hand-off passes on until gossip replaces it).
 func (s start) apply(c config, log *slog.Logger, r *overlay.Router, self peer.Record) (control.Process, []peer.Peer) {
 	p := control.Process{PID: os.Getpid(), Generation: self.Generation, Started: time.Now().UTC(), Start: "cold", HandOffFrom: s.from}
-	if len(s.peers) == 0 && s.kind != "handoff" {
+	if s.kind == "cold" {
+		if err := r.SetPeers(c.StaticPeers); err != nil {
+			log.Warn("some static peers skipped", "err", err)
+		}
 		return p, nil
 	}
 	admitted, refused := peer.Admit(s.peers, self, []netip.Prefix{c.ClusterCIDR})
 	if len(refused) > 0 {
 		log.Warn(s.kind+" start: records refused", "refused", len(refused))
 	}
-	setPeers(r, c.StaticPeers, admitted, self, newTransportChooser(c.Policy, log), log)
+	setPeers(r, c.StaticPeers, admitted, nil, self, newTransportChooser(c.Policy, log), log)
 	log.Info(s.kind+" start: forwarding from the last peer table until gossip replaces it", "peers", len(admitted))
 	p.Start, p.WarmPeers = s.kind, len(admitted)
 	return p, admitted

@@ -83,6 +83,12 @@ type Peer struct {
 	// configured; a handshake started then would go unanswered and hold
 	// its first packets until wireguard-go's 5 s retry.
 	Keepalive bool
+	// Standby keeps the peer as the device has it, if it has it, and adds
+	// nothing otherwise: a peer gossip declared dead, not removed at once
+	// so that its first handshake after a restart finds this device ready
+	// (the restarted node starts one at once, Config.Resuming) instead of
+	// being refused until gossip brings the peer back.
+	Standby bool
 }
 
 // Device is a running wireguard-go device.
@@ -209,6 +215,14 @@ func (d *Device) SetPeers(peers []Peer) error {
 	defer d.mu.Unlock()
 	want := make(map[wgtypes.Key]Peer, len(peers))
 	for _, p := range peers {
+		if p.Standby {
+			if old, known := d.applied[p.PublicKey]; known {
+				if _, dup := want[p.PublicKey]; !dup {
+					want[p.PublicKey] = old
+				}
+			}
+			continue
+		}
 		want[p.PublicKey] = p
 	}
 	var b strings.Builder

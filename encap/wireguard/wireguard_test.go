@@ -57,6 +57,7 @@ type node struct {
 	tun  *tuntest.ChannelTUN
 	port uint16
 	cidr netip.Prefix
+	key  wgtypes.Key
 
 	diverted atomic.Int32
 }
@@ -67,7 +68,7 @@ func newNode(t *testing.T, cidr string) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &node{tun: tuntest.NewChannelTUN(), port: uint16(20000 + rand.IntN(20000)), cidr: netip.MustParsePrefix(cidr)}
+	n := &node{tun: tuntest.NewChannelTUN(), port: uint16(20000 + rand.IntN(20000)), cidr: netip.MustParsePrefix(cidr), key: k}
 	n.dev, err = New(Config{Name: fmt.Sprintf("wtest%05d", rand.IntN(100000)), PrivateKey: k, ListenPort: n.port, TUN: n.tun.TUN()})
 	if err != nil {
 		t.Fatal(err)
@@ -193,5 +194,78 @@ func TestKeepalivePeersHandshakeUnprompted(t *testing.T) {
 	}
 	if handshake(quiet) || handshake(other) {
 		t.Error("peers without Keepalive handshook with no traffic")
+	}
+}
+
+// TestStandbyPeerAnswersARestartedDevice: b's device stops (a weftd
+// killed) and a keeps b only as a standby peer (gossip says dead); a new
+// device with b's key and port (the restarted weftd, Resuming) gets a
+// session within a round trip although its key is the smaller one, which
+// would otherwise wait for the larger key to start. A standby peer the
+// device never had is not added.
+func TestStandbyPeerAnswersARestartedDevice(t *testing.T) {
+	prereqtest.Root(t) // the UAPI socket lives in /var/run/wireguard
+	handshake := func(n *node) bool {
+		cfg, err := n.dev.dev.IpcGet()
+		return err == nil && strings.Contains(cfg, "last_handshake_time_sec=") && !strings.Contains(cfg, "last_handshake_time_sec=0\n")
+	}
+	a, b := newNode(t, "10.244.1.0/24"), newNode(t, "10.244.2.0/24")
+	for ka, kb := a.dev.PublicKey(), b.dev.PublicKey(); bytes.Compare(kb[:], ka[:]) > 0; ka, kb = a.dev.PublicKey(), b.dev.PublicKey() {
+		b.dev.Close()
+		b = newNode(t, "10.244.2.0/24") // b must hold the smaller key
+	}
+	pa, pb := a.asPeer(), b.asPeer()
+	pa.Keepalive, pb.Keepalive = true, true
+	if err := a.dev.SetPeers([]Peer{pb}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.dev.SetPeers([]Peer{pa}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(2 * time.Second); !handshake(a); {
+		if time.Now().After(deadline) {
+			t.Fatal("no first session")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	b.dev.Close()
+	standby := pb
+	standby.Standby = true
+	stranger := newNode(t, "10.244.9.0/24").asPeer()
+	stranger.Standby = true
+	if err := a.dev.SetPeers([]Peer{standby, stranger}); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, _ := a.dev.dev.IpcGet(); !strings.Contains(cfg, hexKey(pb.PublicKey)) || strings.Contains(cfg, hexKey(stranger.PublicKey)) {
+		t.Fatalf("a's peers after the standby set (want b kept, the stranger not added):\n%s", cfg)
+	}
+
+	b2 := &node{tun: tuntest.NewChannelTUN(), port: b.port, cidr: b.cidr}
+	var err error
+	if b2.dev, err = New(Config{Name: fmt.Sprintf("wtest%05d", rand.IntN(100000)), PrivateKey: b.key, ListenPort: b.port, TUN: b2.tun.TUN(), Resuming: true}); err != nil {
+		t.Fatal(err)
+	}
+	defer b2.dev.Close()
+	b2.dev.SetDivert(func([][]byte, []int, int) {})
+	began := time.Now()
+	if err := b2.dev.SetPeers([]Peer{pa}); err != nil {
+		t.Fatal(err)
+	}
+	// Resuming: the smaller key starts at once, not keepaliveDelay later.
+	if cfg, _ := b2.dev.dev.IpcGet(); !strings.Contains(cfg, "persistent_keepalive_interval=25") {
+		t.Fatalf("the resuming device did not start its keepalive (and handshake) at once:\n%s", cfg)
+	}
+	for !handshake(b2) {
+		if time.Since(began) > time.Second { // keepaliveDelay is 300 ms, the retry 5 s
+			t.Fatal("the restarted device had no session within 1 s")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	t.Logf("session %s after the restarted device set its peers", time.Since(began).Round(time.Millisecond))
+	pkt := ipv4("10.244.2.2", "10.244.1.2", "after the restart")
+	b2.tun.Outbound <- pkt
+	if got := receive(t, a); !bytes.Equal(got, pkt) {
+		t.Fatalf("a decrypted % x, want % x", got, pkt)
 	}
 }
