@@ -86,13 +86,13 @@ func (w testWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// TestRestartSmoke runs the restart benchmark once, VXLAN and SIGKILL
-// only: the connection survives, the figures are there, the report is
-// written, and nothing is left.
+// TestRestartSmoke runs the restart benchmark once, VXLAN, a hand-off and
+// a SIGKILL: the connection survives both, the figures are there, the
+// report is written, and nothing is left.
 func TestRestartSmoke(t *testing.T) {
 	prereqtest.Netns(t, "ip")
 	cfg := DefaultRestartConfig()
-	cfg.Transports, cfg.Signals, cfg.Reps = []string{"vxlan"}, cfg.Signals[:1], 1
+	cfg.Transports, cfg.Ways, cfg.Reps = []string{"vxlan"}, []Way{HandOff, Kill}, 1
 	cfg.Before, cfg.After = 300*time.Millisecond, 300*time.Millisecond
 	cfg.BinDir = prereqtest.Binaries(t)
 	cfg.RunDir = filepath.Join(t.TempDir(), "run")
@@ -104,20 +104,24 @@ func TestRestartSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Samples) != 1 {
-		t.Fatalf("%d samples, want 1", len(rep.Samples))
+	if len(rep.Samples) != 2 {
+		t.Fatalf("%d samples, want 2", len(rep.Samples))
 	}
-	s := rep.Samples[0]
-	t.Logf("%+v", s.Result)
-	if !s.Result.Survived || s.Result.BytesDelivered == 0 || s.Result.ProbesSent == 0 || s.Back <= 0 || s.Result.StallNs <= 0 {
-		t.Fatalf("implausible sample: back %s, %+v", s.Back, s.Result)
+	for _, s := range rep.Samples {
+		t.Logf("%s: %+v", s.Way, s.Result)
+		if !s.Result.Survived || s.Result.BytesDelivered == 0 || s.Result.ProbesSent == 0 || s.Back <= 0 || s.Result.StallNs <= 0 {
+			t.Fatalf("implausible %s sample: back %s, %+v", s.Way, s.Back, s.Result)
+		}
+		if (s.Way == Kill) != (s.FirstProbe > 0) {
+			t.Fatalf("%s: first probe %s (only a stop has one)", s.Way, s.FirstProbe)
+		}
 	}
 	md, err := os.ReadFile(filepath.Join(cfg.OutDir, "restart-"+rep.Date.Format("2006-01-02")+".md"))
-	if err != nil || !strings.Contains(string(md), "| vxlan | SIGKILL | 1 |") || !strings.Contains(string(md), "1 of 1") {
+	if err != nil || !strings.Contains(string(md), "| vxlan | SIGKILL | 1 |") || !strings.Contains(string(md), "| vxlan | hand-off | 1 |") || strings.Count(string(md), "1 of 1") != 2 {
 		t.Fatalf("report: %v\n%s", err, md)
 	}
 	var back RestartReport
-	if b, err := os.ReadFile(filepath.Join(cfg.OutDir, "restart-latest.json")); err != nil || json.Unmarshal(b, &back) != nil || len(back.Samples) != 1 {
+	if b, err := os.ReadFile(filepath.Join(cfg.OutDir, "restart-latest.json")); err != nil || json.Unmarshal(b, &back) != nil || len(back.Samples) != 2 {
 		t.Fatalf("restart-latest.json: %v", err)
 	}
 	ents, _ := os.ReadDir("/run/netns")
