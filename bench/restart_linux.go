@@ -71,10 +71,10 @@ func DefaultRestartConfig() RestartConfig {
 
 // RestartSample is one measured restart.
 type RestartSample struct {
-	Transport string         `json:"transport"`
-	Way       Way            `json:"way"`
-	Rep       int            `json:"rep"`
-	Back      time.Duration  `json:"backNs"` // signal (or hand-off start) → new weftd ready
+	Transport string        `json:"transport"`
+	Way       Way           `json:"way"`
+	Rep       int           `json:"rep"`
+	Back      time.Duration `json:"backNs"` // signal (or hand-off start) → new weftd ready
 	// FirstProbe: the new weftd's start → the first probe it carried
 	// (ways with a stop only).
 	FirstProbe time.Duration  `json:"firstProbeNs,omitempty"`

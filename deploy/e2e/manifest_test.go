@@ -45,8 +45,17 @@ func TestDaemonSetSpec(t *testing.T) {
 	if !spec.HostNetwork {
 		t.Error("hostNetwork must be true: weftd owns weft0 and the underlay ports")
 	}
-	if s := ds.Spec.UpdateStrategy; s.Type != appsv1.RollingUpdateDaemonSetStrategyType || s.RollingUpdate == nil || s.RollingUpdate.MaxUnavailable.IntValue() != 1 {
-		t.Errorf("update strategy %+v, want RollingUpdate with maxUnavailable 1", s)
+	// A surge pod beside the old one, whose weftd takes the datapath
+	// over (the hand-off); the scheduler refuses it if any container
+	// declares a port, which on hostNetwork is a host port.
+	if s := ds.Spec.UpdateStrategy; s.Type != appsv1.RollingUpdateDaemonSetStrategyType || s.RollingUpdate == nil ||
+		s.RollingUpdate.MaxSurge == nil || s.RollingUpdate.MaxSurge.IntValue() != 1 || s.RollingUpdate.MaxUnavailable == nil || s.RollingUpdate.MaxUnavailable.IntValue() != 0 {
+		t.Errorf("update strategy %+v, want RollingUpdate with maxSurge 1, maxUnavailable 0", s)
+	}
+	for _, ctr := range append(spec.InitContainers, spec.Containers...) {
+		if len(ctr.Ports) > 0 {
+			t.Errorf("container %s declares ports %v: a host port each, which blocks the surge pod", ctr.Name, ctr.Ports)
+		}
 	}
 	if spec.ServiceAccountName != "weft" {
 		t.Errorf("serviceAccountName %q", spec.ServiceAccountName)
