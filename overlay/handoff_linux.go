@@ -63,7 +63,7 @@ func (r *Router) Pause() error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("router pause: %d of %d read loops parked after 1s", r.parked.Load(), r.readLoops.Load())
 		}
-		time.Sleep(time.Millisecond)
+		time.Sleep(100 * time.Microsecond)
 	}
 	return nil
 }

@@ -171,15 +171,26 @@ func startDatapath(c config, log *slog.Logger, tk *takeover, resuming bool) (dp 
 		if err != nil {
 			return dp, err
 		}
-		if err := tk.pause(); err != nil {
-			return dp, err
-		}
+		// In a hand-off the device starts on a port of the kernel's
+		// choosing while the donor forwards, and moves to --wg-port
+		// once the donor has paused and closed it.
 		wcfg := wireguard.Config{Name: c.WGName, PrivateKey: key, ListenPort: uint16(c.WGPort), TUN: dev, Logger: log,
 			Resuming: resuming, LateUAPI: tk != nil}
+		if tk != nil {
+			wcfg.ListenPort = 0
+		}
 		if dp.wg, err = wireguard.New(wcfg); err != nil {
 			return dp, err
 		}
 		dp.closers = append(dp.closers, dp.wg.Close)
+		if tk != nil {
+			if err := tk.pause(); err != nil {
+				return dp, err
+			}
+			if err := dp.wg.SetListenPort(uint16(c.WGPort)); err != nil {
+				return dp, err
+			}
+		}
 		rcfg.WireGuard = dp.wg
 	}
 	dp.vxlanSocket = tk.file(fdVXLAN)

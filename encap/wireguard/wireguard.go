@@ -188,6 +188,17 @@ func (d *Device) serveUAPI(l net.Listener) {
 	}
 }
 
+// SetListenPort moves the device to UDP port p (a hand-off: the device
+// starts on a port of its own, 0, while the previous weftd still holds p).
+func (d *Device) SetListenPort(p uint16) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.dev.IpcSet(fmt.Sprintf("listen_port=%d\n", p)); err != nil {
+		return fmt.Errorf("wireguard listen port %d: %w", p, err)
+	}
+	return nil
+}
+
 // PublicKey returns the device's public key.
 func (d *Device) PublicKey() wgtypes.Key {
 	d.mu.Lock()
@@ -279,9 +290,8 @@ func (d *Device) startKeepalive(k wgtypes.Key) {
 
 // Pause stops the device for a hand-off: its TUN reads park (the router's
 // Pause sets the TUN file's read deadline, which this device's reads see
-// too: call it first), and the device goes down, which closes its UDP port
-// for the next weftd to bind. Sessions are dropped; Resume brings the
-// device up again with fresh handshakes.
+// too: call it first), and its UDP port closes for the next weftd to bind.
+// The sessions stay, for Resume.
 func (d *Device) Pause() error {
 	d.tun.pause()
 	deadline := time.Now().Add(time.Second)
@@ -289,17 +299,18 @@ func (d *Device) Pause() error {
 		if time.Now().After(deadline) {
 			return errors.New("wireguard pause: the TUN reader did not park within 1s")
 		}
-		time.Sleep(time.Millisecond)
+		time.Sleep(100 * time.Microsecond)
 	}
-	if err := d.dev.Down(); err != nil {
+	if err := d.dev.BindClose(); err != nil {
 		return fmt.Errorf("wireguard pause: %w", err)
 	}
 	return nil
 }
 
-// Resume undoes Pause (after the router's Resume cleared the deadline).
+// Resume undoes Pause (after the router's Resume cleared the deadline):
+// the port opens again and the reads go on.
 func (d *Device) Resume() error {
-	err := d.dev.Up()
+	err := d.dev.BindUpdate()
 	d.tun.resume()
 	if err != nil {
 		return fmt.Errorf("wireguard resume: %w", err)
