@@ -9,7 +9,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X github.com/weftnet/weft/cmd/internal/buildinfo.Version=$(VERSION)
 DEPS      := sh deploy/prereq/install.sh
 
-.PHONY: bench-restart all build deps deps-demo deps-test deps-bench test test-unit test-netns test-kube kube-bins demo bench fuzz vet clean lab-down
+.PHONY: bench-restart all build image deps deps-demo deps-test deps-bench test test-unit test-netns test-kube kube-bins demo bench fuzz vet clean lab-down
 
 all: build
 
@@ -17,6 +17,19 @@ build:
 	@mkdir -p $(BIN)
 	@echo "building weftd weft-cni weftctl $(VERSION) (a first build downloads modules: about 2 min)"
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/weftd ./cmd/weft-cni ./cmd/weftctl
+
+# weft's container image as a tarball, without a container daemon
+# (deploy/image, a nested module: go-containerregistry stays out of weft's
+# go.mod): weftd, weft-cni and weftctl built static (CGO_ENABLED=0) into
+# bin/static, one layer, no shell, tagged ghcr.io/weftnet/weft:$(VERSION).
+# Load it with `ctr -n k8s.io images import bin/weft-image.tar` or `kind
+# load image-archive bin/weft-image.tar`; push it with crane (README: Install).
+IMAGE_TAR  := $(BIN)/weft-image.tar
+PINNED_TAG := $(shell sed -n 's/^ *newTag: *//p' deploy/kustomization.yaml)
+image:
+	@mkdir -p $(BIN)
+	cd deploy/image && $(GO) run ./cmd/weft-image -root $(CURDIR) -version $(VERSION) -o $(CURDIR)/$(IMAGE_TAR) -bin-dir $(CURDIR)/$(BIN)/static
+	@if [ "$(VERSION)" != "$(PINNED_TAG)" ]; then echo "note: deploy/ installs ghcr.io/weftnet/weft:$(PINNED_TAG); for this build set its tag $(VERSION) (README: Install)"; fi
 
 # The host's packages and kernel modules (deploy/prereq/prereq.tsv):
 # installs only what is missing (apt-get; `apt-get update` only then),
@@ -65,7 +78,8 @@ test-netns: deps-test
 # module proxy into /var/cache/weft-e2e (README: Kubernetes).
 test-kube: deps-test build
 	@if [ "$$(id -u)" != 0 ]; then echo "test-kube needs root (network namespaces, containerd, kubelet)"; exit 1; fi
-	cd deploy/e2e && $(GO) vet . && WEFT_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 60m .
+	cd deploy/image && $(GO) vet ./... && $(GO) test -count=1 ./...
+	cd deploy/e2e && $(GO) vet . && WEFT_VERSION=$(VERSION) WEFT_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 60m .
 
 # Only the Kubernetes and etcd binaries of test-kube, into their cache (a
 # no-op when cached). .ci/run starts it beside `make test` on a fresh
