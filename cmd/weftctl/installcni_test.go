@@ -126,7 +126,10 @@ func TestInstallCNIRefuses(t *testing.T) {
 		setup func(c *installCNIConfig)
 		want  string
 	}{
-		{"broken conflist", func(c *installCNIConfig) { os.Chmod(c.confSrc, 0o644); os.WriteFile(c.confSrc, []byte(`{"name":`), 0o644) }, "--conflist"},
+		{"broken conflist", func(c *installCNIConfig) {
+			os.Chmod(c.confSrc, 0o644)
+			os.WriteFile(c.confSrc, []byte(`{"name":`), 0o644)
+		}, "--conflist"},
 		{"conflist without plugins", func(c *installCNIConfig) {
 			os.Chmod(c.confSrc, 0o644)
 			os.WriteFile(c.confSrc, []byte(`{"cniVersion":"1.0.0","name":"weft","plugins":[]}`), 0o644)
