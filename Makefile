@@ -71,9 +71,11 @@ test-netns: deps-test
 
 # Real Kubernetes (deploy/e2e, a nested module): etcd, kube-apiserver,
 # kube-controller-manager --allocate-node-cidrs, kube-scheduler and two
-# kubelets with containerd in lab namespaces, weft-cni as their CNI, weftd
-# --kube on each node; plus the manifest checks and a server-side dry run
-# of deploy/. Needs root, containerd, runc, busybox-static, gcc. The first
+# nodes (containerd, kube-proxy, kubelet) in lab namespaces, weft installed
+# as shipped: its image (the code of `make image`) imported with ctr and
+# `kubectl apply -k` of an overlay of deploy/; plus the manifest checks, a
+# server-side dry run of deploy/ and the image module's own tests. Needs
+# root, containerd, runc, iptables, busybox-static, gcc. The first
 # run on a machine builds Kubernetes v1.34.4 and etcd v3.6.16 from the Go
 # module proxy into /var/cache/weft-e2e (README: Kubernetes).
 test-kube: deps-test build
