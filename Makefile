@@ -51,6 +51,7 @@ deps-bench:
 PORTABLE = $$($(GO) list ./... | grep -v -e /cmd/ -e /bench/cmd/ -e /bench/cni)
 vet:
 	$(GO) vet ./...
+	cd deploy/image && $(GO) vet ./...
 	GOOS=darwin $(GO) vet $(PORTABLE)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 
@@ -64,6 +65,7 @@ test: deps-test build test-netns vet test-unit test-kube
 
 test-unit:
 	$(GO) test -race -count=1 -short -vet=off ./...
+	cd deploy/image && $(GO) test -race -count=1 -short -vet=off ./...
 
 test-netns: deps-test
 	@if [ "$$(id -u)" != 0 ]; then echo "test-netns needs root (network namespaces, TUN)"; exit 1; fi
