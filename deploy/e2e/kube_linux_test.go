@@ -99,6 +99,7 @@ type cluster struct {
 	dir     string // control plane files
 	started []*proc
 	kubelet map[string]*proc
+	kcm     *proc             // kube-controller-manager
 	mntns   map[string]string // node → its mount namespace file
 	images  images
 	overlay string // the test's kustomization of deploy/
@@ -131,7 +132,13 @@ func (c *cluster) start(name, netns, mntns string, bin string, args ...string) *
 	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
 	go func() { cmd.Wait(); logf.Close(); close(p.done) }()
 	c.started = append(c.started, p)
-	c.t.Cleanup(func() { p.stop() })
+	c.t.Cleanup(func() {
+		start := time.Now()
+		p.stop()
+		if d := time.Since(start); d > 3*time.Second {
+			c.t.Logf("%s took %s to stop", p.name, d.Round(100*time.Millisecond))
+		}
+	})
 	return p
 }
 
@@ -294,9 +301,11 @@ func TestKubernetes(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
+		start := time.Now()
 		if err := l.Down(); err != nil {
 			t.Errorf("lab down: %v", err)
 		}
+		t.Logf("lab down in %s", time.Since(start).Round(100*time.Millisecond))
 	})
 	if err := setupMountNSDir(); err != nil {
 		t.Fatal(err)
@@ -341,16 +350,21 @@ func TestKubernetes(t *testing.T) {
 	for _, n := range []string{"n1", "n2"} {
 		c.startNode(n)
 	}
-	// Before weft: the kubelets run, the Nodes exist and have CIDRs, but
-	// no CNI config is installed, so neither Node is Ready.
+	// Before weft: the kubelets run and the Nodes exist, without pod
+	// CIDRs yet (no node IPAM so far); no CNI config is installed, so
+	// neither Node is Ready.
 	for _, n := range []string{"n1", "n2"} {
 		c.eventually("Node "+n+" registered, not Ready for want of a CNI", 60*time.Second, func() error {
-			out, err := c.kubectl("", "get", "node", n, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].message}`)
+			out, err := c.kubectl("", "get", "node", n, "-o", `jsonpath={.spec.podCIDR}|{.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].message}`)
 			if err != nil {
 				return err
 			}
-			if !strings.HasPrefix(out, "False ") || !strings.Contains(strings.ToLower(out), "cni") {
-				return fmt.Errorf("Ready condition %q", out)
+			cidr, ready, _ := strings.Cut(out, "|")
+			if cidr != "" {
+				t.Fatalf("Node %s has pod CIDR %s before node IPAM runs", n, cidr)
+			}
+			if !strings.HasPrefix(ready, "False ") || !strings.Contains(strings.ToLower(ready), "cni") {
+				return fmt.Errorf("Ready condition %q", ready)
 			}
 			return nil
 		})
@@ -375,6 +389,29 @@ func TestKubernetes(t *testing.T) {
 	t.Logf("nodes up, weft not yet installed, after %s", time.Since(total).Round(time.Second))
 
 	c.install()
+	// weftd runs on both nodes, but their Nodes have no pod CIDR: it
+	// waits, not ready (readiness probe, /readyz 503), and weft-cni
+	// STATUS fails, so the runtime would wire no pod.
+	for _, n := range []string{"n1", "n2"} {
+		c.eventually("weftd running on "+n, 90*time.Second, func() error {
+			out, err := c.kubectl("", "get", "pods", "-n", "weft-system", "--field-selector", "spec.nodeName="+n, "-o",
+				`jsonpath={.items[0].status.initContainerStatuses[0].state.terminated.exitCode} {.items[0].status.containerStatuses[0].state.running.startedAt} {.items[0].status.containerStatuses[0].ready}`)
+			if err != nil {
+				return err
+			}
+			if f := strings.Fields(out); len(f) != 3 || f[0] != "0" || f[2] != "false" {
+				return fmt.Errorf("weft pod: install-cni exit, weftd running since, ready: %q", out)
+			}
+			return c.readyzIs(n, http.StatusServiceUnavailable)
+		})
+		if err := c.cniStatus(n); err == nil {
+			t.Fatalf("%s: weft-cni STATUS succeeded before weftd knew the pod CIDR", n)
+		}
+	}
+	t.Logf("weftd waits for the pod CIDRs (not ready, /readyz 503, STATUS fails) after %s; node IPAM on", time.Since(total).Round(time.Second))
+	c.startControllerManager(true)
+	c.rollout()
+	c.noRestarts()
 	t.Logf("weft installed (DaemonSet rolled out) after %s", time.Since(total).Round(time.Second))
 
 	cidrs := map[string]netip.Prefix{}
@@ -501,6 +538,7 @@ func TestKubernetes(t *testing.T) {
 			t.Fatalf("wg-public-key annotation %q, weftd has %q", key, st.Self.WGPublicKey)
 		}
 		c.runPod("client-wireguard", "n1", fetch(webIP), true, cidrs["n1"])
+		c.noRestarts()
 	})
 
 	// Pods go before the kubelets stop, so nothing is left in containerd.
@@ -660,11 +698,27 @@ func (c *cluster) controlPlane() {
 		return err
 	})
 	admin := filepath.Join(c.dir, "admin.kubeconfig")
-	c.start("kube-controller-manager", rtr, "", filepath.Join(c.kbin, "kube-controller-manager"), "--kubeconfig="+admin,
-		"--allocate-node-cidrs=true", "--cluster-cidr="+clusterCIDR, "--node-cidr-mask-size=24", "--controllers=*",
-		"--leader-elect=false", "--bind-address=127.0.0.1", "--service-account-private-key-file="+filepath.Join(c.dir, "sa.key"),
-		"--root-ca-file="+ca)
+	c.startControllerManager(false)
 	c.start("kube-scheduler", rtr, "", filepath.Join(c.kbin, "kube-scheduler"), "--kubeconfig="+admin, "--leader-elect=false", "--bind-address=127.0.0.1")
+}
+
+// startControllerManager starts kube-controller-manager, with node IPAM
+// (--allocate-node-cidrs) or without it: the test first runs every other
+// controller (the DaemonSet's among them), so that weftd starts on Nodes
+// that have no pod CIDR yet, and then restarts it with node IPAM.
+func (c *cluster) startControllerManager(ipam bool) {
+	if c.kcm != nil {
+		c.kcm.name += "-stopped"
+		c.kcm.stop()
+	}
+	name, controllers := "kube-controller-manager", "*"
+	if !ipam {
+		name, controllers = "kube-controller-manager-no-ipam", "*,-node-ipam-controller"
+	}
+	c.kcm = c.start(name, prefix+"-rtr", "", filepath.Join(c.kbin, "kube-controller-manager"), "--kubeconfig="+filepath.Join(c.dir, "admin.kubeconfig"),
+		"--allocate-node-cidrs=true", "--cluster-cidr="+clusterCIDR, "--node-cidr-mask-size=24", "--controllers="+controllers,
+		"--leader-elect=false", "--bind-address=127.0.0.1", "--service-account-private-key-file="+filepath.Join(c.dir, "sa.key"),
+		"--root-ca-file="+filepath.Join(c.dir, "pki", "ca.crt"))
 }
 
 func (c *cluster) dryRun(t *testing.T) {
@@ -695,7 +749,7 @@ func (c *cluster) nodeDir(n string) string { return filepath.Join(dataDir, n) }
 
 // install applies the test's overlay of deploy/ (kubectl apply -k): the
 // image tag of the image built here, and a gossip key of its own instead of
-// the public placeholder; nothing else differs. It waits for the rollout.
+// the public placeholder; nothing else differs.
 func (c *cluster) install() {
 	t := c.t
 	k, err := peer.GenerateKey()
@@ -728,7 +782,6 @@ patches:
 `, 0o644)
 	out := c.mustKubectl("", "apply", "-k", c.overlay)
 	t.Logf("kubectl apply -k (overlay of deploy/):\n%s", out)
-	c.rollout()
 	got := c.mustKubectl("", "get", "daemonset", "weft", "-n", "weft-system", "-o", `jsonpath={.spec.template.spec.initContainers[0].image} {.spec.template.spec.containers[0].image}`)
 	if want := c.images.weftRef + " " + c.images.weftRef; got != want {
 		t.Fatalf("DaemonSet images %q, want %q", got, want)
@@ -741,6 +794,18 @@ func (c *cluster) rollout() {
 	start := time.Now()
 	c.mustKubectl("", "rollout", "status", "daemonset/weft", "-n", "weft-system", "--timeout=180s")
 	c.t.Logf("DaemonSet rolled out in %s", time.Since(start).Round(100*time.Millisecond))
+}
+
+// noRestarts fails unless every container of the DaemonSet's current pods
+// has run without a restart (no crash, no failed liveness probe).
+func (c *cluster) noRestarts() {
+	c.t.Helper()
+	out := c.mustKubectl("", "get", "pods", "-n", "weft-system", "-o", `jsonpath={range .items[*]}{.metadata.name} {.status.containerStatuses[*].restartCount}{"\n"}{end}`)
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if f := strings.Fields(line); len(f) != 2 || f[1] != "0" {
+			c.t.Fatalf("weft pod restarts (pod, weftd restarts): %q", out)
+		}
+	}
 }
 
 // setPolicy sets the ConfigMap's transport-policy and rolls the DaemonSet
@@ -889,6 +954,7 @@ maxPods: 20
 // removeContainers ends every task of the containerd at sock (SIGKILL,
 // by container ID) and deletes them, so no container outlives the test.
 func removeContainers(t *testing.T, sock string) {
+	start := time.Now()
 	ctr := func(args ...string) (string, error) {
 		out, err := exec.Command("ctr", append([]string{"--address", sock, "-n", "k8s.io"}, args...)...).CombinedOutput()
 		return string(out), err
@@ -905,7 +971,12 @@ func removeContainers(t *testing.T, sock string) {
 	for _, id := range ids {
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			if _, err := ctr("tasks", "delete", id); err == nil || time.Now().After(deadline) {
+			out, err := ctr("tasks", "delete", id)
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Logf("ctr tasks delete %s: %v: %s", id, err, out)
 				break
 			}
 			time.Sleep(200 * time.Millisecond)
@@ -914,6 +985,7 @@ func removeContainers(t *testing.T, sock string) {
 	if out, _ := ctr("tasks", "ls", "-q"); strings.TrimSpace(out) != "" {
 		t.Errorf("containerd %s still runs tasks %s", sock, strings.Fields(out))
 	}
+	t.Logf("containers left by the kubelet of %s: %d, ended in %s", filepath.Base(filepath.Dir(filepath.Dir(sock))), len(ids), time.Since(start).Round(100*time.Millisecond))
 }
 
 // runPod creates a pod on node (through the scheduler, by nodeSelector)
@@ -1045,6 +1117,14 @@ func (c *cluster) readyz(n string) int {
 		return 0
 	}
 	return http.StatusOK
+}
+
+// readyzIs fails unless weftd's /readyz on node n answers code.
+func (c *cluster) readyzIs(n string, code int) error {
+	if got := c.readyz(n); got != code {
+		return fmt.Errorf("/readyz %d, want %d", got, code)
+	}
+	return nil
 }
 
 // cniStatus runs the installed `weft-cni` STATUS with node n's network
