@@ -217,6 +217,17 @@ func (c *cluster) eventually(what string, d time.Duration, f func() error) time.
 	return 0
 }
 
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 func tailFile(path string, n int) string {
 	b, _ := os.ReadFile(path)
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
@@ -453,6 +464,13 @@ func TestKubernetes(t *testing.T) {
 			}
 			return c.cniStatus(n)
 		})
+		// The weftd running is the one built here: the version make
+		// stamps in, read from its metrics (the DaemonSet's --metrics-addr).
+		_, tag, _ := strings.Cut(c.images.weftRef, image.Repository+":")
+		metrics, err := c.inNode(n, "/bin/busybox", "wget", "-q", "-O", "-", "http://127.0.0.1:9995/metrics")
+		if err != nil || !strings.Contains(string(metrics), `version="`+tag+`"`) {
+			t.Fatalf("%s: weftd's metrics do not name version %s (%v):\n%s", n, tag, err, grepLines(string(metrics), "weft_build_info"))
+		}
 		st := c.status(n)
 		if st.Self.PodCIDRs[0] != cidrs[n].String() {
 			t.Fatalf("%s: weftd runs %v, Node has %s", n, st.Self.PodCIDRs, cidrs[n])
