@@ -50,7 +50,6 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"io"
 	"math/big"
 	"net"
 	"net/http"
@@ -1072,20 +1071,11 @@ func (c *cluster) status(n string) control.Status {
 }
 
 func (c *cluster) tryStatus(n string) (control.Status, error) {
-	var st control.Status
-	sock := filepath.Join(c.nodeDir(n), "run", "weft", "weftd.sock")
-	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-	}}}
-	defer hc.CloseIdleConnections()
-	resp, err := hc.Get("http://weftd/v1/status")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := control.Get(ctx, filepath.Join(c.nodeDir(n), "run", "weft", "weftd.sock"))
 	if err != nil {
 		return st, fmt.Errorf("status %s: %w", n, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if err := json.Unmarshal(b, &st); err != nil {
-		return st, fmt.Errorf("status %s: %w: %s", n, err, b)
 	}
 	return st, nil
 }
