@@ -9,7 +9,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X github.com/weftnet/weft/cmd/internal/buildinfo.Version=$(VERSION)
 DEPS      := sh deploy/prereq/install.sh
 
-.PHONY: bench-restart all build deps deps-demo deps-test deps-bench test test-unit test-netns test-kube kube-bins demo bench fuzz vet clean lab-down
+.PHONY: bench-restart all build image deps deps-demo deps-test deps-bench test test-unit test-netns test-kube kube-bins demo bench fuzz vet clean lab-down
 
 all: build
 
@@ -17,6 +17,19 @@ build:
 	@mkdir -p $(BIN)
 	@echo "building weftd weft-cni weftctl $(VERSION) (a first build downloads modules: about 2 min)"
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/weftd ./cmd/weft-cni ./cmd/weftctl
+
+# weft's container image as a tarball, without a container daemon
+# (deploy/image, a nested module: go-containerregistry stays out of weft's
+# go.mod): weftd, weft-cni and weftctl built static (CGO_ENABLED=0) into
+# bin/static, one layer, no shell, tagged ghcr.io/weftnet/weft:$(VERSION).
+# Load it with `ctr -n k8s.io images import bin/weft-image.tar` or `kind
+# load image-archive bin/weft-image.tar`; push it with crane (README: Install).
+IMAGE_TAR  := $(BIN)/weft-image.tar
+PINNED_TAG := $(shell sed -n 's/^ *newTag: *//p' deploy/kustomization.yaml)
+image:
+	@mkdir -p $(BIN)
+	cd deploy/image && $(GO) run ./cmd/weft-image -root $(CURDIR) -version $(VERSION) -o $(CURDIR)/$(IMAGE_TAR) -bin-dir $(CURDIR)/$(BIN)/static
+	@if [ "$(VERSION)" != "$(PINNED_TAG)" ]; then echo "note: deploy/ installs ghcr.io/weftnet/weft:$(PINNED_TAG); for this build set its tag $(VERSION) (README: Install)"; fi
 
 # The host's packages and kernel modules (deploy/prereq/prereq.tsv):
 # installs only what is missing (apt-get; `apt-get update` only then),
@@ -38,6 +51,7 @@ deps-bench:
 PORTABLE = $$($(GO) list ./... | grep -v -e /cmd/ -e /bench/cmd/ -e /bench/cni)
 vet:
 	$(GO) vet ./...
+	cd deploy/image && $(GO) vet ./...
 	GOOS=darwin $(GO) vet $(PORTABLE)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 
@@ -51,6 +65,7 @@ test: deps-test build test-netns vet test-unit test-kube
 
 test-unit:
 	$(GO) test -race -count=1 -short -vet=off ./...
+	cd deploy/image && $(GO) test -race -count=1 -short -vet=off ./...
 
 test-netns: deps-test
 	@if [ "$$(id -u)" != 0 ]; then echo "test-netns needs root (network namespaces, TUN)"; exit 1; fi
@@ -58,14 +73,17 @@ test-netns: deps-test
 
 # Real Kubernetes (deploy/e2e, a nested module): etcd, kube-apiserver,
 # kube-controller-manager --allocate-node-cidrs, kube-scheduler and two
-# kubelets with containerd in lab namespaces, weft-cni as their CNI, weftd
-# --kube on each node; plus the manifest checks and a server-side dry run
-# of deploy/. Needs root, containerd, runc, busybox-static, gcc. The first
+# nodes (containerd, kube-proxy, kubelet) in lab namespaces, weft installed
+# as shipped: its image (the code of `make image`) imported with ctr and
+# `kubectl apply -k` of an overlay of deploy/; plus the manifest checks, a
+# server-side dry run of deploy/ and the image module's own tests. Needs
+# root, containerd, runc, iptables, busybox-static, gcc. The first
 # run on a machine builds Kubernetes v1.34.4 and etcd v3.6.16 from the Go
 # module proxy into /var/cache/weft-e2e (README: Kubernetes).
 test-kube: deps-test build
 	@if [ "$$(id -u)" != 0 ]; then echo "test-kube needs root (network namespaces, containerd, kubelet)"; exit 1; fi
-	cd deploy/e2e && $(GO) vet . && WEFT_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 60m .
+	cd deploy/image && $(GO) vet ./... && $(GO) test -count=1 ./...
+	cd deploy/e2e && $(GO) vet . && WEFT_VERSION=$(VERSION) WEFT_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 60m .
 
 # Only the Kubernetes and etcd binaries of test-kube, into their cache (a
 # no-op when cached). .ci/run starts it beside `make test` on a fresh

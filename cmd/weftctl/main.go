@@ -20,6 +20,7 @@ commands:
   lab status   show the running lab (-o text|json)
   demo         up, ping and TCP between every pair of pods, summary, down; exit 0 only on PASS
   status       show a weftd's status
+  install-cni  install weft-cni and the conflist on the node (the DaemonSet's init container)
   gossip-key   generate a gossip key; list, add, use or remove keys of a running weftd
   version      print the version (also --version)
   wireguard rotate-key
@@ -53,6 +54,8 @@ func run(args []string) error {
 		return runDemo(args[1:])
 	case "status":
 		return runStatus(args[1:])
+	case "install-cni":
+		return runInstallCNI(args[1:])
 	case "gossip-key":
 		return runGossipKey(args[1:])
 	case "wireguard":

@@ -4,14 +4,15 @@ package e2e
 // the builder modules in k8sbin/ and cached under
 // /var/cache/weft-e2e/<versions>/bin (WEFT_E2E_CACHE overrides the root):
 // the first run on a machine pays the build (see README), later runs reuse
-// it. The build writes to a temp directory and renames it into place, so an
-// interrupted build never leaves a half-filled cache.
+// it. The build writes to a temp directory and renames each binary into
+// place, so an interrupted build never leaves half a binary.
 
 import (
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -25,7 +26,7 @@ const (
 	etcdVersion = "v3.6.16"
 )
 
-var k8sBinaries = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubectl"}
+var k8sBinaries = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubectl", "kube-proxy"}
 
 func cacheDir() string {
 	root := os.Getenv("WEFT_E2E_CACHE")
@@ -57,13 +58,16 @@ func kubeBinaries(t *testing.T) string {
 	if d := time.Since(waited); d > time.Second {
 		t.Logf("waited %s for another build of the Kubernetes binaries", d.Round(time.Second))
 	}
-	missing := false
+	// The cache is keyed by the versions; within it each binary is built
+	// only if it is missing, so adding a program to k8sBinaries builds that
+	// program alone (and shares the Go build cache with the others).
+	var missing []string
 	for _, b := range append([]string{"etcd"}, k8sBinaries...) {
 		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
-			missing = true
+			missing = append(missing, b)
 		}
 	}
-	if !missing {
+	if len(missing) == 0 {
 		return dir
 	}
 	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".build-")
@@ -72,7 +76,7 @@ func kubeBinaries(t *testing.T) string {
 	}
 	defer os.RemoveAll(tmp)
 	start := time.Now()
-	t.Logf("building Kubernetes %s and etcd %s into %s (cold: several minutes)", k8sVersion, etcdVersion, dir)
+	t.Logf("building %v (Kubernetes %s, etcd %s) into %s (cold: several minutes)", missing, k8sVersion, etcdVersion, dir)
 	ld := "-s -w -X k8s.io/component-base/version.gitVersion=" + k8sVersion +
 		" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34" +
 		" -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitVersion=" + k8sVersion
@@ -81,14 +85,28 @@ func kubeBinaries(t *testing.T) string {
 	// quarter less CPU (measured on k8s.io/client-go/kubernetes: 134 s →
 	// 100 s), the longest part of a first `make test` on a 2-CPU machine.
 	args := []string{"build", "-trimpath", "-gcflags=all=-N -l", "-ldflags", ld, "-o", tmp + "/"}
-	for _, b := range k8sBinaries {
-		args = append(args, "k8s.io/kubernetes/cmd/"+b)
+	var k8s bool
+	for _, b := range missing {
+		if b != "etcd" {
+			args = append(args, "k8s.io/kubernetes/cmd/"+b)
+			k8s = true
+		}
 	}
-	goBuild(t, "k8sbin/kubernetes", args...)
-	goBuild(t, "k8sbin/etcd", "build", "-trimpath", "-gcflags=all=-N -l", "-ldflags", "-s -w", "-o", filepath.Join(tmp, "etcd"), "go.etcd.io/etcd/server/v3")
-	os.RemoveAll(dir)
-	if err := os.Rename(tmp, dir); err != nil {
+	if k8s {
+		goBuild(t, "k8sbin/kubernetes", args...)
+	}
+	if slices.Contains(missing, "etcd") {
+		goBuild(t, "k8sbin/etcd", "build", "-trimpath", "-gcflags=all=-N -l", "-ldflags", "-s -w", "-o", filepath.Join(tmp, "etcd"), "go.etcd.io/etcd/server/v3")
+	}
+	// Each binary is renamed into place whole: an interrupted build
+	// leaves the cache without it, never with half of it.
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
+	}
+	for _, b := range missing {
+		if err := os.Rename(filepath.Join(tmp, b), filepath.Join(dir, b)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	t.Logf("built in %s", time.Since(start).Round(time.Second))
 	return dir
@@ -113,7 +131,7 @@ func TestKubeBinaries(t *testing.T) {
 		t.Skip("builds Kubernetes: not in -short")
 	}
 	dir := kubeBinaries(t)
-	for _, c := range [][]string{{"kube-apiserver", "--version"}, {"kubelet", "--version"}, {"kubectl", "version", "--client"}, {"etcd", "--version"}} {
+	for _, c := range [][]string{{"kube-apiserver", "--version"}, {"kubelet", "--version"}, {"kubectl", "version", "--client"}, {"kube-proxy", "--version"}, {"etcd", "--version"}} {
 		out, err := exec.Command(filepath.Join(dir, c[0]), c[1:]...).CombinedOutput()
 		if err != nil {
 			t.Fatalf("%s: %v: %s", c[0], err, out)

@@ -1,22 +1,21 @@
 package e2e
 
 // Container images for the kubelets, made locally: the machine reaches no
-// registry. pause is a 15-line static C program; the test image is Debian's
-// static busybox with the applets the pods use. Both are written as
-// docker-archive tarballs (`docker save` layout) that `ctr images import`
-// reads.
+// registry. weft's own image is built exactly as `make image` builds it
+// (deploy/image.Weft); pause is a 15-line static C program; the test image
+// is Debian's static busybox with the applets the pods use. All three are
+// written by deploy/image (go-containerregistry), as tarballs that `ctr
+// images import` reads.
 
 import (
-	"archive/tar"
-	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"time"
+	"runtime"
+
+	"github.com/weftnet/weft/deploy/image"
 )
 
 const (
@@ -38,121 +37,52 @@ int main(void) {
 }
 `
 
-type file struct {
-	name string
-	mode int64
-	body []byte
-	link string // symlink target when set
+// images are the tarballs buildImages wrote, and weft's ref and binaries.
+type images struct {
+	tarballs []string // pause, busybox, weft
+	weftRef  string   // ghcr.io/weftnet/weft:<version>
+	weftBin  string   // the static binaries inside weft's image
 }
 
-// layerTar returns an uncompressed layer tarball of files.
-func layerTar(files []file) ([]byte, error) {
-	var b bytes.Buffer
-	tw := tar.NewWriter(&b)
-	dirs := map[string]bool{}
-	for _, f := range files {
-		if d := filepath.Dir(f.name); d != "." && !dirs[d] {
-			dirs[d] = true
-			if err := tw.WriteHeader(&tar.Header{Name: d + "/", Mode: 0o755, Typeflag: tar.TypeDir, ModTime: time.Unix(0, 0)}); err != nil {
-				return nil, err
-			}
-		}
-		h := &tar.Header{Name: f.name, Mode: f.mode, ModTime: time.Unix(0, 0)}
-		if f.link != "" {
-			h.Typeflag, h.Linkname = tar.TypeSymlink, f.link
-		} else {
-			h.Typeflag, h.Size = tar.TypeReg, int64(len(f.body))
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			return nil, err
-		}
-		if f.link == "" {
-			if _, err := tw.Write(f.body); err != nil {
-				return nil, err
-			}
-		}
-	}
-	if err := tw.Close(); err != nil {
-		return nil, err
-	}
-	return b.Bytes(), nil
-}
-
-// writeImage writes a one-layer docker-archive for ref to path.
-func writeImage(path, ref string, entrypoint []string, files []file) error {
-	layer, err := layerTar(files)
-	if err != nil {
-		return err
-	}
-	sum := sha256.Sum256(layer)
-	diffID := "sha256:" + hex.EncodeToString(sum[:])
-	cfg, err := json.Marshal(map[string]any{
-		"architecture": "amd64",
-		"os":           "linux",
-		"config":       map[string]any{"Entrypoint": entrypoint, "Env": []string{"PATH=/bin"}},
-		"rootfs":       map[string]any{"type": "layers", "diff_ids": []string{diffID}},
-	})
-	if err != nil {
-		return err
-	}
-	csum := sha256.Sum256(cfg)
-	cfgName := hex.EncodeToString(csum[:]) + ".json"
-	layerName := hex.EncodeToString(sum[:]) + "/layer.tar"
-	manifest, _ := json.Marshal([]map[string]any{{"Config": cfgName, "RepoTags": []string{ref}, "Layers": []string{layerName}}})
-	out, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	defer out.Close()
-	tw := tar.NewWriter(out)
-	for _, f := range []struct {
-		name string
-		body []byte
-	}{{cfgName, cfg}, {layerName, layer}, {"manifest.json", manifest}} {
-		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.body)), Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)}); err != nil {
-			return err
-		}
-		if _, err := tw.Write(f.body); err != nil {
-			return err
-		}
-	}
-	if err := tw.Close(); err != nil {
-		return err
-	}
-	return out.Close()
-}
-
-// buildImages writes pause.tar and busybox.tar into dir.
-func buildImages(dir string) (pause, busybox string, err error) {
+// buildImages writes pause.tar, busybox.tar and weft-image.tar (weft at
+// version, from the repository at root) into dir.
+func buildImages(dir, root, version string) (images, error) {
+	var im images
 	src := filepath.Join(dir, "pause.c")
 	bin := filepath.Join(dir, "pause")
 	if err := os.WriteFile(src, []byte(pauseC), 0o644); err != nil {
-		return "", "", err
+		return im, err
 	}
 	if out, err := exec.Command("gcc", "-static", "-O2", "-o", bin, src).CombinedOutput(); err != nil {
-		return "", "", fmt.Errorf("gcc pause: %v: %s", err, out)
+		return im, fmt.Errorf("gcc pause: %v: %s", err, out)
 	}
 	pb, err := os.ReadFile(bin)
 	if err != nil {
-		return "", "", err
+		return im, err
 	}
-	pause = filepath.Join(dir, "pause.tar")
-	if err := writeImage(pause, pauseImage, []string{"/pause"}, []file{{name: "pause", mode: 0o755, body: pb}}); err != nil {
-		return "", "", err
+	pause := filepath.Join(dir, "pause.tar")
+	if err := image.Write(pause, image.Config{Ref: pauseImage, Arch: runtime.GOARCH, Entrypoint: []string{"/pause"}}, []image.File{{Name: "pause", Mode: 0o755, Body: pb}}); err != nil {
+		return im, err
 	}
 	// Debian's busybox-static: /bin/busybox must be the static build.
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
-		return "", "", fmt.Errorf("busybox (apt-get install busybox-static): %w", err)
+		return im, fmt.Errorf("busybox (apt-get install busybox-static): %w", err)
 	}
-	files := []file{{name: "bin/busybox", mode: 0o755, body: bb}}
+	files := []image.File{{Name: "bin/busybox", Mode: 0o755, Body: bb}, {Name: "tmp/", Mode: 0o1777}}
 	for _, a := range []string{"sh", "nc", "grep", "printf", "httpd", "mkdir", "echo", "hostname", "sleep", "cat", "ip", "ping"} {
-		files = append(files, file{name: "bin/" + a, mode: 0o777, link: "busybox"})
+		files = append(files, image.File{Name: "bin/" + a, Mode: 0o777, Link: "busybox"})
 	}
-	files = append(files, file{name: "tmp/.keep", mode: 0o644})
-	busybox = filepath.Join(dir, "busybox.tar")
-	if err := writeImage(busybox, busyboxImage, []string{"/bin/sh"}, files); err != nil {
-		return "", "", err
+	busybox := filepath.Join(dir, "busybox.tar")
+	if err := image.Write(busybox, image.Config{Ref: busyboxImage, Arch: runtime.GOARCH, Entrypoint: []string{"/bin/sh"}, Env: []string{"PATH=/bin"}}, files); err != nil {
+		return im, err
 	}
-	return pause, busybox, nil
+	weft := filepath.Join(dir, "weft-image.tar")
+	im.weftBin = filepath.Join(dir, "weft-static")
+	im.weftRef, err = image.Weft(context.Background(), image.WeftOptions{Root: root, Version: version, Out: weft, BinDir: im.weftBin})
+	if err != nil {
+		return im, err
+	}
+	im.tarballs = []string{pause, busybox, weft}
+	return im, nil
 }

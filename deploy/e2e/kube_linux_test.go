@@ -1,53 +1,74 @@
 package e2e
 
-// TestKubernetes runs weft as the CNI of two real kubelets.
+// TestKubernetes installs weft as shipped on two real kubelets and runs
+// pod traffic over it.
 //
 // Topology (all in namespaces this test makes, TEST-NET addresses only):
 //
-//	wk8s-rtr  router + control plane: etcd, kube-apiserver (0.0.0.0:6443),
-//	          kube-controller-manager (--allocate-node-cidrs), kube-scheduler
-//	wk8s-n1   192.0.2.11 (site1): containerd, kubelet, weftd --kube
-//	wk8s-n2   198.51.100.12 (site2): containerd, kubelet, weftd --kube
+//	wk8s-rtr  router + control plane: etcd, kube-apiserver (0.0.0.0:6443,
+//	          advertised as 192.0.2.1, the router's site1 address, with its
+//	          normal endpoint reconciler), kube-controller-manager
+//	          (--allocate-node-cidrs), kube-scheduler
+//	wk8s-n1   192.0.2.11 (site1): containerd, kube-proxy, kubelet
+//	wk8s-n2   198.51.100.12 (site2): containerd, kube-proxy, kubelet
 //
-// The lab (overlay/lab) makes the namespaces with n1 and n2 as external
-// nodes (no lab weftd); this test runs everything else with
-// `nsenter --net` (not `ip netns exec`, which remounts /sys and hides the
-// cgroup mounts the kubelet needs).
+// The lab (deploy/lab) makes the network namespaces with n1 and n2 as
+// external nodes (no lab weftd). Each node's processes run in its network
+// namespace and in a mount namespace of its own (mountns_linux_test.go),
+// entered with `nsenter` (not `ip netns exec`, which remounts /sys and
+// hides the cgroup mounts the kubelet needs).
 //
-// What it proves, in order: weft-cni STATUS fails and /readyz is 503 while
-// the Node has no pod CIDR; both Nodes get CIDRs from the controller
-// manager and weftd adopts them (node.json, annotations); pods scheduled on
-// each node get addresses from those CIDRs and talk across the nodes over
-// VXLAN, then, after restarting both weftds with the wireguard policy, over
-// WireGuard; deleting Node n2 (its weftd still gossiping) takes n2 out of
-// n1's routes within seconds. `kubectl apply --dry-run=server -k deploy/`
-// passes against the same API server.
+// weft is installed as a user installs it: its image, built as `make image`
+// builds it, is imported into each node's containerd, and `kubectl apply
+// -k` applies an overlay of deploy/ that changes only the image tag and the
+// gossip key. The kubelets run the DaemonSet: the init container (`weftctl
+// install-cni`) installs weft-cni and the shipped conflist, weftd reaches
+// the API server through the `kubernetes` Service (kube-proxy, iptables
+// mode) with its ServiceAccount, and the probes pass.
+//
+// What it proves, in order: the Nodes are not Ready until weft is
+// installed, and are once it is; weftd adopts the CIDRs the controller
+// manager assigned (node.json, annotations, NetworkUnavailable=False) with
+// no more rights than deploy/rbac.yaml gives; 10.96.0.1:443 reaches the API
+// server from both nodes and from a pod; pods on each node get addresses
+// from those CIDRs and talk across the nodes over VXLAN, over WireGuard
+// between two zones and VXLAN inside one (wireguard-across-sites), then
+// over WireGuard, each policy set in the ConfigMap and rolled out with
+// `kubectl rollout restart`; deleting Node n2 (its weftd still gossiping)
+// takes n2 out of n1's routes within seconds. `kubectl apply
+// --dry-run=server -k deploy/` passes against the same API server.
 
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/deploy/image"
 	"github.com/weftnet/weft/deploy/lab"
 	"github.com/weftnet/weft/deploy/prereq/prereqtest"
 	"github.com/weftnet/weft/overlay/control"
+	"github.com/weftnet/weft/peer"
 )
 
 const (
@@ -56,6 +77,11 @@ const (
 	dataDir     = "/var/lib/weft-kube-e2e" // containerd roots: images need disk, not tmpfs
 	clusterCIDR = "10.244.0.0/16"
 	adminToken  = "weft-e2e-admin-token"
+	// The kubernetes Service's ClusterIP: the first address of
+	// --service-cluster-ip-range, where in-cluster clients (weftd) go.
+	kubernetesVIP = "10.96.0.1"
+	// weftd's WireGuard UAPI name: the DaemonSet keeps weftd's default.
+	wgName = "weft-wg"
 )
 
 type proc struct {
@@ -71,24 +97,32 @@ type cluster struct {
 	wbin    string // weft binaries
 	dir     string // control plane files
 	started []*proc
-	weftd   map[string]*proc
 	kubelet map[string]*proc
+	kcm     *proc             // kube-controller-manager
+	mntns   map[string]string // node → its mount namespace file
+	images  images
+	overlay string // the test's kustomization of deploy/
 }
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	prereqtest.Netns(t, "containerd", "containerd-shim-runc-v2", "runc", "ctr", "nsenter", "gcc", "libc6-dev", "busybox-static", "ip", "wg")
+	prereqtest.Netns(t, "containerd", "containerd-shim-runc-v2", "runc", "ctr", "nsenter", "unshare", "mount", "gcc", "libc6-dev", "busybox-static", "ip", "wg", "iptables", "iptables-save", "iptables-restore")
 }
 
-// start runs bin inside netns, logging to <name>.log; it is stopped (by
-// PID: SIGTERM, then SIGKILL) when the test ends, in reverse start order.
-func (c *cluster) start(name, netns string, bin string, args ...string) *proc {
+// start runs bin inside netns (and the mount namespace file mntns, if
+// set), logging to <name>.log; it is stopped (by PID: SIGTERM, then
+// SIGKILL) when the test ends, in reverse start order.
+func (c *cluster) start(name, netns, mntns string, bin string, args ...string) *proc {
 	c.t.Helper()
 	logf, err := os.Create(filepath.Join(c.dir, name+".log"))
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	cmd := exec.Command("nsenter", append([]string{"--net=/run/netns/" + netns, "--", bin}, args...)...)
+	ns := []string{"--net=/run/netns/" + netns}
+	if mntns != "" {
+		ns = append(ns, "--mount="+mntns)
+	}
+	cmd := exec.Command("nsenter", append(append(ns, "--", bin), args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -97,8 +131,23 @@ func (c *cluster) start(name, netns string, bin string, args ...string) *proc {
 	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
 	go func() { cmd.Wait(); logf.Close(); close(p.done) }()
 	c.started = append(c.started, p)
-	c.t.Cleanup(func() { p.stop() })
+	c.t.Cleanup(func() {
+		start := time.Now()
+		p.stop()
+		if d := time.Since(start); d > 3*time.Second {
+			c.t.Logf("%s took %s to stop", p.name, d.Round(100*time.Millisecond))
+		}
+	})
 	return p
+}
+
+// inNode runs a command in node n's network and mount namespaces.
+func (c *cluster) inNode(n string, args ...string) ([]byte, error) {
+	ns := []string{"--net=/run/netns/" + prefix + "-" + n}
+	if f := c.mntns[n]; f != "" {
+		ns = append(ns, "--mount="+f)
+	}
+	return exec.Command("nsenter", append(append(ns, "--"), args...)...).CombinedOutput()
 }
 
 func (p *proc) stop() {
@@ -167,6 +216,17 @@ func (c *cluster) eventually(what string, d time.Duration, f func() error) time.
 	return 0
 }
 
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 func tailFile(path string, n int) string {
 	b, _ := os.ReadFile(path)
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
@@ -186,14 +246,14 @@ func writeFile(t *testing.T, path, body string, mode os.FileMode) {
 	}
 }
 
-func kubeconfig(server string) string {
+func kubeconfig(server, caFile string) string {
 	return `apiVersion: v1
 kind: Config
 clusters:
 - name: e2e
   cluster:
     server: ` + server + `
-    insecure-skip-tls-verify: true
+    certificate-authority: ` + caFile + `
 users:
 - name: admin
   user:
@@ -206,9 +266,10 @@ current-context: e2e
 }
 
 // hostPathsKubeletTouches are paths the kubelet and containerd create
-// whatever their flags say; the ones that did not exist before the test
-// are removed after it.
-var hostPathsKubeletTouches = []string{"/var/lib/kubelet", "/var/log/containers", "/var/log/pods", "/var/lib/cni", "/run/containerd", "/etc/cni", "/opt/cni"}
+// whatever their flags say, and the host-side mount points of the nodes'
+// own paths (nodePaths); the ones that did not exist before the test are
+// removed after it.
+var hostPathsKubeletTouches = []string{"/var/lib/kubelet", "/var/log/containers", "/var/log/pods", "/var/lib/cni", "/run/containerd", "/etc/cni", "/opt/cni", "/run/weft", "/var/lib/weft", "/run/wireguard"}
 
 func TestKubernetes(t *testing.T) {
 	needRoot(t)
@@ -223,14 +284,7 @@ func TestKubernetes(t *testing.T) {
 			fresh = append(fresh, p)
 		}
 	}
-	netnsBefore, _ := filepath.Glob("/run/netns/cni-*")
 	t.Cleanup(func() {
-		after, _ := filepath.Glob("/run/netns/cni-*")
-		for _, n := range after {
-			if !slices.Contains(netnsBefore, n) {
-				exec.Command("ip", "netns", "del", filepath.Base(n)).Run()
-			}
-		}
 		for _, p := range fresh {
 			unmountUnder(p)
 			os.RemoveAll(p)
@@ -240,20 +294,33 @@ func TestKubernetes(t *testing.T) {
 		}
 		unmountUnder(dataDir)
 		os.RemoveAll(dataDir)
+		cleanupMountNS()
 	})
+	// The host-side mount points of the nodes' paths.
+	for _, p := range nodePaths {
+		if err := os.MkdirAll(p.host, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	lab.Cleanup(prefix, labDir) // leftovers of a crashed run
+	cleanupMountNS()
 	ctx := context.Background()
 	l, err := lab.Up(ctx, lab.Config{Prefix: prefix, Dir: labDir, BinDir: wbin, Nodes: 2, Sites: 2, External: []string{"n1", "n2"}, Transport: "vxlan"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
+		start := time.Now()
 		if err := l.Down(); err != nil {
 			t.Errorf("lab down: %v", err)
 		}
+		t.Logf("lab down in %s", time.Since(start).Round(100*time.Millisecond))
 	})
-	c := &cluster{t: t, lab: l, kbin: kbin, wbin: wbin, dir: filepath.Join(labDir, "k8s"), weftd: map[string]*proc{}, kubelet: map[string]*proc{}}
+	if err := setupMountNSDir(); err != nil {
+		t.Fatal(err)
+	}
+	c := &cluster{t: t, lab: l, kbin: kbin, wbin: wbin, dir: filepath.Join(labDir, "k8s"), kubelet: map[string]*proc{}, mntns: map[string]string{}}
 	if err := os.MkdirAll(c.dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -262,6 +329,12 @@ func TestKubernetes(t *testing.T) {
 			for _, p := range c.started {
 				t.Logf("--- %s (last lines)\n%s", p.name, tailFile(filepath.Join(c.dir, p.name+".log"), 15))
 			}
+			if out, err := c.kubectl("", "get", "pods", "-A", "-o", "wide"); err == nil {
+				t.Logf("--- pods\n%s", out)
+			}
+			if out, err := c.kubectl("", "logs", "-n", "weft-system", "--tail=20", "-l", "app.kubernetes.io/name=weft", "--all-containers", "--prefix"); err == nil {
+				t.Logf("--- weft pods (last lines)\n%s", out)
+			}
 		}
 	})
 
@@ -269,31 +342,97 @@ func TestKubernetes(t *testing.T) {
 	t.Logf("control plane ready after %s", time.Since(total).Round(time.Second))
 	t.Run("DryRunManifests", c.dryRun)
 
-	images := filepath.Join(c.dir, "images")
-	os.MkdirAll(images, 0o755)
-	pauseTar, busyboxTar, err := buildImages(images)
+	imgDir := filepath.Join(c.dir, "images")
+	os.MkdirAll(imgDir, 0o755)
+	version := os.Getenv("WEFT_VERSION") // make test-kube: the Makefile's VERSION
+	if version == "" {
+		version = "e2e"
+	}
+	start := time.Now()
+	c.images, err = buildImages(imgDir, mustAbs(t, "../.."), version)
 	if err != nil {
 		t.Fatal(err)
 	}
-
-	// weftd first: the Nodes do not exist yet, so it must wait, not ready.
-	for _, n := range []string{"n1", "n2"} {
-		c.prepareNode(n)
-		c.startWeftd(n, "vxlan")
+	if fi, err := os.Stat(c.images.tarballs[2]); err == nil {
+		t.Logf("images built in %s; %s is %.1f MB", time.Since(start).Round(100*time.Millisecond), c.images.weftRef, float64(fi.Size())/1e6)
 	}
-	time.Sleep(2 * time.Second)
+
 	for _, n := range []string{"n1", "n2"} {
+		c.startNode(n)
+	}
+	// Before weft: the kubelets run and the Nodes exist, without pod
+	// CIDRs yet (no node IPAM so far); no CNI config is installed, so
+	// neither Node is Ready.
+	for _, n := range []string{"n1", "n2"} {
+		c.eventually("Node "+n+" registered, not Ready for want of a CNI", 60*time.Second, func() error {
+			out, err := c.kubectl("", "get", "node", n, "-o", `jsonpath={.spec.podCIDR}|{.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].message}`)
+			if err != nil {
+				return err
+			}
+			cidr, ready, _ := strings.Cut(out, "|")
+			if cidr != "" {
+				t.Fatalf("Node %s has pod CIDR %s before node IPAM runs", n, cidr)
+			}
+			if !strings.HasPrefix(ready, "False ") || !strings.Contains(strings.ToLower(ready), "cni") {
+				return fmt.Errorf("Ready condition %q", ready)
+			}
+			return nil
+		})
+	}
+	for _, n := range []string{"n1", "n2"} {
+		c.eventually("kube-proxy "+n+" programs the kubernetes Service", 60*time.Second, func() error {
+			out, err := c.inNode(n, "iptables-save", "-t", "nat")
+			if err != nil {
+				return fmt.Errorf("iptables-save: %v: %s", err, out)
+			}
+			if !strings.Contains(string(out), "-d "+kubernetesVIP+"/32") {
+				return fmt.Errorf("no rule for %s in the nat table yet", kubernetesVIP)
+			}
+			return nil
+		})
+		out, err := c.inNode(n, "/bin/busybox", "sh", "-c", probeScript("/bin/busybox nc", kubernetesVIP, "443", "HTTPS server"))
+		if err != nil {
+			t.Fatalf("node %s to %s:443 (the kubernetes Service): %v: %s", n, kubernetesVIP, err, out)
+		}
+		t.Logf("node %s reaches the API server at %s:443: %s", n, kubernetesVIP, strings.TrimSpace(string(out)))
+	}
+	t.Logf("nodes up, weft not yet installed, after %s", time.Since(total).Round(time.Second))
+
+	c.install()
+	// weftd runs on both nodes, but their Nodes have no pod CIDR: it
+	// waits, not ready (readiness probe, /readyz 503), and weft-cni
+	// STATUS fails, so the runtime would wire no pod.
+	for _, n := range []string{"n1", "n2"} {
+		c.eventually("weftd running on "+n, 90*time.Second, func() error {
+			out, err := c.kubectl("", "get", "pods", "-n", "weft-system", "--field-selector", "spec.nodeName="+n, "-o",
+				`jsonpath={.items[0].status.initContainerStatuses[0].state.terminated.exitCode} {.items[0].status.containerStatuses[0].state.running.startedAt} {.items[0].status.containerStatuses[0].ready}`)
+			if err != nil {
+				return err
+			}
+			if f := strings.Fields(out); len(f) != 3 || f[0] != "0" || f[2] != "false" {
+				return fmt.Errorf("weft pod: install-cni exit, weftd running since, ready: %q", out)
+			}
+			return c.readyzIs(n, http.StatusServiceUnavailable)
+		})
 		if err := c.cniStatus(n); err == nil {
 			t.Fatalf("%s: weft-cni STATUS succeeded before weftd knew the pod CIDR", n)
 		}
-		if code := c.readyz(n); code != http.StatusServiceUnavailable {
-			t.Fatalf("%s: /readyz = %d before the pod CIDR, want 503", n, code)
-		}
 	}
-	for _, n := range []string{"n1", "n2"} {
-		c.startNode(n, pauseTar, busyboxTar)
-	}
+	t.Logf("weftd waits for the pod CIDRs (not ready, /readyz 503, STATUS fails) after %s; node IPAM on", time.Since(total).Round(time.Second))
+	c.startControllerManager(true)
+	c.rollout()
+	c.noRestarts()
+	t.Logf("weft installed (DaemonSet rolled out) after %s", time.Since(total).Round(time.Second))
+
 	cidrs := map[string]netip.Prefix{}
+	shipped, err := os.ReadFile("../cni/10-weft.conflist")
+	if err != nil {
+		t.Fatal(err)
+	}
+	plugin, err := os.ReadFile(filepath.Join(c.images.weftBin, "weft-cni"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, n := range []string{"n1", "n2"} {
 		c.eventually("Node "+n+" Ready", 90*time.Second, func() error {
 			out, err := c.kubectl("", "get", "node", n, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status} {.spec.podCIDR}`)
@@ -307,12 +446,30 @@ func TestKubernetes(t *testing.T) {
 			cidrs[n] = netip.MustParsePrefix(f[1])
 			return nil
 		})
+		// What the init container installed on this node: the image's
+		// weft-cni, byte for byte, and the shipped conflist.
+		got, err := os.ReadFile(filepath.Join(c.nodeDir(n), "cni-bin", "weft-cni"))
+		if err != nil || !bytes.Equal(got, plugin) {
+			t.Fatalf("%s: /opt/cni/bin/weft-cni is not the image's weft-cni (%v)", n, err)
+		}
+		var inst, ship any
+		conf, err := os.ReadFile(filepath.Join(c.nodeDir(n), "net.d", "10-weft.conflist"))
+		if err != nil || json.Unmarshal(conf, &inst) != nil || json.Unmarshal(shipped, &ship) != nil || !reflect.DeepEqual(inst, ship) {
+			t.Fatalf("%s: /etc/cni/net.d/10-weft.conflist is not deploy/cni/10-weft.conflist (%v):\n%s", n, err, conf)
+		}
 		c.eventually("weftd "+n+" ready", 30*time.Second, func() error {
 			if code := c.readyz(n); code != http.StatusOK {
 				return fmt.Errorf("/readyz %d", code)
 			}
 			return c.cniStatus(n)
 		})
+		// The weftd running is the one built here: the version make
+		// stamps in, read from its metrics (the DaemonSet's --metrics-addr).
+		_, tag, _ := strings.Cut(c.images.weftRef, image.Repository+":")
+		metrics, err := c.inNode(n, "/bin/busybox", "wget", "-q", "-O", "-", "http://127.0.0.1:9995/metrics")
+		if err != nil || !strings.Contains(string(metrics), `version="`+tag+`"`) {
+			t.Fatalf("%s: weftd's metrics do not name version %s (%v):\n%s", n, tag, err, grepLines(string(metrics), "weft_build_info"))
+		}
 		st := c.status(n)
 		if st.Self.PodCIDRs[0] != cidrs[n].String() {
 			t.Fatalf("%s: weftd runs %v, Node has %s", n, st.Self.PodCIDRs, cidrs[n])
@@ -333,12 +490,36 @@ func TestKubernetes(t *testing.T) {
 		})
 	}
 	t.Logf("nodes ready, pod CIDRs %v, after %s", cidrs, time.Since(total).Round(time.Second))
+	// weftd did all of the above (read Nodes, patched its Node and its
+	// status) as system:serviceaccount:weft-system:weft, the only
+	// credentials its pod has; that identity may do nothing else.
+	sa := "--as=system:serviceaccount:weft-system:weft"
+	for _, q := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"patch", "nodes"}, "yes"},
+		{[]string{"patch", "nodes", "--subresource=status"}, "yes"},
+		{[]string{"delete", "nodes"}, "no"},
+		{[]string{"list", "pods", "-A"}, "no"},
+		{[]string{"get", "secrets", "-n", "weft-system"}, "no"},
+		{[]string{"update", "nodes"}, "no"},
+	} {
+		out, _ := c.kubectl("", append([]string{"auth", "can-i", sa}, q.args...)...)
+		if strings.TrimSpace(out) != q.want {
+			t.Errorf("weft's ServiceAccount can-i %v: %q, want %s", q.args, strings.TrimSpace(out), q.want)
+		}
+	}
 	c.eventually("default ServiceAccount", 30*time.Second, func() error {
 		_, err := c.kubectl("", "get", "serviceaccount", "default")
 		return err
 	})
 
 	webIP := c.runPod("web", "n2", "mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www", false, cidrs["n2"])
+	// A pod reaches the API server through the kubernetes Service:
+	// kube-proxy's DNAT, then weftd's masquerade (the API server's address
+	// is outside the cluster CIDR).
+	c.runPod("client-apiserver", "n1", probeScript("nc", kubernetesVIP, "443", "HTTPS server"), true, cidrs["n1"])
 
 	t.Run("VXLAN", func(t *testing.T) {
 		c.waitTransport("n1", "n2", "vxlan")
@@ -355,7 +536,7 @@ func TestKubernetes(t *testing.T) {
 		}{{"zone-a", "zone-b", "wireguard"}, {"zone-a", "zone-a", "vxlan"}} {
 			c.mustKubectl("", "label", "--overwrite", "node", "n1", "topology.kubernetes.io/zone="+tc.zone1)
 			c.mustKubectl("", "label", "--overwrite", "node", "n2", "topology.kubernetes.io/zone="+tc.zone2)
-			c.restartWeftd("wireguard-across-sites")
+			c.setPolicy("wireguard-across-sites")
 			if st := c.status("n1"); st.Self.Site != tc.zone1 {
 				t.Fatalf("n1's site %q, want its zone %q", st.Self.Site, tc.zone1)
 			}
@@ -366,7 +547,7 @@ func TestKubernetes(t *testing.T) {
 	})
 
 	t.Run("WireGuard", func(t *testing.T) {
-		c.restartWeftd("wireguard")
+		c.setPolicy("wireguard")
 		c.waitTransport("n1", "n2", "wireguard")
 		c.waitTransport("n2", "n1", "wireguard")
 		key := c.mustKubectl("", "get", "node", "n1", "-o", `jsonpath={.metadata.annotations.weft\.dev/wg-public-key}`)
@@ -374,6 +555,7 @@ func TestKubernetes(t *testing.T) {
 			t.Fatalf("wg-public-key annotation %q, weftd has %q", key, st.Self.WGPublicKey)
 		}
 		c.runPod("client-wireguard", "n1", fetch(webIP), true, cidrs["n1"])
+		c.noRestarts()
 	})
 
 	// Pods go before the kubelets stop, so nothing is left in containerd.
@@ -381,7 +563,8 @@ func TestKubernetes(t *testing.T) {
 
 	t.Run("NodeDeletePurgesPeer", func(t *testing.T) {
 		// The kubelet would register n2 again; stop it first. n2's weftd
-		// keeps running and gossiping: only the Node object goes.
+		// (its DaemonSet pod's container) keeps running and gossiping:
+		// only the Node object goes.
 		c.kubelet["n2"].name += "-stopped"
 		c.kubelet["n2"].stop()
 		c.waitTransport("n1", "n2", "wireguard")
@@ -410,8 +593,8 @@ func TestKubernetes(t *testing.T) {
 			}
 			return nil
 		})
-		if !c.weftd["n2"].alive() {
-			t.Fatal("n2's weftd exited; the purge must come from the Node watch, not from gossip")
+		if _, err := c.tryStatus("n2"); err != nil {
+			t.Fatalf("n2's weftd stopped answering (%v); the purge must come from the Node watch, not from gossip", err)
 		}
 		t.Logf("n2 purged from n1's routes %s after its Node was deleted (%s after the delete call)", d.Round(10*time.Millisecond), time.Since(start).Round(10*time.Millisecond))
 	})
@@ -421,8 +604,59 @@ func TestKubernetes(t *testing.T) {
 // fetch is a client script: HTTP GET of the web pod with busybox nc
 // (Debian's static busybox wget crashes in a rootfs without glibc's NSS
 // files), retried for 20 s, exit 0 once the answer came back.
-func fetch(ip string) string {
-	return `i=0; while [ $i -lt 40 ]; do if printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 ` + ip + ` 8080 > /tmp/out 2>&1 && grep -q hello-from /tmp/out; then grep hello-from /tmp/out; exit 0; fi; i=$((i+1)); sleep 0.5; done; cat /tmp/out; exit 1`
+func fetch(ip string) string { return probeScript("nc", ip, "8080", "hello-from") }
+
+// probeScript sends a plain HTTP/1.0 GET to host:port with nc (busybox's:
+// "nc" in a pod, "/bin/busybox nc" on a node) until the answer contains
+// want, for up to 20 s; it exits 0 then, and prints the matching line.
+// Against the API server's TLS port the answer is Go's "Client sent an
+// HTTP request to an HTTPS server.": proof that the connection reached the
+// API server, without a TLS client in the pod. It writes no file.
+func probeScript(nc, host, port, want string) string {
+	return `i=0; while [ $i -lt 40 ]; do out=$(printf 'GET / HTTP/1.0\r\n\r\n' | ` + nc + ` -w 3 ` + host + ` ` + port + ` 2>&1); case "$out" in *'` + want + `'*) echo "$out" | grep '` + want + `'; exit 0;; esac; i=$((i+1)); sleep 0.5; done; echo "$out"; exit 1`
+}
+
+// pki writes a CA (ca.crt) and the API server's serving certificate
+// signed by it (apiserver.crt, apiserver.key) into dir. The certificate
+// names every address clients use: the kubernetes Service's ClusterIP
+// (in-cluster clients: weftd), the router's site addresses (kubelets,
+// kube-proxy) and 127.0.0.1 (kubectl in the router namespace). The CA is
+// what kube-controller-manager publishes as kube-root-ca.crt, the ca.crt
+// of every ServiceAccount token volume.
+func pki(dir string, ips []net.IP) error {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "weft-e2e-ca"}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "kube-apiserver"}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses: ips, DNSNames: []string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	for name, b := range map[string]*pem.Block{"ca.crt": {Type: "CERTIFICATE", Bytes: caDER}, "apiserver.crt": {Type: "CERTIFICATE", Bytes: der}, "apiserver.key": {Type: "EC PRIVATE KEY", Bytes: keyDER}} {
+		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(b), 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // controlPlane starts etcd, kube-apiserver, kube-controller-manager and
@@ -438,19 +672,34 @@ func (c *cluster) controlPlane() {
 	writeFile(t, filepath.Join(c.dir, "sa.key"), string(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)})), 0o600)
 	writeFile(t, filepath.Join(c.dir, "sa.pub"), string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub})), 0o644)
 	writeFile(t, filepath.Join(c.dir, "tokens.csv"), adminToken+",admin,admin,system:masters\n", 0o600)
-	writeFile(t, filepath.Join(c.dir, "admin.kubeconfig"), kubeconfig("https://127.0.0.1:6443"), 0o600)
+	pkiDir := filepath.Join(c.dir, "pki")
+	os.MkdirAll(pkiDir, 0o755)
+	ips := []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP(kubernetesVIP)}
+	for _, s := range c.lab.Router.Sites {
+		ips = append(ips, net.ParseIP(s.Gateway))
+	}
+	if err := pki(pkiDir, ips); err != nil {
+		t.Fatal(err)
+	}
+	ca := filepath.Join(pkiDir, "ca.crt")
+	writeFile(t, filepath.Join(c.dir, "admin.kubeconfig"), kubeconfig("https://127.0.0.1:6443", ca), 0o600)
 
-	c.start("etcd", rtr, filepath.Join(c.kbin, "etcd"), "--name", "default", "--data-dir", filepath.Join(c.dir, "etcd"),
+	c.start("etcd", rtr, "", filepath.Join(c.kbin, "etcd"), "--name", "default", "--data-dir", filepath.Join(c.dir, "etcd"),
 		"--listen-client-urls", "http://127.0.0.1:2379", "--advertise-client-urls", "http://127.0.0.1:2379",
 		"--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
 		"--initial-cluster", "default=http://127.0.0.1:2380", "--unsafe-no-fsync")
-	c.start("kube-apiserver", rtr, filepath.Join(c.kbin, "kube-apiserver"),
-		"--etcd-servers=http://127.0.0.1:2379", "--bind-address=0.0.0.0", "--advertise-address=192.0.2.1", "--secure-port=6443",
-		"--cert-dir="+filepath.Join(c.dir, "pki"), "--token-auth-file="+filepath.Join(c.dir, "tokens.csv"),
+	// The normal (lease) endpoint reconciler publishes the advertise
+	// address, 192.0.2.1:6443, as the kubernetes Service's endpoint: the
+	// router's site1 address, which both nodes reach (n1 on its link, n2
+	// through the router).
+	c.start("kube-apiserver", rtr, "", filepath.Join(c.kbin, "kube-apiserver"),
+		"--etcd-servers=http://127.0.0.1:2379", "--bind-address=0.0.0.0", "--advertise-address="+c.lab.Router.Sites[0].Gateway, "--secure-port=6443",
+		"--tls-cert-file="+filepath.Join(pkiDir, "apiserver.crt"), "--tls-private-key-file="+filepath.Join(pkiDir, "apiserver.key"),
+		"--token-auth-file="+filepath.Join(c.dir, "tokens.csv"),
 		"--authorization-mode=Node,RBAC", "--allow-privileged=true",
 		"--service-account-key-file="+filepath.Join(c.dir, "sa.pub"), "--service-account-signing-key-file="+filepath.Join(c.dir, "sa.key"),
 		"--service-account-issuer=https://kubernetes.default.svc", "--service-cluster-ip-range=10.96.0.0/16",
-		"--endpoint-reconciler-type=none", "--kubelet-preferred-address-types=InternalIP")
+		"--kubelet-preferred-address-types=InternalIP")
 	c.eventually("kube-apiserver /readyz", 90*time.Second, func() error {
 		out, err := c.kubectl("", "get", "--raw", "/readyz")
 		if err == nil && strings.TrimSpace(out) != "ok" {
@@ -458,11 +707,35 @@ func (c *cluster) controlPlane() {
 		}
 		return err
 	})
+	c.eventually("kubernetes Service endpoint", 30*time.Second, func() error {
+		out, err := c.kubectl("", "get", "endpointslices", "-n", "default", "-l", "kubernetes.io/service-name=kubernetes", "-o", "jsonpath={.items[*].endpoints[*].addresses[*]}:{.items[*].ports[*].port}")
+		if err == nil && strings.TrimSpace(out) != c.lab.Router.Sites[0].Gateway+":6443" {
+			err = fmt.Errorf("endpoints %q", out)
+		}
+		return err
+	})
 	admin := filepath.Join(c.dir, "admin.kubeconfig")
-	c.start("kube-controller-manager", rtr, filepath.Join(c.kbin, "kube-controller-manager"), "--kubeconfig="+admin,
-		"--allocate-node-cidrs=true", "--cluster-cidr="+clusterCIDR, "--node-cidr-mask-size=24", "--controllers=*",
-		"--leader-elect=false", "--bind-address=127.0.0.1", "--service-account-private-key-file="+filepath.Join(c.dir, "sa.key"))
-	c.start("kube-scheduler", rtr, filepath.Join(c.kbin, "kube-scheduler"), "--kubeconfig="+admin, "--leader-elect=false", "--bind-address=127.0.0.1")
+	c.startControllerManager(false)
+	c.start("kube-scheduler", rtr, "", filepath.Join(c.kbin, "kube-scheduler"), "--kubeconfig="+admin, "--leader-elect=false", "--bind-address=127.0.0.1")
+}
+
+// startControllerManager starts kube-controller-manager, with node IPAM
+// (--allocate-node-cidrs) or without it: the test first runs every other
+// controller (the DaemonSet's among them), so that weftd starts on Nodes
+// that have no pod CIDR yet, and then restarts it with node IPAM.
+func (c *cluster) startControllerManager(ipam bool) {
+	if c.kcm != nil {
+		c.kcm.name += "-stopped"
+		c.kcm.stop()
+	}
+	name, controllers := "kube-controller-manager", "*"
+	if !ipam {
+		name, controllers = "kube-controller-manager-no-ipam", "*,-node-ipam-controller"
+	}
+	c.kcm = c.start(name, prefix+"-rtr", "", filepath.Join(c.kbin, "kube-controller-manager"), "--kubeconfig="+filepath.Join(c.dir, "admin.kubeconfig"),
+		"--allocate-node-cidrs=true", "--cluster-cidr="+clusterCIDR, "--node-cidr-mask-size=24", "--controllers="+controllers,
+		"--leader-elect=false", "--bind-address=127.0.0.1", "--service-account-private-key-file="+filepath.Join(c.dir, "sa.key"),
+		"--root-ca-file="+filepath.Join(c.dir, "pki", "ca.crt"))
 }
 
 func (c *cluster) dryRun(t *testing.T) {
@@ -491,50 +764,76 @@ func mustAbs(t *testing.T, p string) string {
 
 func (c *cluster) nodeDir(n string) string { return filepath.Join(dataDir, n) }
 
-// prepareNode writes the node's kubeconfig, CNI bin dir (weft-cni and the
-// loopback plugin containerd calls for lo) and conflist.
-func (c *cluster) prepareNode(n string) {
+// install applies the test's overlay of deploy/ (kubectl apply -k): the
+// image tag of the image built here, and a gossip key of its own instead of
+// the public placeholder; nothing else differs.
+func (c *cluster) install() {
 	t := c.t
-	d := c.nodeDir(n)
-	site := c.lab.Node(n).Site
-	gw := ""
-	for _, s := range c.lab.Router.Sites {
-		if s.Name == site {
-			gw = s.Gateway
-		}
-	}
-	writeFile(t, filepath.Join(d, "kubeconfig"), kubeconfig("https://"+gw+":6443"), 0o600)
-	bin := filepath.Join(d, "cni-bin")
-	os.MkdirAll(bin, 0o755)
-	b, err := os.ReadFile(filepath.Join(c.wbin, "weft-cni"))
+	k, err := peer.GenerateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, filepath.Join(bin, "weft-cni"), string(b), 0o755)
-	os.Symlink("/usr/lib/cni/loopback", filepath.Join(bin, "loopback"))
-	// containerd 1.6's libcni speaks CNI up to 1.0.0, so this conflist
-	// says 1.0.0 and carries weft-cni alone (deploy/ chains portmap and
-	// bandwidth for real clusters).
-	writeFile(t, filepath.Join(d, "net.d", "10-weft.conflist"), `{"cniVersion":"1.0.0","name":"weft","plugins":[{"type":"weft-cni","runDir":"`+filepath.Join(d, "run")+`","dataDir":"`+filepath.Join(d, "ipam")+`"}]}`, 0o644)
-}
-
-func (c *cluster) startWeftd(n, policy string) {
-	d := c.nodeDir(n)
-	name := "weftd-" + n + "-" + policy
-	c.weftd[n] = c.start(name, prefix+"-"+n, filepath.Join(c.wbin, "weftd"),
-		"--kubeconfig", filepath.Join(d, "kubeconfig"), "--name", n, "--cluster-cidr", clusterCIDR,
-		"--gossip-key-file", c.lab.GossipKeyFile, "--run-dir", filepath.Join(d, "run"), "--state-dir", filepath.Join(d, "state"),
-		"--transport-policy", policy, "--wg-name", prefix+"-"+n, "--health-addr", "127.0.0.1:9993", "--log-level", "debug")
-}
-
-// restartWeftd stops both nodes' weftd and starts them again under
-// policy, waiting until both are ready.
-func (c *cluster) restartWeftd(policy string) {
-	for _, n := range []string{"n1", "n2"} {
-		c.weftd[n].name += "-stopped"
-		c.weftd[n].stop()
-		c.startWeftd(n, policy)
+	c.overlay = filepath.Join(c.dir, "overlay")
+	deploy, err := filepath.Rel(c.overlay, mustAbs(t, ".."))
+	if err != nil {
+		t.Fatal(err)
 	}
+	_, tag, _ := strings.Cut(c.images.weftRef, image.Repository+":")
+	writeFile(t, filepath.Join(c.overlay, "kustomization.yaml"), `# test-kube's overlay of deploy/: the image built by this run, a test gossip key.
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - `+deploy+`
+images:
+  - name: `+image.Repository+`
+    newTag: "`+tag+`"
+patches:
+  - patch: |-
+      apiVersion: v1
+      kind: Secret
+      metadata:
+        name: weft-gossip-key
+        namespace: weft-system
+      stringData:
+        gossip.key: "`+peer.EncodeKey(k)+`"
+`, 0o644)
+	out := c.mustKubectl("", "apply", "-k", c.overlay)
+	t.Logf("kubectl apply -k (overlay of deploy/):\n%s", out)
+	got := c.mustKubectl("", "get", "daemonset", "weft", "-n", "weft-system", "-o", `jsonpath={.spec.template.spec.initContainers[0].image} {.spec.template.spec.containers[0].image}`)
+	if want := c.images.weftRef + " " + c.images.weftRef; got != want {
+		t.Fatalf("DaemonSet images %q, want %q", got, want)
+	}
+}
+
+// rollout waits until the DaemonSet's pods are all updated and ready.
+func (c *cluster) rollout() {
+	c.t.Helper()
+	start := time.Now()
+	c.mustKubectl("", "rollout", "status", "daemonset/weft", "-n", "weft-system", "--timeout=180s")
+	c.t.Logf("DaemonSet rolled out in %s", time.Since(start).Round(100*time.Millisecond))
+}
+
+// noRestarts fails unless every container of the DaemonSet's current pods
+// has run without a restart (no crash, no failed liveness probe).
+func (c *cluster) noRestarts() {
+	c.t.Helper()
+	out := c.mustKubectl("", "get", "pods", "-n", "weft-system", "-o", `jsonpath={range .items[*]}{.metadata.name} {.status.containerStatuses[*].restartCount}{"\n"}{end}`)
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if f := strings.Fields(line); len(f) != 2 || f[1] != "0" {
+			c.t.Fatalf("weft pod restarts (pod, weftd restarts): %q", out)
+		}
+	}
+}
+
+// setPolicy sets the ConfigMap's transport-policy and rolls the DaemonSet
+// (`kubectl rollout restart`: its update strategy, one node at a time),
+// waiting until both weftds are ready under the new policy.
+func (c *cluster) setPolicy(policy string) {
+	c.t.Helper()
+	patch, _ := json.Marshal(map[string]any{"data": map[string]string{"transport-policy": policy}})
+	c.mustKubectl("", "patch", "configmap", "weft-config", "-n", "weft-system", "--type=merge", "-p", string(patch))
+	c.mustKubectl("", "rollout", "restart", "daemonset/weft", "-n", "weft-system")
+	c.rollout()
 	for _, n := range []string{"n1", "n2"} {
 		c.eventually("weftd "+n+" ready again", 30*time.Second, func() error {
 			if code := c.readyz(n); code != http.StatusOK {
@@ -545,11 +844,31 @@ func (c *cluster) restartWeftd(policy string) {
 	}
 }
 
-// startNode starts containerd (images imported) and the kubelet of n.
-func (c *cluster) startNode(n, pauseTar, busyboxTar string) {
+// startNode gives n its mount namespace and starts containerd (images
+// imported), kube-proxy and the kubelet there. The node's CNI bin dir
+// holds the reference plugins a host provides (loopback, and the portmap
+// and bandwidth the shipped conflist chains), linked from Debian's
+// /usr/lib/cni; weft-cni and its conflist come from the DaemonSet.
+func (c *cluster) startNode(n string) {
 	t := c.t
 	d := c.nodeDir(n)
 	ns := prefix + "-" + n
+	site := c.lab.Node(n).Site
+	gw := ""
+	for _, s := range c.lab.Router.Sites {
+		if s.Name == site {
+			gw = s.Gateway
+		}
+	}
+	writeFile(t, filepath.Join(d, "kubeconfig"), kubeconfig("https://"+gw+":6443", filepath.Join(c.dir, "pki", "ca.crt")), 0o600)
+	mnt := c.mountNS(n)
+	c.mntns[n] = mnt
+	for _, p := range []string{"loopback", "portmap", "bandwidth"} {
+		if err := os.Symlink("/usr/lib/cni/"+p, filepath.Join(d, "cni-bin", p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
 	sock := filepath.Join(d, "containerd", "containerd.sock")
 	writeFile(t, filepath.Join(d, "containerd", "config.toml"), fmt.Sprintf(`version = 2
 root = %[1]q
@@ -572,23 +891,54 @@ state = %[2]q
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         Root = %[6]q
         SystemdCgroup = false
+  # The standard paths, which in the node's mount namespace are its own.
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = %[7]q
-    conf_dir = %[8]q
+    bin_dir = "/opt/cni/bin"
+    conf_dir = "/etc/cni/net.d"
     max_conf_num = 1
 `, filepath.Join(d, "containerd", "root"), filepath.Join(d, "containerd", "state"), sock, filepath.Join(d, "containerd", "opt"),
-		pauseImage, filepath.Join(d, "containerd", "runc"), filepath.Join(d, "cni-bin"), filepath.Join(d, "net.d")), 0o644)
-	c.start("containerd-"+n, ns, "containerd", "--config", filepath.Join(d, "containerd", "config.toml"))
+		pauseImage, filepath.Join(d, "containerd", "runc")), 0o644)
+	c.start("containerd-"+n, ns, mnt, "containerd", "--config", filepath.Join(d, "containerd", "config.toml"))
 	c.eventually("containerd "+n, 30*time.Second, func() error {
 		_, err := os.Stat(sock)
 		return err
 	})
-	for _, tarball := range []string{pauseTar, busyboxTar} {
+	// Registered after containerd's own stop, so it runs before it: the
+	// containers the kubelet left (the DaemonSet's pod; n2's, whose Node
+	// is deleted while its weftd runs) end by their IDs, through this
+	// node's containerd.
+	t.Cleanup(func() { removeContainers(t, sock) })
+	for _, tarball := range c.images.tarballs {
 		if out, err := exec.Command("ctr", "--address", sock, "-n", "k8s.io", "images", "import", tarball).CombinedOutput(); err != nil {
 			t.Fatalf("ctr import %s: %v: %s", tarball, err, out)
 		}
 	}
+	if out, err := exec.Command("ctr", "--address", sock, "-n", "k8s.io", "images", "ls", "-q").CombinedOutput(); err != nil || !strings.Contains(string(out), c.images.weftRef) {
+		t.Fatalf("%s: containerd does not list %s after the import (%v): %s", n, c.images.weftRef, err, out)
+	}
 	ip := c.lab.Node(n).UnderlayAddr
+
+	// kube-proxy, iptables mode. In a network namespace other than the
+	// host's the conntrack table size is the host's (read-only here), so
+	// the conntrack settings are left as they are (0).
+	writeFile(t, filepath.Join(d, "kube-proxy.yaml"), `apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: `+filepath.Join(d, "kubeconfig")+`
+hostnameOverride: `+n+`
+bindAddress: `+ip+`
+clusterCIDR: `+clusterCIDR+`
+mode: iptables
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+`, 0o644)
+	c.start("kube-proxy-"+n, ns, mnt, filepath.Join(c.kbin, "kube-proxy"), "--config", filepath.Join(d, "kube-proxy.yaml"))
+
 	if err := makeCgroups("/weft-e2e-" + n); err != nil {
 		t.Fatal(err)
 	}
@@ -613,9 +963,45 @@ evictionHard: {memory.available: "1Mi", nodefs.available: "1%", imagefs.availabl
 imageGCHighThresholdPercent: 100
 maxPods: 20
 `, 0o644)
-	c.kubelet[n] = c.start("kubelet-"+n, ns, filepath.Join(c.kbin, "kubelet"), "--config", filepath.Join(d, "kubelet.yaml"),
+	c.kubelet[n] = c.start("kubelet-"+n, ns, mnt, filepath.Join(c.kbin, "kubelet"), "--config", filepath.Join(d, "kubelet.yaml"),
 		"--kubeconfig", filepath.Join(d, "kubeconfig"), "--root-dir", filepath.Join(d, "kubelet"), "--cert-dir", filepath.Join(d, "kubelet", "pki"),
 		"--node-ip", ip, "--hostname-override", n)
+}
+
+// removeContainers ends every task of the containerd at sock (SIGKILL,
+// by container ID) and deletes them, so no container outlives the test.
+func removeContainers(t *testing.T, sock string) {
+	start := time.Now()
+	ctr := func(args ...string) (string, error) {
+		out, err := exec.Command("ctr", append([]string{"--address", sock, "-n", "k8s.io"}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	out, err := ctr("tasks", "ls", "-q")
+	if err != nil {
+		t.Logf("ctr tasks ls: %v: %s", err, out)
+		return
+	}
+	ids := strings.Fields(out)
+	for _, id := range ids {
+		ctr("tasks", "kill", "-s", "SIGKILL", id)
+	}
+	// containerd's CRI plugin deletes a task itself once it exits; what
+	// is still listed is deleted here, until none is left.
+	var left []string
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		out, err := ctr("tasks", "ls", "-q")
+		if left = strings.Fields(out); err != nil || len(left) == 0 || time.Now().After(deadline) {
+			break
+		}
+		for _, id := range left {
+			ctr("tasks", "delete", id)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if len(left) != 0 {
+		t.Errorf("containerd %s still runs tasks %v", sock, left)
+	}
+	t.Logf("containers left by the kubelet of %s: %d, ended in %s", filepath.Base(filepath.Dir(filepath.Dir(sock))), len(ids), time.Since(start).Round(100*time.Millisecond))
 }
 
 // runPod creates a pod on node (through the scheduler, by nodeSelector)
@@ -673,7 +1059,8 @@ func (c *cluster) runPod(name, node, script string, done bool, cidr netip.Prefix
 	return ip
 }
 
-// status asks node n's weftd over its control socket.
+// status asks node n's weftd over its control socket, which is in the
+// node's own /run/weft.
 func (c *cluster) status(n string) control.Status {
 	c.t.Helper()
 	st, err := c.tryStatus(n)
@@ -684,20 +1071,11 @@ func (c *cluster) status(n string) control.Status {
 }
 
 func (c *cluster) tryStatus(n string) (control.Status, error) {
-	var st control.Status
-	sock := filepath.Join(c.nodeDir(n), "run", "weftd.sock")
-	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-	}}}
-	defer hc.CloseIdleConnections()
-	resp, err := hc.Get("http://weftd/v1/status")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := control.Get(ctx, filepath.Join(c.nodeDir(n), "run", "weft", "weftd.sock"))
 	if err != nil {
 		return st, fmt.Errorf("status %s: %w", n, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if err := json.Unmarshal(b, &st); err != nil {
-		return st, fmt.Errorf("status %s: %w: %s", n, err, b)
 	}
 	return st, nil
 }
@@ -721,12 +1099,13 @@ func (c *cluster) waitTransport(from, to, transport string) {
 }
 
 // wgPeers lists the public keys of node n's WireGuard device, read by
-// wireguard-tools over weftd's UAPI socket.
+// wireguard-tools over weftd's UAPI socket (in the node's own
+// /var/run/wireguard, so wg runs in its mount namespace).
 func (c *cluster) wgPeers(n string) []string {
 	c.t.Helper()
-	out, err := exec.Command("wg", "show", prefix+"-"+n, "peers").CombinedOutput()
+	out, err := c.inNode(n, "wg", "show", wgName, "peers")
 	if err != nil {
-		c.t.Fatalf("wg show %s-%s peers: %v: %s", prefix, n, err, out)
+		c.t.Fatalf("%s: wg show %s peers: %v: %s", n, wgName, err, out)
 	}
 	return strings.Fields(string(out))
 }
@@ -747,11 +1126,20 @@ func (c *cluster) readyz(n string) int {
 	return http.StatusOK
 }
 
-// cniStatus runs `weft-cni` STATUS with node n's network config, as a
-// CNI 1.1 runtime would.
+// readyzIs fails unless weftd's /readyz on node n answers code.
+func (c *cluster) readyzIs(n string, code int) error {
+	if got := c.readyz(n); got != code {
+		return fmt.Errorf("/readyz %d, want %d", got, code)
+	}
+	return nil
+}
+
+// cniStatus runs the installed `weft-cni` STATUS with node n's network
+// config (the shipped conflist's paths, seen from the host), as a CNI 1.1
+// runtime would.
 func (c *cluster) cniStatus(n string) error {
 	d := c.nodeDir(n)
-	conf := `{"cniVersion":"1.1.0","name":"weft","type":"weft-cni","runDir":"` + filepath.Join(d, "run") + `","dataDir":"` + filepath.Join(d, "ipam") + `"}`
+	conf := `{"cniVersion":"1.1.0","name":"weft","type":"weft-cni","runDir":"` + filepath.Join(d, "run", "weft") + `","dataDir":"` + filepath.Join(d, "lib", "weft", "ipam") + `"}`
 	cmd := exec.Command(filepath.Join(d, "cni-bin", "weft-cni"))
 	cmd.Env = []string{"CNI_COMMAND=STATUS", "CNI_PATH=" + filepath.Join(d, "cni-bin")}
 	cmd.Stdin = strings.NewReader(conf)

@@ -11,10 +11,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/weftnet/weft/deploy/image"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -123,17 +125,135 @@ func TestDaemonSetSpec(t *testing.T) {
 		t.Error("NODE_NAME must come from spec.nodeName (downward API)")
 	}
 
-	// The init container installs atomically: temp name, then rename.
+	// The init container is weftctl install-cni (no shell in the image),
+	// unprivileged; what it does is TestInstallCNIAsShipped.
 	ic := spec.InitContainers[0]
-	script := strings.Join(ic.Command, " ")
-	for _, want := range []string{"mv -f /opt/cni/bin/.weft-cni.tmp /opt/cni/bin/weft-cni", "mv -f /etc/cni/net.d/.10-weft.conflist.tmp /etc/cni/net.d/10-weft.conflist"} {
-		if !strings.Contains(script, want) {
-			t.Errorf("install-cni does not %q", want)
-		}
+	if !slices.Equal(ic.Command, []string{"/" + image.BinPath + "/weftctl", "install-cni"}) {
+		t.Errorf("install-cni command %q, want weftctl install-cni", ic.Command)
 	}
 	if ic.SecurityContext == nil || ic.SecurityContext.Privileged != nil && *ic.SecurityContext.Privileged {
 		t.Error("install-cni copies files; it must not be privileged")
 	}
+	if ic.SecurityContext == nil || ic.SecurityContext.ReadOnlyRootFilesystem == nil || !*ic.SecurityContext.ReadOnlyRootFilesystem {
+		t.Error("install-cni writes only into its mounts: readOnlyRootFilesystem")
+	}
+}
+
+// TestImagePinned: the DaemonSet names weft's image by a pinned release
+// tag, never latest, pulled only when absent (so an image imported with
+// `ctr images import` or `kind load` runs without a registry), and
+// kustomization.yaml's images: entry, which `kubectl apply -k` applies,
+// pins the same tag.
+func TestImagePinned(t *testing.T) {
+	var ds appsv1.DaemonSet
+	readYAML(t, "../daemonset.yaml", &ds)
+	var k struct {
+		APIVersion string   `json:"apiVersion"`
+		Kind       string   `json:"kind"`
+		Resources  []string `json:"resources"`
+		Images     []struct {
+			Name    string `json:"name"`
+			NewName string `json:"newName,omitempty"`
+			NewTag  string `json:"newTag"`
+		} `json:"images"`
+	}
+	readYAML(t, "../kustomization.yaml", &k)
+	if len(k.Images) != 1 || k.Images[0].Name != image.Repository || k.Images[0].NewName != "" {
+		t.Fatalf("kustomization images %+v: want one entry for %s, keeping its name", k.Images, image.Repository)
+	}
+	tag := k.Images[0].NewTag
+	if !regexp.MustCompile(`^v[0-9]+\.[0-9]+\.[0-9]+$`).MatchString(tag) {
+		t.Fatalf("kustomization pins %s:%q: want a release version vX.Y.Z (the git tag of the release; make image VERSION=...)", image.Repository, tag)
+	}
+	spec := ds.Spec.Template.Spec
+	for _, c := range append(slices.Clone(spec.InitContainers), spec.Containers...) {
+		if c.Image != image.Ref(tag) {
+			t.Errorf("container %s: image %q, want %q (kustomization.yaml's newTag)", c.Name, c.Image, image.Ref(tag))
+		}
+		if c.ImagePullPolicy != corev1.PullIfNotPresent {
+			t.Errorf("container %s: imagePullPolicy %q, want IfNotPresent", c.Name, c.ImagePullPolicy)
+		}
+	}
+}
+
+// TestInstallCNIAsShipped runs the init container's command line, as the
+// DaemonSet states it, in a scratch root standing in for the container's
+// file system: its mounts (the host's CNI directories, the ConfigMap
+// volume) and the image's /usr/local/bin. It must install weft-cni and the
+// ConfigMap's conflist where the host paths of those mounts are.
+func TestInstallCNIAsShipped(t *testing.T) {
+	var (
+		ds appsv1.DaemonSet
+		cm corev1.ConfigMap
+	)
+	readYAML(t, "../daemonset.yaml", &ds)
+	readYAML(t, "../configmap.yaml", &cm)
+	spec := ds.Spec.Template.Spec
+	ic := spec.InitContainers[0]
+	root := t.TempDir()
+	volumes := map[string]corev1.Volume{}
+	for _, v := range spec.Volumes {
+		volumes[v.Name] = v
+	}
+	hostOf := map[string]string{} // mount path → host path
+	for _, m := range ic.VolumeMounts {
+		v := volumes[m.Name]
+		if err := os.MkdirAll(filepath.Join(root, m.MountPath), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case v.HostPath != nil:
+			hostOf[m.MountPath] = v.HostPath.Path
+		case v.ConfigMap != nil:
+			for _, it := range v.ConfigMap.Items {
+				if err := os.WriteFile(filepath.Join(root, m.MountPath, it.Path), []byte(cm.Data[it.Key]), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	bin := filepath.Join(root, image.BinPath)
+	os.MkdirAll(bin, 0o755)
+	plugin, err := os.ReadFile(filepath.Join(weftBinaries(t), "weft-cni"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bin, "weft-cni"), plugin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	var args []string
+	for _, a := range ic.Args {
+		flag, path, ok := strings.Cut(a, "=")
+		if !ok || !filepath.IsAbs(path) {
+			t.Fatalf("install-cni arg %q: want --flag=/absolute/path", a)
+		}
+		args = append(args, flag+"="+filepath.Join(root, path))
+	}
+	cmd := exec.Command(filepath.Join(weftBinaries(t), "weftctl"), append(ic.Command[1:], args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %q: %v\n%s", ic.Command[0], args, err, out)
+	}
+	for _, want := range []struct{ host, file, body string }{
+		{"/opt/cni/bin", "weft-cni", string(plugin)},
+		{"/etc/cni/net.d", "10-weft.conflist", cm.Data["10-weft.conflist"]},
+	} {
+		var mountPath string
+		for mp, hp := range hostOf {
+			if hp == want.host {
+				mountPath = mp
+			}
+		}
+		if mountPath == "" {
+			t.Fatalf("install-cni mounts no hostPath %s", want.host)
+		}
+		got, err := os.ReadFile(filepath.Join(root, mountPath, want.file))
+		if err != nil || string(got) != want.body {
+			t.Fatalf("host %s/%s not installed (%v): the init container's flags and mounts disagree\n%s", want.host, want.file, err, out)
+		}
+	}
+	t.Logf("weftctl install-cni as shipped:\n%s", out)
 }
 
 // The ClusterRole grants exactly what weftd uses: read Nodes, patch
