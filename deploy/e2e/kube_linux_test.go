@@ -558,6 +558,9 @@ func TestKubernetes(t *testing.T) {
 		c.noRestarts()
 	})
 
+	// A rolling update of the DaemonSet (hand-offs) under pod traffic.
+	t.Run("RolloutUnderTraffic", func(t *testing.T) { c.rolloutUnderTraffic(t, cidrs) })
+
 	// Pods go before the kubelets stop, so nothing is left in containerd.
 	c.mustKubectl("", "delete", "pods", "--all", "--grace-period=1", "--wait=true", "--timeout=90s")
 

@@ -26,6 +26,9 @@ type Flow struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
 
+	stopOnce sync.Once
+	final    FlowResult // Stop's result
+
 	mu     sync.Mutex // guards the fields below
 	res    FlowResult
 	lastRx time.Time // last TCP bytes delivered
@@ -239,8 +242,14 @@ func (f *Flow) fail(err error) {
 
 // Stop ends the flow (the TCP stream is closed cleanly, the last probes
 // are waited for) and reports it. Gaps are rounded up to the probe
-// interval, the resolution they are measured at.
+// interval, the resolution they are measured at. Later calls report the
+// same result.
 func (f *Flow) Stop() FlowResult {
+	f.stopOnce.Do(func() { f.final = f.stop1() })
+	return f.final
+}
+
+func (f *Flow) stop1() FlowResult {
 	close(f.stop)
 	f.wg.Wait()
 	f.mu.Lock()
