@@ -66,6 +66,13 @@ func cachedBuild(t *testing.T, key string, files []string, build func(tmp string
 	if complete {
 		return dir
 	}
+	// Under the lock no other build runs: a .build- directory is what a
+	// killed one left.
+	if stale, _ := filepath.Glob(filepath.Join(top, ".build-*")); len(stale) > 0 {
+		for _, d := range stale {
+			os.RemoveAll(d)
+		}
+	}
 	tmp, err := os.MkdirTemp(top, ".build-")
 	if err != nil {
 		t.Fatal(err)
@@ -115,7 +122,10 @@ func e2eTestBinary(t *testing.T) string {
 func agnhostBinary(t *testing.T) string {
 	t.Helper()
 	dir := cachedBuild(t, "agnhost-"+agnhostVersion+"-k8s-"+k8sVersion, []string{"agnhost"}, func(tmp string) {
-		goBuild(t, "k8sbin/e2e", "build", "-trimpath", "-ldflags", "-s -w -X main.Version="+agnhostVersion,
+		// Compiled like the cluster's binaries (no optimizer), so that the
+		// client-go and apimachinery packages it shares with them come from
+		// the build cache.
+		goBuild(t, "k8sbin/e2e", "build", "-trimpath", "-gcflags=all=-N -l", "-ldflags", "-s -w -X main.Version="+agnhostVersion,
 			"-o", filepath.Join(tmp, "agnhost"), "k8s.io/kubernetes/test/images/agnhost")
 	})
 	return filepath.Join(dir, "agnhost")
@@ -142,7 +152,7 @@ func TestServiceBinaries(t *testing.T) {
 		bin, flag, want string
 	}{
 		{corednsBinary(t), "-version", "CoreDNS-" + strings.TrimPrefix(corednsVersion, "v")},
-		{agnhostBinary(t), "--version", "agnhost version " + agnhostVersion},
+		{agnhostBinary(t), "--version", "app version " + agnhostVersion},
 	} {
 		if _, err := staticProgram(c.bin, filepath.Base(c.bin)); err != nil {
 			t.Fatal(err)

@@ -46,19 +46,7 @@ func (c *cluster) conformance(t *testing.T) {
 	conformanceRan = true
 	start := time.Now()
 	e2eTest := e2eTestBinary(t)
-	images := filepath.Join(c.dir, "images", "conformance.tar")
-	if err := os.MkdirAll(filepath.Dir(images), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	specs, err := conformanceImageSpecs(agnhostBinary(t), corednsBinary(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := writeImages(images, specs...); err != nil {
-		t.Fatal(err)
-	}
-	c.importImages(images)
-	t.Logf("images imported on both nodes: %s", strings.Join(imageRefs(specs), " "))
+	c.serviceImages(t)
 	if _, err := c.kubectl("", "-n", "kube-system", "get", "deployment", "coredns"); err != nil {
 		c.deployCoreDNS()
 	}

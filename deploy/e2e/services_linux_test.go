@@ -2,12 +2,14 @@ package e2e
 
 // Services and DNS across the two nodes, on top of the cluster
 // TestKubernetes builds: what a normal cluster needs from its network
-// besides pod-to-pod. Each check is a method taking a *testing.T, meant to
-// run as a subtest of TestKubernetes once kube-proxy (iptables mode) runs
-// on both nodes, the API server keeps its normal endpoint reconciler and
-// the kubelets hand pods clusterDNS 10.96.0.10 in cluster.local:
+// besides pod-to-pod. c.servicesAndDNS runs it all as one subtest of
+// TestKubernetes, for when kube-proxy (iptables mode) runs on both nodes,
+// the API server keeps its normal endpoint reconciler, the kubelets hand
+// pods clusterDNS 10.96.0.10 in cluster.local and the conflist chains
+// portmap:
 //
-//	c.deployCoreDNS(images)               CoreDNS behind kube-dns (testdata/coredns.yaml)
+//	c.serviceImages()                      agnhost and CoreDNS images into both nodes
+//	c.deployCoreDNS()                      CoreDNS behind kube-dns (testdata/coredns.yaml)
 //	t.Run("ClusterIP", c.checkClusterIP)   pod on n1 → Service → pod on n2
 //	t.Run("NodePort", c.checkNodePort)     n1's host → NodePort on n1 and on n2 → pod on n2
 //	t.Run("HeadlessDNS", c.checkHeadlessDNS) CoreDNS answers a headless name with both pods' IPs
@@ -21,6 +23,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -37,12 +40,59 @@ const (
 	svcCheckHostPort = 30481 // outside the NodePort range on purpose: hostPort is portmap's, not kube-proxy's
 )
 
+// servicesAndDNS is the Services/DNS subtest of TestKubernetes:
+//
+//	t.Run("ServicesAndDNS", c.servicesAndDNS)
+func (c *cluster) servicesAndDNS(t *testing.T) {
+	c.serviceImages(t)
+	c.deployCoreDNS()
+	t.Run("ClusterIP", c.checkClusterIP)
+	t.Run("NodePort", c.checkNodePort)
+	t.Run("HeadlessDNS", c.checkHeadlessDNS)
+	t.Run("KubernetesDefault", c.checkKubernetesDefault)
+	t.Run("HostPort", c.checkHostPort)
+}
+
+// serviceImages makes the images of the Services checks and of the
+// conformance run (conformanceImageSpecs: agnhost, CoreDNS and the
+// stand-ins) and imports them into both nodes' containerd, unless both
+// have them already.
+func (c *cluster) serviceImages(t *testing.T) {
+	t.Helper()
+	if c.hasImage("n1", corednsImage) && c.hasImage("n2", corednsImage) && c.hasImage("n1", agnhostTestImage) && c.hasImage("n2", agnhostTestImage) {
+		return
+	}
+	specs, err := conformanceImageSpecs(agnhostBinary(t), corednsBinary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tarball := filepath.Join(c.dir, "images", "services.tar")
+	if err := os.MkdirAll(filepath.Dir(tarball), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeImages(tarball, specs...); err != nil {
+		t.Fatal(err)
+	}
+	c.importImages(tarball)
+	t.Logf("imported on both nodes: %s", strings.Join(imageRefs(specs), " "))
+}
+
+// containerdSock is node n's containerd socket (startNode's config).
+func (c *cluster) containerdSock(n string) string {
+	return filepath.Join(c.nodeDir(n), "containerd", "containerd.sock")
+}
+
+// hasImage reports whether node n's containerd holds ref for the kubelet.
+func (c *cluster) hasImage(n, ref string) bool {
+	out, err := exec.Command("ctr", "--address", c.containerdSock(n), "-n", "k8s.io", "images", "ls", "-q").Output()
+	return err == nil && slices.Contains(strings.Fields(string(out)), ref)
+}
+
 // importImages loads a docker-archive into every node's containerd.
 func (c *cluster) importImages(tarball string) {
 	c.t.Helper()
 	for _, n := range []string{"n1", "n2"} {
-		sock := filepath.Join(c.nodeDir(n), "containerd", "containerd.sock")
-		if out, err := exec.Command("ctr", "--address", sock, "-n", "k8s.io", "images", "import", tarball).CombinedOutput(); err != nil {
+		if out, err := exec.Command("ctr", "--address", c.containerdSock(n), "-n", "k8s.io", "images", "import", tarball).CombinedOutput(); err != nil {
 			c.t.Fatalf("ctr import %s on %s: %v: %s", tarball, n, err, out)
 		}
 	}
