@@ -116,19 +116,43 @@ func e2eTestBinary(t *testing.T) string {
 	return filepath.Join(dir, "e2e.test")
 }
 
-// agnhostBinary returns the path of agnhost 2.56 (static, its version
-// stamped as upstream's image build does), the suite's test server and
-// the Services checks' pod program, from the same Kubernetes module.
-func agnhostBinary(t *testing.T) string {
+// agnhostParts are the files of the agnhost image that come from the
+// Kubernetes module: the program, and the TLS pair its porter subcommand
+// serves (the image's /localhost.crt and /localhost.key, as upstream's).
+type agnhostParts struct {
+	bin, cert, key string
+}
+
+// agnhostBinary returns agnhost 2.56 (static, its version stamped as
+// upstream's image build does), the suite's test server and the Services
+// checks' pod program, and porter's TLS pair, from the same module.
+func agnhostBinary(t *testing.T) agnhostParts {
 	t.Helper()
-	dir := cachedBuild(t, "agnhost-"+agnhostVersion+"-k8s-"+k8sVersion, []string{"agnhost"}, func(tmp string) {
+	dir := cachedBuild(t, "agnhost-"+agnhostVersion+"-k8s-"+k8sVersion, []string{"agnhost", "localhost.crt", "localhost.key"}, func(tmp string) {
 		// Compiled like the cluster's binaries (no optimizer), so that the
 		// client-go and apimachinery packages it shares with them come from
 		// the build cache.
 		goBuild(t, "k8sbin/e2e", "build", "-trimpath", "-gcflags=all=-N -l", "-ldflags", "-s -w -X main.Version="+agnhostVersion,
 			"-o", filepath.Join(tmp, "agnhost"), "k8s.io/kubernetes/test/images/agnhost")
+		cmd := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "k8s.io/kubernetes")
+		cmd.Dir = "k8sbin/e2e"
+		cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod")
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("go list -m k8s.io/kubernetes in k8sbin/e2e: %v", err)
+		}
+		porter := filepath.Join(strings.TrimSpace(string(out)), "test", "images", "agnhost", "porter")
+		for _, f := range []string{"localhost.crt", "localhost.key"} {
+			b, err := os.ReadFile(filepath.Join(porter, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(tmp, f), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
 	})
-	return filepath.Join(dir, "agnhost")
+	return agnhostParts{bin: filepath.Join(dir, "agnhost"), cert: filepath.Join(dir, "localhost.crt"), key: filepath.Join(dir, "localhost.key")}
 }
 
 // corednsBinary returns the path of a static CoreDNS built from its module.
@@ -152,7 +176,7 @@ func TestServiceBinaries(t *testing.T) {
 		bin, flag, want string
 	}{
 		{corednsBinary(t), "-version", "CoreDNS-" + strings.TrimPrefix(corednsVersion, "v")},
-		{agnhostBinary(t), "--version", "app version " + agnhostVersion},
+		{agnhostBinary(t).bin, "--version", "app version " + agnhostVersion},
 	} {
 		if _, err := staticProgram(c.bin, filepath.Base(c.bin)); err != nil {
 			t.Fatal(err)

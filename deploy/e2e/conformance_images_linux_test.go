@@ -205,7 +205,9 @@ func TestELFClosure(t *testing.T) {
 // as root it runs the tools inside the agnhost image's tree.
 func TestConformanceImages(t *testing.T) {
 	dir := t.TempDir()
-	specs, err := conformanceImageSpecs("/bin/busybox", "/bin/busybox")
+	writeFile(t, filepath.Join(dir, "c.crt"), "cert", 0o644)
+	writeFile(t, filepath.Join(dir, "c.key"), "key", 0o600)
+	specs, err := conformanceImageSpecs(agnhostParts{bin: "/bin/busybox", cert: filepath.Join(dir, "c.crt"), key: filepath.Join(dir, "c.key")}, "/bin/busybox")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +224,7 @@ func TestConformanceImages(t *testing.T) {
 	if !reflect.DeepEqual(ep, []string{"/agnhost"}) || !reflect.DeepEqual(cmd, []string{"pause"}) {
 		t.Errorf("agnhost: entrypoint %v cmd %v, want upstream's [/agnhost] [pause]", ep, cmd)
 	}
-	for _, f := range []string{"agnhost", "agnhost-2", "uploads", "bin/sh", "bin/seq", "usr/bin/dig", "usr/bin/getent", "usr/bin/curl", "usr/bin/nc", "bin/bash", "etc/nsswitch.conf", "etc/passwd", "tmp"} {
+	for _, f := range []string{"agnhost", "agnhost-2", "uploads", "localhost.crt", "localhost.key", "bin/sh", "bin/seq", "usr/bin/dig", "usr/bin/getent", "usr/bin/curl", "usr/bin/nc", "bin/bash", "etc/nsswitch.conf", "etc/passwd", "tmp"} {
 		if entries[f] == nil {
 			t.Errorf("agnhost image lacks %s", f)
 		}

@@ -377,8 +377,9 @@ func conformanceRepoList() string {
 // Services/DNS checks from the agnhost and CoreDNS binaries:
 //
 //   - agnhost 2.56 (built from source): /agnhost, /agnhost-2, /uploads,
-//     busybox, dig, getent, curl, nc, bash; entrypoint and command as
-//     upstream (/agnhost pause). Tagged both under weft.test (what the repo
+//     porter's /localhost.crt and /localhost.key (the proxy tests' TLS
+//     ports), busybox, dig, getent, curl, nc, bash; entrypoint and command
+//     as upstream (/agnhost pause). Tagged both under weft.test (what the repo
 //     list points the suite at) and as upstream names it.
 //   - jessie-dnsutils 1.7: the DNS tests' second prober runs `sh -c` with
 //     seq, dig, getent, test, echo and sleep in it: busybox and the tools.
@@ -388,10 +389,18 @@ func conformanceRepoList() string {
 //   - pause 3.10.1 (a Deployment's container in the Service latency test):
 //     agnhost's own pause subcommand.
 //   - CoreDNS: /coredns, run with -conf from the ConfigMap.
-func conformanceImageSpecs(agnhostBin, corednsBin string) ([]imageSpec, error) {
-	agn, err := staticProgram(agnhostBin, "agnhost")
+func conformanceImageSpecs(agnhostFiles agnhostParts, corednsBin string) ([]imageSpec, error) {
+	agn, err := staticProgram(agnhostFiles.bin, "agnhost")
 	if err != nil {
 		return nil, err
+	}
+	var tlsPair []imageFile
+	for _, f := range [][2]string{{agnhostFiles.cert, "localhost.crt"}, {agnhostFiles.key, "localhost.key"}} {
+		b, err := os.ReadFile(f[0])
+		if err != nil {
+			return nil, fmt.Errorf("agnhost porter's TLS pair: %w", err)
+		}
+		tlsPair = append(tlsPair, imageFile{path: f[1], mode: 0o644, body: b})
 	}
 	bb, err := busyboxFiles("nc")
 	if err != nil {
@@ -406,7 +415,7 @@ func conformanceImageSpecs(agnhostBin, corednsBin string) ([]imageSpec, error) {
 		refs:       []string{agnhostTestImage, agnhostUpstreamImage},
 		entrypoint: []string{"/agnhost"},
 		cmd:        []string{"pause"},
-		files:      append(slices.Clone(shell), agn, imageFile{path: "agnhost-2", mode: 0o777, link: "agnhost"}, imageFile{path: "uploads", mode: 0o755, dir: true}),
+		files:      append(append(slices.Clone(shell), tlsPair...), agn, imageFile{path: "agnhost-2", mode: 0o777, link: "agnhost"}, imageFile{path: "uploads", mode: 0o755, dir: true}),
 	}
 	dnsutils := imageSpec{refs: []string{dnsutilsTestImage}, cmd: []string{"sh"}, files: slices.Clone(shell)}
 	nginx := imageSpec{

@@ -43,6 +43,7 @@ func (c *cluster) routeControlPlaneToPods(t *testing.T) {
 // conformance runs the suite and fails unless every focused test passed
 // or is skipped with a reason in conformanceSkips.
 func (c *cluster) conformance(t *testing.T) {
+	defer c.use(t)()
 	conformanceRan = true
 	start := time.Now()
 	e2eTest := e2eTestBinary(t)
@@ -69,6 +70,7 @@ func (c *cluster) conformance(t *testing.T) {
 	// In the router namespace, beside the API server (127.0.0.1:6443).
 	cmd := exec.Command("nsenter", append([]string{"--net=/run/netns/" + prefix + "-rtr", "--", e2eTest}, args...)...)
 	cmd.Env = append(os.Environ(), "KUBE_TEST_REPO_LIST="+repoList)
+	cmd.Dir = res
 	cmd.Stdout, cmd.Stderr = logf, logf
 	t.Logf("e2e.test %s (log %s)", strings.Join(args, " "), logPath)
 	runErr := cmd.Run()

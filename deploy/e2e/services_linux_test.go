@@ -37,13 +37,23 @@ const (
 	kubernetesSvcIP  = "10.96.0.1"
 	clusterDomain    = "cluster.local"
 	corednsManifest  = "testdata/coredns.yaml"
-	svcCheckHostPort = 30481 // outside the NodePort range on purpose: hostPort is portmap's, not kube-proxy's
+	svcCheckHostPort = 28481 // below the NodePort range (30000-32767): hostPort is portmap's, not kube-proxy's
 )
+
+// use makes t the test c's helpers (c.eventually, c.mustKubectl) fail,
+// until the returned func puts the previous one back: a subtest must not
+// fail its parent from its own goroutine. Subtests here run one at a time.
+func (c *cluster) use(t *testing.T) (restore func()) {
+	prev := c.t
+	c.t = t
+	return func() { c.t = prev }
+}
 
 // servicesAndDNS is the Services/DNS subtest of TestKubernetes:
 //
 //	t.Run("ServicesAndDNS", c.servicesAndDNS)
 func (c *cluster) servicesAndDNS(t *testing.T) {
+	defer c.use(t)()
 	c.serviceImages(t)
 	c.deployCoreDNS()
 	t.Run("ClusterIP", c.checkClusterIP)
@@ -272,6 +282,7 @@ func (c *cluster) waitEndpoints(t *testing.T, svc string, ips ...string) {
 // ClusterIP, by address and by name (CoreDNS), and the answer is the
 // n2 pod's.
 func (c *cluster) checkClusterIP(t *testing.T) {
+	defer c.use(t)()
 	cidrs := c.nodeCIDRs(t)
 	ip := c.startPod(t, testPod{name: "svc-web", node: "n2", labels: map[string]string{"app": "svc-web"}, args: netexec, cidr: cidrs["n2"]})
 	c.service(t, "svc-web", "svc-web", "", false)
@@ -290,6 +301,7 @@ func (c *cluster) checkClusterIP(t *testing.T) {
 // the Service on n1's own address (kube-proxy on n1 sends it across weft)
 // and on n2's.
 func (c *cluster) checkNodePort(t *testing.T) {
+	defer c.use(t)()
 	cidrs := c.nodeCIDRs(t)
 	ip := c.startPod(t, testPod{name: "np-web", node: "n2", labels: map[string]string{"app": "np-web"}, args: netexec, cidr: cidrs["n2"]})
 	c.service(t, "np-web", "np-web", "NodePort", false)
@@ -325,6 +337,7 @@ func (c *cluster) hostGet(n, url string) (string, error) {
 // on n1, answers a headless Service's name with the IPs of its two pods,
 // one per node, and each pod's own hostname record.
 func (c *cluster) checkHeadlessDNS(t *testing.T) {
+	defer c.use(t)()
 	cidrs := c.nodeCIDRs(t)
 	c.service(t, "hl", "hl", "", true)
 	ips := map[string]string{}
@@ -350,6 +363,7 @@ func (c *cluster) checkHeadlessDNS(t *testing.T) {
 // pod's search path) and by ClusterIP, over HTTPS; /version answers
 // (anonymous: system:public-info-viewer) with the cluster's version.
 func (c *cluster) checkKubernetesDefault(t *testing.T) {
+	defer c.use(t)()
 	cidrs := c.nodeCIDRs(t)
 	for _, n := range []string{"n1", "n2"} {
 		for _, target := range []string{"kubernetes.default", kubernetesSvcIP + ":443"} {
@@ -374,6 +388,7 @@ func (c *cluster) checkKubernetesDefault(t *testing.T) {
 // DNAT on n2) is reached at n2's address from n1's host and from a pod on
 // n1, and the answer is that pod's.
 func (c *cluster) checkHostPort(t *testing.T) {
+	defer c.use(t)()
 	cidrs := c.nodeCIDRs(t)
 	c.startPod(t, testPod{name: "hp-web", node: "n2", args: netexec, hostPort: svcCheckHostPort, cidr: cidrs["n2"]})
 	addr := fmt.Sprintf("%s:%d", c.lab.Node("n2").UnderlayAddr, svcCheckHostPort)
