@@ -67,11 +67,12 @@ test-kube: deps-test build
 	@if [ "$$(id -u)" != 0 ]; then echo "test-kube needs root (network namespaces, containerd, kubelet)"; exit 1; fi
 	cd deploy/e2e && $(GO) vet . && WEFT_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 60m .
 
-# Only the Kubernetes and etcd binaries of test-kube, into their cache (a
-# no-op when cached). .ci/run starts it beside `make test` on a fresh
-# machine; test-kube waits for it on the cache lock.
+# Only the Kubernetes and etcd binaries of test-kube, and the CoreDNS and
+# agnhost of its Services checks, into their caches (a no-op when cached).
+# .ci/run starts it beside `make test` on a fresh machine; test-kube waits
+# for it on the cache locks.
 kube-bins:
-	cd deploy/e2e && $(GO) test -count=1 -run '^TestKubeBinaries$$' -timeout 60m .
+	cd deploy/e2e && $(GO) test -count=1 -run '^(TestKubeBinaries|TestServiceBinaries)$$' -timeout 60m .
 
 # The upstream proof: the [sig-network] [Conformance] tests of the Kubernetes
 # e2e suite (e2e.test v1.34.4, built from the Go module with agnhost and
