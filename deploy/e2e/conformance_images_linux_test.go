@@ -406,7 +406,7 @@ func TestConformanceReport(t *testing.T) {
 <testsuites tests="6" disabled="4" errors="0" failures="2" time="61.5">
   <testsuite name="Kubernetes e2e suite" package="/e2e" tests="6" disabled="4" skipped="0" errors="0" failures="2" time="61.5">
     <testcase name="[SynchronizedBeforeSuite]" classname="Kubernetes e2e suite" status="passed" time="1.0"></testcase>
-    <testcase name="[It] [sig-network] DNS should provide DNS for services [Conformance]" classname="Kubernetes e2e suite" status="passed" time="30.1"></testcase>
+    <testcase name="[It] [sig-network] DNS should provide DNS for services [Conformance] [sig-network, Conformance]" classname="Kubernetes e2e suite" status="passed" time="30.1"></testcase>
     <testcase name="[It] [sig-network] HostPort validates that there is no conflict [LinuxOnly] [Conformance]" classname="Kubernetes e2e suite" status="failed" time="20.0">
       <failure message="hostPort 54323 not reached" type="failed">long trace</failure>
     </testcase>
@@ -424,6 +424,9 @@ func TestConformanceReport(t *testing.T) {
 	}
 	if len(r.Passed) != 1 || len(r.Failed) != 1 || len(r.Skipped) != 1 {
 		t.Fatalf("%s: %+v", r, r)
+	}
+	if r.Passed[0] != "[sig-network] DNS should provide DNS for services [Conformance]" {
+		t.Errorf("passed %q: want the spec's name without ginkgo's label list", r.Passed[0])
 	}
 	if got := r.Reasons[r.Failed[0]]; got != "hostPort 54323 not reached" {
 		t.Errorf("failure reason %q", got)

@@ -126,7 +126,7 @@ func readConformanceReport(b []byte) (conformanceResult, error) {
 	r := conformanceResult{Reasons: map[string]string{}}
 	for _, su := range s.Suites {
 		for _, c := range su.Cases {
-			name := strings.TrimPrefix(c.Name, "[It] ")
+			name := specName(c.Name)
 			failed := c.Failure != nil || c.Error != nil || (c.Status != "" && c.Status != "passed" && c.Status != "skipped" && c.Status != "pending")
 			if !focus.MatchString(name) {
 				if failed && strings.HasPrefix(name, "[") {
@@ -155,6 +155,17 @@ func readConformanceReport(b []byte) (conformanceResult, error) {
 		return r, fmt.Errorf("JUnit report holds no test matching %s", conformanceFocus)
 	}
 	return r, nil
+}
+
+// specName is a JUnit test case's name without ginkgo's node-type prefix
+// ("[It] ") and the list of labels it appends ("… [sig-network,
+// Conformance]"), which repeats the tags already in the name.
+func specName(junitName string) string {
+	n := strings.TrimPrefix(junitName, "[It] ")
+	if i := strings.LastIndex(n, " ["); i >= 0 && strings.HasSuffix(n, "]") && strings.Contains(n[i:], ", ") {
+		n = n[:i]
+	}
+	return n
 }
 
 // regexpMatch reports whether pattern (a ginkgo skip pattern) matches name.
