@@ -9,7 +9,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X github.com/weftnet/weft/cmd/internal/buildinfo.Version=$(VERSION)
 DEPS      := sh deploy/prereq/install.sh
 
-.PHONY: bench-restart all build image deps deps-demo deps-test deps-bench test test-unit test-netns test-kube kube-bins demo bench fuzz vet clean lab-down
+.PHONY: conformance conformance-bins bench-restart all build image deps deps-demo deps-test deps-bench test test-unit test-netns test-kube kube-bins demo bench fuzz vet clean lab-down
 
 all: build
 
@@ -85,11 +85,29 @@ test-kube: deps-test build
 	cd deploy/image && $(GO) vet ./... && $(GO) test -count=1 ./...
 	cd deploy/e2e && $(GO) vet . && WEFT_VERSION=$(VERSION) WEFT_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 60m .
 
-# Only the Kubernetes and etcd binaries of test-kube, into their cache (a
-# no-op when cached). .ci/run starts it beside `make test` on a fresh
-# machine; test-kube waits for it on the cache lock.
+# Only the Kubernetes and etcd binaries of test-kube, and the CoreDNS and
+# agnhost of its Services checks, into their caches (a no-op when cached).
+# .ci/run starts it beside `make test` on a fresh machine; test-kube waits
+# for it on the cache locks.
 kube-bins:
-	cd deploy/e2e && $(GO) test -count=1 -run '^TestKubeBinaries$$' -timeout 60m .
+	cd deploy/e2e && $(GO) test -count=1 -run '^(TestKubeBinaries|TestServiceBinaries)$$' -timeout 60m .
+
+# The upstream proof: the [sig-network] [Conformance] tests of the Kubernetes
+# e2e suite (e2e.test v1.34.4, built from the Go module with agnhost and
+# CoreDNS; images made locally) against test-kube's cluster, as the final
+# subtest of TestKubernetes (TestConformance, WEFT_CONFORMANCE=1). Writes
+# the log, JUnit report and summary to /var/tmp/weft-conformance/<time>/
+# (WEFT_CONFORMANCE_RESULTS). Not part of `make test`: the build of e2e.test
+# and the run take longer than CI's budget allows (README: make conformance).
+conformance: deps-test build
+	@if [ "$$(id -u)" != 0 ]; then echo "conformance needs root (network namespaces, containerd, kubelet)"; exit 1; fi
+	cd deploy/e2e && $(GO) vet . && WEFT_CONFORMANCE=1 WEFT_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 180m \
+		-run '^(TestServiceBinaries|TestE2EBinary|TestConformanceDryRun|TestConformance)$$' .
+
+# Only the binaries of make conformance (e2e.test, agnhost, CoreDNS) into
+# their caches, and e2e.test's dry run of the focus (no cluster).
+conformance-bins:
+	cd deploy/e2e && WEFT_CONFORMANCE=1 $(GO) test -count=1 -v -timeout 60m -run '^(TestServiceBinaries|TestE2EBinary|TestConformanceDryRun)$$' .
 
 # The netns lab end to end: build, 3 nodes on 2 sites, pods, ping + TCP
 # across every node pair, summary, teardown. Needs root and iproute2.

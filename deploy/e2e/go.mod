@@ -7,6 +7,7 @@ module github.com/weftnet/weft/deploy/e2e
 go 1.26.8
 
 require (
+	github.com/google/go-containerregistry v0.22.1
 	github.com/weftnet/weft v0.0.0
 	github.com/weftnet/weft/deploy/image v0.0.0
 	k8s.io/api v0.34.4
@@ -23,7 +24,6 @@ require (
 	github.com/gogo/protobuf v1.3.2 // indirect
 	github.com/google/btree v1.1.3 // indirect
 	github.com/google/go-cmp v0.7.0 // indirect
-	github.com/google/go-containerregistry v0.22.1 // indirect
 	github.com/google/nftables v0.3.0 // indirect
 	github.com/hashicorp/errwrap v1.1.0 // indirect
 	github.com/hashicorp/go-immutable-radix v1.3.1 // indirect

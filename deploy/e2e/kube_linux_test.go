@@ -561,6 +561,11 @@ func TestKubernetes(t *testing.T) {
 	// A rolling update of the DaemonSet (hand-offs) under pod traffic.
 	t.Run("RolloutUnderTraffic", func(t *testing.T) { c.rolloutUnderTraffic(t, cidrs) })
 
+	t.Run("ServicesAndDNS", c.servicesAndDNS)
+	if conformanceWanted() {
+		t.Run("Conformance", c.conformance)
+	}
+
 	// Pods go before the kubelets stop, so nothing is left in containerd.
 	c.mustKubectl("", "delete", "pods", "--all", "--grace-period=1", "--wait=true", "--timeout=90s")
 
@@ -965,6 +970,9 @@ localStorageCapacityIsolation: false
 evictionHard: {memory.available: "1Mi", nodefs.available: "1%", imagefs.available: "1%"}
 imageGCHighThresholdPercent: 100
 maxPods: 20
+# CoreDNS of the Services/DNS checks (testdata/coredns.yaml).
+clusterDNS: [10.96.0.10]
+clusterDomain: cluster.local
 `, 0o644)
 	c.kubelet[n] = c.start("kubelet-"+n, ns, mnt, filepath.Join(c.kbin, "kubelet"), "--config", filepath.Join(d, "kubelet.yaml"),
 		"--kubeconfig", filepath.Join(d, "kubeconfig"), "--root-dir", filepath.Join(d, "kubelet"), "--cert-dir", filepath.Join(d, "kubelet", "pki"),
