@@ -326,9 +326,11 @@ func (c *cluster) checkNodePort(t *testing.T) {
 // hostGet fetches url from node n's network namespace (the node itself,
 // not a pod) with the host's static busybox.
 func (c *cluster) hostGet(n, url string) (string, error) {
-	out, err := exec.Command("nsenter", "--net=/run/netns/"+prefix+"-"+n, "--", "/bin/busybox", "wget", "-q", "-T", "3", "-O", "-", url).CombinedOutput()
+	// curl, not busybox wget: Debian's static busybox wget crashes
+	// resolving a numeric host outside loopback.
+	out, err := exec.Command("nsenter", "--net=/run/netns/"+prefix+"-"+n, "--", "curl", "-sS", "-m", "3", url).CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("wget %s from %s: %v: %s", url, n, err, out)
+		return "", fmt.Errorf("curl %s from %s: %v: %s", url, n, err, out)
 	}
 	return strings.TrimSpace(string(out)), nil
 }
