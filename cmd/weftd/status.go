@@ -57,6 +57,16 @@ func status(c config, dp *datapath, members *peer.Membership) control.Status {
 		last := &st.Peers[len(st.Peers)-1]
 		last.WGPublicKey, last.WGEndpoint = wgFields(p.Record)
 	}
+	if dp.wg != nil {
+		if stats, err := dp.wg.Stats(); err == nil {
+			for i := range st.Peers {
+				k, err := wgtypes.ParseKey(st.Peers[i].WGPublicKey)
+				if s, ok := stats[k]; err == nil && ok {
+					st.Peers[i].WGLastHandshake, st.Peers[i].WGRxBytes, st.Peers[i].WGTxBytes = s.LastHandshake, s.RxBytes, s.TxBytes
+				}
+			}
+		}
+	}
 	for _, p := range c.StaticPeers {
 		n := control.Node{
 			Name: p.Name, UnderlayAddr: p.Underlay.String(), PodCIDRs: prefixStrings(p.PodCIDRs),

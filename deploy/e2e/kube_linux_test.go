@@ -59,6 +59,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -554,7 +555,15 @@ func TestKubernetes(t *testing.T) {
 		if st := c.status("n1"); key == "" || key != st.Self.WGPublicKey {
 			t.Fatalf("wg-public-key annotation %q, weftd has %q", key, st.Self.WGPublicKey)
 		}
+		// The metrics move with the traffic: n1's WireGuard bytes to n2.
+		sentBefore := c.metric("n1", `weft_wireguard_sent_bytes_total{peer="n2"}`)
 		c.runPod("client-wireguard", "n1", fetch(webIP), true, cidrs["n1"])
+		c.eventually("n1's WireGuard bytes to n2 counted", 10*time.Second, func() error {
+			if after := c.metric("n1", `weft_wireguard_sent_bytes_total{peer="n2"}`); after <= sentBefore {
+				return fmt.Errorf("weft_wireguard_sent_bytes_total{peer=n2} %v, before the request %v", after, sentBefore)
+			}
+			return nil
+		})
 		c.noRestarts()
 	})
 
@@ -1068,6 +1077,26 @@ func (c *cluster) runPod(name, node, script string, done bool, cidr netip.Prefix
 	logs, _ := c.kubectl("", "logs", name)
 	t.Logf("pod %s on %s: %s %s", name, node, ip, strings.TrimSpace(logs))
 	return ip
+}
+
+// metric is the value of one series (name with its labels, as the
+// exposition writes it) of node n's weftd metrics (:9995), 0 if absent.
+func (c *cluster) metric(n, series string) float64 {
+	c.t.Helper()
+	out, err := c.inNode(n, "/bin/busybox", "wget", "-q", "-O", "-", "http://127.0.0.1:9995/metrics")
+	if err != nil {
+		c.t.Fatalf("%s: metrics: %v: %s", n, err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				c.t.Fatalf("%s: metric %s: %q", n, series, v)
+			}
+			return f
+		}
+	}
+	return 0
 }
 
 // status asks node n's weftd over its control socket, which is in the

@@ -20,6 +20,7 @@ package wireguard
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,6 +28,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -197,6 +199,68 @@ func (d *Device) SetListenPort(p uint16) error {
 		return fmt.Errorf("wireguard listen port %d: %w", p, err)
 	}
 	return nil
+}
+
+// PeerStats is one peer's counters as the device keeps them.
+type PeerStats struct {
+	LastHandshake    time.Time // zero: none yet
+	RxBytes, TxBytes uint64
+}
+
+// Stats returns every configured peer's counters, read through the UAPI
+// (the device's own account, what `wg show` prints).
+func (d *Device) Stats() (map[wgtypes.Key]PeerStats, error) {
+	text, err := d.dev.IpcGet()
+	if err != nil {
+		return nil, fmt.Errorf("wireguard stats: %w", err)
+	}
+	return parseStats(text), nil
+}
+
+// parseStats reads the peer sections of a UAPI get answer; lines it does
+// not know, and values that do not parse, are skipped.
+func parseStats(text string) map[wgtypes.Key]PeerStats {
+	out := map[wgtypes.Key]PeerStats{}
+	var (
+		cur       wgtypes.Key
+		have      bool
+		sec, nsec int64
+		st        PeerStats
+	)
+	flush := func() {
+		if have {
+			if sec != 0 || nsec != 0 {
+				st.LastHandshake = time.Unix(sec, nsec)
+			}
+			out[cur] = st
+		}
+		st, sec, nsec = PeerStats{}, 0, 0
+	}
+	for _, line := range strings.Split(text, "\n") {
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			continue
+		}
+		switch k {
+		case "public_key":
+			flush()
+			b, err := hex.DecodeString(v)
+			have = err == nil && len(b) == wgtypes.KeyLen
+			if have {
+				cur = wgtypes.Key(b)
+			}
+		case "last_handshake_time_sec":
+			sec, _ = strconv.ParseInt(v, 10, 64)
+		case "last_handshake_time_nsec":
+			nsec, _ = strconv.ParseInt(v, 10, 64)
+		case "rx_bytes":
+			st.RxBytes, _ = strconv.ParseUint(v, 10, 64)
+		case "tx_bytes":
+			st.TxBytes, _ = strconv.ParseUint(v, 10, 64)
+		}
+	}
+	flush()
+	return out
 }
 
 // PublicKey returns the device's public key.

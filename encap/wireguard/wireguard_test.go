@@ -269,3 +269,26 @@ func TestStandbyPeerAnswersARestartedDevice(t *testing.T) {
 		t.Fatalf("a decrypted % x, want % x", got, pkt)
 	}
 }
+
+// TestParseStats: the peer sections of a UAPI answer, as wireguard-go
+// writes them, become per-key counters; a peer without a handshake has a
+// zero time; malformed keys and values are skipped, not fatal.
+func TestParseStats(t *testing.T) {
+	k1, _ := wgtypes.GeneratePrivateKey()
+	k2, _ := wgtypes.GeneratePrivateKey()
+	p1, p2 := k1.PublicKey(), k2.PublicKey()
+	text := "private_key=" + hexKey(k1) + "\nlisten_port=51820\n" +
+		"public_key=" + hexKey(p1) + "\nendpoint=192.0.2.1:51820\nlast_handshake_time_sec=1700000000\nlast_handshake_time_nsec=5\ntx_bytes=10\nrx_bytes=20\n" +
+		"public_key=" + hexKey(p2) + "\nlast_handshake_time_sec=0\nlast_handshake_time_nsec=0\ntx_bytes=x\nrx_bytes=7\n" +
+		"public_key=zz\nrx_bytes=99\nerrno=0\n"
+	got := parseStats(text)
+	if len(got) != 2 {
+		t.Fatalf("%d peers, want 2: %+v", len(got), got)
+	}
+	if s := got[p1]; !s.LastHandshake.Equal(time.Unix(1700000000, 5)) || s.TxBytes != 10 || s.RxBytes != 20 {
+		t.Errorf("peer 1: %+v", s)
+	}
+	if s := got[p2]; !s.LastHandshake.IsZero() || s.TxBytes != 0 || s.RxBytes != 7 {
+		t.Errorf("peer 2: %+v", s)
+	}
+}

@@ -45,17 +45,22 @@ type Process struct {
 
 // Node describes this node or a peer.
 type Node struct {
-	Name         string     `json:"name"`
-	Site         string     `json:"site,omitempty"`
-	UnderlayAddr string     `json:"underlayAddr"` // ip:port of the VXLAN endpoint
-	PodCIDRs     []string   `json:"podCIDRs"`
-	VTEPMAC      string     `json:"vtepMAC"`
-	WGPublicKey  string     `json:"wgPublicKey,omitempty"` // base64; empty without WireGuard
-	WGEndpoint   string     `json:"wgEndpoint,omitempty"`  // ip:port
-	Transport    string     `json:"transport"`
-	State        peer.State `json:"state"`
-	LastSeen     time.Time  `json:"lastSeen,omitzero"`
-	MTU          int        `json:"mtu,omitempty"` // self only
+	Name         string   `json:"name"`
+	Site         string   `json:"site,omitempty"`
+	UnderlayAddr string   `json:"underlayAddr"` // ip:port of the VXLAN endpoint
+	PodCIDRs     []string `json:"podCIDRs"`
+	VTEPMAC      string   `json:"vtepMAC"`
+	WGPublicKey  string   `json:"wgPublicKey,omitempty"` // base64; empty without WireGuard
+	WGEndpoint   string   `json:"wgEndpoint,omitempty"`  // ip:port
+	// WireGuard counters of a peer on this node's device: its last
+	// handshake and the bytes received from and sent to it.
+	WGLastHandshake time.Time  `json:"wgLastHandshake,omitzero"`
+	WGRxBytes       uint64     `json:"wgRxBytes,omitempty"`
+	WGTxBytes       uint64     `json:"wgTxBytes,omitempty"`
+	Transport       string     `json:"transport"`
+	State           peer.State `json:"state"`
+	LastSeen        time.Time  `json:"lastSeen,omitzero"`
+	MTU             int        `json:"mtu,omitempty"` // self only
 }
 
 // API is what the daemon answers: GET /v1/status, and POST /v1/<action>

@@ -44,10 +44,13 @@ var counterMetrics = map[string]counterMetric{
 }
 
 var (
-	dropsDesc     = prometheus.NewDesc("weft_drops_total", "Packets dropped by weftd, by reason (the drop_* counters of weftctl status).", []string{"reason"}, nil)
-	peersDesc     = prometheus.NewDesc("weft_peers", "Peers this node knows, by state and transport.", []string{"state", "transport"}, nil)
-	startDesc     = prometheus.NewDesc("weft_process_start_time_seconds", "When this weftd started, in seconds since the Unix epoch.", nil, nil)
-	buildInfoDesc = prometheus.NewDesc("weft_build_info", "Always 1; the labels say weftd's version and how this process started.", []string{"version", "start"}, nil)
+	dropsDesc       = prometheus.NewDesc("weft_drops_total", "Packets dropped by weftd, by reason (the drop_* counters of weftctl status).", []string{"reason"}, nil)
+	peersDesc       = prometheus.NewDesc("weft_peers", "Peers this node knows, by state and transport.", []string{"state", "transport"}, nil)
+	startDesc       = prometheus.NewDesc("weft_process_start_time_seconds", "When this weftd started, in seconds since the Unix epoch.", nil, nil)
+	wgHandshakeDesc = prometheus.NewDesc("weft_wireguard_last_handshake_seconds", "When this node's WireGuard device last completed a handshake with the peer, in seconds since the Unix epoch (absent before the first).", []string{"peer"}, nil)
+	wgRxDesc        = prometheus.NewDesc("weft_wireguard_received_bytes_total", "Bytes this node's WireGuard device received from the peer (since the device started).", []string{"peer"}, nil)
+	wgTxDesc        = prometheus.NewDesc("weft_wireguard_sent_bytes_total", "Bytes this node's WireGuard device sent to the peer (since the device started).", []string{"peer"}, nil)
+	buildInfoDesc   = prometheus.NewDesc("weft_build_info", "Always 1; the labels say weftd's version and how this process started.", []string{"version", "start"}, nil)
 )
 
 // Collector exports a Status as Prometheus metrics.
@@ -90,6 +93,16 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for k, n := range peers {
 		ch <- prometheus.MustNewConstMetric(peersDesc, prometheus.GaugeValue, float64(n), k.state, k.transport)
+	}
+	for _, p := range st.Peers {
+		if p.WGPublicKey == "" || p.WGRxBytes == 0 && p.WGTxBytes == 0 && p.WGLastHandshake.IsZero() {
+			continue
+		}
+		if !p.WGLastHandshake.IsZero() {
+			ch <- prometheus.MustNewConstMetric(wgHandshakeDesc, prometheus.GaugeValue, float64(p.WGLastHandshake.UnixNano())/1e9, p.Name)
+		}
+		ch <- prometheus.MustNewConstMetric(wgRxDesc, prometheus.CounterValue, float64(p.WGRxBytes), p.Name)
+		ch <- prometheus.MustNewConstMetric(wgTxDesc, prometheus.CounterValue, float64(p.WGTxBytes), p.Name)
 	}
 	if !st.Process.Started.IsZero() {
 		ch <- prometheus.MustNewConstMetric(startDesc, prometheus.GaugeValue, float64(st.Process.Started.UnixNano())/1e9)
