@@ -46,18 +46,7 @@ func kubeBinaries(t *testing.T) string {
 	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	lock, err := os.OpenFile(filepath.Join(filepath.Dir(dir), ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lock.Close()
-	waited := time.Now()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		t.Fatalf("lock %s: %v", lock.Name(), err)
-	}
-	if d := time.Since(waited); d > time.Second {
-		t.Logf("waited %s for another build of the Kubernetes binaries", d.Round(time.Second))
-	}
+	defer lockCache(t, filepath.Dir(dir), "the Kubernetes binaries")()
 	// The cache is keyed by the versions; within it each binary is built
 	// only if it is missing, so adding a program to k8sBinaries builds that
 	// program alone (and shares the Go build cache with the others).
@@ -153,4 +142,24 @@ func TestMain(m *testing.M) { prereqtest.Main(m) }
 func weftBinaries(t *testing.T) string {
 	t.Helper()
 	return prereqtest.Binaries(t)
+}
+
+// lockCache takes the machine-wide lock of the cache directory dir (its
+// .lock file) for building what, and returns its release. A second builder
+// waits, and then finds the first one's result.
+func lockCache(t *testing.T, dir, what string) (unlock func()) {
+	t.Helper()
+	lock, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waited := time.Now()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		lock.Close()
+		t.Fatalf("lock %s: %v", lock.Name(), err)
+	}
+	if d := time.Since(waited); d > time.Second {
+		t.Logf("waited %s for another build of %s", d.Round(time.Second), what)
+	}
+	return func() { lock.Close() }
 }

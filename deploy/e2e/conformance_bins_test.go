@@ -19,7 +19,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -45,18 +44,7 @@ func cachedBuild(t *testing.T, key string, files []string, build func(tmp string
 	if err := os.MkdirAll(top, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	lock, err := os.OpenFile(filepath.Join(top, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lock.Close()
-	waited := time.Now()
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		t.Fatalf("lock %s: %v", lock.Name(), err)
-	}
-	if d := time.Since(waited); d > time.Second {
-		t.Logf("waited %s for another build of %s", d.Round(time.Second), key)
-	}
+	defer lockCache(t, top, key)()
 	complete := true
 	for _, f := range files {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {

@@ -159,10 +159,6 @@ func TestDevicesExchangePackets(t *testing.T) {
 // traffic comes.
 func TestKeepalivePeersHandshakeUnprompted(t *testing.T) {
 	prereqtest.Root(t) // the UAPI socket lives in /var/run/wireguard
-	handshake := func(n *node) bool {
-		cfg, err := n.dev.dev.IpcGet()
-		return err == nil && strings.Contains(cfg, "last_handshake_time_sec=") && !strings.Contains(cfg, "last_handshake_time_sec=0\n")
-	}
 	quiet, other := newNode(t, "10.244.3.0/24"), newNode(t, "10.244.4.0/24")
 	if err := quiet.dev.SetPeers([]Peer{other.asPeer()}); err != nil {
 		t.Fatal(err)
@@ -181,7 +177,7 @@ func TestKeepalivePeersHandshakeUnprompted(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(2 * time.Second) // the retry would take 5 s
-	for !(handshake(a) && handshake(b)) {
+	for !(handshook(a) && handshook(b)) {
 		if time.Now().After(deadline) {
 			t.Fatal("no handshake within 2 s of adding the peers: both initiated, or neither")
 		}
@@ -192,7 +188,7 @@ func TestKeepalivePeersHandshakeUnprompted(t *testing.T) {
 	if got := receive(t, b); !bytes.Equal(got, pkt) {
 		t.Fatalf("b decrypted % x, want % x", got, pkt)
 	}
-	if handshake(quiet) || handshake(other) {
+	if handshook(quiet) || handshook(other) {
 		t.Error("peers without Keepalive handshook with no traffic")
 	}
 }
@@ -205,10 +201,6 @@ func TestKeepalivePeersHandshakeUnprompted(t *testing.T) {
 // device never had is not added.
 func TestStandbyPeerAnswersARestartedDevice(t *testing.T) {
 	prereqtest.Root(t) // the UAPI socket lives in /var/run/wireguard
-	handshake := func(n *node) bool {
-		cfg, err := n.dev.dev.IpcGet()
-		return err == nil && strings.Contains(cfg, "last_handshake_time_sec=") && !strings.Contains(cfg, "last_handshake_time_sec=0\n")
-	}
 	a, b := newNode(t, "10.244.1.0/24"), newNode(t, "10.244.2.0/24")
 	for ka, kb := a.dev.PublicKey(), b.dev.PublicKey(); bytes.Compare(kb[:], ka[:]) > 0; ka, kb = a.dev.PublicKey(), b.dev.PublicKey() {
 		b.dev.Close()
@@ -222,7 +214,7 @@ func TestStandbyPeerAnswersARestartedDevice(t *testing.T) {
 	if err := b.dev.SetPeers([]Peer{pa}); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(2 * time.Second); !handshake(a); {
+	for deadline := time.Now().Add(2 * time.Second); !handshook(a); {
 		if time.Now().After(deadline) {
 			t.Fatal("no first session")
 		}
@@ -256,7 +248,7 @@ func TestStandbyPeerAnswersARestartedDevice(t *testing.T) {
 	if cfg, _ := b2.dev.dev.IpcGet(); !strings.Contains(cfg, "persistent_keepalive_interval=25") {
 		t.Fatalf("the resuming device did not start its keepalive (and handshake) at once:\n%s", cfg)
 	}
-	for !handshake(b2) {
+	for !handshook(b2) {
 		if time.Since(began) > time.Second { // keepaliveDelay is 300 ms, the retry 5 s
 			t.Fatal("the restarted device had no session within 1 s")
 		}
@@ -291,4 +283,11 @@ func TestParseStats(t *testing.T) {
 	if s := got[p2]; !s.LastHandshake.IsZero() || s.TxBytes != 0 || s.RxBytes != 7 {
 		t.Errorf("peer 2: %+v", s)
 	}
+}
+
+// handshook reports whether n's device has completed a handshake with a
+// peer.
+func handshook(n *node) bool {
+	cfg, err := n.dev.dev.IpcGet()
+	return err == nil && strings.Contains(cfg, "last_handshake_time_sec=") && !strings.Contains(cfg, "last_handshake_time_sec=0\n")
 }
