@@ -402,10 +402,14 @@ func conformanceImageSpecs(agnhostFiles agnhostParts, corednsBin string) ([]imag
 		}
 		tlsPair = append(tlsPair, imageFile{path: f[1], mode: 0o644, body: b})
 	}
-	bb, err := busyboxFiles("nc")
+	// /bin/sh is bash, as upstream's Debian-based images have a shell
+	// that runs what PATH finds: busybox's sh runs its own applets first,
+	// so `sh -c "nc -v …"` would get busybox's nc, which has no -v.
+	bb, err := busyboxFiles("nc", "sh")
 	if err != nil {
 		return nil, err
 	}
+	bb = append(bb, imageFile{path: "bin/sh", mode: 0o777, link: "bash"})
 	tools, err := toolFiles(netTools)
 	if err != nil {
 		return nil, err

@@ -65,6 +65,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/weftnet/weft/deploy/image"
 	"github.com/weftnet/weft/deploy/lab"
 	"github.com/weftnet/weft/deploy/prereq/prereqtest"
@@ -285,7 +287,18 @@ func TestKubernetes(t *testing.T) {
 			fresh = append(fresh, p)
 		}
 	}
+	// containerd makes each pod's netns file in /run/netns (shared) and
+	// mounts it in the node's own mount namespace: the files of sandboxes
+	// still up when the nodes stop stay behind, empty, on the host.
+	netnsBefore, _ := filepath.Glob("/run/netns/cni-*")
 	t.Cleanup(func() {
+		after, _ := filepath.Glob("/run/netns/cni-*")
+		for _, f := range after {
+			if !slices.Contains(netnsBefore, f) {
+				unix.Unmount(f, unix.MNT_DETACH)
+				os.Remove(f)
+			}
+		}
 		for _, p := range fresh {
 			unmountUnder(p)
 			os.RemoveAll(p)
