@@ -101,6 +101,8 @@ type cluster struct {
 	dir     string // control plane files
 	started []*proc
 	kubelet map[string]*proc
+	// kubeProxy is each node's kube-proxy.
+	kubeProxy map[string]*proc
 	kcm     *proc             // kube-controller-manager
 	mntns   map[string]string // node → its mount namespace file
 	images  images
@@ -334,7 +336,7 @@ func TestKubernetes(t *testing.T) {
 	if err := setupMountNSDir(); err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{t: t, lab: l, kbin: kbin, wbin: wbin, dir: filepath.Join(labDir, "k8s"), kubelet: map[string]*proc{}, mntns: map[string]string{}}
+	c := &cluster{t: t, lab: l, kbin: kbin, wbin: wbin, dir: filepath.Join(labDir, "k8s"), kubelet: map[string]*proc{}, kubeProxy: map[string]*proc{}, mntns: map[string]string{}}
 	if err := os.MkdirAll(c.dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -874,6 +876,32 @@ func (c *cluster) setPolicy(policy string) {
 	}
 }
 
+// startKubeProxy starts n's kube-proxy in mode (iptables or nftables).
+// In a network namespace other than the host's the conntrack table size
+// is the host's (read-only here), so the conntrack settings are left as
+// they are (0).
+func (c *cluster) startKubeProxy(n, mode string) {
+	d := c.nodeDir(n)
+	conf := filepath.Join(d, "kube-proxy-"+mode+".yaml")
+	writeFile(c.t, conf, `apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: `+filepath.Join(d, "kubeconfig")+`
+hostnameOverride: `+n+`
+bindAddress: `+c.lab.Node(n).UnderlayAddr+`
+clusterCIDR: `+clusterCIDR+`
+mode: `+mode+`
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+`, 0o644)
+	c.kubeProxy[n] = c.start("kube-proxy-"+mode+"-"+n, prefix+"-"+n, c.mntns[n], filepath.Join(c.kbin, "kube-proxy"), "--config", conf)
+}
+
 // startNode gives n its mount namespace and starts containerd (images
 // imported), kube-proxy and the kubelet there. The node's CNI bin dir
 // holds the reference plugins a host provides (loopback, and the portmap
@@ -948,26 +976,7 @@ state = %[2]q
 	}
 	ip := c.lab.Node(n).UnderlayAddr
 
-	// kube-proxy, iptables mode. In a network namespace other than the
-	// host's the conntrack table size is the host's (read-only here), so
-	// the conntrack settings are left as they are (0).
-	writeFile(t, filepath.Join(d, "kube-proxy.yaml"), `apiVersion: kubeproxy.config.k8s.io/v1alpha1
-kind: KubeProxyConfiguration
-clientConnection:
-  kubeconfig: `+filepath.Join(d, "kubeconfig")+`
-hostnameOverride: `+n+`
-bindAddress: `+ip+`
-clusterCIDR: `+clusterCIDR+`
-mode: iptables
-healthzBindAddress: 127.0.0.1:10256
-metricsBindAddress: 127.0.0.1:10249
-conntrack:
-  maxPerCore: 0
-  min: 0
-  tcpEstablishedTimeout: 0s
-  tcpCloseWaitTimeout: 0s
-`, 0o644)
-	c.start("kube-proxy-"+n, ns, mnt, filepath.Join(c.kbin, "kube-proxy"), "--config", filepath.Join(d, "kube-proxy.yaml"))
+	c.startKubeProxy(n, "iptables")
 
 	if err := makeCgroups("/weft-e2e-" + n); err != nil {
 		t.Fatal(err)

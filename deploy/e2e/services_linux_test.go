@@ -61,6 +61,38 @@ func (c *cluster) servicesAndDNS(t *testing.T) {
 	t.Run("HeadlessDNS", c.checkHeadlessDNS)
 	t.Run("KubernetesDefault", c.checkKubernetesDefault)
 	t.Run("HostPort", c.checkHostPort)
+	t.Run("KubeProxyNFTables", c.kubeProxyNFTables)
+}
+
+// kubeProxyNFTables switches both nodes' kube-proxy to nftables mode
+// (the iptables mode's rules cleaned up first, `kube-proxy --cleanup`)
+// and runs the Service checks again on fresh pods: ClusterIP, NodePort
+// and the kubernetes Service, now through kube-proxy's nftables table.
+func (c *cluster) kubeProxyNFTables(t *testing.T) {
+	defer c.use(t)()
+	c.mustKubectl("", "delete", "pods", "--all", "-n", "default", "--grace-period=1", "--wait=true", "--timeout=90s")
+	for _, n := range []string{"n1", "n2"} {
+		c.kubeProxy[n].name += "-stopped"
+		c.kubeProxy[n].stop()
+		if out, err := c.inNode(n, filepath.Join(c.kbin, "kube-proxy"), "--cleanup", "--config", filepath.Join(c.nodeDir(n), "kube-proxy-iptables.yaml")); err != nil {
+			t.Fatalf("%s: kube-proxy --cleanup: %v: %s", n, err, out)
+		}
+		c.startKubeProxy(n, "nftables")
+		c.eventually("kube-proxy "+n+" in nftables mode", 60*time.Second, func() error {
+			nft, err := c.inNode(n, "nft", "list", "table", "ip", "kube-proxy")
+			if err != nil || !strings.Contains(string(nft), kubernetesVIP) {
+				return fmt.Errorf("nft table ip kube-proxy without %s (%v): %.200s", kubernetesVIP, err, nft)
+			}
+			ipt, err := c.inNode(n, "iptables-save", "-t", "nat")
+			if err != nil || strings.Contains(string(ipt), "KUBE-SERVICES") {
+				return fmt.Errorf("iptables still holds kube-proxy's chains (%v)", err)
+			}
+			return nil
+		})
+	}
+	t.Run("ClusterIP", c.checkClusterIP)
+	t.Run("NodePort", c.checkNodePort)
+	t.Run("KubernetesDefault", c.checkKubernetesDefault)
 }
 
 // serviceImages makes the images of the Services checks and of the
