@@ -111,7 +111,7 @@ type cluster struct {
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	prereqtest.Netns(t, "containerd", "containerd-shim-runc-v2", "runc", "ctr", "nsenter", "unshare", "mount", "gcc", "libc6-dev", "busybox-static", "ip", "wg", "iptables", "iptables-save", "iptables-restore", "curl")
+	prereqtest.Netns(t, "containerd", "containerd-shim-runc-v2", "runc", "ctr", "nsenter", "unshare", "mount", "gcc", "libc6-dev", "busybox-static", "ip", "wg", "iptables", "iptables-save", "iptables-restore", "curl", "nft")
 }
 
 // start runs bin inside netns (and the mount namespace file mntns, if
