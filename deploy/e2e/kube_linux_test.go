@@ -103,10 +103,10 @@ type cluster struct {
 	kubelet map[string]*proc
 	// kubeProxy is each node's kube-proxy.
 	kubeProxy map[string]*proc
-	kcm     *proc             // kube-controller-manager
-	mntns   map[string]string // node → its mount namespace file
-	images  images
-	overlay string // the test's kustomization of deploy/
+	kcm       *proc             // kube-controller-manager
+	mntns     map[string]string // node → its mount namespace file
+	images    images
+	overlay   string // the test's kustomization of deploy/
 }
 
 func needRoot(t *testing.T) {
