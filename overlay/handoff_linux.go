@@ -24,28 +24,25 @@ import (
 // HandOffConns returns the TUN file and the VXLAN socket to pass on; ok is
 // false when the router does not run the fast paths (then there is no
 // socket of its own to pass, and no hand-off).
-func (r *Router) HandOffConns() (tunFile *os.File, vxlanSocket syscall.Conn, ok bool) {
-	f, rcv, ok := r.handOffConns()
-	return f, rcv, ok
-}
-
-type deadlineConn interface {
-	syscall.Conn
-	SetReadDeadline(time.Time) error
-}
-
-func (r *Router) handOffConns() (*os.File, deadlineConn, bool) {
-	rcv, ok := r.receiver.(deadlineConn)
+func (r *Router) HandOffConns() (tunFile *os.File, vxlanSocket DeadlineConn, ok bool) {
+	rcv, ok := r.receiver.(DeadlineConn)
 	if !ok || r.tun == nil || r.tun.File() == nil {
 		return nil, nil, false
 	}
 	return r.tun.File(), rcv, true
 }
 
+// DeadlineConn is a socket that can be passed on and whose reads a
+// deadline ends (the VXLAN receiver).
+type DeadlineConn interface {
+	syscall.Conn
+	SetReadDeadline(time.Time) error
+}
+
 // Pause parks the read loops and returns once every one of them is
 // parked (or after a second, with an error: the caller resumes).
 func (r *Router) Pause() error {
-	f, rcv, ok := r.handOffConns()
+	f, rcv, ok := r.HandOffConns()
 	if !ok {
 		return errors.New("router: no fast path, nothing to pause")
 	}
@@ -70,7 +67,7 @@ func (r *Router) Pause() error {
 
 // Resume clears the deadlines and wakes the parked loops.
 func (r *Router) Resume() {
-	if f, rcv, ok := r.handOffConns(); ok {
+	if f, rcv, ok := r.HandOffConns(); ok {
 		f.SetReadDeadline(time.Time{})
 		rcv.SetReadDeadline(time.Time{})
 	}
