@@ -47,6 +47,11 @@ type Config struct {
 	// DeadRetention is how long dead and left peers stay visible in
 	// Peers for status. 0 means the DefaultConfig value.
 	DeadRetention time.Duration
+	// NATKeepalive is how often a node without a public address (the
+	// record's Public) tags every peer of another site that has one, to
+	// keep its NAT's mappings open and tell them where it is seen
+	// (transport.go). 0 means the DefaultConfig value.
+	NATKeepalive time.Duration
 
 	// memberlist tuning; zero means DefaultConfig's value (memberlist's
 	// DefaultLANConfig, explained there).
@@ -88,6 +93,11 @@ func DefaultConfig() Config {
 		// Long enough for an operator to see a node that just went away
 		// in status output; short enough that churn does not pile up.
 		DeadRetention: 10 * time.Minute,
+		// A third of the 30 s a Linux conntrack UDP mapping lives
+		// without replies (nf_conntrack_udp_timeout), so one lost
+		// keepalive does not close it; also the bound on how long a
+		// peer sends to a mapping the NAT forgot.
+		NATKeepalive: 10 * time.Second,
 		// memberlist's LAN values: a probe every second with a 500 ms
 		// ack timeout, suspicion for 4*log(N+1) probe intervals before a
 		// node is declared dead, and gossip to 3 nodes every 200 ms.
@@ -111,6 +121,7 @@ func (cfg Config) withDefaults(self Record) Config {
 	fill(&cfg.RejoinInterval, def.RejoinInterval)
 	fill(&cfg.ReconnectInterval, def.ReconnectInterval)
 	fill(&cfg.DeadRetention, def.DeadRetention)
+	fill(&cfg.NATKeepalive, def.NATKeepalive)
 	fill(&cfg.ProbeInterval, def.ProbeInterval)
 	fill(&cfg.ProbeTimeout, def.ProbeTimeout)
 	fill(&cfg.GossipInterval, def.GossipInterval)
@@ -141,14 +152,19 @@ func (cfg Config) check(self Record) error {
 }
 
 // memberlist is the memberlist configuration for a filled cfg: the LAN
-// profile with our name, address and tuning. Join adds the keyring, the
-// logger and the delegates.
-func (cfg Config) memberlist() *memberlist.Config {
+// profile with our name, address and tuning. It advertises the public
+// address when the node has one (what most peers can reach; peers of its
+// own site use the internal one, transport.go). Join adds the transport,
+// the keyring, the logger and the delegates.
+func (cfg Config) memberlist(public netip.Addr) *memberlist.Config {
 	mc := memberlist.DefaultLANConfig()
 	mc.Name = cfg.Name
 	mc.BindAddr = cfg.BindAddr.Unmap().String()
 	mc.BindPort = cfg.BindPort
 	mc.AdvertiseAddr = mc.BindAddr
+	if public.IsValid() {
+		mc.AdvertiseAddr = public.Unmap().String()
+	}
 	mc.AdvertisePort = cfg.BindPort
 	mc.ProbeInterval = cfg.ProbeInterval
 	mc.ProbeTimeout = cfg.ProbeTimeout

@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 )
@@ -17,12 +18,18 @@ func TestConfigDefaults(t *testing.T) {
 	if got.RejoinInterval != def.RejoinInterval || got.ReconnectInterval != def.ReconnectInterval ||
 		got.DeadRetention != def.DeadRetention || got.ProbeInterval != def.ProbeInterval ||
 		got.ProbeTimeout != def.ProbeTimeout || got.SuspicionMult != def.SuspicionMult ||
-		got.GossipInterval != def.GossipInterval {
+		got.GossipInterval != def.GossipInterval || got.NATKeepalive != def.NATKeepalive {
 		t.Fatalf("filled %+v, want DefaultConfig's %+v", got, def)
 	}
-	mc := got.memberlist()
+	mc := got.memberlist(netip.Addr{})
 	if mc.ProbeInterval != def.ProbeInterval || mc.GossipInterval != def.GossipInterval || mc.SuspicionMult != def.SuspicionMult {
 		t.Fatalf("memberlist config does not carry the defaults: %v %v %v", mc.ProbeInterval, mc.GossipInterval, mc.SuspicionMult)
+	}
+	if mc.AdvertiseAddr != mc.BindAddr {
+		t.Fatalf("without a public address memberlist advertises %s, want the bound %s", mc.AdvertiseAddr, mc.BindAddr)
+	}
+	if mc := got.memberlist(netip.MustParseAddr("203.0.113.7")); mc.AdvertiseAddr != "203.0.113.7" || mc.BindAddr == "203.0.113.7" {
+		t.Fatalf("with a public address memberlist binds %s and advertises %s; want the public one advertised only", mc.BindAddr, mc.AdvertiseAddr)
 	}
 	// A set field is kept.
 	if c := (Config{ProbeInterval: time.Millisecond}).withDefaults(self); c.ProbeInterval != time.Millisecond {

@@ -70,10 +70,15 @@ func (m *Membership) run() {
 		m.snapMu.Lock()
 		m.snap = all
 		m.snapMu.Unlock()
+		m.tr.setPeers(all)
 		m.numLive.Store(int32(len(live)))
 		if first || !samePeers(last, live) {
 			m.publish(live)
 			last, first = live, false
+			select {
+			case m.natKick <- struct{}{}:
+			default:
+			}
 		}
 		select {
 		case <-m.stop:

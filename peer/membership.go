@@ -53,6 +53,8 @@ type Membership struct {
 	retain  time.Duration
 	gossip  time.Duration // memberlist's gossip interval, paces Leave
 	ml      *memberlist.Memberlist
+	tr      *transport
+	natKick chan struct{}                    // capacity 1; run → natLoop, when the live set changes
 	bcast   *memberlist.TransmitLimitedQueue // leave intents we send or relay
 	updates chan []Peer                      // capacity 1; run is the only sender
 	kick    chan struct{}                    // capacity 1; callbacks → run
@@ -116,6 +118,7 @@ func Join(cfg Config, self Record) (*Membership, error) {
 		retain:   cfg.DeadRetention,
 		updates:  make(chan []Peer, 1),
 		kick:     make(chan struct{}, 1),
+		natKick:  make(chan struct{}, 1),
 		stop:     make(chan struct{}),
 		self:     self,
 		selfMeta: meta,
@@ -127,7 +130,21 @@ func Join(cfg Config, self Record) (*Membership, error) {
 		lastLog:  make(map[string]time.Time),
 	}
 
-	mc := cfg.memberlist()
+	mc := cfg.memberlist(self.Public)
+	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
+		BindAddrs: []string{mc.BindAddr},
+		BindPort:  mc.BindPort,
+		Logger:    log.New(memberlistLog{cfg.Logger.With("component", "memberlist")}, "", 0),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("join: start gossip on %s: %w", net.JoinHostPort(mc.BindAddr, strconv.Itoa(cfg.BindPort)), err)
+	}
+	if mc.BindPort == 0 {
+		mc.BindPort = nt.GetAutoBindPort()
+		mc.AdvertisePort = mc.BindPort
+	}
+	m.tr = newTransport(nt, self)
+	mc.Transport = m.tr
 	if m.keyring, err = newKeyring(cfg); err != nil {
 		return nil, fmt.Errorf("join: %w", err)
 	}
@@ -149,10 +166,11 @@ func Join(cfg Config, self Record) (*Membership, error) {
 
 	ml, err := memberlist.Create(mc)
 	if err != nil {
+		m.tr.Shutdown()
 		return nil, fmt.Errorf("join: start gossip on %s: %w", net.JoinHostPort(mc.BindAddr, strconv.Itoa(cfg.BindPort)), err)
 	}
 	m.ml = ml
-	m.seeds = joinTargets(cfg.Seeds, m.GossipAddr())
+	m.seeds = joinTargets(cfg.Seeds, m.GossipAddr(), netip.AddrPortFrom(cfg.BindAddr.Unmap(), uint16(mc.BindPort)))
 	m.log.Info("gossip started", "addr", m.GossipAddr(), "seeds", m.seeds)
 
 	m.wg.Add(1)
@@ -164,8 +182,34 @@ func Join(cfg Config, self Record) (*Membership, error) {
 	m.wg.Add(2)
 	go m.rejoinLoop(!joined)
 	go m.reconnectLoop()
+	if !self.Public.IsValid() {
+		m.wg.Add(1)
+		go m.natLoop(cfg.NATKeepalive)
+	}
 	return m, nil
 }
+
+// natLoop keeps this node's NAT mappings open and known to the peers of
+// other sites (transport.keepalive): every interval, and at once when the
+// live set changes (a new peer learns where this node is without waiting).
+func (m *Membership) natLoop(interval time.Duration) {
+	defer m.wg.Done()
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-tick.C:
+		case <-m.natKick:
+		}
+		m.tr.keepalive()
+	}
+}
+
+// SeenAt returns where gossip from node name was last seen coming from,
+// for a node of another site without a public address (transport.go).
+func (m *Membership) SeenAt(name string) (netip.AddrPort, bool) { return m.tr.Seen(name) }
 
 // GossipAddr is the address and port gossip actually bound and advertises.
 func (m *Membership) GossipAddr() netip.AddrPort {

@@ -26,9 +26,17 @@ const (
 	// CapRemoteChecksum: takes VXLAN frames with remote checksum offload
 	// (encap/vxlan: RCO) from weft peers.
 	CapRemoteChecksum uint32 = 1 << 2
+	// CapRelay: forwards pod traffic between two WireGuard peers that
+	// cannot reach each other (both without a public endpoint, in
+	// different sites) when both pick it as their relay (pipeline: relay).
+	CapRelay uint32 = 1 << 3
+	// CapGossipTag: takes gossip packets that carry the sender's name in
+	// front (peer: tagged transport), which is how peers learn the
+	// address a node behind NAT is seen at.
+	CapGossipTag uint32 = 1 << 4
 )
 
-// Codec bounds. They keep the worst-case encoding (274 bytes) well under
+// Codec bounds. They keep the worst-case encoding (291 bytes) well under
 // memberlist's MetaMaxSize (512), which memberlist enforces with a panic.
 const (
 	RecordVersion = 1  // first byte of every encoded record
@@ -60,8 +68,15 @@ type Record struct {
 	WGPublicKey [32]byte // WireGuard public key; all zero means none
 	WGPort      uint16   // WireGuard UDP port on the underlay address
 	Site        string   // site label; transport policy may encrypt across sites
-	Caps        uint32   // Cap* bits
-	Generation  uint64   // bumped by the owner on every change of its record
+	// Public is the node's public address, if it has one: where nodes of
+	// other sites reach it (a cloud's 1:1 NAT address, an override).
+	// Underlay is its internal address, bound and used inside its site;
+	// the ports are the same on both. Invalid means none: the node has
+	// no inbound path from other sites and is reached through the NAT
+	// mappings it keeps open, or through a relay.
+	Public     netip.Addr
+	Caps       uint32 // Cap* bits
+	Generation uint64 // bumped by the owner on every change of its record
 }
 
 // Equal reports whether r and o describe the same record. A nil and an
@@ -69,7 +84,7 @@ type Record struct {
 func (r Record) Equal(o Record) bool {
 	if r.Name != o.Name || r.Underlay != o.Underlay || r.VTEPMAC != o.VTEPMAC ||
 		r.WGPublicKey != o.WGPublicKey || r.WGPort != o.WGPort || r.Site != o.Site ||
-		r.Caps != o.Caps || r.Generation != o.Generation || len(r.PodCIDRs) != len(o.PodCIDRs) {
+		r.Caps != o.Caps || r.Generation != o.Generation || r.Public != o.Public || len(r.PodCIDRs) != len(o.PodCIDRs) {
 		return false
 	}
 	for i := range r.PodCIDRs {
@@ -105,6 +120,9 @@ func (r Record) Validate() error {
 	}
 	if r.Underlay.Port() == 0 {
 		return fmt.Errorf("record %s: zero underlay port", r.Name)
+	}
+	if a := r.Public; a.IsValid() && (a.Zone() != "" || a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() || a.Is4In6()) {
+		return fmt.Errorf("record %s: unusable public address %s", r.Name, a)
 	}
 	if len(r.PodCIDRs) > MaxPodCIDRs {
 		return fmt.Errorf("record %s: %d pod CIDRs, at most %d", r.Name, len(r.PodCIDRs), MaxPodCIDRs)
@@ -168,14 +186,22 @@ func checkLabel(what, s string, max int) error {
 //	  address      1+4|16  family 4 or 6; as given (masking is Validate's business)
 //	  bits         1       ≤ 32 or ≤ 128
 //	VTEP MAC       6
-//	flags          1     bit 0: WireGuard key follows; other bits zero
+//	flags          1     bit 0: WireGuard key follows; bit 1: public
+//	                     address follows; other bits zero
 //	WG public key  32    only with flag bit 0
+//	public addr    1+4|16 only with flag bit 1
 //	WG port        2
 //	caps           4
 //	generation     8
 //
 // A typical IPv4 node with one CIDR and a WireGuard key is under 100 bytes.
-const flagWGKey = 1 << 0
+// Flag bit 1 came with public addresses: a daemon from before refuses a
+// record that sets it (unknown flag), so in a cluster mid-upgrade give
+// nodes a public address only once every node runs a version that knows it.
+const (
+	flagWGKey  = 1 << 0
+	flagPublic = 1 << 1
+)
 
 // Size returns the length of r's encoding.
 func (r *Record) Size() int {
@@ -186,6 +212,9 @@ func (r *Record) Size() int {
 	n += 6 + 1 + 2 + 4 + 8
 	if r.HasWGKey() {
 		n += 32
+	}
+	if r.Public.IsValid() {
+		n += addrLen(r.Public)
 	}
 	return n
 }
@@ -220,8 +249,8 @@ func (r *Record) AppendBinary(b []byte) ([]byte, error) {
 	if len(r.PodCIDRs) > MaxPodCIDRs {
 		return b, fmt.Errorf("encode record %s: %d pod CIDRs, at most %d", r.Name, len(r.PodCIDRs), MaxPodCIDRs)
 	}
-	if r.Underlay.Addr().Zone() != "" {
-		return b, fmt.Errorf("encode record %s: underlay address %s has a zone", r.Name, r.Underlay.Addr())
+	if r.Underlay.Addr().Zone() != "" || r.Public.Zone() != "" {
+		return b, fmt.Errorf("encode record %s: underlay address %s or public address %s has a zone", r.Name, r.Underlay.Addr(), r.Public)
 	}
 	for _, p := range r.PodCIDRs {
 		if !p.IsValid() || p.Addr().Zone() != "" {
@@ -242,11 +271,19 @@ func (r *Record) AppendBinary(b []byte) ([]byte, error) {
 		b = append(b, byte(p.Bits()))
 	}
 	b = append(b, r.VTEPMAC[:]...)
+	var flags byte
 	if r.HasWGKey() {
-		b = append(b, flagWGKey)
+		flags |= flagWGKey
+	}
+	if r.Public.IsValid() {
+		flags |= flagPublic
+	}
+	b = append(b, flags)
+	if r.HasWGKey() {
 		b = append(b, r.WGPublicKey[:]...)
-	} else {
-		b = append(b, 0)
+	}
+	if r.Public.IsValid() {
+		b = appendAddr(b, r.Public)
 	}
 	b = binary.BigEndian.AppendUint16(b, r.WGPort)
 	b = binary.BigEndian.AppendUint32(b, r.Caps)
@@ -308,11 +345,16 @@ func (r *Record) UnmarshalBinary(b []byte) error {
 	}
 	copy(out.VTEPMAC[:], d.bytes(6))
 	flags := d.u8()
-	if d.err == nil && flags&^flagWGKey != 0 {
+	if d.err == nil && flags&^(flagWGKey|flagPublic) != 0 {
 		return fmt.Errorf("decode record %q: unknown flags %#x", out.Name, flags)
 	}
 	if flags&flagWGKey != 0 {
 		copy(out.WGPublicKey[:], d.bytes(32))
+	}
+	if flags&flagPublic != 0 {
+		if out.Public = d.addr("public address"); d.err == nil && !out.Public.IsValid() {
+			return fmt.Errorf("decode record %q: public address flag without an address", out.Name)
+		}
 	}
 	out.WGPort = d.u16()
 	out.Caps = d.u32()

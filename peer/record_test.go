@@ -36,7 +36,10 @@ func TestRecordRoundTrip(t *testing.T) {
 		Site:        strings.Repeat("s", MaxSiteLen),
 		Caps:        CapVXLAN | CapWireGuard | 1<<31,
 		Generation:  ^uint64(0),
+		Public:      netip.MustParseAddr("2001:db8:ffff::1"),
 	}
+	public := testRecord()
+	public.Public = netip.MustParseAddr("203.0.113.11")
 	wg := testRecord()
 	wg.WGPublicKey = key
 	wg.WGPort = 51820
@@ -51,6 +54,7 @@ func TestRecordRoundTrip(t *testing.T) {
 	}{
 		{"typical", testRecord(), true},
 		{"wireguard", wg, true},
+		{"public address", public, true},
 		{"dual stack", dual, true},
 		{"max sizes", full, true},
 		{"zero", Record{}, false},
@@ -98,6 +102,7 @@ func TestRecordSize(t *testing.T) {
 		worst.PodCIDRs = append(worst.PodCIDRs, netip.MustParsePrefix("2001:db8::/128"))
 	}
 	worst.WGPublicKey[0] = 1
+	worst.Public = netip.MustParseAddr("2001:db8::2")
 	b, err := worst.MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
@@ -161,7 +166,10 @@ func TestRecordUnmarshalMalformed(t *testing.T) {
 		{"cidr count past end", append(bytes.Clone(good[:17]), 1), io.ErrShortBuffer, ""},
 		{"cidr without address", with(18, 0), nil, "no address"},
 		{"v4 prefix length 33", with(23, 33), nil, "bad prefix length 33"},
-		{"unknown flags", with(30, 0x83), nil, "unknown flags"},
+		{"unknown flags", with(30, 0x87), nil, "unknown flags"},
+		// Flag bit 1 with the WireGuard port's first byte (0) read as
+		// the public address family.
+		{"public flag without address", with(30, flagWGKey|flagPublic), nil, "public address flag without an address"},
 		{"trailing byte", append(bytes.Clone(good), 0), nil, "1 trailing bytes"},
 		{"oversized", make([]byte, MaxRecordSize+1), nil, "at most 512"},
 	}
@@ -195,22 +203,25 @@ func TestRecordUnmarshalMalformed(t *testing.T) {
 func TestRecordValidate(t *testing.T) {
 	mod := func(f func(*Record)) Record { r := testRecord(); f(&r); return r }
 	bad := map[string]Record{
-		"empty name":        mod(func(r *Record) { r.Name = "" }),
-		"control char":      mod(func(r *Record) { r.Name = "a\nb" }),
-		"not utf8":          mod(func(r *Record) { r.Site = "\xff" }),
-		"long name":         mod(func(r *Record) { r.Name = strings.Repeat("a", 64) }),
-		"no underlay":       mod(func(r *Record) { r.Underlay = netip.AddrPort{} }),
-		"unspecified":       mod(func(r *Record) { r.Underlay = netip.MustParseAddrPort("0.0.0.0:4789") }),
-		"multicast":         mod(func(r *Record) { r.Underlay = netip.MustParseAddrPort("239.1.1.1:4789") }),
-		"zero port":         mod(func(r *Record) { r.Underlay = netip.MustParseAddrPort("192.0.2.11:0") }),
-		"invalid cidr":      mod(func(r *Record) { r.PodCIDRs = []netip.Prefix{{}} }),
-		"unmasked cidr":     mod(func(r *Record) { r.PodCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.1.1/24")} }),
-		"4in6 cidr":         mod(func(r *Record) { r.PodCIDRs = []netip.Prefix{netip.MustParsePrefix("::ffff:10.244.1.0/120")} }),
-		"too many cidrs":    mod(func(r *Record) { r.PodCIDRs = make([]netip.Prefix, 5) }),
-		"vxlan without mac": mod(func(r *Record) { r.VTEPMAC = [6]byte{} }),
-		"multicast mac":     mod(func(r *Record) { r.VTEPMAC[0] = 1 }),
-		"wg without key":    mod(func(r *Record) { r.Caps |= CapWireGuard; r.WGPort = 51820 }),
-		"wg without port":   mod(func(r *Record) { r.Caps |= CapWireGuard; r.WGPublicKey[0] = 1 }),
+		"empty name":         mod(func(r *Record) { r.Name = "" }),
+		"control char":       mod(func(r *Record) { r.Name = "a\nb" }),
+		"not utf8":           mod(func(r *Record) { r.Site = "\xff" }),
+		"long name":          mod(func(r *Record) { r.Name = strings.Repeat("a", 64) }),
+		"no underlay":        mod(func(r *Record) { r.Underlay = netip.AddrPort{} }),
+		"unspecified":        mod(func(r *Record) { r.Underlay = netip.MustParseAddrPort("0.0.0.0:4789") }),
+		"multicast":          mod(func(r *Record) { r.Underlay = netip.MustParseAddrPort("239.1.1.1:4789") }),
+		"zero port":          mod(func(r *Record) { r.Underlay = netip.MustParseAddrPort("192.0.2.11:0") }),
+		"invalid cidr":       mod(func(r *Record) { r.PodCIDRs = []netip.Prefix{{}} }),
+		"unmasked cidr":      mod(func(r *Record) { r.PodCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.1.1/24")} }),
+		"4in6 cidr":          mod(func(r *Record) { r.PodCIDRs = []netip.Prefix{netip.MustParsePrefix("::ffff:10.244.1.0/120")} }),
+		"too many cidrs":     mod(func(r *Record) { r.PodCIDRs = make([]netip.Prefix, 5) }),
+		"vxlan without mac":  mod(func(r *Record) { r.VTEPMAC = [6]byte{} }),
+		"multicast mac":      mod(func(r *Record) { r.VTEPMAC[0] = 1 }),
+		"wg without key":     mod(func(r *Record) { r.Caps |= CapWireGuard; r.WGPort = 51820 }),
+		"wg without port":    mod(func(r *Record) { r.Caps |= CapWireGuard; r.WGPublicKey[0] = 1 }),
+		"public unspecified": mod(func(r *Record) { r.Public = netip.IPv4Unspecified() }),
+		"public loopback":    mod(func(r *Record) { r.Public = netip.MustParseAddr("127.0.0.1") }),
+		"public 4in6":        mod(func(r *Record) { r.Public = netip.MustParseAddr("::ffff:203.0.113.1") }),
 	}
 	for name, r := range bad {
 		if err := r.Validate(); err == nil {
@@ -237,7 +248,7 @@ func TestRecordUnmarshalAllocs(t *testing.T) {
 }
 
 func FuzzRecordUnmarshal(f *testing.F) {
-	for _, r := range []Record{testRecord(), {}, {Name: "x", Underlay: netip.MustParseAddrPort("[2001:db8::2]:8472"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("fd00::/64")}, WGPublicKey: [32]byte{1}}} {
+	for _, r := range []Record{testRecord(), {}, {Name: "x", Underlay: netip.MustParseAddrPort("[2001:db8::2]:8472"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("fd00::/64")}, WGPublicKey: [32]byte{1}}, {Name: "p", Underlay: netip.MustParseAddrPort("192.0.2.11:4789"), Public: netip.MustParseAddr("203.0.113.11")}} {
 		b, err := r.MarshalBinary()
 		if err != nil {
 			f.Fatal(err)

@@ -17,23 +17,26 @@ import (
 )
 
 // joinTargets turns seed entries into host:port strings for memberlist,
-// dropping our own address. Hostnames are kept as given; memberlist
+// dropping our own addresses (the advertised one first, whose port a seed
+// without one gets, and the bound one). Hostnames are kept as given; memberlist
 // resolves them on every attempt, so DNS seeds may appear later.
-func joinTargets(seeds []string, self netip.AddrPort) []string {
+func joinTargets(seeds []string, self ...netip.AddrPort) []string {
 	var out []string
 	for _, s := range seeds {
 		s = strings.TrimSpace(s)
 		if s == "" {
 			continue
 		}
-		host, port := s, strconv.Itoa(int(self.Port()))
+		host, port := s, strconv.Itoa(int(self[0].Port()))
 		if h, p, err := net.SplitHostPort(s); err == nil {
 			host, port = h, p
 		} else {
 			host = strings.Trim(s, "[]") // a bare IPv6 address, possibly bracketed
 		}
 		hp := net.JoinHostPort(host, port)
-		if a, err := netip.ParseAddr(host); err == nil && a.Unmap() == self.Addr().Unmap() && port == strconv.Itoa(int(self.Port())) {
+		if a, err := netip.ParseAddr(host); err == nil && slices.ContainsFunc(self, func(me netip.AddrPort) bool {
+			return a.Unmap() == me.Addr().Unmap() && port == strconv.Itoa(int(me.Port()))
+		}) {
 			continue
 		}
 		if !slices.Contains(out, hp) {

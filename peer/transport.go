@@ -1,0 +1,272 @@
+package peer
+
+// Gossip across NAT. memberlist knows one address per node; weft's nodes
+// have up to two (Record.Underlay, internal, and Record.Public) and some
+// have no address another site can reach at all. transport wraps
+// memberlist's NetTransport and picks, per packet and per connection, the
+// address that works from here:
+//
+//   - a node of our own site: its internal address (Record.Underlay,
+//     which weftd binds gossip to as well);
+//   - a node of another site with a public address: that address, which
+//     is what it advertises;
+//   - a node of another site without one: the address its gossip packets
+//     were last seen coming from (the NAT mapping it keeps open), if that
+//     is fresh;
+//   - otherwise, or for a node we have no record of yet (seeds): the
+//     address memberlist has, which is what the node advertises (its
+//     public address if it has one, else its internal one).
+//
+// To learn where a node behind NAT is seen, every packet to a peer that
+// takes it (CapGossipTag) starts with a tag naming the sender; the
+// receiver notes (name, source address) and hands memberlist the rest. A
+// node without a public address also sends a bare tag to every peer of
+// another site that has one, every Config.NATKeepalive: that keeps its
+// NAT's mappings open (a conntrack UDP mapping lives 30 s unreplied) and
+// tells the peer where to send. Peers of another site without a public
+// address cannot be reached from here; memberlist's indirect probes
+// (through the nodes that can reach both) keep them alive in our view,
+// and their gossip reaches us through others.
+//
+// Tags are not authenticated (memberlist's encryption covers only what
+// follows): a forged tag can make a peer send gossip for a node behind NAT
+// to the forger, which can read nothing of it and only delays that node's
+// news until its next keepalive corrects the address. Only nodes without
+// a public address are ever reached at a learned address.
+//
+// Streams (push/pull, joins) go to the same resolved address. A node
+// behind NAT cannot be dialled; its own push/pulls, which it dials, carry
+// state both ways.
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// tagMsg starts a tagged gossip packet: the byte, the sender's name length
+// (1..MaxNameLen), the name, then memberlist's packet (empty for a
+// keepalive). memberlist's own packets start with a message type below 32
+// or its label marker (244), so the first byte tells them apart.
+const tagMsg = 0xf7
+
+// seenTTL is how long a learned address is used: several keepalive
+// intervals, and well under the 120 s a conntrack mapping with replies
+// lives, after which the node's next packet sets it again.
+const seenTTL = 2 * time.Minute
+
+// transport is the memberlist transport weft runs with (see above).
+type transport struct {
+	*memberlist.NetTransport
+	self    Record
+	packets chan *memberlist.Packet
+	stop    chan struct{}
+	done    chan struct{}
+
+	// peers is the latest directory (Membership.run stores it): the
+	// records the resolver and the tagger read, by name.
+	peers atomic.Pointer[map[string]Peer]
+
+	seenMu sync.Mutex
+	seen   map[string]seenAddr
+
+	nTagged, nBadTag, nKeepalive atomic.Uint64
+}
+
+type seenAddr struct {
+	addr netip.AddrPort
+	at   time.Time
+}
+
+func newTransport(nt *memberlist.NetTransport, self Record) *transport {
+	t := &transport{
+		NetTransport: nt,
+		self:         self,
+		packets:      make(chan *memberlist.Packet),
+		stop:         make(chan struct{}),
+		done:         make(chan struct{}),
+		seen:         make(map[string]seenAddr),
+	}
+	empty := map[string]Peer{}
+	t.peers.Store(&empty)
+	go t.receive()
+	return t
+}
+
+// setPeers replaces the directory the resolver reads.
+func (t *transport) setPeers(all []Peer) {
+	m := make(map[string]Peer, len(all))
+	for _, p := range all {
+		m[p.Record.Name] = p
+	}
+	t.peers.Store(&m)
+}
+
+// receive strips tags off inbound packets, noting where their senders are
+// seen, and passes memberlist the rest.
+func (t *transport) receive() {
+	defer close(t.done)
+	in := t.NetTransport.PacketCh()
+	for {
+		var p *memberlist.Packet
+		select {
+		case p = <-in:
+		case <-t.stop:
+			return
+		}
+		if len(p.Buf) > 0 && p.Buf[0] == tagMsg {
+			name, rest, err := parseTag(p.Buf)
+			if err != nil {
+				t.nBadTag.Add(1)
+				continue
+			}
+			t.note(name, p.From, p.Timestamp)
+			if len(rest) == 0 {
+				continue // a keepalive
+			}
+			p.Buf = rest
+		}
+		select {
+		case t.packets <- p:
+		case <-t.stop:
+			return
+		}
+	}
+}
+
+// parseTag splits a tagged packet into the sender's name and the rest.
+func parseTag(b []byte) (string, []byte, error) {
+	if len(b) < 2 || b[0] != tagMsg {
+		return "", nil, fmt.Errorf("gossip tag: short packet")
+	}
+	n := int(b[1])
+	if n == 0 || n > MaxNameLen || len(b) < 2+n {
+		return "", nil, fmt.Errorf("gossip tag: name length %d in %d bytes", n, len(b))
+	}
+	name := string(b[2 : 2+n])
+	if err := checkLabel("name", name, MaxNameLen); err != nil {
+		return "", nil, fmt.Errorf("gossip tag: %w", err)
+	}
+	return name, b[2+n:], nil
+}
+
+// appendTag appends the tag of name to b.
+func appendTag(b []byte, name string) []byte {
+	return append(append(append(b, tagMsg), byte(len(name))), name...)
+}
+
+func (t *transport) note(name string, from net.Addr, at time.Time) {
+	if name == t.self.Name {
+		return
+	}
+	ua, ok := from.(*net.UDPAddr)
+	if !ok {
+		return
+	}
+	a, ok := netip.AddrFromSlice(ua.IP)
+	if !ok {
+		return
+	}
+	t.nTagged.Add(1)
+	t.seenMu.Lock()
+	t.seen[name] = seenAddr{addr: netip.AddrPortFrom(a.Unmap(), uint16(ua.Port)), at: at}
+	t.seenMu.Unlock()
+}
+
+// Seen returns where node name's gossip was last seen coming from, if
+// within seenTTL.
+func (t *transport) Seen(name string) (netip.AddrPort, bool) {
+	t.seenMu.Lock()
+	s, ok := t.seen[name]
+	t.seenMu.Unlock()
+	if !ok || time.Since(s.at) > seenTTL {
+		return netip.AddrPort{}, false
+	}
+	return s.addr, true
+}
+
+// resolve returns the address to reach a at (see the file's note) and
+// whether the node takes tagged packets.
+func (t *transport) resolve(a memberlist.Address) (string, bool) {
+	if a.Name == "" {
+		return a.Addr, false
+	}
+	p, ok := (*t.peers.Load())[a.Name]
+	if !ok {
+		return a.Addr, false
+	}
+	r := p.Record
+	tagged := r.Caps&CapGossipTag != 0
+	switch {
+	case r.Site == t.self.Site:
+		// memberlist has the advertised address: the public one, if the
+		// node has one; inside the site its internal one is the bound
+		// one, which weftd makes the underlay address.
+		host, port, err := net.SplitHostPort(a.Addr)
+		if err == nil && r.Public.IsValid() && host == r.Public.String() {
+			return net.JoinHostPort(r.Underlay.Addr().String(), port), tagged
+		}
+	case !r.Public.IsValid():
+		if s, ok := t.Seen(a.Name); ok {
+			return s.String(), tagged
+		}
+	}
+	return a.Addr, tagged
+}
+
+// WriteToAddress sends b to a at the resolved address, tagged if the node
+// takes tags.
+func (t *transport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
+	addr, tagged := t.resolve(a)
+	if tagged {
+		b = append(appendTag(make([]byte, 0, 2+len(t.self.Name)+len(b)), t.self.Name), b...)
+	}
+	return t.NetTransport.WriteTo(b, addr)
+}
+
+// DialAddressTimeout dials a at the resolved address.
+func (t *transport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
+	addr, _ := t.resolve(a)
+	return t.NetTransport.DialTimeout(addr, timeout)
+}
+
+// PacketCh delivers inbound packets, tags stripped.
+func (t *transport) PacketCh() <-chan *memberlist.Packet { return t.packets }
+
+// keepalive sends a bare tag to every live peer of another site that has
+// a public address and takes tags: a node without a public address calls
+// it every Config.NATKeepalive (Membership.natLoop).
+func (t *transport) keepalive() {
+	tag := appendTag(nil, t.self.Name)
+	for _, p := range *t.peers.Load() {
+		r := p.Record
+		if p.State != StateAlive || r.Site == t.self.Site || !r.Public.IsValid() || r.Caps&CapGossipTag == 0 {
+			continue
+		}
+		port := int(p.gossipAddr.Port())
+		if port == 0 {
+			continue
+		}
+		if _, err := t.NetTransport.WriteTo(tag, net.JoinHostPort(r.Public.String(), strconv.Itoa(port))); err == nil {
+			t.nKeepalive.Add(1)
+		}
+	}
+}
+
+// Shutdown stops the receive loop, then memberlist's transport.
+func (t *transport) Shutdown() error {
+	err := t.NetTransport.Shutdown()
+	select {
+	case <-t.stop:
+	default:
+		close(t.stop)
+	}
+	<-t.done
+	return err
+}
