@@ -76,15 +76,26 @@ type Config struct {
 
 // Peer is one WireGuard peer as the router wants it.
 type Peer struct {
-	PublicKey  wgtypes.Key
+	PublicKey wgtypes.Key
+	// Endpoint is where to send; invalid means none known: the device
+	// waits for the peer's handshake and answers where it came from
+	// (a peer behind NAT, which keeps its mapping open with
+	// PersistentKeepalive). SetPeers writes an endpoint only when it
+	// changes here, so one the device learned from the peer's packets
+	// (WireGuard's roaming) is never overwritten by the same stale one.
 	Endpoint   netip.AddrPort
 	AllowedIPs []netip.Prefix
-	// Keepalive turns on the persistent keepalive (keepaliveSeconds) when
-	// the peer is added: for weft peers, whose gossiped presence says
-	// their device is up. A static peer may not be ready when it is
-	// configured; a handshake started then would go unanswered and hold
-	// its first packets until wireguard-go's 5 s retry.
+	// Keepalive sends a keepalive when the peer is added, which starts a
+	// handshake (see keepaliveSeconds): for weft peers, whose gossiped
+	// presence says their device is up. A static peer may not be ready
+	// when it is configured; a handshake started then would go unanswered
+	// and hold its first packets until wireguard-go's 5 s retry.
 	Keepalive bool
+	// PersistentKeepalive keeps sending one every keepaliveSeconds: where
+	// this node is behind NAT and the peer is not, so that the NAT's
+	// mapping stays open for the peer's packets. Elsewhere the keepalive
+	// stops after the first.
+	PersistentKeepalive bool
 	// Standby keeps the peer as the device has it, if it has it, and adds
 	// nothing otherwise: a peer gossip declared dead, not removed at once
 	// so that its first handshake after a restart finds this device ready
@@ -205,6 +216,9 @@ func (d *Device) SetListenPort(p uint16) error {
 type PeerStats struct {
 	LastHandshake    time.Time // zero: none yet
 	RxBytes, TxBytes uint64
+	// Endpoint is where the device sends to the peer now: the configured
+	// one, or the one it learned from the peer's packets; invalid if none.
+	Endpoint netip.AddrPort
 }
 
 // Stats returns every configured peer's counters, read through the UAPI
@@ -253,6 +267,8 @@ func parseStats(text string) map[wgtypes.Key]PeerStats {
 			sec, _ = strconv.ParseInt(v, 10, 64)
 		case "last_handshake_time_nsec":
 			nsec, _ = strconv.ParseInt(v, 10, 64)
+		case "endpoint":
+			st.Endpoint, _ = netip.ParseAddrPort(v)
 		case "rx_bytes":
 			st.RxBytes, _ = strconv.ParseUint(v, 10, 64)
 		case "tx_bytes":
@@ -307,19 +323,31 @@ func (d *Device) SetPeers(peers []Peer) error {
 		}
 	}
 	ours := d.key.PublicKey()
-	var later []wgtypes.Key
+	var later, kicked []wgtypes.Key
 	for k, p := range want {
 		old, known := d.applied[k]
-		if known && old.Endpoint == p.Endpoint && slices.Equal(old.AllowedIPs, p.AllowedIPs) {
+		if known && old.Endpoint == p.Endpoint && slices.Equal(old.AllowedIPs, p.AllowedIPs) && old.PersistentKeepalive == p.PersistentKeepalive {
 			continue
 		}
-		fmt.Fprintf(&b, "public_key=%s\nendpoint=%s\nreplace_allowed_ips=true\n", hexKey(k), p.Endpoint)
-		if !known && p.Keepalive {
+		fmt.Fprintf(&b, "public_key=%s\n", hexKey(k))
+		if p.Endpoint.IsValid() && (!known || old.Endpoint != p.Endpoint) {
+			fmt.Fprintf(&b, "endpoint=%s\n", p.Endpoint)
+		}
+		b.WriteString("replace_allowed_ips=true\n")
+		switch {
+		case !known && p.Keepalive:
 			if d.resuming || bytes.Compare(ours[:], k[:]) > 0 {
 				fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", keepaliveSeconds)
+				if !p.PersistentKeepalive {
+					kicked = append(kicked, k)
+				}
 			} else {
 				later = append(later, k)
 			}
+		case !known && p.PersistentKeepalive, known && p.PersistentKeepalive && !old.PersistentKeepalive:
+			fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", keepaliveSeconds)
+		case known && !p.PersistentKeepalive && old.PersistentKeepalive:
+			b.WriteString("persistent_keepalive_interval=0\n")
 		}
 		for _, a := range p.AllowedIPs {
 			fmt.Fprintf(&b, "allowed_ip=%s\n", a.Masked())
@@ -333,10 +361,29 @@ func (d *Device) SetPeers(peers []Peer) error {
 		return fmt.Errorf("configure wireguard peers: %w", err)
 	}
 	d.applied = want
+	// A keepalive that only had to start a handshake stops after the
+	// first one: turning the interval on sent it (the interval must be
+	// set apart from turning it off again, or wireguard-go sees no
+	// change from off and sends nothing).
+	d.stopKeepalives(kicked)
 	for _, k := range later {
 		time.AfterFunc(keepaliveDelay, func() { d.startKeepalive(k) })
 	}
 	return nil
+}
+
+// stopKeepalives turns the persistent keepalive of peers ks off.
+func (d *Device) stopKeepalives(ks []wgtypes.Key) {
+	var b strings.Builder
+	for _, k := range ks {
+		fmt.Fprintf(&b, "public_key=%s\nupdate_only=true\npersistent_keepalive_interval=0\n", hexKey(k))
+	}
+	if b.Len() == 0 {
+		return
+	}
+	if err := d.dev.IpcSet(b.String()); err != nil {
+		d.log.Debug("keepalive not stopped", "err", err)
+	}
 }
 
 // startKeepalive turns on the keepalive of peer k (see keepaliveSeconds),
@@ -349,6 +396,10 @@ func (d *Device) startKeepalive(k wgtypes.Key) {
 	}
 	if err := d.dev.IpcSet(fmt.Sprintf("public_key=%s\nupdate_only=true\npersistent_keepalive_interval=%d\n", hexKey(k), keepaliveSeconds)); err != nil {
 		d.log.Debug("keepalive not set", "err", err)
+		return
+	}
+	if !d.applied[k].PersistentKeepalive {
+		d.stopKeepalives([]wgtypes.Key{k})
 	}
 }
 

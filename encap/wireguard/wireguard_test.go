@@ -191,6 +191,89 @@ func TestKeepalivePeersHandshakeUnprompted(t *testing.T) {
 	if handshook(quiet) || handshook(other) {
 		t.Error("peers without Keepalive handshook with no traffic")
 	}
+	// The keepalive only started the handshake: it is off again (a NAT
+	// needs no mapping between these two), on both the device that sent
+	// it at once and the one that sent it keepaliveDelay later.
+	time.Sleep(2 * keepaliveDelay)
+	for _, n := range []*node{a, b} {
+		if cfg, _ := n.dev.dev.IpcGet(); !strings.Contains(cfg, "persistent_keepalive_interval=0") {
+			t.Fatalf("keepalive still on after the handshake:\n%s", cfg)
+		}
+	}
+	// PersistentKeepalive (a node behind NAT) keeps it, and turning it
+	// off and on again by SetPeers takes effect on the peer as it is.
+	pb.PersistentKeepalive = true
+	if err := a.dev.SetPeers([]Peer{pb}); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, _ := a.dev.dev.IpcGet(); !strings.Contains(cfg, fmt.Sprintf("persistent_keepalive_interval=%d", keepaliveSeconds)) {
+		t.Fatalf("PersistentKeepalive not applied:\n%s", cfg)
+	}
+	if !handshook(a) {
+		t.Fatal("the change of keepalive reset the session")
+	}
+}
+
+// TestLearnedEndpointKept: a peer configured without an endpoint (behind
+// NAT, reached where its handshake came from) keeps the endpoint the
+// device learned across later SetPeers calls that change its allowed IPs.
+func TestLearnedEndpointKept(t *testing.T) {
+	prereqtest.Root(t) // the UAPI socket lives in /var/run/wireguard
+	pub, natted := newNode(t, "10.244.1.0/24"), newNode(t, "10.244.2.0/24")
+	toNatted := natted.asPeer()
+	toNatted.Endpoint = netip.AddrPort{}
+	if err := pub.dev.SetPeers([]Peer{toNatted}); err != nil {
+		t.Fatal(err)
+	}
+	toPub := pub.asPeer()
+	toPub.Keepalive, toPub.PersistentKeepalive = true, true
+	if err := natted.dev.SetPeers([]Peer{toPub}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(2 * time.Second); !handshook(pub); {
+		if time.Now().After(deadline) {
+			t.Fatal("the peer behind NAT did not handshake")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	learned := endpointOf(t, pub, toNatted.PublicKey)
+	if learned == "" {
+		t.Fatal("no endpoint learned from the handshake")
+	}
+	toNatted.AllowedIPs = append(toNatted.AllowedIPs, netip.MustParsePrefix("10.244.9.0/24")) // a relayed CIDR
+	if err := pub.dev.SetPeers([]Peer{toNatted}); err != nil {
+		t.Fatal(err)
+	}
+	if got := endpointOf(t, pub, toNatted.PublicKey); got != learned {
+		t.Fatalf("endpoint after SetPeers = %q, want the learned %q", got, learned)
+	}
+	pkt := ipv4("10.244.1.2", "10.244.2.2", "to the learned endpoint")
+	pub.tun.Outbound <- pkt
+	if got := receive(t, natted); !bytes.Equal(got, pkt) {
+		t.Fatalf("decrypted % x, want % x", got, pkt)
+	}
+}
+
+// endpointOf is the endpoint n's device has for peer k ("" if none).
+func endpointOf(t *testing.T, n *node, k wgtypes.Key) string {
+	t.Helper()
+	cfg, err := n.dev.dev.IpcGet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := false
+	for _, line := range strings.Split(cfg, "\n") {
+		key, v, _ := strings.Cut(line, "=")
+		switch key {
+		case "public_key":
+			in = v == hexKey(k)
+		case "endpoint":
+			if in {
+				return v
+			}
+		}
+	}
+	return ""
 }
 
 // TestStandbyPeerAnswersARestartedDevice: b's device stops (a weftd
@@ -241,6 +324,7 @@ func TestStandbyPeerAnswersARestartedDevice(t *testing.T) {
 	defer b2.dev.Close()
 	b2.dev.SetDivert(func([][]byte, []int, int) {})
 	began := time.Now()
+	pa.PersistentKeepalive = true // so the interval shows in the config below
 	if err := b2.dev.SetPeers([]Peer{pa}); err != nil {
 		t.Fatal(err)
 	}
@@ -277,10 +361,10 @@ func TestParseStats(t *testing.T) {
 	if len(got) != 2 {
 		t.Fatalf("%d peers, want 2: %+v", len(got), got)
 	}
-	if s := got[p1]; !s.LastHandshake.Equal(time.Unix(1700000000, 5)) || s.TxBytes != 10 || s.RxBytes != 20 {
+	if s := got[p1]; !s.LastHandshake.Equal(time.Unix(1700000000, 5)) || s.TxBytes != 10 || s.RxBytes != 20 || s.Endpoint != netip.MustParseAddrPort("192.0.2.1:51820") {
 		t.Errorf("peer 1: %+v", s)
 	}
-	if s := got[p2]; !s.LastHandshake.IsZero() || s.TxBytes != 0 || s.RxBytes != 7 {
+	if s := got[p2]; !s.LastHandshake.IsZero() || s.TxBytes != 0 || s.RxBytes != 7 || s.Endpoint.IsValid() {
 		t.Errorf("peer 2: %+v", s)
 	}
 }
