@@ -74,6 +74,13 @@ func ConfigureHost(c HostConfig) error {
 	if err := writeSysctl("net/ipv4/conf/"+c.TUN+"/rp_filter", "2"); err != nil {
 		return err
 	}
+	// A relay (a node that carries traffic between two peers behind NAT)
+	// turns packets around on the TUN: in from one peer, out to the other.
+	// The kernel would answer each with an ICMP redirect toward the
+	// sender's pod, which has no better route to take.
+	if err := writeSysctl("net/ipv4/conf/"+c.TUN+"/send_redirects", "0"); err != nil {
+		return err
+	}
 	// weftd writes ICMP "fragmentation needed" into the TUN from the
 	// gateway address, which is local; without accept_local the kernel
 	// drops those as martians and the pod never learns the path MTU.

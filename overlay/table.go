@@ -34,6 +34,10 @@ type Peer struct {
 	// Standby: not routed; a WireGuard peer stays on the device as it is
 	// (wireguard.Peer.Standby).
 	Standby bool
+	// Relayed names the peers whose pod CIDRs this peer carries for this
+	// node (they are in PodCIDRs too): nodes it cannot reach itself, for
+	// status.
+	Relayed []string
 }
 
 // peerEntry is a Peer plus what the packet path needs precomputed.
@@ -114,7 +118,13 @@ func newTable(entries []*peerEntry) *table {
 	}
 	for _, e := range entries {
 		e.pods = newPrefixSet(e.PodCIDRs)
-		t.byUnderlay[e.Underlay.Addr().Unmap()] = e
+		// Across sites two peers may share an address (overlapping
+		// private ranges; a WireGuard peer reached only where its packets
+		// come from is listed at its internal one): the VXLAN peer keeps
+		// the address, since only VXLAN is received by it.
+		if k := e.Underlay.Addr().Unmap(); t.byUnderlay[k] == nil || e.Transport == TransportVXLAN {
+			t.byUnderlay[k] = e
+		}
 		for _, c := range e.PodCIDRs {
 			c = c.Masked()
 			t.routes[c] = e

@@ -47,7 +47,7 @@ func runStatus(args []string) error {
 
 func printStatus(st control.Status) {
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "NAME\tSITE\tUNDERLAY\tPOD CIDRS\tTRANSPORT\tSTATE\tLAST SEEN")
+	fmt.Fprintln(w, "NAME\tSITE\tUNDERLAY\tPUBLIC\tPOD CIDRS\tTRANSPORT\tPATH\tSTATE\tLAST SEEN")
 	row := func(n control.Node, self bool) {
 		name := n.Name
 		if self {
@@ -57,7 +57,7 @@ func printStatus(st control.Status) {
 		if !n.LastSeen.IsZero() {
 			seen = time.Since(n.LastSeen).Truncate(time.Second).String() + " ago"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, orDash(n.Site), n.UnderlayAddr, strings.Join(n.PodCIDRs, ","), n.Transport, n.State, seen)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, orDash(n.Site), n.UnderlayAddr, orDash(n.PublicAddr), strings.Join(n.PodCIDRs, ","), n.Transport, orDash(n.Path), n.State, seen)
 	}
 	row(st.Self, true)
 	for _, p := range st.Peers {

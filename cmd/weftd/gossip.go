@@ -104,7 +104,8 @@ func (c config) selfRecord(wg *wireguard.Device) peer.Record {
 		Underlay:   netip.AddrPortFrom(c.UnderlayAddr, uint16(c.VXLANPort)),
 		VTEPMAC:    c.VTEPMAC,
 		Site:       c.Site,
-		Caps:       c.vxlanCaps(),
+		Public:     c.PublicAddr,
+		Caps:       c.vxlanCaps() | peer.CapRelay | peer.CapGossipTag,
 		Generation: uint64(time.Now().UnixNano()),
 	}
 	if c.PodCIDR.IsValid() {

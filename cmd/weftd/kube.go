@@ -155,6 +155,9 @@ func startKube(ctx context.Context, c *config, log *slog.Logger, healthLn net.Li
 			return fail(fmt.Errorf("--underlay-addr not given, Node %s has no InternalIP, and none found: %w", c.Name, err))
 		}
 	}
+	if c.PublicAddr, err = publicOf(*c, self); err != nil {
+		return fail(err)
+	}
 	if c.VTEPMAC == ([6]byte{}) {
 		c.VTEPMAC = macFromAddr(gatewayOf(pod))
 	}
@@ -169,8 +172,28 @@ func startKube(ctx context.Context, c *config, log *slog.Logger, healthLn net.Li
 	}
 	seeds := k.nodes.Snapshot().Seeds(c.Name, c.GossipPort)
 	c.Seeds = append(c.Seeds, seeds...)
-	k.log.Info("Kubernetes mode", "node", c.Name, "podCIDR", pod, "underlay", c.UnderlayAddr, "site", c.Site, "seeds", seeds)
+	k.log.Info("Kubernetes mode", "node", c.Name, "podCIDR", pod, "underlay", c.UnderlayAddr, "public", c.PublicAddr, "site", c.Site, "seeds", seeds)
 	return ctx, k, nil
+}
+
+// publicOf is this node's public address in Kubernetes mode: the Node's
+// weft.dev/public-addr annotation ("none": no public address), else
+// --public-addr, else the Node's ExternalIP, else none (README: Across
+// clouds and NAT).
+func publicOf(c config, self peerkube.Self) (netip.Addr, error) {
+	switch {
+	case self.PublicOverride == "none":
+		return netip.Addr{}, nil
+	case self.PublicOverride != "":
+		a, err := parsePublic(self.PublicOverride)
+		if err != nil {
+			return netip.Addr{}, fmt.Errorf("Node %s annotation %s: %w", c.Name, peerkube.AnnotationPublicAddr, err)
+		}
+		return a, nil
+	case c.PublicAddr.IsValid():
+		return c.PublicAddr, nil
+	}
+	return self.ExternalIP, nil
 }
 
 // peerUpdates returns the membership feed weftd routes from: outside

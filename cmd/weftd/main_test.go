@@ -113,7 +113,7 @@ func TestPeerRemoteChecksum(t *testing.T) {
 		{peer.CapVXLAN | peer.CapRemoteChecksum, peer.CapVXLAN, false}, // an older peer
 		{peer.CapVXLAN, peer.CapVXLAN | peer.CapRemoteChecksum, false}, // --remote-checksum=false here
 	} {
-		p, err := tc.peer(rec("self", c.self), rec("other", c.other))
+		p, err := tc.peer(rec("self", c.self), rec("other", c.other), reach{addr: netip.MustParseAddr("192.0.2.12")})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -16,9 +16,11 @@ package main
 //  5. Router.SetPeers swaps in a new immutable peer table.
 
 import (
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -96,26 +98,62 @@ func (p *pipeline) standby(admitted []peer.Peer) []peer.Peer {
 // routes. Static peers go in front, as always: the table keeps the last
 // entry for a pod CIDR, so on a conflict the gossiped record wins.
 func setPeers(r *overlay.Router, static []overlay.Peer, admitted, standby []peer.Peer, self peer.Record, tc *transportChooser, log *slog.Logger) int {
-	peers := append(make([]overlay.Peer, 0, len(static)+len(admitted)+len(standby)), static...)
-	for _, a := range admitted {
-		op, err := tc.peer(self, a.Record)
-		if err != nil {
-			log.Warn("peer unreachable: no common transport", "peer", a.Record.Name, "err", err)
-			continue
-		}
-		peers = append(peers, op)
-	}
-	routed := len(peers)
-	for _, s := range standby {
-		if op, err := tc.peer(self, s.Record); err == nil && op.Transport == overlay.TransportWireGuard {
-			op.Standby = true
-			peers = append(peers, op)
-		}
-	}
+	peers, routed := peerSet(static, admitted, standby, self, tc)
 	if err := r.SetPeers(peers); err != nil {
 		log.Warn("some peers skipped", "err", err)
 	}
 	return routed
+}
+
+// peerSet is setPeers' peer list, and how many of its peers are routed
+// (the rest are standby): each peer at the address that works from here,
+// relayed peers' pod CIDRs on their relays (reach.go).
+func peerSet(static []overlay.Peer, admitted, standby []peer.Peer, self peer.Record, tc *transportChooser) ([]overlay.Peer, int) {
+	peers := append(make([]overlay.Peer, 0, len(static)+len(admitted)+len(standby)), static...)
+	plan := planReach(self, admitted)
+	at := make(map[string]int, len(admitted)) // index in peers, by name
+	for _, a := range admitted {
+		rc := plan[a.Record.Name]
+		if rc.relay != "" {
+			continue // carried by its relay, below
+		}
+		if rc.noRelay {
+			tc.unreachable(a.Record.Name, "both behind NAT in different sites, and no relay: no peer with a public address in a third site")
+			continue
+		}
+		op, err := tc.peer(self, a.Record, rc)
+		if err != nil {
+			tc.unreachable(a.Record.Name, err.Error())
+			continue
+		}
+		at[a.Record.Name] = len(peers)
+		peers = append(peers, op)
+	}
+	for _, a := range admitted {
+		rc := plan[a.Record.Name]
+		if rc.relay == "" {
+			continue
+		}
+		i, ok := at[rc.relay]
+		if !ok || peers[i].Transport != overlay.TransportWireGuard {
+			tc.unreachable(a.Record.Name, "its relay "+rc.relay+" is not reached over WireGuard")
+			continue
+		}
+		tc.relayed(a.Record.Name, rc.relay)
+		rp := &peers[i]
+		// Copies: PodCIDRs share the records' backing arrays.
+		rp.PodCIDRs = append(slices.Clip(rp.PodCIDRs), a.Record.PodCIDRs...)
+		rp.WireGuard.AllowedIPs = append(slices.Clip(rp.WireGuard.AllowedIPs), a.Record.PodCIDRs...)
+		rp.Relayed = append(rp.Relayed, a.Record.Name)
+	}
+	routed := len(peers)
+	for _, s := range standby {
+		if op, err := tc.peer(self, s.Record, reachOf(self, s.Record)); err == nil && op.Transport == overlay.TransportWireGuard {
+			op.Standby = true
+			peers = append(peers, op)
+		}
+	}
+	return peers, routed
 }
 
 // start is how this process starts forwarding, before gossip has joined:
@@ -182,10 +220,29 @@ type transportChooser struct {
 	policy overlay.Policy
 	log    *slog.Logger
 	last   map[string]overlay.Transport
+	// why is the last reason logged per peer not routed or relayed, so
+	// each change is logged once.
+	why map[string]string
 }
 
 func newTransportChooser(p overlay.Policy, log *slog.Logger) *transportChooser {
-	return &transportChooser{policy: p, log: log, last: make(map[string]overlay.Transport)}
+	return &transportChooser{policy: p, log: log, last: make(map[string]overlay.Transport), why: make(map[string]string)}
+}
+
+// unreachable logs, once per reason, that peer is not routed.
+func (tc *transportChooser) unreachable(name, why string) {
+	if tc.why[name] != why {
+		tc.why[name] = why
+		tc.log.Warn("peer unreachable", "peer", name, "err", why)
+	}
+}
+
+// relayed logs, once per relay, that peer is reached through relay.
+func (tc *transportChooser) relayed(name, relay string) {
+	if why := "relay " + relay; tc.why[name] != why {
+		tc.why[name] = why
+		tc.log.Info("peer reached through a relay", "peer", name, "relay", relay)
+	}
 }
 
 func capabilities(r peer.Record) overlay.Capabilities {
@@ -196,10 +253,22 @@ func capabilities(r peer.Record) overlay.Capabilities {
 	}
 }
 
-func (tc *transportChooser) peer(self, r peer.Record) (overlay.Peer, error) {
+func (tc *transportChooser) peer(self, r peer.Record, rc reach) (overlay.Peer, error) {
 	t, fallback, err := tc.policy.Choose(capabilities(self), capabilities(r))
 	if err != nil {
-		return overlay.Peer{}, err
+		return overlay.Peer{}, fmt.Errorf("no common transport: %w", err)
+	}
+	if rc.passive && t != overlay.TransportWireGuard {
+		return overlay.Peer{}, fmt.Errorf("in another site without a public address: reachable over WireGuard only (transport policy %s chose %s)", tc.policy, t)
+	}
+	if _, ok := tc.why[r.Name]; ok {
+		delete(tc.why, r.Name)
+	}
+	// A peer reached only where its packets come from is listed at its
+	// internal address, which this node never sends to.
+	addr := rc.addr
+	if !addr.IsValid() {
+		addr = r.Underlay.Addr()
 	}
 	if old, ok := tc.last[r.Name]; !ok || old != t {
 		tc.last[r.Name] = t
@@ -209,15 +278,18 @@ func (tc *transportChooser) peer(self, r peer.Record) (overlay.Peer, error) {
 			tc.log.Info("peer transport", "peer", r.Name, "site", r.Site, "transport", t)
 		}
 	}
-	p := overlay.Peer{Name: r.Name, Underlay: r.Underlay, PodCIDRs: r.PodCIDRs, VTEPMAC: r.VTEPMAC, Transport: t,
+	p := overlay.Peer{Name: r.Name, Underlay: netip.AddrPortFrom(addr, r.Underlay.Port()), PodCIDRs: r.PodCIDRs, VTEPMAC: r.VTEPMAC, Transport: t,
 		OuterChecksum:  true, // weft's sender always checksums
 		RemoteChecksum: self.Caps&r.Caps&peer.CapRemoteChecksum != 0}
 	if t == overlay.TransportWireGuard {
 		p.WireGuard = wireguard.Peer{
-			PublicKey:  wgtypes.Key(r.WGPublicKey),
-			Endpoint:   netip.AddrPortFrom(r.Underlay.Addr(), r.WGPort),
-			AllowedIPs: r.PodCIDRs,
-			Keepalive:  true, // a gossiped weft node: its device is up
+			PublicKey:           wgtypes.Key(r.WGPublicKey),
+			AllowedIPs:          r.PodCIDRs,
+			Keepalive:           true, // a gossiped weft node: its device is up
+			PersistentKeepalive: rc.keepalive,
+		}
+		if !rc.passive {
+			p.WireGuard.Endpoint = netip.AddrPortFrom(addr, r.WGPort)
 		}
 	}
 	return p, nil

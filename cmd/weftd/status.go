@@ -32,7 +32,7 @@ func status(c config, dp *datapath, members *peer.Membership) control.Status {
 		Self: control.Node{
 			Name: self.Name, Site: self.Site, UnderlayAddr: self.Underlay.String(),
 			PodCIDRs: prefixStrings(self.PodCIDRs), VTEPMAC: macString(self.VTEPMAC),
-			Transport: string(c.Policy), State: peer.StateAlive, MTU: dp.mtu,
+			Transport: string(c.Policy), State: peer.StateAlive, MTU: dp.mtu, PublicAddr: addrString(self.Public),
 		},
 		Counters: dp.router.Stats().Snapshot(),
 	}
@@ -40,19 +40,25 @@ func status(c config, dp *datapath, members *peer.Membership) control.Status {
 	for k, v := range members.Counters() {
 		st.Counters[k] = v
 	}
-	inUse := make(map[string]overlay.Transport)
+	inUse := make(map[string]overlay.Peer)
+	via := make(map[string]string) // relayed peer → relay
 	for _, p := range dp.router.Peers() {
-		inUse[p.Name] = p.Transport
+		inUse[p.Name] = p
+		for _, n := range p.Relayed {
+			via[n] = p.Name
+		}
 	}
 	for _, p := range members.Peers() {
-		transport := "-" // not routed: gone, or no common transport
-		if t, ok := inUse[p.Record.Name]; ok {
-			transport = t.String()
+		transport, path := "-", "-" // not routed: gone, no common transport, or unreachable
+		if op, ok := inUse[p.Record.Name]; ok {
+			transport, path = op.Transport.String(), pathOf(op, p.Record)
+		} else if r, ok := via[p.Record.Name]; ok {
+			transport, path = inUse[r].Transport.String(), "relay "+r
 		}
 		st.Peers = append(st.Peers, control.Node{
-			Name: p.Record.Name, Site: p.Record.Site, UnderlayAddr: p.Record.Underlay.String(),
+			Name: p.Record.Name, Site: p.Record.Site, UnderlayAddr: p.Record.Underlay.String(), PublicAddr: addrString(p.Record.Public),
 			PodCIDRs: prefixStrings(p.Record.PodCIDRs), VTEPMAC: macString(p.Record.VTEPMAC),
-			Transport: transport, State: p.State, LastSeen: p.LastSeen,
+			Transport: transport, Path: path, State: p.State, LastSeen: p.LastSeen,
 		})
 		last := &st.Peers[len(st.Peers)-1]
 		last.WGPublicKey, last.WGEndpoint = wgFields(p.Record)
@@ -63,6 +69,9 @@ func status(c config, dp *datapath, members *peer.Membership) control.Status {
 				k, err := wgtypes.ParseKey(st.Peers[i].WGPublicKey)
 				if s, ok := stats[k]; err == nil && ok {
 					st.Peers[i].WGLastHandshake, st.Peers[i].WGRxBytes, st.Peers[i].WGTxBytes = s.LastHandshake, s.RxBytes, s.TxBytes
+					if s.Endpoint.IsValid() {
+						st.Peers[i].WGEndpoint = s.Endpoint.String() // where the device sends now
+					}
 				}
 			}
 		}
@@ -78,6 +87,24 @@ func status(c config, dp *datapath, members *peer.Membership) control.Status {
 		st.Peers = append(st.Peers, n)
 	}
 	return st
+}
+
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
+}
+
+// pathOf says how the router reaches a routed peer (control.Node.Path).
+func pathOf(op overlay.Peer, r peer.Record) string {
+	switch {
+	case op.Transport == overlay.TransportWireGuard && !op.WireGuard.Endpoint.IsValid():
+		return "learned"
+	case r.Public.IsValid() && op.Underlay.Addr() == r.Public:
+		return "public"
+	}
+	return "internal"
 }
 
 // wgFields renders a record's WireGuard identity for status output.

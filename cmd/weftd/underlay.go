@@ -15,13 +15,21 @@ import (
 // underlayFlags is the part of weftd's config this file owns; embedded in
 // config.
 type underlayFlags struct {
+	// UnderlayAddr is the node's internal address: bound, and used by
+	// the nodes of its site.
 	UnderlayAddr netip.Addr
 	underlay     string // --underlay-addr or --advertise-addr
+	// PublicAddr is where nodes of other sites reach this one (a cloud's
+	// 1:1 NAT address); invalid means none (README: Across clouds and NAT
+	// has the order of its sources).
+	PublicAddr netip.Addr
+	public     string // --public-addr
 }
 
 func (u *underlayFlags) registerFlags(fs *flag.FlagSet) {
-	fs.StringVar(&u.underlay, "underlay-addr", "", "underlay address to gossip and carry traffic on (default: the source address of the default route, else the first global IPv4 address)")
+	fs.StringVar(&u.underlay, "underlay-addr", "", "internal underlay address: bound, gossiped, and used by the nodes of this node's site (default: the source address of the default route, else the first global IPv4 address)")
 	fs.StringVar(&u.underlay, "advertise-addr", "", "alias of --underlay-addr")
+	fs.StringVar(&u.public, "public-addr", "", "public address where nodes of other sites reach this one, on the same ports (a cloud's 1:1 NAT address: elastic IP, external IP); not bound. Default: none, unless the Node has the weft.dev/public-addr annotation or an ExternalIP (Kubernetes); a node without one is reached through the NAT mappings it keeps open, or a relay")
 }
 
 // checkUnderlay parses --underlay-addr, or picks an address when it is
@@ -40,7 +48,26 @@ func (c *config) checkUnderlay() error {
 			return fmt.Errorf("--underlay-addr not given and none found: %w", err)
 		}
 	}
+	if c.public != "" {
+		if c.PublicAddr, err = parsePublic(c.public); err != nil {
+			return fmt.Errorf("--public-addr: %w", err)
+		}
+	}
 	return nil
+}
+
+// parsePublic parses a public address (flag or annotation): a unicast
+// address, not loopback, link-local or unspecified.
+func parsePublic(s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	a = a.Unmap()
+	if !a.IsGlobalUnicast() || a.Zone() != "" {
+		return netip.Addr{}, fmt.Errorf("%s is not a global unicast address", a)
+	}
+	return a, nil
 }
 
 // selectUnderlay picks the underlay address when neither --underlay-addr

@@ -45,13 +45,18 @@ type Process struct {
 
 // Node describes this node or a peer.
 type Node struct {
-	Name         string   `json:"name"`
-	Site         string   `json:"site,omitempty"`
-	UnderlayAddr string   `json:"underlayAddr"` // ip:port of the VXLAN endpoint
-	PodCIDRs     []string `json:"podCIDRs"`
-	VTEPMAC      string   `json:"vtepMAC"`
-	WGPublicKey  string   `json:"wgPublicKey,omitempty"` // base64; empty without WireGuard
-	WGEndpoint   string   `json:"wgEndpoint,omitempty"`  // ip:port
+	Name         string `json:"name"`
+	Site         string `json:"site,omitempty"`
+	UnderlayAddr string `json:"underlayAddr"`         // ip:port of the VXLAN endpoint, the internal address
+	PublicAddr   string `json:"publicAddr,omitempty"` // where other sites reach the node; empty: none
+	// Path is how this node reaches a peer: "internal" or "public" (the
+	// address it sends to), "learned" (a peer behind NAT, at the address
+	// its packets come from), "relay <name>", or "-" (not routed).
+	Path        string   `json:"path,omitempty"`
+	PodCIDRs    []string `json:"podCIDRs"`
+	VTEPMAC     string   `json:"vtepMAC"`
+	WGPublicKey string   `json:"wgPublicKey,omitempty"` // base64; empty without WireGuard
+	WGEndpoint  string   `json:"wgEndpoint,omitempty"`  // ip:port
 	// WireGuard counters of a peer on this node's device: its last
 	// handshake and the bytes received from and sent to it.
 	WGLastHandshake time.Time  `json:"wgLastHandshake,omitzero"`

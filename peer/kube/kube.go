@@ -133,11 +133,25 @@ type Node struct {
 	// PodCIDRs is spec.podCIDRs; empty until the controller manager has
 	// assigned them (or if they do not parse).
 	PodCIDRs []netip.Prefix
+	// Public is the Node's public address as seeds use it: the
+	// AnnotationPublicAddr value if it parses, else its ExternalIP;
+	// invalid if none.
+	Public netip.Addr
 }
 
 func nodeOf(n *corev1.Node) Node {
 	out := Node{Name: n.Name}
 	out.InternalIP, _ = InternalIP(n)
+	out.Public, _ = ExternalIP(n)
+	switch v := n.Annotations[AnnotationPublicAddr]; v {
+	case "":
+	case "none":
+		out.Public = netip.Addr{}
+	default:
+		if a, err := netip.ParseAddr(v); err == nil {
+			out.Public = a.Unmap()
+		}
+	}
 	out.PodCIDRs, _ = ipamkube.PodCIDRs(n)
 	return out
 }
@@ -159,18 +173,27 @@ func (s Snapshot) Get(name string) (Node, bool) {
 	return n, ok
 }
 
-// Seeds returns host:port gossip seeds from every Node's InternalIP except
-// self's, sorted. Every weftd listens on the same gossip port.
+// Seeds returns host:port gossip seeds from every Node's InternalIP, and
+// then every public address, except self's, sorted within each group:
+// nodes of this node's site answer on the first, nodes of other sites on
+// the second (one answer is enough to join). Every weftd listens on the
+// same gossip port.
 func (s Snapshot) Seeds(self string, port int) []string {
-	var out []string
+	var internal, public []string
 	for name, n := range s.nodes {
-		if name == self || !n.InternalIP.IsValid() {
+		if name == self {
 			continue
 		}
-		out = append(out, net.JoinHostPort(n.InternalIP.String(), strconv.Itoa(port)))
+		if n.InternalIP.IsValid() {
+			internal = append(internal, net.JoinHostPort(n.InternalIP.String(), strconv.Itoa(port)))
+		}
+		if n.Public.IsValid() && n.Public != n.InternalIP {
+			public = append(public, net.JoinHostPort(n.Public.String(), strconv.Itoa(port)))
+		}
 	}
-	slices.Sort(out)
-	return out
+	slices.Sort(internal)
+	slices.Sort(public)
+	return append(internal, public...)
 }
 
 // Drop says why a peer was left out by Filter.
@@ -330,7 +353,7 @@ func sameNodes(a, b map[string]Node) bool {
 	}
 	for k, x := range a {
 		y, ok := b[k]
-		if !ok || x.InternalIP != y.InternalIP || !slices.Equal(x.PodCIDRs, y.PodCIDRs) {
+		if !ok || x.InternalIP != y.InternalIP || x.Public != y.Public || !slices.Equal(x.PodCIDRs, y.PodCIDRs) {
 			return false
 		}
 	}
@@ -407,11 +430,35 @@ func Connect(kubeconfig string, log *slog.Logger) (*Cluster, error) {
 }
 
 // Self is what weftd takes from its own Node: its InternalIP (the default
-// underlay address), its pod CIDRs and its labels (the site).
+// underlay address), its ExternalIP and public-address annotation (its
+// public address), its pod CIDRs and its labels (the site).
 type Self struct {
 	InternalIP netip.Addr
-	PodCIDRs   []netip.Prefix
-	Labels     map[string]string
+	ExternalIP netip.Addr
+	// PublicOverride is the AnnotationPublicAddr value, "" if none.
+	PublicOverride string
+	PodCIDRs       []netip.Prefix
+	Labels         map[string]string
+}
+
+// AnnotationPublicAddr, set on a Node by its administrator, overrides the
+// node's public address (what nodes of other sites reach it at) over
+// weftd's --public-addr and the Node's ExternalIP, as flannel's
+// public-ip-overwrite and Kilo's force-endpoint do; "none" says the node
+// has no public address even if it has an ExternalIP.
+const AnnotationPublicAddr = "weft.dev/public-addr"
+
+// ExternalIP returns the Node's first IPv4 ExternalIP address.
+func ExternalIP(n *corev1.Node) (netip.Addr, bool) {
+	for _, a := range n.Status.Addresses {
+		if a.Type != corev1.NodeExternalIP {
+			continue
+		}
+		if ip, err := netip.ParseAddr(a.Address); err == nil && ip.Unmap().Is4() {
+			return ip.Unmap(), true
+		}
+	}
+	return netip.Addr{}, false
 }
 
 // WaitPodCIDRs waits until the Node called name exists and has pod CIDRs
@@ -424,7 +471,8 @@ func (k *Cluster) WaitPodCIDRs(ctx context.Context, name string) (Self, error) {
 		return Self{}, err
 	}
 	ip, _ := InternalIP(n)
-	return Self{InternalIP: ip, PodCIDRs: cidrs, Labels: maps.Clone(n.Labels)}, nil
+	ext, _ := ExternalIP(n)
+	return Self{InternalIP: ip, ExternalIP: ext, PublicOverride: n.Annotations[AnnotationPublicAddr], PodCIDRs: cidrs, Labels: maps.Clone(n.Labels)}, nil
 }
 
 // Publish merges annotations into the Node called node (see Publish).

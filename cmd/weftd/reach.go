@@ -1,0 +1,110 @@
+package main
+
+// How this node reaches each peer across NAT (README: Across clouds and
+// NAT). A node has an internal address (Record.Underlay: bound, used
+// inside its site) and may have a public one (Record.Public: used from
+// other sites). For each admitted peer:
+//
+//   - same site: its internal address;
+//   - another site, peer has a public address: that address, and if this
+//     node has none, a persistent WireGuard keepalive, which keeps this
+//     node's NAT mapping open for the peer's packets;
+//   - another site, peer has none but this node has: no endpoint; the
+//     peer's keepalives reach us and WireGuard answers where they came
+//     from (roaming), which weft's updates never overwrite;
+//   - another site, neither has one: through a relay, a peer with a
+//     public address in a third site that both can reach, picked the same
+//     way by both ends (rendezvous hashing over the pair), so that each
+//     end's WireGuard expects the other's pod CIDR from the relay. The
+//     relay forwards in its kernel (weft0 in, weft0 out), so traffic is
+//     encrypted hop by hop: the relay, a cluster node, sees it in the clear.
+
+import (
+	"hash/fnv"
+	"net/netip"
+
+	"github.com/weftnet/weft/peer"
+)
+
+// reach is how this node reaches one peer.
+type reach struct {
+	// addr is the peer's address from here; invalid when the peer is
+	// reached only where its packets come from (passive) or through relay.
+	addr netip.Addr
+	// passive: no address known; WireGuard learns it from the peer.
+	passive bool
+	// keepalive: this node must keep its NAT mapping toward the peer open.
+	keepalive bool
+	// relay is the name of the peer that carries traffic to this one, or
+	// "" for direct; noRelay says one is needed but none is usable.
+	relay   string
+	noRelay bool
+}
+
+// crossSite reports whether r is in another site than self.
+func crossSite(self, r peer.Record) bool { return r.Site != self.Site }
+
+// reachOf decides how self reaches r, without relays.
+func reachOf(self, r peer.Record) reach {
+	switch {
+	case !crossSite(self, r):
+		return reach{addr: r.Underlay.Addr()}
+	case r.Public.IsValid():
+		return reach{addr: r.Public, keepalive: !self.Public.IsValid()}
+	case self.Public.IsValid():
+		return reach{passive: true}
+	}
+	return reach{noRelay: true}
+}
+
+// planReach decides, for every admitted peer, how self reaches it, and
+// picks relays for the pairs that need one (see the file's note).
+func planReach(self peer.Record, admitted []peer.Peer) map[string]reach {
+	plan := make(map[string]reach, len(admitted))
+	for _, a := range admitted {
+		plan[a.Record.Name] = reachOf(self, a.Record)
+	}
+	for _, a := range admitted {
+		r := a.Record
+		rc := plan[r.Name]
+		if !rc.noRelay {
+			continue
+		}
+		if best := pickRelay(self, r, admitted); best != "" {
+			rc.noRelay, rc.relay = false, best
+		}
+		plan[r.Name] = rc
+	}
+	return plan
+}
+
+// pickRelay returns the relay for the pair (self, r): among the admitted
+// peers with a public address that relay, run WireGuard and sit in
+// neither end's site (an end's site-mate would reach it over plain VXLAN,
+// whose receiver refuses a source outside the sender's pod CIDR), the one
+// with the highest hash of the pair and its name. Both ends hash the same
+// pair, so they agree whenever they see the same candidates.
+func pickRelay(self, r peer.Record, admitted []peer.Peer) string {
+	lo, hi := self.Name, r.Name
+	if hi < lo {
+		lo, hi = hi, lo
+	}
+	var best string
+	var bestScore uint64
+	for _, c := range admitted {
+		cr := c.Record
+		if !cr.Public.IsValid() || cr.Caps&peer.CapRelay == 0 || cr.Caps&peer.CapWireGuard == 0 || cr.Site == self.Site || cr.Site == r.Site {
+			continue
+		}
+		h := fnv.New64a()
+		h.Write([]byte(lo))
+		h.Write([]byte{0})
+		h.Write([]byte(hi))
+		h.Write([]byte{0})
+		h.Write([]byte(cr.Name))
+		if s := h.Sum64(); best == "" || s > bestScore || (s == bestScore && cr.Name < best) {
+			best, bestScore = cr.Name, s
+		}
+	}
+	return best
+}
