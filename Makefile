@@ -137,6 +137,7 @@ bench-restart: deps-demo build
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzFrameDecode -fuzztime 30s ./encap/vxlan
 	$(GO) test -run XXX -fuzz FuzzRecordUnmarshal -fuzztime 30s ./peer
+	$(GO) test -run XXX -fuzz FuzzParseTag -fuzztime 30s ./peer
 
 clean:
 	rm -rf $(BIN)

@@ -45,11 +45,31 @@ func labFlags(fs *flag.FlagSet, cfg *lab.Config, ext *stringList, weftdArgs *[]s
 	fs.StringVar(&cfg.Dir, "dir", cfg.Dir, "lab directory (lab.json, per-node state and logs)")
 	fs.StringVar(&cfg.BinDir, "bin-dir", cfg.BinDir, "directory holding weftd and weft-cni")
 	fs.StringVar(&cfg.Transport, "transport", cfg.Transport, "transport policy: vxlan, wireguard or wireguard-across-sites")
+	fs.StringVar(&cfg.Topology, "topology", cfg.Topology, "plain (sites joined by one router) or nat (two clouds and an on-premises site behind NAT gateways, 7 nodes; deploy/lab/README.md); nat defaults --transport to wireguard-across-sites")
 	fs.Var(ext, "external", "nodes that get a namespace but no weftd and no pods (repeatable or comma-separated, e.g. n3)")
 	fs.Func("weftd-arg", "extra flag for every weftd (repeatable)", func(v string) error {
 		*weftdArgs = append(*weftdArgs, v)
 		return nil
 	})
+}
+
+// natDefaults fills in what the NAT topology implies unless given: its
+// nodes behind NAT are reached over WireGuard only, and its layout is fixed.
+func natDefaults(fs *flag.FlagSet, cfg *lab.Config) {
+	if cfg.Topology != lab.TopologyNAT {
+		return
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if !set["transport"] {
+		cfg.Transport = "wireguard-across-sites"
+	}
+	if !set["nodes"] {
+		cfg.Nodes = 0 // the layout's
+	}
+	if !set["sites"] {
+		cfg.Sites = 0
+	}
 }
 
 func runLab(args []string) error {
@@ -82,6 +102,7 @@ func runLabUp(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	natDefaults(fs, &cfg)
 	cfg.External = ext
 	cfg.Log = prefixWriter{os.Stdout, "  "}
 	if err := lab.Preflight(cfg); err != nil {
@@ -339,6 +360,7 @@ func runDemo(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	natDefaults(fs, &cfg)
 	cfg.External = ext
 	cfg.Log = prefixWriter{os.Stdout, "  "}
 	start := time.Now()
@@ -352,8 +374,12 @@ func runDemo(args []string) error {
 	if err := lab.Cleanup(cfg.Prefix, cfg.Dir); err != nil {
 		return fmt.Errorf("clean up leftovers of %s: %w", cfg.Prefix, err)
 	}
-	fmt.Printf("== weft demo: %d nodes on %d sites, %d pod(s) per node, transport %s\n",
-		cfg.Nodes, cfg.Sites, cfg.PodsPerNode, cfg.Transport)
+	if cfg.Topology == lab.TopologyNAT {
+		fmt.Printf("== weft demo: 7 nodes in two clouds and on premises, behind NAT, %d pod(s) per node, transport %s\n", cfg.PodsPerNode, cfg.Transport)
+	} else {
+		fmt.Printf("== weft demo: %d nodes on %d sites, %d pod(s) per node, transport %s\n",
+			cfg.Nodes, cfg.Sites, cfg.PodsPerNode, cfg.Transport)
+	}
 	fmt.Println("== bringing up the lab")
 	l, err := lab.Up(ctx, cfg)
 	if err != nil {

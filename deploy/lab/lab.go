@@ -89,8 +89,64 @@ type Config struct {
 	// no route to the pod CIDRs: pods reach it only through their node's
 	// masquerade.
 	Internet bool
+	// Topology is "" (or "plain"): sites joined by one router, every
+	// node reachable at its address; or "nat": three sites behind NAT
+	// gateways (TopologyNAT; Nodes and Sites are then fixed).
+	Topology string
 	// Log receives one line per step of progress; nil discards.
 	Log io.Writer
+}
+
+// TopologyNAT is the lab across clouds (Config.Topology "nat"):
+//
+//	weftlab-rtr: br-inet 203.0.113.1/24, the "internet"
+//	  weftlab-gwa  wan 203.0.113.2, lan 192.0.2.1/24    cloud-a: 1:1 NAT
+//	    n1 192.0.2.11  public 203.0.113.11   pods 10.244.1.0/24
+//	    n2 192.0.2.12  public 203.0.113.12   pods 10.244.2.0/24
+//	  weftlab-gwb  wan 203.0.113.3, lan 192.0.2.1/24    cloud-b: 1:1 NAT
+//	    n3 192.0.2.11  public 203.0.113.21   pods 10.244.3.0/24
+//	    n4 192.0.2.12  public 203.0.113.22   pods 10.244.4.0/24
+//	    n5 192.0.2.13  no public address     pods 10.244.5.0/24
+//	  weftlab-gwp  wan 203.0.113.4, lan 198.51.100.1/24 onprem: masquerade only
+//	    n6 198.51.100.11                     pods 10.244.6.0/24
+//	    n7 198.51.100.12                     pods 10.244.7.0/24
+//
+// The two clouds use the same private /24. Each gateway DNATs a node's
+// public address to its private one and SNATs it back (a cloud's public
+// IP); nodes without one leave through a masquerade that picks a random
+// port for each new mapping; the forward chain drops anything from the
+// internet that is not a reply or for a public address. The on-premises
+// site thus has no inbound path at all, and n5 and n6/n7 are two nodes
+// behind NAT in different sites (they reach each other through a relay).
+const TopologyNAT = "nat"
+
+// natSite is one site of TopologyNAT.
+type natSite struct {
+	name, netns, lan, lanGW, wan string
+	nodes                        []natNode
+}
+
+type natNode struct{ private, public string }
+
+// natSites is TopologyNAT's layout; node i (1-based, in order) is n<i>.
+var natSites = []natSite{
+	{name: "cloud-a", netns: "gwa", lan: "192.0.2.0/24", lanGW: "192.0.2.1", wan: "203.0.113.2",
+		nodes: []natNode{{"192.0.2.11", "203.0.113.11"}, {"192.0.2.12", "203.0.113.12"}}},
+	{name: "cloud-b", netns: "gwb", lan: "192.0.2.0/24", lanGW: "192.0.2.1", wan: "203.0.113.3",
+		nodes: []natNode{{"192.0.2.11", "203.0.113.21"}, {"192.0.2.12", "203.0.113.22"}, {"192.0.2.13", ""}}},
+	{name: "onprem", netns: "gwp", lan: "198.51.100.0/24", lanGW: "198.51.100.1", wan: "203.0.113.4",
+		nodes: []natNode{{"198.51.100.11", ""}, {"198.51.100.12", ""}}},
+}
+
+// natInternet is TopologyNAT's internet segment and the router's address on it.
+var natInternet = Site{Name: "inet", Subnet: "203.0.113.0/24", Gateway: "203.0.113.1"}
+
+func natNodes() int {
+	n := 0
+	for _, s := range natSites {
+		n += len(s.nodes)
+	}
+	return n
 }
 
 // DefaultConfig returns the lab of `make demo`: three nodes on two sites
@@ -147,6 +203,16 @@ func DefaultConfig() Config {
 //	  ipamDir       weft-cni's allocation store (dataDir)
 //	  external      true for interop peers: no weftd, no pods, and the
 //	                directory fields above are empty
+//	  publicAddr    the node's public address (NAT topology); absent: none
+//	topology     "nat" for the NAT topology (TopologyNAT); absent: plain
+//	gateways[]   NAT topology only, one per site:
+//	  site          "cloud-a", "cloud-b", "onprem"
+//	  netns         <prefix>-gwa, -gwb, -gwp
+//	  lan           the site's private subnet (both clouds: 192.0.2.0/24)
+//	  lanGateway    the gateway's address on it, the nodes' default route
+//	  wan           the gateway's address on the internet segment
+//	                (203.0.113.0/24; the router is 203.0.113.1)
+//	  public        node name → public address DNATed to it (1:1 NAT)
 //	pods[]       one per pod:
 //	  name          "n1-p1"
 //	  netns         <prefix>-<node>-p<k>
@@ -164,6 +230,10 @@ type Lab struct {
 	Router      Router `json:"router"`
 	// Internet is the "internet" namespace (Config.Internet), nil without.
 	Internet *Internet `json:"internet,omitempty"`
+	// Topology is Config.Topology ("" for plain); Gateways the NAT
+	// gateways of TopologyNAT, one per site.
+	Topology string    `json:"topology,omitempty"`
+	Gateways []Gateway `json:"gateways,omitempty"`
 	Nodes    []Node    `json:"nodes"`
 	Pods     []Pod     `json:"pods"`
 	// GossipKeyFile is the lab's gossip key file (<dir>/gossip.key, made
@@ -211,6 +281,28 @@ type Internet struct {
 	Gateway string `json:"gateway"` // the router's address on its link
 }
 
+// Gateway is one site's NAT gateway namespace (TopologyNAT): its LAN is the
+// site's subnet on bridge br-lan, its WAN interface "wan" is on the
+// router's br-inet. Public maps node names to their 1:1 public addresses.
+type Gateway struct {
+	Site   string            `json:"site"`
+	Netns  string            `json:"netns"`
+	LAN    string            `json:"lan"`
+	LANGW  string            `json:"lanGateway"`
+	WAN    string            `json:"wan"`
+	Public map[string]string `json:"public,omitempty"`
+}
+
+// Gateway returns the NAT gateway of site, or nil.
+func (l *Lab) Gateway(site string) *Gateway {
+	for i := range l.Gateways {
+		if l.Gateways[i].Site == site {
+			return &l.Gateways[i]
+		}
+	}
+	return nil
+}
+
 // Site is one underlay subnet, a bridge inside the router namespace.
 type Site struct {
 	Name    string `json:"name"`
@@ -236,6 +328,9 @@ type Node struct {
 	IPAMDir       string `json:"ipamDir"`
 	External      bool   `json:"external"`
 	WGName        string `json:"wgName,omitempty"`
+	// PublicAddr is the node's 1:1 public address on its site's gateway
+	// (TopologyNAT), given to weftd as --public-addr; "" for none.
+	PublicAddr string `json:"publicAddr,omitempty"`
 }
 
 // Pod is one pod namespace wired by weft-cni. See Lab for each field.
@@ -361,6 +456,26 @@ func (cfg *Config) validate() error {
 		cfg.Log = io.Discard
 	}
 	var errs []error
+	switch cfg.Topology {
+	case "", "plain":
+		cfg.Topology = ""
+	case TopologyNAT:
+		// The layout is fixed; Nodes and Sites follow from it.
+		if cfg.Nodes == 0 || cfg.Nodes == def.Nodes || cfg.Nodes == natNodes() {
+			cfg.Nodes = natNodes()
+		} else {
+			errs = append(errs, fmt.Errorf("topology nat has %d nodes, not %d", natNodes(), cfg.Nodes))
+		}
+		cfg.Sites = 1 // unused: the router has one segment, the internet
+		if cfg.Internet {
+			errs = append(errs, errors.New("topology nat: the internet segment is the gateways' (no --internet)"))
+		}
+		if cfg.Transport == "vxlan" {
+			errs = append(errs, errors.New("topology nat: nodes behind NAT are reached over WireGuard only; use transport wireguard-across-sites or wireguard"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("topology %q: want plain or nat", cfg.Topology))
+	}
 	if cfg.Sites < 1 || cfg.Sites > len(sites) {
 		errs = append(errs, fmt.Errorf("sites %d: want 1..%d", cfg.Sites, len(sites)))
 	}

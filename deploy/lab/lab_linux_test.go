@@ -248,12 +248,56 @@ func TestConfigValidate(t *testing.T) {
 		{"wireguard", func(c *Config) { c.Transport = "wireguard" }, true},
 		{"wireguard-across-sites", func(c *Config) { c.Transport = "wireguard-across-sites" }, true},
 		{"unknown transport", func(c *Config) { c.Transport = "ipsec" }, false},
+		{"nat", func(c *Config) { c.Topology, c.Transport = TopologyNAT, "wireguard-across-sites" }, true},
+		{"nat over vxlan", func(c *Config) { c.Topology = TopologyNAT }, false},
+		{"nat with 4 nodes", func(c *Config) { c.Topology, c.Transport, c.Nodes = TopologyNAT, "wireguard", 4 }, false},
+		{"nat with internet", func(c *Config) { c.Topology, c.Transport, c.Internet = TopologyNAT, "wireguard", true }, false},
+		{"unknown topology", func(c *Config) { c.Topology = "mesh" }, false},
 	} {
 		c := DefaultConfig()
 		tc.mod(&c)
 		if err := c.validate(); (err == nil) != tc.ok {
 			t.Errorf("%s: validate() = %v, want ok=%v", tc.name, err, tc.ok)
 		}
+	}
+}
+
+// TestPlanNAT: the NAT topology's plan: the two clouds share their private
+// /24, public addresses only where a node has one, one gateway per site,
+// and seeds that each node can reach (its site-mates' private addresses,
+// every public one, never another site's private one).
+func TestPlanNAT(t *testing.T) {
+	c := DefaultConfig()
+	c.Topology, c.Transport = TopologyNAT, "wireguard-across-sites"
+	if err := c.validate(); err != nil {
+		t.Fatal(err)
+	}
+	l := plan(c)
+	if len(l.Nodes) != 7 || len(l.Gateways) != 3 || l.Topology != TopologyNAT {
+		t.Fatalf("%d nodes, %d gateways, topology %q", len(l.Nodes), len(l.Gateways), l.Topology)
+	}
+	if l.Node("n1").UnderlayAddr != l.Node("n3").UnderlayAddr {
+		t.Errorf("n1 %s and n3 %s: the clouds should overlap", l.Node("n1").UnderlayAddr, l.Node("n3").UnderlayAddr)
+	}
+	for name, want := range map[string]string{"n1": "203.0.113.11", "n4": "203.0.113.22", "n5": "", "n6": "", "n7": ""} {
+		if got := l.Node(name).PublicAddr; got != want {
+			t.Errorf("%s public %q, want %q", name, got, want)
+		}
+	}
+	if got, want := l.seedsFor(l.Node("n6")), "203.0.113.11,203.0.113.12,203.0.113.21,203.0.113.22,198.51.100.12"; got != want {
+		t.Errorf("n6 seeds %q, want %q", got, want)
+	}
+	if got, want := l.seedsFor(l.Node("n3")), "203.0.113.11,203.0.113.12,192.0.2.12,192.0.2.13"; got != want {
+		t.Errorf("n3 seeds %q, want %q", got, want)
+	}
+	rules := l.natRules(*l.Gateway("cloud-b"))
+	for _, want := range []string{"ip daddr 203.0.113.21 dnat to 192.0.2.11", "ip saddr 192.0.2.12 snat to 203.0.113.22", "masquerade random", `iifname "wan" drop`} {
+		if !strings.Contains(rules, want) {
+			t.Errorf("cloud-b rules lack %q:\n%s", want, rules)
+		}
+	}
+	if strings.Contains(l.natRules(*l.Gateway("onprem")), "dnat to") {
+		t.Error("the on-premises gateway forwards a port")
 	}
 }
 

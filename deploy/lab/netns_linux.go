@@ -26,7 +26,13 @@ func ip(ctx context.Context, args ...string) ([]byte, error) {
 }
 
 func run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	return runStdin(ctx, "", name, args...)
+}
+
+// runStdin is run with stdin as the command's standard input.
+func runStdin(ctx context.Context, stdin, name string, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Stdin = strings.NewReader(stdin)
 	var out bytes.Buffer
 	cmd.Stdout = &out
 	cmd.Stderr = &out

@@ -26,6 +26,12 @@ func Preflight(cfg Config) error {
 	if err := prereq.Check("ip"); err != nil {
 		errs = append(errs, err)
 	}
+	if cfg.Topology == TopologyNAT {
+		// The gateways' NAT rules.
+		if err := prereq.Check("nft"); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if len(cfg.External) < cfg.Nodes {
 		for _, bin := range []string{"weftd", "weft-cni"} {
 			p := filepath.Join(cfg.BinDir, bin)

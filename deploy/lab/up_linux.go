@@ -81,6 +81,9 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 	if err := l.makeRouter(ctx); err != nil {
 		return l, err
 	}
+	if err := l.makeGateways(ctx); err != nil {
+		return l, err
+	}
 	for i := range l.Nodes {
 		if err := l.makeNode(ctx, &l.Nodes[i]); err != nil {
 			return l, err
@@ -106,7 +109,7 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 			continue
 		}
 		l.Seed = seed
-		if err := l.startWeftd(n, seed, cfg.WeftdArgs); err != nil {
+		if err := l.startWeftd(n, l.seedsFor(n), cfg.WeftdArgs); err != nil {
 			return l, err
 		}
 		// Record the PID at once so that a crash of this process
@@ -163,7 +166,10 @@ func plan(cfg Config) *Lab {
 	if cfg.Internet {
 		l.Internet = &Internet{Netns: cfg.Prefix + "-inet", Addr: InternetAddr, Gateway: "203.0.113.1"}
 	}
-	for i := 1; i <= cfg.Nodes; i++ {
+	if cfg.Topology == TopologyNAT {
+		planNAT(l, cfg)
+	}
+	for i := 1; i <= cfg.Nodes && cfg.Topology == ""; i++ {
 		site := l.Router.Sites[(i-1)%cfg.Sites]
 		pfx := netip.MustParsePrefix(site.Subnet)
 		a := pfx.Addr().As4()
@@ -175,6 +181,10 @@ func plan(cfg Config) *Lab {
 			UnderlayIf:   "eth0",
 			PodCIDR:      fmt.Sprintf("10.244.%d.0/24", i),
 		}
+		l.Nodes = append(l.Nodes, n)
+	}
+	for i := range l.Nodes {
+		n := &l.Nodes[i]
 		n.Netns = cfg.Prefix + "-" + n.Name
 		n.External = slices.Contains(cfg.External, n.Name)
 		if cfg.ClaimCIDRs && !n.External {
@@ -191,7 +201,6 @@ func plan(cfg Config) *Lab {
 			n.IPAMDir = filepath.Join(d, "ipam")
 			n.WGName = wgName(cfg.Prefix, n.Name)
 		}
-		l.Nodes = append(l.Nodes, n)
 	}
 	return l
 }
@@ -220,6 +229,9 @@ func (l *Lab) netnsNames() []string {
 	}
 	if l.Internet != nil {
 		out = append(out, l.Internet.Netns)
+	}
+	for _, g := range l.Gateways {
+		out = append(out, g.Netns)
 	}
 	return append(out, l.Router.Netns)
 }
@@ -314,11 +326,15 @@ func (l *Lab) makeNode(ctx context.Context, n *Node) error {
 	}
 	// Both ends are born inside their namespaces: no link ever exists in
 	// the root namespace, even for a moment.
-	rtrIf := "v" + n.Name
+	rtrIf, br := "v"+n.Name, bridgeName(s)
+	if g := l.Gateway(n.Site); g != nil {
+		// Behind its site's NAT gateway (TopologyNAT).
+		r, br, s = g.Netns, "br-lan", Site{Name: g.Site, Subnet: g.LAN, Gateway: g.LANGW}
+	}
 	cmds := [][]string{
 		{"-n", n.Netns, "link", "set", "lo", "up"},
 		{"-n", r, "link", "add", rtrIf, "type", "veth", "peer", "name", n.UnderlayIf, "netns", n.Netns},
-		{"-n", r, "link", "set", rtrIf, "master", bridgeName(s)},
+		{"-n", r, "link", "set", rtrIf, "master", br},
 		{"-n", r, "link", "set", rtrIf, "up"},
 		{"-n", n.Netns, "addr", "add", fmt.Sprintf("%s/%d", n.UnderlayAddr, prefixLen(s.Subnet)), "dev", n.UnderlayIf},
 		{"-n", n.Netns, "link", "set", n.UnderlayIf, "up"},
@@ -369,6 +385,7 @@ func (l *Lab) startWeftd(n *Node, seed string, extra []string) error {
 	args := []string{"netns", "exec", n.Netns, bin,
 		"--name", n.Name,
 		"--underlay-addr", n.UnderlayAddr,
+		"--public-addr", n.PublicAddr,
 		"--cluster-cidr", ClusterCIDR,
 		"--seeds", seed,
 		"--run-dir", n.RunDir,

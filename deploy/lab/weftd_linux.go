@@ -77,7 +77,7 @@ func (l *Lab) StartWeftd(ctx context.Context, node string, extra ...string) erro
 		}
 	}
 	args := append(append([]string(nil), l.WeftdArgs...), extra...)
-	if err := l.startWeftd(n, l.Seed, args); err != nil {
+	if err := l.startWeftd(n, l.seedsFor(n), args); err != nil {
 		return err
 	}
 	if err := l.save(); err != nil {
@@ -103,7 +103,7 @@ func (l *Lab) HandOffWeftd(ctx context.Context, node string, extra ...string) er
 		return fmt.Errorf("hand off weftd on %s: no running weftd of this lab", node)
 	}
 	args := append(append([]string(nil), l.WeftdArgs...), extra...)
-	if err := l.startWeftd(n, l.Seed, args); err != nil {
+	if err := l.startWeftd(n, l.seedsFor(n), args); err != nil {
 		return err
 	}
 	l.mu.Lock()
