@@ -9,7 +9,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X github.com/weftnet/weft/cmd/internal/buildinfo.Version=$(VERSION)
 DEPS      := sh deploy/prereq/install.sh
 
-.PHONY: conformance conformance-bins bench-restart all build image deps deps-demo deps-test deps-bench test test-unit test-netns test-kube kube-bins demo bench fuzz vet clean lab-down
+.PHONY: conformance conformance-bins bench-restart bench-nat all build image deps deps-demo deps-test deps-bench test test-unit test-netns test-kube kube-bins demo bench fuzz vet clean lab-down
 
 all: build
 
@@ -133,6 +133,14 @@ bench-restart: deps-demo build
 	@if [ "$$(id -u)" != 0 ]; then echo "bench-restart needs root (network namespaces, TUN)"; exit 1; fi
 	$(GO) build -o $(BIN)/weftbench ./bench/cmd/weftbench
 	$(BIN)/weftbench -restart -bin-dir $(CURDIR)/$(BIN)
+
+# Pod-to-pod TCP across the lab's NAT topology (bench/nat_linux.go): between
+# public nodes, from behind NAT and back, and relayed, beside the plain lab's
+# WireGuard in the same run; writes bench/results/nat-{latest.json,<date>.md}.
+bench-nat: deps-bench build
+	@if [ "$$(id -u)" != 0 ]; then echo "bench-nat needs root (network namespaces, TUN)"; exit 1; fi
+	$(GO) build -o $(BIN)/weftbench ./bench/cmd/weftbench
+	$(BIN)/weftbench -nat -bin-dir $(CURDIR)/$(BIN)
 
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzFrameDecode -fuzztime 30s ./encap/vxlan

@@ -24,6 +24,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/weftnet/weft/bench"
 )
@@ -51,6 +52,7 @@ func run(args []string) int {
 	fs.StringVar(&cfg.WireGuardBin, "wireguard-bin", "", "standalone wireguard-go binary (default: go build golang.zx2c4.com/wireguard at go.mod's version)")
 	fs.StringVar(&cfg.OutDir, "out", cfg.OutDir, "results directory (latest.json, latest.png, <date>.md); empty writes nothing")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
+	nat := fs.Bool("nat", false, "the NAT benchmark instead (make bench-nat): pod-to-pod TCP across the lab's NAT topology (public, behind NAT, relayed) beside the plain lab's WireGuard; writes nat-latest.json and nat-<date>.md")
 	restart := fs.Bool("restart", false, "the restart benchmark instead (make bench-restart): pod traffic through SIGKILL and SIGTERM restarts of weftd, VXLAN and WireGuard; writes restart-latest.json and restart-<date>.md")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -72,6 +74,9 @@ func run(args []string) int {
 	defer stop()
 	if *restart {
 		return runRestart(ctx, cfg)
+	}
+	if *nat {
+		return runNAT(ctx, cfg)
 	}
 	rep, err := bench.Run(ctx, cfg)
 	if rep != nil && rep.Rows != nil {
@@ -103,6 +108,29 @@ func runRestart(ctx context.Context, cfg bench.Config) int {
 	}
 	if err != nil {
 		cfg.Log.Error("restart bench failed", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// runNAT is -nat: the NAT benchmark, with the bin and output directories,
+// BENCH_REPS and BENCH_DURATION of cfg.
+func runNAT(ctx context.Context, cfg bench.Config) int {
+	nc := bench.NATConfig{Reps: 3, Duration: 5 * time.Second, BinDir: cfg.BinDir, OutDir: cfg.OutDir,
+		RunDir: filepath.Join(os.TempDir(), "weft-bench-nat"), Command: strings.Replace(cfg.Command, "make bench →", "make bench-nat →", 1)}
+	if os.Getenv("BENCH_REPS") != "" {
+		nc.Reps = cfg.Reps
+	}
+	if os.Getenv("BENCH_DURATION") != "" {
+		nc.Duration = cfg.Duration
+	}
+	nc.Log = func(format string, args ...any) { cfg.Log.Info(fmt.Sprintf(format, args...)) }
+	rep, err := bench.RunNAT(ctx, nc)
+	if rep != nil && len(rep.Rows) > 0 {
+		fmt.Print(rep.Markdown())
+	}
+	if err != nil {
+		cfg.Log.Error("NAT bench failed", "err", err)
 		return 1
 	}
 	return 0
