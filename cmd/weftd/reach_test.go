@@ -9,6 +9,7 @@ import (
 
 	"github.com/weftnet/weft/overlay"
 	"github.com/weftnet/weft/peer"
+	peerkube "github.com/weftnet/weft/peer/kube"
 )
 
 // natRecord is a WireGuard- and VXLAN-capable weft node of site with
@@ -151,6 +152,34 @@ func TestSetPeersAcrossNAT(t *testing.T) {
 			if p.WireGuard.PersistentKeepalive {
 				t.Error("public to public: persistent keepalive on")
 			}
+		}
+	}
+}
+
+// TestPublicOf: the order of a node's public address in Kubernetes mode:
+// the annotation ("none" too), then --public-addr, then the ExternalIP.
+func TestPublicOf(t *testing.T) {
+	flag, ext := netip.MustParseAddr("203.0.113.5"), netip.MustParseAddr("203.0.113.6")
+	for _, tt := range []struct {
+		name    string
+		flag    netip.Addr
+		self    peerkube.Self
+		want    netip.Addr
+		wantErr bool
+	}{
+		{"annotation over all", flag, peerkube.Self{PublicOverride: "203.0.113.7", ExternalIP: ext}, netip.MustParseAddr("203.0.113.7"), false},
+		{"annotation none", flag, peerkube.Self{PublicOverride: "none", ExternalIP: ext}, netip.Addr{}, false},
+		{"flag over ExternalIP", flag, peerkube.Self{ExternalIP: ext}, flag, false},
+		{"ExternalIP", netip.Addr{}, peerkube.Self{ExternalIP: ext}, ext, false},
+		{"none", netip.Addr{}, peerkube.Self{}, netip.Addr{}, false},
+		{"bad annotation", flag, peerkube.Self{PublicOverride: "127.0.0.1"}, netip.Addr{}, true},
+		{"garbage annotation", flag, peerkube.Self{PublicOverride: "not-an-ip"}, netip.Addr{}, true},
+	} {
+		c := config{}
+		c.Name, c.PublicAddr = "n1", tt.flag
+		got, err := publicOf(c, tt.self)
+		if (err != nil) != tt.wantErr || got != tt.want {
+			t.Errorf("%s: publicOf = %v, %v; want %v (error %v)", tt.name, got, err, tt.want, tt.wantErr)
 		}
 	}
 }

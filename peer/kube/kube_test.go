@@ -70,6 +70,22 @@ func TestSnapshotFilterAndSeeds(t *testing.T) {
 	if got, want := s.Seeds("n1", 7946), []string{"192.0.2.14:7946", "198.51.100.12:7946"}; !slices.Equal(got, want) {
 		t.Errorf("Seeds = %v, want %v (self and address-less nodes skipped)", got, want)
 	}
+	// Public addresses follow the internal ones: the ExternalIP, or the
+	// annotation over it ("none" drops it).
+	withExt := func(name, internal, external string, ann map[string]string) *corev1.Node {
+		n := kNode(name, internal, "10.244.9.0/24")
+		n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeExternalIP, Address: external})
+		n.Annotations = ann
+		return n
+	}
+	pub := Snapshot{Synced: true, nodes: map[string]Node{
+		"a": nodeOf(withExt("a", "192.0.2.11", "203.0.113.11", nil)),
+		"b": nodeOf(withExt("b", "192.0.2.11", "203.0.113.21", map[string]string{AnnotationPublicAddr: "203.0.113.99"})),
+		"c": nodeOf(withExt("c", "198.51.100.11", "203.0.113.31", map[string]string{AnnotationPublicAddr: "none"})),
+	}}
+	if got, want := pub.Seeds("x", 7946), []string{"192.0.2.11:7946", "192.0.2.11:7946", "198.51.100.11:7946", "203.0.113.11:7946", "203.0.113.99:7946"}; !slices.Equal(got, want) {
+		t.Errorf("Seeds with public addresses = %v, want %v", got, want)
+	}
 	snap := []peer.Peer{
 		rec("n2", "10.244.2.0/24"),   // matches its Node
 		rec("n3", "10.244.3.128/25"), // inside its Node's CIDR
@@ -235,6 +251,16 @@ func TestClusterWaitPodCIDRs(t *testing.T) {
 	self, err := c.WaitPodCIDRs(context.Background(), "n1")
 	if err != nil || self.InternalIP.String() != "192.0.2.11" || len(self.PodCIDRs) != 1 || self.PodCIDRs[0].String() != "10.244.1.0/24" || self.Labels["topology.kubernetes.io/zone"] != "zone-a" {
 		t.Fatalf("WaitPodCIDRs = %+v %v", self, err)
+	}
+	if self.ExternalIP.IsValid() || self.PublicOverride != "" {
+		t.Fatalf("public address from a Node without one: %+v", self)
+	}
+	n2 := kNode("n2", "192.0.2.12", "10.244.2.0/24")
+	n2.Status.Addresses = append(n2.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeExternalIP, Address: "203.0.113.12"})
+	n2.Annotations = map[string]string{AnnotationPublicAddr: "203.0.113.13"}
+	c2 := NewCluster(fake.NewClientset(n2), quiet())
+	if s2, err := c2.WaitPodCIDRs(context.Background(), "n2"); err != nil || s2.ExternalIP.String() != "203.0.113.12" || s2.PublicOverride != "203.0.113.13" {
+		t.Fatalf("WaitPodCIDRs with an ExternalIP and the annotation = %+v %v", s2, err)
 	}
 	if err := c.Publish(context.Background(), "n1", map[string]string{AnnotationVTEPMAC: "0a:58:0a:f4:01:01"}); err != nil {
 		t.Fatal(err)
