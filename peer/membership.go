@@ -269,6 +269,12 @@ func (m *Membership) Counters() map[string]uint64 {
 		"seed_join_attempts":  m.nJoinAttempt.Load(),
 		"seed_join_failures":  m.nJoinFail.Load(),
 		"peer_reconnects":     m.nReconnect.Load(),
+		// transport.go: tagged packets received, malformed tags dropped,
+		// NAT keepalives sent, sends with no path to a node behind NAT.
+		"gossip_tagged_packets": m.tr.nTagged.Load(),
+		"gossip_bad_tags":       m.tr.nBadTag.Load(),
+		"gossip_nat_keepalives": m.tr.nKeepalive.Load(),
+		"gossip_no_path":        m.tr.nNoPath.Load(),
 	}
 }
 

@@ -13,6 +13,7 @@ package peer
 //   - a node of another site without one: the address its gossip packets
 //     were last seen coming from (the NAT mapping it keeps open), if that
 //     is fresh;
+//     and nowhere if not (its advertised address is private to its site);
 //   - otherwise, or for a node we have no record of yet (seeds): the
 //     address memberlist has, which is what the node advertises (its
 //     public address if it has one, else its internal one).
@@ -39,6 +40,7 @@ package peer
 // state both ways.
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -76,7 +78,7 @@ type transport struct {
 	seenMu sync.Mutex
 	seen   map[string]seenAddr
 
-	nTagged, nBadTag, nKeepalive atomic.Uint64
+	nTagged, nBadTag, nKeepalive, nNoPath atomic.Uint64
 }
 
 type seenAddr struct {
@@ -216,14 +218,26 @@ func (t *transport) resolve(a memberlist.Address) (string, bool) {
 		if s, ok := t.Seen(a.Name); ok {
 			return s.String(), tagged
 		}
+		// Its advertised address is private to its site, and may be
+		// another node's in ours: send nothing rather than misdeliver.
+		return "", tagged
 	}
 	return a.Addr, tagged
 }
+
+// errNoPath is returned for a node of another site without a public
+// address that has not been seen yet: memberlist logs it and carries on
+// (its indirect probes and other nodes' gossip reach the node).
+var errNoPath = errors.New("no path: node behind NAT in another site, not seen yet")
 
 // WriteToAddress sends b to a at the resolved address, tagged if the node
 // takes tags.
 func (t *transport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
 	addr, tagged := t.resolve(a)
+	if addr == "" {
+		t.nNoPath.Add(1)
+		return time.Time{}, fmt.Errorf("send to %s: %w", a.Name, errNoPath)
+	}
 	if tagged {
 		b = append(appendTag(make([]byte, 0, 2+len(t.self.Name)+len(b)), t.self.Name), b...)
 	}
@@ -233,6 +247,10 @@ func (t *transport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, e
 // DialAddressTimeout dials a at the resolved address.
 func (t *transport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
 	addr, _ := t.resolve(a)
+	if addr == "" {
+		t.nNoPath.Add(1)
+		return nil, fmt.Errorf("dial %s: %w", a.Name, errNoPath)
+	}
 	return t.NetTransport.DialTimeout(addr, timeout)
 }
 

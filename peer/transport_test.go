@@ -2,6 +2,7 @@ package peer
 
 import (
 	"bytes"
+	"errors"
 	"net"
 	"net/netip"
 	"strconv"
@@ -95,8 +96,8 @@ func TestTransportResolve(t *testing.T) {
 		{memberlist.Address{Addr: "203.0.113.21:7946", Name: "b1"}, "203.0.113.21:7946", true},
 		// Another site, no public address: where its packets come from.
 		{memberlist.Address{Addr: "198.51.100.11:7946", Name: "p1"}, "203.0.113.31:40123", true},
-		// Not seen yet, and a peer that does not tag: as memberlist has it.
-		{memberlist.Address{Addr: "198.51.100.12:7946", Name: "old"}, "198.51.100.12:7946", false},
+		// Behind NAT, not seen yet: nowhere (its address is private to its site).
+		{memberlist.Address{Addr: "198.51.100.12:7946", Name: "old"}, "", false},
 		// A seed (no name) or a node we have no record of.
 		{memberlist.Address{Addr: "203.0.113.99:7946"}, "203.0.113.99:7946", false},
 		{memberlist.Address{Addr: "203.0.113.98:7946", Name: "new"}, "203.0.113.98:7946", false},
@@ -108,8 +109,11 @@ func TestTransportResolve(t *testing.T) {
 	}
 	// A learned address expires.
 	tr.note("p1", &net.UDPAddr{IP: net.ParseIP("203.0.113.31"), Port: 40123}, time.Now().Add(-seenTTL-time.Second))
-	if got, _ := tr.resolve(memberlist.Address{Addr: "198.51.100.11:7946", Name: "p1"}); got != "198.51.100.11:7946" {
+	if got, _ := tr.resolve(memberlist.Address{Addr: "198.51.100.11:7946", Name: "p1"}); got != "" {
 		t.Errorf("stale learned address still used: %s", got)
+	}
+	if _, err := tr.WriteToAddress([]byte("x"), memberlist.Address{Addr: "198.51.100.11:7946", Name: "p1"}); !errors.Is(err, errNoPath) || tr.nNoPath.Load() != 1 {
+		t.Errorf("send to a node with no path: %v (counted %d), want errNoPath", err, tr.nNoPath.Load())
 	}
 }
 

@@ -113,16 +113,16 @@ func (l *Lab) makeGateways(ctx context.Context) error {
 func (l *Lab) natRules(g Gateway) string {
 	var b strings.Builder
 	b.WriteString("table ip lab-nat {\n")
-	b.WriteString("\tchain pre {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n")
+	b.WriteString("\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n")
 	for _, node := range sortedKeys(g.Public) {
 		fmt.Fprintf(&b, "\t\tiifname \"wan\" ip daddr %s dnat to %s\n", g.Public[node], l.Node(node).UnderlayAddr)
 	}
-	b.WriteString("\t}\n\tchain post {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n")
+	b.WriteString("\t}\n\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n")
 	for _, node := range sortedKeys(g.Public) {
 		fmt.Fprintf(&b, "\t\toifname \"wan\" ip saddr %s snat to %s\n", l.Node(node).UnderlayAddr, g.Public[node])
 	}
 	b.WriteString("\t\toifname \"wan\" masquerade random\n\t}\n")
-	b.WriteString("\tchain fwd {\n\t\ttype filter hook forward priority filter; policy accept;\n")
+	b.WriteString("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n")
 	b.WriteString("\t\tiifname \"wan\" ct state established,related accept\n")
 	b.WriteString("\t\tiifname \"wan\" ct status dnat accept\n")
 	b.WriteString("\t\tiifname \"wan\" drop\n\t}\n}\n")

@@ -41,6 +41,10 @@ var counterMetrics = map[string]counterMetric{
 	"seed_join_failures":        {"weft_seed_join_failures_total", "Seed join attempts that reached no seed.", false},
 	"gossip_encrypted":          {"weft_gossip_encrypted", "1 if gossip is encrypted (keyring), else 0.", true},
 	"gossip_keys":               {"weft_gossip_keys", "Gossip keys installed.", true},
+	"gossip_tagged_packets":     {"weft_gossip_tagged_packets_total", "Gossip packets received with the sender's name in front (how a node behind NAT is located).", false},
+	"gossip_bad_tags":           {"weft_gossip_bad_tags_total", "Gossip packets dropped for a malformed sender tag.", false},
+	"gossip_nat_keepalives":     {"weft_gossip_nat_keepalives_total", "Keepalives this node behind NAT sent to public peers of other sites.", false},
+	"gossip_no_path":            {"weft_gossip_no_path_total", "Gossip sends skipped: a node behind NAT in another site not seen yet.", false},
 }
 
 var (
