@@ -37,7 +37,9 @@ type Rejection struct {
 // the datapath and the ones that may not. A record is refused if:
 //
 //   - its underlay address is unusable (loopback, unspecified, multicast,
-//     link-local, the limited broadcast) or equals this node's;
+//     link-local, the limited broadcast) or, in this node's site, equals
+//     this node's (other sites may use the same private range); its public
+//     address equals this node's;
 //   - a pod CIDR is not inside one of clusterCIDRs of its family, is wider
 //     than that cluster CIDR, or narrower than MaxPodCIDRBits4/6;
 //   - a pod CIDR overlaps one of self's (this node keeps its own block);
@@ -83,8 +85,12 @@ func check(r, self Record, clusterCIDRs []netip.Prefix, owned []owner) string {
 	case a.IsLoopback(), a.IsUnspecified(), a.IsMulticast(), a.IsLinkLocalUnicast(),
 		a.Unmap() == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		return fmt.Sprintf("unusable underlay address %s", a)
-	case self.Underlay.Addr().IsValid() && a.Unmap() == self.Underlay.Addr().Unmap():
+	case r.Site == self.Site && self.Underlay.Addr().IsValid() && a.Unmap() == self.Underlay.Addr().Unmap():
+		// Across sites internal addresses may overlap (two clouds on the
+		// same private range): only a site-mate's must differ from ours.
 		return fmt.Sprintf("underlay address %s is this node's", a)
+	case r.Public.IsValid() && r.Public == self.Public:
+		return fmt.Sprintf("public address %s is this node's", r.Public)
 	}
 	for _, c := range r.PodCIDRs {
 		if !c.IsValid() || c != c.Masked() {

@@ -17,8 +17,18 @@ func admitPeer(name, underlay string, cidrs ...string) Peer {
 	return Peer{Record: r, State: StateAlive}
 }
 
+// sited puts p in site, with public address public ("" for none).
+func sited(p Peer, site, public string) Peer {
+	p.Record.Site = site
+	if public != "" {
+		p.Record.Public = netip.MustParseAddr(public)
+	}
+	return p
+}
+
 func TestAdmit(t *testing.T) {
 	self := admitPeer("n1", "192.0.2.11", "10.244.1.0/24").Record
+	self.Public = netip.MustParseAddr("203.0.113.11")
 	for _, tc := range []struct {
 		name   string
 		snap   []Peer
@@ -38,6 +48,10 @@ func TestAdmit(t *testing.T) {
 		{"link-local underlay", []Peer{admitPeer("n2", "169.254.1.1", "10.244.2.0/24")}, nil, map[string]string{"n2": "unusable"}},
 		{"our underlay", []Peer{admitPeer("n2", "192.0.2.11", "10.244.2.0/24")}, nil, map[string]string{"n2": "this node's"}},
 		{"our name", []Peer{admitPeer("n1", "192.0.2.99", "10.244.9.0/24")}, nil, map[string]string{"n1": "this node's name"}},
+		// Another site may use our private range: only a site-mate's
+		// address must differ, and nobody may claim our public one.
+		{"our underlay, other site", []Peer{sited(admitPeer("n2", "192.0.2.11", "10.244.2.0/24"), "cloud-b", "")}, []string{"n2"}, nil},
+		{"our public address", []Peer{sited(admitPeer("n2", "192.0.2.12", "10.244.2.0/24"), "cloud-b", "203.0.113.11")}, nil, map[string]string{"n2": "public address 203.0.113.11 is this node's"}},
 		// Lower name wins, whatever the snapshot order.
 		{"conflict", []Peer{admitPeer("n3", "192.0.2.13", "10.244.2.0/24"), admitPeer("n2", "192.0.2.12", "10.244.2.0/24")}, []string{"n2"}, map[string]string{"n3": "overlaps 10.244.2.0/24 of n2"}},
 		// A refused peer does not block others: n3 loses to self, so n4 keeps 10.244.4.0/24.

@@ -283,9 +283,12 @@ func (tc *transportChooser) peer(self, r peer.Record, rc reach) (overlay.Peer, e
 		RemoteChecksum: self.Caps&r.Caps&peer.CapRemoteChecksum != 0}
 	if t == overlay.TransportWireGuard {
 		p.WireGuard = wireguard.Peer{
-			PublicKey:           wgtypes.Key(r.WGPublicKey),
-			AllowedIPs:          r.PodCIDRs,
-			Keepalive:           true, // a gossiped weft node: its device is up
+			PublicKey:  wgtypes.Key(r.WGPublicKey),
+			AllowedIPs: r.PodCIDRs,
+			// A gossiped weft node: its device is up, so start a handshake
+			// at once, unless it is reached only where its packets come
+			// from (it starts them).
+			Keepalive:           !rc.passive,
 			PersistentKeepalive: rc.keepalive,
 		}
 		if !rc.passive {

@@ -145,8 +145,8 @@ func TestSetPeersAcrossNAT(t *testing.T) {
 	for _, p := range fromPublic {
 		switch p.Name {
 		case "p1":
-			if p.WireGuard.Endpoint.IsValid() || p.WireGuard.PersistentKeepalive {
-				t.Errorf("p1 from a public node: %+v, want no endpoint and no persistent keepalive", p.WireGuard)
+			if p.WireGuard.Endpoint.IsValid() || p.WireGuard.PersistentKeepalive || p.WireGuard.Keepalive {
+				t.Errorf("p1 from a public node: %+v, want no endpoint and no keepalive of either kind", p.WireGuard)
 			}
 		case "b1":
 			if p.WireGuard.PersistentKeepalive {

@@ -43,7 +43,11 @@ func (l *Lab) WaitConverged(ctx context.Context) error {
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		missing := l.missingPeers(ctx, names)
+		// Each round asks with its own deadline, so the last one before
+		// ctx ends still says who lacks whom (not just that ctx ended).
+		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		missing := l.missingPeers(rctx, names)
+		cancel()
 		if len(missing) == 0 {
 			return nil
 		}
