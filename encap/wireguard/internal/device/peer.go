@@ -56,6 +56,12 @@ type Peer struct {
 	cookieGenerator             CookieGenerator
 	trieEntries                 list.List
 	persistentKeepaliveInterval atomic.Uint32
+
+	// weft: receiveInline's sequential part (replay filter, keypair
+	// confirmation, timers) runs on the bind's receive goroutines, one per
+	// address family; this serialises it per peer, as upstream's one
+	// sequential receiver goroutine per peer did.
+	inlineRx sync.Mutex
 }
 
 func (device *Device) NewPeer(pk NoisePublicKey) (*Peer, error) {

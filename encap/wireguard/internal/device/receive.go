@@ -90,7 +90,10 @@ func (device *Device) RoutineReceiveIncoming(maxBatchSize int, recv conn.Receive
 		count       int
 		endpoints   = make([]conn.Endpoint, maxBatchSize)
 		deathSpiral int
-		elemsByPeer = make(map[*Peer]*QueueInboundElementsContainer, maxBatchSize)
+		// weft: the batch's transport messages by peer, and what goes
+		// to the TUN (inline.go).
+		groups  inboundGroups
+		tunBufs = make([][]byte, 0, maxBatchSize)
 	)
 
 	for i := range bufsArrs {
@@ -141,19 +144,15 @@ func (device *Device) RoutineReceiveIncoming(maxBatchSize int, recv conn.Receive
 			// check if transport
 
 			case MessageTransportType:
-
-				// check size
-
-				if len(packet) < MessageTransportSize {
+				// weft: opened here, where it was received (inline.go).
+				var h transportHeader
+				if h.decode(packet) != nil {
 					continue
 				}
 
 				// lookup key pair
 
-				receiver := binary.LittleEndian.Uint32(
-					packet[MessageTransportOffsetReceiver:MessageTransportOffsetCounter],
-				)
-				value := device.indexTable.Lookup(receiver)
+				value := device.indexTable.Lookup(h.receiver)
 				keypair := value.keypair
 				if keypair == nil {
 					continue
@@ -165,24 +164,11 @@ func (device *Device) RoutineReceiveIncoming(maxBatchSize int, recv conn.Receive
 					continue
 				}
 
-				// create work element
-				peer := value.peer
-				elem := device.GetInboundElement()
-				elem.packet = packet
-				elem.buffer = bufsArrs[i]
-				elem.keypair = keypair
-				elem.endpoint = endpoints[i]
-				elem.counter = 0
-
-				elemsForPeer, ok := elemsByPeer[peer]
+				plain, ok := openTransport(keypair, &h, packet)
 				if !ok {
-					elemsForPeer = device.GetInboundElementsContainer()
-					elemsForPeer.Lock()
-					elemsByPeer[peer] = elemsForPeer
+					plain = nil
 				}
-				elemsForPeer.elems = append(elemsForPeer.elems, elem)
-				bufsArrs[i] = device.GetMessageBuffer()
-				bufs[i] = bufsArrs[i][:]
+				groups.add(value.peer, inboundMsg{slot: i, keypair: keypair, counter: h.counter, plain: plain, endpoint: endpoints[i]})
 				continue
 
 			// otherwise it is a fixed size & handshake related packet
@@ -219,18 +205,22 @@ func (device *Device) RoutineReceiveIncoming(maxBatchSize int, recv conn.Receive
 			default:
 			}
 		}
-		for peer, elemsContainer := range elemsByPeer {
-			if peer.isRunning.Load() {
-				peer.queue.inbound.c <- elemsContainer
-				device.queue.decryption.c <- elemsContainer
-			} else {
-				for _, elem := range elemsContainer.elems {
-					device.PutMessageBuffer(elem.buffer)
-					device.PutInboundElement(elem)
-				}
-				device.PutInboundElementsContainer(elemsContainer)
+		// weft: each peer's sequential part, then one TUN write for the
+		// whole batch.
+		for gi := range groups.groups[:groups.n] {
+			g := &groups.groups[gi]
+			if g.peer.isRunning.Load() {
+				tunBufs = g.peer.receiveInline(g.msgs, bufs, tunBufs)
 			}
-			delete(elemsByPeer, peer)
+		}
+		groups.reset()
+		if len(tunBufs) > 0 {
+			_, err := device.tun.device.Write(tunBufs, MessageTransportOffsetContent)
+			if err != nil && !device.isClosed() {
+				device.log.Errorf("Failed to write packets to TUN device: %v", err)
+			}
+			clear(tunBufs)
+			tunBufs = tunBufs[:0]
 		}
 	}
 }

@@ -13,7 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/crypto/chacha20poly1305"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 	"golang.zx2c4.com/wireguard/conn"
@@ -213,14 +212,17 @@ func (device *Device) RoutineReadFromTUN() {
 	device.log.Verbosef("Routine: TUN reader - started")
 
 	var (
-		batchSize   = device.BatchSize()
-		readErr     error
-		elems       = make([]*QueueOutboundElement, batchSize)
-		bufs        = make([][]byte, batchSize)
-		elemsByPeer = make(map[*Peer]*QueueOutboundElementsContainer, batchSize)
-		count       = 0
-		sizes       = make([]int, batchSize)
-		offset      = MessageTransportHeaderSize
+		batchSize = device.BatchSize()
+		readErr   error
+		elems     = make([]*QueueOutboundElement, batchSize)
+		bufs      = make([][]byte, batchSize)
+		count     = 0
+		sizes     = make([]int, batchSize)
+		offset    = MessageTransportHeaderSize
+		// weft: the read's packets grouped by peer, and the sealed
+		// messages of one peer (inline.go).
+		groups outboundGroups
+		out    = make([][]byte, 0, batchSize)
 	)
 
 	for i := range elems {
@@ -240,6 +242,7 @@ func (device *Device) RoutineReadFromTUN() {
 	for {
 		// read packets
 		count, readErr = device.tun.device.Read(bufs, sizes, offset)
+		groups.reset()
 		for i := 0; i < count; i++ {
 			if sizes[i] < 1 {
 				continue
@@ -272,17 +275,24 @@ func (device *Device) RoutineReadFromTUN() {
 			if peer == nil {
 				continue
 			}
-			elemsForPeer, ok := elemsByPeer[peer]
-			if !ok {
-				elemsForPeer = device.GetOutboundElementsContainer()
-				elemsByPeer[peer] = elemsForPeer
-			}
-			elemsForPeer.elems = append(elemsForPeer.elems, elem)
-			elems[i] = device.NewOutboundElement()
-			bufs[i] = elems[i].buffer[:]
+			groups.add(peer, i)
 		}
 
-		for peer, elemsForPeer := range elemsByPeer {
+		// weft: seal and send inline where the peer has a session;
+		// otherwise upstream's staging, with the elements handed over
+		// and the slots refilled from the pool.
+		for gi := range groups.groups[:groups.n] {
+			g := &groups.groups[gi]
+			peer := g.peer
+			if peer.sendInline(elems, g.slots, out) {
+				continue
+			}
+			elemsForPeer := device.GetOutboundElementsContainer()
+			for _, s := range g.slots {
+				elemsForPeer.elems = append(elemsForPeer.elems, elems[s])
+				elems[s] = device.NewOutboundElement()
+				bufs[s] = elems[s].buffer[:]
+			}
 			if peer.isRunning.Load() {
 				peer.StagePackets(elemsForPeer)
 				peer.SendStagedPackets()
@@ -293,7 +303,6 @@ func (device *Device) RoutineReadFromTUN() {
 				}
 				device.PutOutboundElementsContainer(elemsForPeer)
 			}
-			delete(elemsByPeer, peer)
 		}
 
 		if readErr != nil {
@@ -437,38 +446,14 @@ func calculatePaddingSize(packetSize, mtu int) int {
  * Obs. One instance per core
  */
 func (device *Device) RoutineEncryption(id int) {
-	var paddingZeros [PaddingMultiple]byte
-	var nonce [chacha20poly1305.NonceSize]byte
-
 	defer device.log.Verbosef("Routine: encryption worker %d - stopped", id)
 	device.log.Verbosef("Routine: encryption worker %d - started", id)
 
 	for elemsContainer := range device.queue.encryption.c {
 		for _, elem := range elemsContainer.elems {
-			// populate header fields
-			header := elem.buffer[:MessageTransportHeaderSize]
-
-			fieldType := header[0:4]
-			fieldReceiver := header[4:8]
-			fieldNonce := header[8:16]
-
-			binary.LittleEndian.PutUint32(fieldType, MessageTransportType)
-			binary.LittleEndian.PutUint32(fieldReceiver, elem.keypair.remoteIndex)
-			binary.LittleEndian.PutUint64(fieldNonce, elem.nonce)
-
-			// pad content to multiple of 16
-			paddingSize := calculatePaddingSize(len(elem.packet), int(device.tun.mtu.Load()))
-			elem.packet = append(elem.packet, paddingZeros[:paddingSize]...)
-
-			// encrypt content and release to consumer
-
-			binary.LittleEndian.PutUint64(nonce[4:], elem.nonce)
-			elem.packet = elem.keypair.send.Seal(
-				header,
-				nonce[:],
-				elem.packet,
-				nil,
-			)
+			// weft: the header, padding and sealing are sealTransport's,
+			// shared with the inline path (inline.go).
+			elem.packet = sealTransport(elem.keypair, elem.nonce, elem.buffer[:], len(elem.packet), int(device.tun.mtu.Load()))
 		}
 		elemsContainer.Unlock()
 	}
