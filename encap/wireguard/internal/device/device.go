@@ -18,6 +18,9 @@ import (
 )
 
 type Device struct {
+	// weft: packets sealed on the inline path (inline.go), for tests.
+	inlinePackets atomic.Uint64
+
 	state struct {
 		// state holds the device's state. It is accessed atomically.
 		// Use the device.deviceState method to read it.

@@ -98,16 +98,23 @@ func (h *transportHeader) decode(msg []byte) error {
 
 var paddingZeros [PaddingMultiple]byte
 
+// aeadNonce is the ChaCha20-Poly1305 nonce of a transport message: four
+// zero bytes and the counter. The AEAD is an interface, so a nonce passed
+// to it escapes: each goroutine keeps one and passes it down, so that no
+// packet allocates one.
+type aeadNonce [chacha20poly1305.NonceSize]byte
+
 // sealTransport turns the packet at buf[MessageTransportHeaderSize:][:n]
 // into a transport message in place and returns it (a slice of buf): the
 // header in front, the packet padded as for a device of this mtu, sealed
 // with keypair's send key under nonce, the tag behind. buf must have room
-// for the padding and the tag behind the packet.
-func sealTransport(keypair *Keypair, nonce uint64, buf []byte, n, mtu int) []byte {
+// for the padding and the tag behind the packet; nb is the caller's
+// scratch.
+func sealTransport(keypair *Keypair, nonce uint64, buf []byte, n, mtu int, nb *aeadNonce) []byte {
 	transportHeader{receiver: keypair.remoteIndex, counter: nonce}.encode(buf)
 	packet := buf[MessageTransportHeaderSize : MessageTransportHeaderSize+n]
 	packet = append(packet, paddingZeros[:calculatePaddingSize(n, mtu)]...)
-	var nb [chacha20poly1305.NonceSize]byte
+	*nb = aeadNonce{}
 	binary.LittleEndian.PutUint64(nb[4:], nonce)
 	return keypair.send.Seal(buf[:MessageTransportHeaderSize], nb[:], packet, nil)
 }
@@ -115,9 +122,10 @@ func sealTransport(keypair *Keypair, nonce uint64, buf []byte, n, mtu int) []byt
 // openTransport opens the transport message msg (header decoded into h)
 // in place with keypair's receive key and returns the padded plaintext (a
 // slice of msg behind the header); ok is false when it does not
-// authenticate. The replay check is the caller's, after this.
-func openTransport(keypair *Keypair, h *transportHeader, msg []byte) (plain []byte, ok bool) {
-	var nb [chacha20poly1305.NonceSize]byte
+// authenticate. The replay check is the caller's, after this. nb is the
+// caller's scratch.
+func openTransport(keypair *Keypair, h *transportHeader, msg []byte, nb *aeadNonce) (plain []byte, ok bool) {
+	*nb = aeadNonce{}
 	binary.LittleEndian.PutUint64(nb[4:], h.counter)
 	content := msg[MessageTransportOffsetContent:]
 	plain, err := keypair.receive.Open(content[:0], nb[:], content, nil)
@@ -168,8 +176,8 @@ func (g *outboundGroups) add(peer *Peer, slot int) {
 // not (no usable keypair, packets already staged for a handshake, the
 // device or peer not running), nothing was touched and the caller takes
 // upstream's path. The elements stay the caller's. out is scratch with
-// room for len(slots) messages.
-func (peer *Peer) sendInline(elems []*QueueOutboundElement, slots []int, out [][]byte) bool {
+// room for len(slots) messages, nb the caller's nonce scratch.
+func (peer *Peer) sendInline(elems []*QueueOutboundElement, slots []int, out [][]byte, nb *aeadNonce) bool {
 	device := peer.device
 	if !peer.isRunning.Load() || !device.isUp() || len(peer.queue.staged) != 0 {
 		return false
@@ -191,8 +199,9 @@ func (peer *Peer) sendInline(elems []*QueueOutboundElement, slots []int, out [][
 	out = out[:0]
 	for i, s := range slots {
 		elem := elems[s]
-		out = append(out, sealTransport(keypair, first+uint64(i), elem.buffer[:], len(elem.packet), mtu))
+		out = append(out, sealTransport(keypair, first+uint64(i), elem.buffer[:], len(elem.packet), mtu, nb))
 	}
+	device.inlinePackets.Add(uint64(len(out)))
 	peer.timersAnyAuthenticatedPacketTraversal()
 	peer.timersAnyAuthenticatedPacketSent()
 	err := peer.SendBuffers(out)

@@ -94,6 +94,7 @@ func (device *Device) RoutineReceiveIncoming(maxBatchSize int, recv conn.Receive
 		// to the TUN (inline.go).
 		groups  inboundGroups
 		tunBufs = make([][]byte, 0, maxBatchSize)
+		nonce   = new(aeadNonce)
 	)
 
 	for i := range bufsArrs {
@@ -164,7 +165,7 @@ func (device *Device) RoutineReceiveIncoming(maxBatchSize int, recv conn.Receive
 					continue
 				}
 
-				plain, ok := openTransport(keypair, &h, packet)
+				plain, ok := openTransport(keypair, &h, packet, nonce)
 				if !ok {
 					plain = nil
 				}

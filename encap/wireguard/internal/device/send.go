@@ -223,6 +223,7 @@ func (device *Device) RoutineReadFromTUN() {
 		// messages of one peer (inline.go).
 		groups outboundGroups
 		out    = make([][]byte, 0, batchSize)
+		nonce  = new(aeadNonce)
 	)
 
 	for i := range elems {
@@ -284,7 +285,7 @@ func (device *Device) RoutineReadFromTUN() {
 		for gi := range groups.groups[:groups.n] {
 			g := &groups.groups[gi]
 			peer := g.peer
-			if peer.sendInline(elems, g.slots, out) {
+			if peer.sendInline(elems, g.slots, out, nonce) {
 				continue
 			}
 			elemsForPeer := device.GetOutboundElementsContainer()
@@ -446,6 +447,7 @@ func calculatePaddingSize(packetSize, mtu int) int {
  * Obs. One instance per core
  */
 func (device *Device) RoutineEncryption(id int) {
+	nonce := new(aeadNonce)
 	defer device.log.Verbosef("Routine: encryption worker %d - stopped", id)
 	device.log.Verbosef("Routine: encryption worker %d - started", id)
 
@@ -453,7 +455,7 @@ func (device *Device) RoutineEncryption(id int) {
 		for _, elem := range elemsContainer.elems {
 			// weft: the header, padding and sealing are sealTransport's,
 			// shared with the inline path (inline.go).
-			elem.packet = sealTransport(elem.keypair, elem.nonce, elem.buffer[:], len(elem.packet), int(device.tun.mtu.Load()))
+			elem.packet = sealTransport(elem.keypair, elem.nonce, elem.buffer[:], len(elem.packet), int(device.tun.mtu.Load()), nonce)
 		}
 		elemsContainer.Unlock()
 	}
