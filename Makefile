@@ -9,7 +9,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X github.com/weftnet/weft/cmd/internal/buildinfo.Version=$(VERSION)
 DEPS      := sh deploy/prereq/install.sh
 
-.PHONY: conformance conformance-bins bench-restart all build image deps deps-demo deps-test deps-bench test test-unit test-netns test-kube kube-bins demo bench fuzz vet clean lab-down
+.PHONY: conformance conformance-bins bench-restart bench-rekey all build image deps deps-demo deps-test deps-bench test test-unit test-netns test-kube kube-bins demo bench fuzz vet clean lab-down
 
 all: build
 
@@ -124,6 +124,14 @@ bench: deps-bench build
 	@if [ "$$(id -u)" != 0 ]; then echo "bench needs root (network namespaces, TUN)"; exit 1; fi
 	$(GO) build -o $(BIN)/weftbench ./bench/cmd/weftbench
 	$(BIN)/weftbench -bin-dir $(CURDIR)/$(BIN)
+
+# One 3-minute iperf3 stream over weft's WireGuard across the 120 s rekey,
+# with a UDP probe every 10 ms (bench/rekey_linux.go): fails on a gap over
+# 100 ms; writes bench/results/rekey-{latest.json,<date>.md}.
+bench-rekey: deps-bench build
+	@if [ "$$(id -u)" != 0 ]; then echo "bench-rekey needs root (network namespaces, TUN)"; exit 1; fi
+	$(GO) build -o $(BIN)/weftbench ./bench/cmd/weftbench
+	$(BIN)/weftbench -rekey -bin-dir $(CURDIR)/$(BIN)
 
 # Pod traffic through restarts of weftd (bench/restart_linux.go): a TCP
 # stream and a 10 ms UDP probe between two pods while the sender's weftd

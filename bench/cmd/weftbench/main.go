@@ -51,6 +51,7 @@ func run(args []string) int {
 	fs.StringVar(&cfg.WireGuardBin, "wireguard-bin", "", "standalone wireguard-go binary (default: go build golang.zx2c4.com/wireguard at go.mod's version)")
 	fs.StringVar(&cfg.OutDir, "out", cfg.OutDir, "results directory (latest.json, latest.png, <date>.md); empty writes nothing")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
+	rekey := fs.Bool("rekey", false, "the rekey run instead (make bench-rekey): one 3-minute iperf3 stream over weft's WireGuard across the 120 s rekey, with a 10 ms UDP probe; writes rekey-latest.json and rekey-<date>.md")
 	restart := fs.Bool("restart", false, "the restart benchmark instead (make bench-restart): pod traffic through SIGKILL and SIGTERM restarts of weftd, VXLAN and WireGuard; writes restart-latest.json and restart-<date>.md")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -72,6 +73,9 @@ func run(args []string) int {
 	defer stop()
 	if *restart {
 		return runRestart(ctx, cfg)
+	}
+	if *rekey {
+		return runRekey(ctx, cfg)
 	}
 	rep, err := bench.Run(ctx, cfg)
 	if rep != nil && rep.Rows != nil {
@@ -103,6 +107,28 @@ func runRestart(ctx context.Context, cfg bench.Config) int {
 	}
 	if err != nil {
 		cfg.Log.Error("restart bench failed", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// runRekey is -rekey: the rekey run, with the bin and output directories
+// of cfg. It fails when the run does (a stall over bench.MaxRekeyStall, no
+// rekey, an empty iperf3 interval).
+func runRekey(ctx context.Context, cfg bench.Config) int {
+	rc := bench.DefaultRekeyConfig()
+	rc.BinDir, rc.OutDir, rc.Command = cfg.BinDir, cfg.OutDir, strings.Replace(cfg.Command, "make bench →", "make bench-rekey →", 1)
+	rc.Log = func(format string, args ...any) { cfg.Log.Info(fmt.Sprintf(format, args...)) }
+	rep, err := bench.RunRekey(ctx, rc)
+	if rep != nil {
+		fmt.Print(rep.Markdown())
+	}
+	if err != nil {
+		cfg.Log.Error("rekey run failed", "err", err)
+		return 1
+	}
+	if !rep.Pass {
+		cfg.Log.Error("rekey run did not pass", "why", rep.Why)
 		return 1
 	}
 	return 0

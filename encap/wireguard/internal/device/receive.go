@@ -130,6 +130,7 @@ func (device *Device) RoutineReceiveIncoming(maxBatchSize int, recv conn.Receive
 		deathSpiral = 0
 
 		// handle each packet in the batch
+		var now time.Time
 		for i, size := range sizes[:count] {
 			if size < MinMessageSize {
 				continue
@@ -161,7 +162,11 @@ func (device *Device) RoutineReceiveIncoming(maxBatchSize int, recv conn.Receive
 
 				// check keypair expiry
 
-				if keypair.created.Add(RejectAfterTime).Before(time.Now()) {
+				// weft: one clock read per batch, not per message.
+				if now.IsZero() {
+					now = time.Now()
+				}
+				if keypair.created.Add(RejectAfterTime).Before(now) {
 					continue
 				}
 
