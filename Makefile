@@ -145,6 +145,8 @@ bench-restart: deps-demo build
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzFrameDecode -fuzztime 30s ./encap/vxlan
 	$(GO) test -run XXX -fuzz FuzzRecordUnmarshal -fuzztime 30s ./peer
+	$(GO) test -run XXX -fuzz FuzzTransportHeader -fuzztime 30s ./encap/wireguard/internal/device
+	$(GO) test -run XXX -fuzz FuzzOpenTransport -fuzztime 30s ./encap/wireguard/internal/device
 
 clean:
 	rm -rf $(BIN)
