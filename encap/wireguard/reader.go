@@ -30,14 +30,25 @@ type Divert func(bufs [][]byte, sizes []int, offset int)
 // There is no copy and no goroutine hand-off: the device reads straight into
 // its own buffers, at its own headroom and batch size, as standalone
 // wireguard-go does. Writes, events and MTU are the real TUN's.
+//
+// A TUN read returns one frame: a TCP or UDP super-packet (split by the
+// TUN into up to ~45 segments) or a single packet. Single packets (UDP
+// streams, small TCP segments) would make a batch of one each, so one
+// encryption and one UDP send per packet. Read therefore goes on reading
+// while the TUN has a frame waiting (ready, a zero-timeout poll) and the
+// batch has room for a whole super-packet (moreRoom slots): the batch then
+// leaves in one UDP GSO send, and the peer receives it as one GRO read.
 type reader struct {
 	tun.Device
+	// ready reports whether a read would find a frame now; nil when the
+	// TUN cannot tell (not a kernel TUN): one frame per Read then.
+	ready func() bool
 
-	once   sync.Once
-	divert Divert        // set once, before ready is closed
-	ready  chan struct{} // closed by setDivert
-	closed chan struct{} // closed by Close
-	close  sync.Once
+	once    sync.Once
+	divert  Divert        // set once, before started is closed
+	started chan struct{} // closed by setDivert
+	closed  chan struct{} // closed by Close
+	close   sync.Once
 
 	// A hand-off (Device.Pause): a read that fails with the TUN file's
 	// deadline waits on wake until resume closes it.
@@ -86,14 +97,20 @@ func (r *reader) park() bool {
 }
 
 func newReader(dev tun.Device) *reader {
-	return &reader{Device: dev, ready: make(chan struct{}), closed: make(chan struct{})}
+	return &reader{Device: dev, ready: readyFunc(dev), started: make(chan struct{}), closed: make(chan struct{})}
 }
+
+// moreRoom is the free room a batch must have for Read to read one more
+// frame into it: a TCP super-packet of 64 KiB at the smallest MSS the TUN
+// splits without error (wireguard-go refuses a frame whose segments do not
+// fit, tun.ErrTooManySegments, and its packets are lost).
+const moreRoom = 64
 
 // setDivert starts the reads; later calls change nothing.
 func (r *reader) setDivert(f Divert) {
 	r.once.Do(func() {
 		r.divert = f
-		close(r.ready)
+		close(r.started)
 	})
 }
 
@@ -101,10 +118,10 @@ func (r *reader) setDivert(f Divert) {
 // setDivert is called it reads nothing, so no packet passes unfiltered.
 func (r *reader) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	select {
-	case <-r.ready:
+	case <-r.started:
 	default:
 		select {
-		case <-r.ready:
+		case <-r.started:
 		case <-r.closed:
 			return 0, os.ErrClosed
 		}
@@ -117,11 +134,31 @@ func (r *reader) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			}
 			return 0, os.ErrClosed
 		}
+		if err == nil && r.ready != nil {
+			n, err = r.readMore(bufs, sizes, offset, n)
+		}
 		if n > 0 {
 			r.divert(bufs[:n], sizes[:n], offset)
 		}
 		return n, err
 	}
+}
+
+// readMore adds to a batch of n packets the frames the TUN has waiting,
+// while the batch has moreRoom free slots. A deadline (a hand-off pausing
+// the reads) ends the batch without error: the next Read parks.
+func (r *reader) readMore(bufs [][]byte, sizes []int, offset, n int) (int, error) {
+	for len(bufs)-n >= moreRoom && r.ready() {
+		m, err := r.Device.Read(bufs[n:], sizes[n:], offset)
+		n += m
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // Close closes the real TUN as well: a blocked read ends no other way, and

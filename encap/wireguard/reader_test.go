@@ -217,3 +217,50 @@ func TestReaderErrors(t *testing.T) {
 		t.Fatalf("Read after Close = %d, %v", n, err)
 	}
 }
+
+// TestReaderBatchesWaitingFrames checks that Read goes on reading while
+// the TUN has frames waiting and the batch has room for a whole
+// super-packet, passes the whole batch to Divert once, and stops at a
+// deadline without an error.
+func TestReaderBatchesWaitingFrames(t *testing.T) {
+	ft := newFakeTUN()
+	r := newReader(ft)
+	r.ready = func() bool { return len(ft.reads) > 0 }
+	var seen []int
+	r.setDivert(func(b [][]byte, s []int, off int) { seen = append(seen, len(b)) })
+	pkt := ipv4("10.244.1.2", "10.244.2.2", "udp")
+	const slots = moreRoom + 3
+	bufs, sizes := batch(slots, 16)
+	// Three single packets waiting: one batch of three.
+	for range 3 {
+		ft.reads <- fakeRead{pkts: [][]byte{pkt}}
+	}
+	if n, err := r.Read(bufs, sizes, 16); n != 3 || err != nil || len(seen) != 1 || seen[0] != 3 {
+		t.Fatalf("Read = %d, %v, divert saw %v; want 3 packets in one batch", n, err, seen)
+	}
+	// One more frame only while moreRoom slots are free: after a frame of
+	// four segments 63 are left, and the next frame waits for the next
+	// Read.
+	seen = nil
+	ft.reads <- fakeRead{pkts: [][]byte{pkt, pkt, pkt, pkt}}
+	ft.reads <- fakeRead{pkts: [][]byte{pkt}}
+	if n, err := r.Read(bufs, sizes, 16); n != 4 || err != nil {
+		t.Fatalf("Read = %d, %v; want 4: the next frame may not fit", n, err)
+	}
+	if n, err := r.Read(bufs, sizes, 16); n != 1 || err != nil {
+		t.Fatalf("Read = %d, %v; want the waiting packet", n, err)
+	}
+	// A deadline on a further read ends the batch, without error.
+	ft.reads <- fakeRead{pkts: [][]byte{pkt}}
+	ft.reads <- fakeRead{err: os.ErrDeadlineExceeded}
+	if n, err := r.Read(bufs, sizes, 16); n != 1 || err != nil {
+		t.Fatalf("Read = %d, %v; want 1, nil", n, err)
+	}
+	// Another error comes back with the packets read before it.
+	ft.reads <- fakeRead{pkts: [][]byte{pkt}}
+	ft.reads <- fakeRead{pkts: [][]byte{pkt}, err: tun.ErrTooManySegments}
+	if n, err := r.Read(bufs, sizes, 16); n != 2 || !errors.Is(err, tun.ErrTooManySegments) {
+		t.Fatalf("Read = %d, %v; want 2, ErrTooManySegments", n, err)
+	}
+	r.Close()
+}

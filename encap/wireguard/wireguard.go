@@ -7,10 +7,19 @@
 // goroutines. Before the device sees a batch, the router's Divert takes out
 // of it the packets that are not for WireGuard peers (VXLAN peers under
 // wireguard-across-sites, no route, too big); see reader.go. Inbound, the
-// device writes decrypted packets straight to the TUN, in the batches
-// wireguard-go forms. WireGuard itself picks the peer by allowed IPs (the
+// device writes decrypted packets straight to the TUN, one write per
+// received batch. WireGuard itself picks the peer by allowed IPs (the
 // peers' pod CIDRs) and drops inbound packets whose inner source is not
 // allowed for the peer that sent them.
+//
+// The device is weft's copy of wireguard-go's device package
+// (internal/device, FORK.md: origin version and every change): the
+// handshake, timers, cookies, replay filter, rekeying and UAPI are
+// upstream's; the transport-data path runs inline, where the batch is
+// (sealed and sent by the TUN reader, opened and written by the UDP
+// receiver) instead of through upstream's worker and per-peer goroutines,
+// which on a two-core node cost more than the cipher (internal/device,
+// inline.go).
 //
 // Peers are configured declaratively (SetPeers: the whole desired set, diffed
 // against what is applied) through the UAPI protocol, and the UAPI socket
@@ -33,8 +42,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/weftnet/weft/encap/wireguard/internal/device"
 	"golang.zx2c4.com/wireguard/conn"
-	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/ipc"
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"

@@ -53,6 +53,7 @@ func run(args []string) int {
 	fs.StringVar(&cfg.OutDir, "out", cfg.OutDir, "results directory (latest.json, latest.png, <date>.md); empty writes nothing")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	nat := fs.Bool("nat", false, "the NAT benchmark instead (make bench-nat): pod-to-pod TCP across the lab's NAT topology (public, behind NAT, relayed) beside the plain lab's WireGuard; writes nat-latest.json and nat-<date>.md")
+	rekey := fs.Bool("rekey", false, "the rekey run instead (make bench-rekey): one 3-minute iperf3 stream over weft's WireGuard across the 120 s rekey, with a 10 ms UDP probe; writes rekey-latest.json and rekey-<date>.md")
 	restart := fs.Bool("restart", false, "the restart benchmark instead (make bench-restart): pod traffic through SIGKILL and SIGTERM restarts of weftd, VXLAN and WireGuard; writes restart-latest.json and restart-<date>.md")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -77,6 +78,9 @@ func run(args []string) int {
 	}
 	if *nat {
 		return runNAT(ctx, cfg)
+	}
+	if *rekey {
+		return runRekey(ctx, cfg)
 	}
 	rep, err := bench.Run(ctx, cfg)
 	if rep != nil && rep.Rows != nil {
@@ -131,6 +135,28 @@ func runNAT(ctx context.Context, cfg bench.Config) int {
 	}
 	if err != nil {
 		cfg.Log.Error("NAT bench failed", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// runRekey is -rekey: the rekey run, with the bin and output directories
+// of cfg. It fails when the run does (a stall over bench.MaxRekeyStall, no
+// rekey, an empty iperf3 interval).
+func runRekey(ctx context.Context, cfg bench.Config) int {
+	rc := bench.DefaultRekeyConfig()
+	rc.BinDir, rc.OutDir, rc.Command = cfg.BinDir, cfg.OutDir, strings.Replace(cfg.Command, "make bench →", "make bench-rekey →", 1)
+	rc.Log = func(format string, args ...any) { cfg.Log.Info(fmt.Sprintf(format, args...)) }
+	rep, err := bench.RunRekey(ctx, rc)
+	if rep != nil {
+		fmt.Print(rep.Markdown())
+	}
+	if err != nil {
+		cfg.Log.Error("rekey run failed", "err", err)
+		return 1
+	}
+	if !rep.Pass {
+		cfg.Log.Error("rekey run did not pass", "why", rep.Why)
 		return 1
 	}
 	return 0
