@@ -7,6 +7,7 @@ package overlay_test
 import (
 	"bytes"
 	"context"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -60,6 +61,18 @@ func TestNetnsAcrossNAT(t *testing.T) {
 		return len(st.Peers) == len(l.Nodes)-1
 	}
 	waitAll(t, l, others(l, ""), "every peer routed", 20*time.Second, routedAll)
+	// The nodes behind NAT learn it from their public peers' answers and
+	// say so in their records; then the paths settle.
+	behind := map[string]bool{"n5": true, "n6": true, "n7": true}
+	waitAll(t, l, others(l, ""), "nodes behind NAT known as such everywhere", 15*time.Second, func(node string, st control.Status) bool {
+		for _, p := range st.Peers {
+			across := p.Site != st.Self.Site
+			if across && behind[p.Name] && !(p.Path == "learned" || strings.HasPrefix(p.Path, "relay ")) {
+				return false
+			}
+		}
+		return true
+	})
 
 	// Paths: the address that works from here, and one relay per pair of
 	// nodes behind NAT in different sites, the same from both ends.

@@ -143,7 +143,12 @@ func Join(cfg Config, self Record) (*Membership, error) {
 		mc.BindPort = nt.GetAutoBindPort()
 		mc.AdvertisePort = mc.BindPort
 	}
-	m.tr = newTransport(nt, self)
+	m.tr = newTransport(nt, self, netip.AddrPortFrom(cfg.BindAddr.Unmap(), uint16(mc.BindPort)), func() {
+		select {
+		case m.natKick <- struct{}{}:
+		default:
+		}
+	})
 	mc.Transport = m.tr
 	if m.keyring, err = newKeyring(cfg); err != nil {
 		return nil, fmt.Errorf("join: %w", err)
@@ -204,8 +209,21 @@ func (m *Membership) natLoop(interval time.Duration) {
 		case <-m.natKick:
 		}
 		m.tr.keepalive()
+		if m.tr.behindNAT.Load() && m.Self().Caps&CapBehindNAT == 0 {
+			// Peers learn it with the record: this node's internal
+			// address is no use to other sites.
+			r := m.Self()
+			m.log.Info("behind NAT: public peers see this node's gossip from another address")
+			if err := m.UpdateSelf(r, 5*time.Second); err != nil && !errors.Is(err, ErrClosed) {
+				m.log.Warn("record with the behind-NAT flag not gossiped", "err", err)
+			}
+		}
 	}
 }
+
+// BehindNAT reports whether a public peer saw this node's gossip come from
+// another address than the one it binds (Record CapBehindNAT).
+func (m *Membership) BehindNAT() bool { return m.tr.behindNAT.Load() }
 
 // SeenAt returns where gossip from node name was last seen coming from,
 // for a node of another site without a public address (transport.go).
@@ -236,6 +254,9 @@ func (m *Membership) UpdateSelf(r Record, timeout time.Duration) error {
 	}
 	if r.Name != m.name {
 		return fmt.Errorf("update self: record name %q, node name %q", r.Name, m.name)
+	}
+	if m.tr.behindNAT.Load() {
+		r.Caps |= CapBehindNAT // whoever builds the record, the flag stays
 	}
 	if err := r.Validate(); err != nil {
 		return fmt.Errorf("update self: %w", err)

@@ -34,6 +34,13 @@ const (
 	// front (peer: tagged transport), which is how peers learn the
 	// address a node behind NAT is seen at.
 	CapGossipTag uint32 = 1 << 4
+	// CapBehindNAT: the node has no public address and public peers see
+	// its packets come from another address than its own (peer:
+	// transport.go): other sites can reach it only through the NAT
+	// mappings it opens, or a relay. Without it, a node without a public
+	// address is taken to be routed: its internal address works from
+	// everywhere.
+	CapBehindNAT uint32 = 1 << 5
 )
 
 // Codec bounds. They keep the worst-case encoding (291 bytes) well under

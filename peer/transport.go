@@ -79,6 +79,12 @@ type transport struct {
 	seen   map[string]seenAddr
 
 	nTagged, nBadTag, nKeepalive, nNoPath atomic.Uint64
+
+	// local is the bound gossip address; behindNAT is set once a public
+	// peer saw this node's keepalive come from elsewhere (seenMsg).
+	local     netip.AddrPort
+	behindNAT atomic.Bool
+	onNAT     func() // called once when behindNAT is first set
 }
 
 type seenAddr struct {
@@ -86,10 +92,14 @@ type seenAddr struct {
 	at   time.Time
 }
 
-func newTransport(nt *memberlist.NetTransport, self Record) *transport {
+// newTransport wraps nt for self; local is the bound gossip address and
+// onNAT is called (once) when a public peer says this node is behind NAT.
+func newTransport(nt *memberlist.NetTransport, self Record, local netip.AddrPort, onNAT func()) *transport {
 	t := &transport{
 		NetTransport: nt,
 		self:         self,
+		local:        local,
+		onNAT:        onNAT,
 		packets:      make(chan *memberlist.Packet),
 		stop:         make(chan struct{}),
 		done:         make(chan struct{}),
@@ -122,6 +132,10 @@ func (t *transport) receive() {
 		case <-t.stop:
 			return
 		}
+		if len(p.Buf) > 0 && p.Buf[0] == seenMsg {
+			t.gotSeen(p)
+			continue
+		}
 		if len(p.Buf) > 0 && p.Buf[0] == tagMsg {
 			name, rest, err := parseTag(p.Buf)
 			if err != nil {
@@ -130,7 +144,8 @@ func (t *transport) receive() {
 			}
 			t.note(name, p.From, p.Timestamp)
 			if len(rest) == 0 {
-				continue // a keepalive
+				t.tellSeen(p.From) // a keepalive: say where it came from
+				continue
 			}
 			p.Buf = rest
 		}
@@ -139,6 +154,87 @@ func (t *transport) receive() {
 		case <-t.stop:
 			return
 		}
+	}
+}
+
+// seenMsg answers a keepalive: the byte, then the address the keepalive
+// came from (family 4 or 6, 4 or 16 bytes, port). A node that hears back
+// an address other than the one it sends from is behind NAT
+// (Membership.BehindNAT): its internal address is no use to other sites.
+const seenMsg = 0xf8
+
+// appendSeen appends the seenMsg for a to b.
+func appendSeen(b []byte, a netip.AddrPort) []byte {
+	b = append(b, seenMsg)
+	if a.Addr().Is4() {
+		v := a.Addr().As4()
+		b = append(append(b, 4), v[:]...)
+	} else {
+		v := a.Addr().As16()
+		b = append(append(b, 6), v[:]...)
+	}
+	return append(b, byte(a.Port()>>8), byte(a.Port()))
+}
+
+// parseSeen decodes a seenMsg.
+func parseSeen(b []byte) (netip.AddrPort, error) {
+	if len(b) < 2 || b[0] != seenMsg {
+		return netip.AddrPort{}, errors.New("gossip seen: short packet")
+	}
+	var a netip.Addr
+	switch {
+	case b[1] == 4 && len(b) == 2+4+2:
+		a = netip.AddrFrom4([4]byte(b[2:6]))
+	case b[1] == 6 && len(b) == 2+16+2:
+		a = netip.AddrFrom16([16]byte(b[2:18]))
+	default:
+		return netip.AddrPort{}, fmt.Errorf("gossip seen: family %d in %d bytes", b[1], len(b))
+	}
+	n := len(b)
+	return netip.AddrPortFrom(a, uint16(b[n-2])<<8|uint16(b[n-1])), nil
+}
+
+// tellSeen answers a keepalive from from with where it came from.
+func (t *transport) tellSeen(from net.Addr) {
+	ua, ok := from.(*net.UDPAddr)
+	if !ok {
+		return
+	}
+	a, ok := netip.AddrFromSlice(ua.IP)
+	if !ok {
+		return
+	}
+	ap := netip.AddrPortFrom(a.Unmap(), uint16(ua.Port))
+	t.NetTransport.WriteTo(appendSeen(nil, ap), ap.String())
+}
+
+// gotSeen takes a seenMsg, only from a known peer's public address (the
+// ones this node sends keepalives to): an address other than ours means
+// a NAT between us and the rest.
+func (t *transport) gotSeen(p *memberlist.Packet) {
+	ap, err := parseSeen(p.Buf)
+	if err != nil {
+		t.nBadTag.Add(1)
+		return
+	}
+	ua, ok := p.From.(*net.UDPAddr)
+	if !ok {
+		return
+	}
+	src, _ := netip.AddrFromSlice(ua.IP)
+	known := false
+	for _, q := range *t.peers.Load() {
+		if q.Record.Public.IsValid() && q.Record.Public == src.Unmap() {
+			known = true
+			break
+		}
+	}
+	if !known {
+		t.nBadTag.Add(1)
+		return
+	}
+	if ap != t.local && !t.behindNAT.Swap(true) && t.onNAT != nil {
+		t.onNAT()
 	}
 }
 

@@ -38,6 +38,42 @@ func TestParseTag(t *testing.T) {
 	}
 }
 
+func TestParseSeen(t *testing.T) {
+	for _, a := range []netip.AddrPort{netip.MustParseAddrPort("203.0.113.4:40123"), netip.MustParseAddrPort("[2001:db8::4]:7946")} {
+		got, err := parseSeen(appendSeen(nil, a))
+		if err != nil || got != a {
+			t.Errorf("round trip %s: %s %v", a, got, err)
+		}
+	}
+	for what, in := range map[string][]byte{
+		"empty":      nil,
+		"marker":     {seenMsg},
+		"family 5":   {seenMsg, 5, 1, 2, 3, 4, 0, 1},
+		"short v4":   {seenMsg, 4, 1, 2, 3},
+		"long v4":    {seenMsg, 4, 1, 2, 3, 4, 0, 1, 9},
+		"v6 as v4":   append([]byte{seenMsg, 4}, make([]byte, 18)...),
+		"other type": {tagMsg, 4, 1, 2, 3, 4, 0, 1},
+	} {
+		if _, err := parseSeen(in); err == nil {
+			t.Errorf("%s: parseSeen(%x) accepted", what, in)
+		}
+	}
+}
+
+func FuzzParseSeen(f *testing.F) {
+	f.Add(appendSeen(nil, netip.MustParseAddrPort("203.0.113.4:40123")))
+	f.Add(appendSeen(nil, netip.MustParseAddrPort("[2001:db8::4]:7946")))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		a, err := parseSeen(in)
+		if err != nil {
+			return
+		}
+		if got := appendSeen(nil, a); !bytes.Equal(got, in) {
+			t.Fatalf("re-encoded %x, want %x", got, in)
+		}
+	})
+}
+
 func FuzzParseTag(f *testing.F) {
 	f.Add(appendTag(nil, "n1"))
 	f.Add(append(appendTag(nil, "onprem-1"), 0, 1))
@@ -56,12 +92,21 @@ func FuzzParseTag(f *testing.F) {
 // newTestTransport is a transport on a loopback port with self as its
 // record.
 func newTestTransport(t *testing.T, self Record) *transport {
+	return newTestTransportAt(t, self, netip.AddrPort{}, nil)
+}
+
+// newTestTransportAt is newTestTransport with the bound address it
+// believes it has (invalid: the real one) and an onNAT callback.
+func newTestTransportAt(t *testing.T, self Record, local netip.AddrPort, onNAT func()) *transport {
 	t.Helper()
 	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{BindAddrs: []string{"127.0.0.1"}, BindPort: 0})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr := newTransport(nt, self)
+	if !local.IsValid() {
+		local = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(nt.GetAutoBindPort()))
+	}
+	tr := newTransport(nt, self, local, onNAT)
 	t.Cleanup(func() { tr.Shutdown() })
 	return tr
 }
@@ -148,6 +193,33 @@ func TestTransportTagsAndKeepalive(t *testing.T) {
 			t.Fatal("a1 never learned p1's address from its keepalive")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+
+	// The keepalive's answer says where it came from: here the bound
+	// address itself, so no NAT.
+	waitFor := func(what string, f func() bool) {
+		for !f() {
+			if time.Now().After(deadline) {
+				t.Fatal(what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // the answer to the keepalive above
+	if natted.behindNAT.Load() {
+		t.Fatal("behind NAT, though the public peer saw the bound address")
+	}
+	// Bound elsewhere than seen: a NAT between.
+	kicked := make(chan struct{}, 1)
+	nat2 := newTestTransportAt(t, Record{Name: "p3", Site: "onprem", Underlay: netip.MustParseAddrPort("192.0.2.13:4789"), Caps: CapGossipTag},
+		netip.MustParseAddrPort("192.0.2.13:7946"), func() { kicked <- struct{}{} })
+	nat2.setPeers([]Peer{{Record: public.self, State: StateAlive, gossipAddr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)}})
+	nat2.keepalive()
+	waitFor("the answer to a keepalive from behind NAT did not set BehindNAT", nat2.behindNAT.Load)
+	select {
+	case <-kicked:
+	case <-time.After(5 * time.Second):
+		t.Fatal("onNAT not called")
 	}
 
 	// A memberlist packet to a tagging peer arrives without the tag.

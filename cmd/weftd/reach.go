@@ -7,12 +7,16 @@ package main
 //
 //   - same site: its internal address;
 //   - another site, peer has a public address: that address, and if this
-//     node has none, a persistent WireGuard keepalive, which keeps this
-//     node's NAT mapping open for the peer's packets;
-//   - another site, peer has none but this node has: no endpoint; the
-//     peer's keepalives reach us and WireGuard answers where they came
-//     from (roaming), which weft's updates never overwrite;
-//   - another site, neither has one: through a relay, a peer with a
+//     node is behind NAT (peer.CapBehindNAT), a persistent WireGuard
+//     keepalive, which keeps this node's NAT mapping open for the peer's
+//     packets;
+//   - another site, peer without a public address and not behind NAT (a
+//     routed network, the plain lab): its internal address;
+//   - another site, peer behind NAT, this node has a public address: no
+//     endpoint; the peer's keepalives reach us and WireGuard answers where
+//     they came from (roaming), which weft's updates never overwrite;
+//   - another site, peer behind NAT, this node without a public address:
+//     through a relay, a peer with a
 //     public address in a third site that both can reach, picked the same
 //     way by both ends (rendezvous hashing over the pair), so that each
 //     end's WireGuard expects the other's pod CIDR from the relay. The
@@ -50,7 +54,9 @@ func reachOf(self, r peer.Record) reach {
 	case !crossSite(self, r):
 		return reach{addr: r.Underlay.Addr()}
 	case r.Public.IsValid():
-		return reach{addr: r.Public, keepalive: !self.Public.IsValid()}
+		return reach{addr: r.Public, keepalive: self.Caps&peer.CapBehindNAT != 0}
+	case r.Caps&peer.CapBehindNAT == 0:
+		return reach{addr: r.Underlay.Addr()}
 	case self.Public.IsValid():
 		return reach{passive: true}
 	}

@@ -35,10 +35,14 @@ var (
 	a1 = natRecord("a1", "cloud-a", "192.0.2.11", "203.0.113.11", "10.244.1.0/24")
 	a2 = natRecord("a2", "cloud-a", "192.0.2.12", "203.0.113.12", "10.244.2.0/24")
 	b1 = natRecord("b1", "cloud-b", "192.0.2.11", "203.0.113.21", "10.244.3.0/24")
-	b3 = natRecord("b3", "cloud-b", "192.0.2.13", "", "10.244.5.0/24")
-	p1 = natRecord("p1", "onprem", "198.51.100.11", "", "10.244.6.0/24")
-	p2 = natRecord("p2", "onprem", "198.51.100.12", "", "10.244.7.0/24")
+	b3 = natted(natRecord("b3", "cloud-b", "192.0.2.13", "", "10.244.5.0/24"))
+	p1 = natted(natRecord("p1", "onprem", "198.51.100.11", "", "10.244.6.0/24"))
+	p2 = natted(natRecord("p2", "onprem", "198.51.100.12", "", "10.244.7.0/24"))
+	// A node of a routed site: no public address, and no NAT either.
+	r1 = natRecord("r1", "routed", "203.0.113.41", "", "10.244.8.0/24")
 )
+
+func natted(r peer.Record) peer.Record { r.Caps |= peer.CapBehindNAT; return r }
 
 func alive(rs ...peer.Record) []peer.Peer {
 	var out []peer.Peer
@@ -60,6 +64,9 @@ func TestReachOf(t *testing.T) {
 		{"across, behind NAT to public: public, keepalive", p1, a1, reach{addr: a1.Public, keepalive: true}},
 		{"across, public to behind NAT: learned", a1, p1, reach{passive: true}},
 		{"across, both behind NAT: relay", p1, b3, reach{noRelay: true}},
+		{"across, routed, no public address: internal", a1, r1, reach{addr: r1.Underlay.Addr()}},
+		{"across, behind NAT to routed: internal", p1, r1, reach{addr: r1.Underlay.Addr()}},
+		{"across, routed to public: public, no keepalive", r1, a1, reach{addr: a1.Public}},
 	} {
 		if got := reachOf(tt.self, tt.r); got != tt.want {
 			t.Errorf("%s: reachOf(%s, %s) = %+v, want %+v", tt.name, tt.self.Name, tt.r.Name, got, tt.want)
