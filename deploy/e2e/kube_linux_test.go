@@ -517,7 +517,12 @@ func TestKubernetes(t *testing.T) {
 		{[]string{"patch", "nodes"}, "yes"},
 		{[]string{"patch", "nodes", "--subresource=status"}, "yes"},
 		{[]string{"delete", "nodes"}, "no"},
-		{[]string{"list", "pods", "-A"}, "no"},
+		// --network-policy (on in the DaemonSet) reads pods,
+		// namespaces and policies, and changes none.
+		{[]string{"watch", "pods", "-A"}, "yes"},
+		{[]string{"list", "networkpolicies.networking.k8s.io", "-A"}, "yes"},
+		{[]string{"delete", "pods", "-A"}, "no"},
+		{[]string{"create", "networkpolicies.networking.k8s.io", "-A"}, "no"},
 		{[]string{"get", "secrets", "-n", "weft-system"}, "no"},
 		{[]string{"update", "nodes"}, "no"},
 	} {
@@ -586,6 +591,7 @@ func TestKubernetes(t *testing.T) {
 	t.Run("RolloutUnderTraffic", func(t *testing.T) { c.rolloutUnderTraffic(t, cidrs) })
 
 	t.Run("ServicesAndDNS", c.servicesAndDNS)
+	t.Run("NetworkPolicy", c.networkPolicy)
 	if conformanceWanted() {
 		t.Run("Conformance", c.conformance)
 	}
