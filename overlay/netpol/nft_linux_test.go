@@ -19,7 +19,7 @@ func TestMain(m *testing.M) { prereqtest.Main(m) }
 // A node namespace with three pod namespaces on veths (proxy ARP, /32
 // routes, as weft-cni wires them), for traffic through the real table.
 type nodeLab struct {
-	t      *testing.T
+	t      testing.TB
 	prefix string
 	nodeFd int
 }
@@ -39,7 +39,7 @@ func (l *nodeLab) ping(from, to string) bool {
 
 var labPods = map[string]string{"a": "10.244.9.2", "b": "10.244.9.3", "c": "10.244.9.4"}
 
-func newNodeLab(t *testing.T) *nodeLab {
+func newNodeLab(t testing.TB) *nodeLab {
 	prereqtest.Netns(t, "ip", "ping")
 	l := &nodeLab{t: t, prefix: fmt.Sprintf("wnp%d", os.Getpid())}
 	t.Cleanup(func() {
@@ -177,4 +177,14 @@ func TestTableTraffic(t *testing.T) {
 		t.Errorf("Remove of no table: %v", err)
 	}
 	_ = unix.ENOENT
+}
+
+// NewBenchLab is the node lab for bench_linux_test.go (package
+// netpol_test): the namespace name of a node or pod, and the node's
+// table, removed at the end.
+func NewBenchLab(tb testing.TB) (ns func(string) string, tab *Table) {
+	l := newNodeLab(tb)
+	tab = NewTable(l.nodeFd)
+	tb.Cleanup(func() { tab.Remove() })
+	return l.ns, tab
 }
