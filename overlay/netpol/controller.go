@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"reflect"
 	"sync"
 	"time"
 )
@@ -51,6 +52,8 @@ type Controller struct {
 	cfg Config
 	src Source
 	enf Enforcer
+
+	last *Ruleset // what the last successful apply wrote; Run's goroutine only
 
 	mu     sync.Mutex
 	status Status
@@ -95,26 +98,39 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	t := time.NewTicker(c.cfg.Resync)
 	defer t.Stop()
+	force := true
 	for {
-		c.Sync()
+		c.sync(force)
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-c.src.Changes():
+			force = false
 		case <-t.C:
+			force = true
 		}
 	}
 }
 
-// Sync compiles the current State and applies it once.
-func (c *Controller) Sync() error {
+// sync applies the State's Ruleset; unless force, only when it differs
+// from the last one applied (most Pod updates change nothing a policy
+// reads). The resync forces: it is what repairs drift.
+func (c *Controller) sync(force bool) error {
 	start := time.Now()
 	st := c.src.State()
 	rs, errs := Compile(c.cfg.Node, st)
+	if !force && c.last != nil && reflect.DeepEqual(rs, c.last) {
+		return nil
+	}
 	for _, err := range errs {
 		c.cfg.Log.Warn("NetworkPolicy not enforced", "err", err)
 	}
 	err := c.enf.Apply(rs)
+	if err == nil {
+		c.last = rs
+	} else {
+		c.last = nil
+	}
 	took := time.Since(start)
 	c.mu.Lock()
 	defer c.mu.Unlock()
