@@ -34,6 +34,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/weftnet/weft/deploy/lab"
+	"github.com/weftnet/weft/deploy/prereq/prereqtest"
 	"github.com/weftnet/weft/overlay/netpol"
 	netpolkube "github.com/weftnet/weft/overlay/netpol/kube"
 )
@@ -339,4 +341,90 @@ func connRate(b *testing.B, l *nodeLabHandle) float64 {
 		b.Fatal(err)
 	}
 	return float64(n) / time.Since(start).Seconds()
+}
+
+// BenchmarkThroughputAcrossWeft: iperf3 from a pod on n1 to a pod on n2 of
+// the netns lab (two weftd, VXLAN), with no policy and with 100 policies
+// selecting the receiver in both nodes' tables (the allowing one last).
+func BenchmarkThroughputAcrossWeft(b *testing.B) {
+	bin := prereqtest.Binaries(b)
+	ctx := context.Background()
+	l, err := lab.Up(ctx, lab.Config{Prefix: fmt.Sprintf("wnpb%d", os.Getpid()%10000), Dir: b.TempDir(), BinDir: bin, Nodes: 2, Sites: 1, PodsPerNode: 1, Transport: "vxlan"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Down()
+	src, dst := l.PodsOn("n1")[0], l.PodsOn("n2")[0]
+	addr := func(p lab.Pod) netip.Addr {
+		if pf, err := netip.ParsePrefix(p.Address); err == nil {
+			return pf.Addr()
+		}
+		return netip.MustParseAddr(p.Address)
+	}
+	var tables []*netpol.Table
+	for _, n := range []string{"n1", "n2"} {
+		f, err := os.Open("/run/netns/" + l.Node(n).Netns)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		t := netpol.NewTable(int(f.Fd()))
+		defer t.Remove()
+		tables = append(tables, t)
+	}
+	st := netpol.State{Namespaces: []netpol.Namespace{{Name: "x"}}, Pods: []netpol.Pod{
+		{Namespace: "x", Name: "src", Labels: map[string]string{"app": "a"}, IP: addr(src), Node: "n1"},
+		{Namespace: "x", Name: "dst", Labels: map[string]string{"app": "b"}, IP: addr(dst), Node: "n2"},
+	}}
+	for i := 0; i < 100; i++ {
+		port := uint16(1000 + i)
+		if i == 99 {
+			port = 5201
+		}
+		st.Policies = append(st.Policies, netpol.Policy{Namespace: "x", Name: fmt.Sprintf("p%03d", i), Ingress: true,
+			PodSelector:  netpol.Selector{MatchLabels: map[string]string{"app": "b"}},
+			IngressRules: []netpol.Rule{{Peers: []netpol.Peer{{Pods: &netpol.Selector{MatchLabels: map[string]string{"app": "a"}}}}, Ports: []netpol.Port{{Proto: netpol.TCP, Port: port}}}}})
+	}
+	run := func() float64 {
+		srv := exec.Command("ip", "netns", "exec", dst.Netns, "iperf3", "-s", "-1", "-p", "5201")
+		if err := srv.Start(); err != nil {
+			b.Fatal(err)
+		}
+		defer func() { srv.Process.Kill(); srv.Wait() }()
+		time.Sleep(300 * time.Millisecond)
+		out, err := exec.Command("ip", "netns", "exec", src.Netns, "iperf3", "-c", addr(dst).String(), "-p", "5201", "-t", "4", "-J").Output()
+		if err != nil {
+			b.Fatalf("iperf3: %v: %s", err, out)
+		}
+		var res struct {
+			End struct {
+				SumReceived struct {
+					BitsPerSecond float64 `json:"bits_per_second"`
+				} `json:"sum_received"`
+			} `json:"end"`
+		}
+		if err := json.Unmarshal(out, &res); err != nil {
+			b.Fatal(err)
+		}
+		return res.End.SumReceived.BitsPerSecond / 1e9
+	}
+	var gNone, gHundred float64
+	for i := 0; i < b.N; i++ {
+		for _, c := range []struct {
+			st  netpol.State
+			sum *float64
+		}{{netpol.State{}, &gNone}, {st, &gHundred}} {
+			for j, t := range tables {
+				rs, _ := netpol.Compile([]string{"n1", "n2"}[j], c.st)
+				if err := t.Apply(rs); err != nil {
+					b.Fatal(err)
+				}
+			}
+			*c.sum += run()
+		}
+	}
+	b.ReportMetric(gNone/float64(b.N), "Gbit/s-none")
+	b.ReportMetric(gHundred/float64(b.N), "Gbit/s-100-policies")
+	b.ReportMetric(gHundred/gNone, "ratio")
+	b.ReportMetric(0, "ns/op")
 }
