@@ -39,7 +39,7 @@ type Watcher struct {
 	synced   []cache.InformerSynced
 	changes  chan struct{}
 	log      *slog.Logger
-	invalid  atomic.Uint64 // objects the translation refused, ever
+	invalid  atomic.Uint64 // policies the last State could not translate
 
 	cancel    context.CancelFunc
 	factory   informers.SharedInformerFactory
@@ -124,7 +124,7 @@ func (w *Watcher) WaitSynced(ctx context.Context) error {
 // Changes delivers a value after informer events (coalesced).
 func (w *Watcher) Changes() <-chan struct{} { return w.changes }
 
-// Invalid counts the objects State could not translate, since the start.
+// Invalid counts the policies the last State could not translate.
 func (w *Watcher) Invalid() uint64 { return w.invalid.Load() }
 
 // State copies the caches into a netpol.State.
@@ -141,10 +141,12 @@ func (w *Watcher) State() netpol.State {
 		st.Namespaces = append(st.Namespaces, netpol.Namespace{Name: n.Name, Labels: n.Labels})
 	}
 	pols, _ := w.policies.List(labels.Everything())
+	var invalid uint64
+	defer func() { w.invalid.Store(invalid) }()
 	for _, p := range pols {
 		pol, err := PolicyOf(p)
 		if err != nil {
-			w.invalid.Add(1)
+			invalid++
 			w.log.Warn("NetworkPolicy not enforced", "policy", p.Namespace+"/"+p.Name, "err", err)
 			continue
 		}
