@@ -35,6 +35,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -59,8 +60,39 @@ const (
 	chainIngress        = "ingress"
 )
 
+// sockBuf is the netlink socket's send and receive buffer. One apply is
+// one batch: every message of it is acknowledged, and each acknowledgement
+// takes about a kilobyte of the receive buffer (its skb), so the default
+// (rmem_default, about 200 KiB) overflows (ENOBUFS) at about 200 messages,
+// some 15 policies; the batch itself, set elements included, must fit the
+// send buffer. 64 MiB is a limit, not an allocation: about 60,000
+// messages, thousands of policies.
+const sockBuf = 64 << 20
+
+// bigBuffers sets sockBuf on a netlink socket, past the sysctl limits
+// (SO_RCVBUFFORCE, SO_SNDBUFFORCE: weftd has CAP_NET_ADMIN).
+func bigBuffers(c *netlink.Conn) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, sockBuf); serr != nil {
+			return
+		}
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sockBuf)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("netlink socket buffers: %w", serr)
+	}
+	return nil
+}
+
 func (t *Table) conn() (*nftables.Conn, error) {
-	var opts []nftables.ConnOption
+	opts := []nftables.ConnOption{nftables.WithSockOptions(bigBuffers)}
 	if t.netns != 0 {
 		opts = append(opts, nftables.WithNetNSFd(t.netns))
 	}

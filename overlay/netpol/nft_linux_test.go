@@ -138,6 +138,19 @@ func TestTableTraffic(t *testing.T) {
 	expect("a's egress", "a", labPods["c"], false)
 	expect("replies to a", "b", labPods["a"], true)
 
+	// Many policies in one batch: more acknowledgements than a default
+	// netlink receive buffer holds (ENOBUFS before sockBuf).
+	many := []Policy{onlyA, aOut}
+	for i := 0; i < 300; i++ {
+		many = append(many, Policy{Namespace: "x", Name: fmt.Sprintf("m%03d", i), PodSelector: sel("c"), Ingress: true,
+			IngressRules: []Rule{{Peers: []Peer{{Pods: &Selector{}}}, Ports: []Port{{Proto: UDP, Port: uint16(2000 + i), EndPort: uint16(2000 + i)}}}}})
+	}
+	if rs := apply(labState(many...)); rs.Rules() < 300 {
+		t.Fatalf("%d rules", rs.Rules())
+	}
+	expect("c under 300 UDP-only policies", "b", labPods["c"], false)
+	apply(labState(onlyA, aOut))
+
 	// Drift: a chain of someone else's in weft's table, and a missing
 	// dispatch rule, repaired by the next Apply; counters kept.
 	c, err := nftables.New(nftables.WithNetNSFd(l.nodeFd))
