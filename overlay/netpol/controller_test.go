@@ -113,3 +113,36 @@ func TestControllerFailClosed(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestControllerSkipsUnchanged: a change that compiles to the same
+// Ruleset (a Pod update no policy reads) applies nothing; the resync
+// applies all the same.
+func TestControllerSkipsUnchanged(t *testing.T) {
+	src := &fakeSource{synced: make(chan struct{}), changes: make(chan struct{}, 1)}
+	close(src.synced)
+	st := clusterState(Policy{Namespace: "a", Name: "p", Ingress: true})
+	src.set(st)
+	tab := &fakeTable{applies: make(chan struct{}, 16)}
+	cfg := DefaultConfig("n1")
+	cfg.Resync = time.Hour
+	c := NewController(cfg, src, tab)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- c.Run(ctx) }()
+	<-tab.applies
+	st = clusterState(Policy{Namespace: "a", Name: "p", Ingress: true})
+	st.Pods[0].Name = "renamed" // nothing a policy reads
+	src.set(st)
+	time.Sleep(100 * time.Millisecond)
+	if n := tab.count(); n != 1 {
+		t.Errorf("%d applies after an irrelevant change, want 1", n)
+	}
+	st = clusterState(Policy{Namespace: "a", Name: "p", Ingress: true, PodSelector: *selp("app", "web")})
+	src.set(st)
+	<-tab.applies
+	if n := tab.count(); n != 2 {
+		t.Errorf("%d applies after a change of selection, want 2", n)
+	}
+	cancel()
+	<-done
+}
