@@ -9,7 +9,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X github.com/weftnet/weft/cmd/internal/buildinfo.Version=$(VERSION)
 DEPS      := sh deploy/prereq/install.sh
 
-.PHONY: conformance conformance-bins bench-restart bench-nat bench-rekey all build image deps deps-demo deps-test deps-bench test test-unit test-netns test-kube kube-bins demo bench fuzz vet clean lab-down
+.PHONY: conformance conformance-netpol conformance-bins bench-restart bench-nat bench-rekey all build image deps deps-demo deps-test deps-bench test test-unit test-netns test-kube kube-bins demo bench fuzz vet clean lab-down
 
 all: build
 
@@ -102,6 +102,15 @@ kube-bins:
 conformance: deps-test build
 	@if [ "$$(id -u)" != 0 ]; then echo "conformance needs root (network namespaces, containerd, kubelet)"; exit 1; fi
 	cd deploy/e2e && $(GO) vet . && WEFT_CONFORMANCE=1 WEFT_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 180m \
+		-run '^(TestServiceBinaries|TestE2EBinary|TestConformanceDryRun|TestConformance)$$' .
+
+# The upstream NetworkPolicy suite (test/e2e/network/netpol of e2e.test
+# v1.34.4, focus `[sig-network] Netpol`) the same way, against weft's
+# enforcement (weftd --network-policy, on in the DaemonSet). Long (README:
+# NetworkPolicy): not part of `make test`.
+conformance-netpol: deps-test build
+	@if [ "$$(id -u)" != 0 ]; then echo "conformance-netpol needs root (network namespaces, containerd, kubelet)"; exit 1; fi
+	cd deploy/e2e && $(GO) vet . && WEFT_CONFORMANCE=1 WEFT_CONFORMANCE_FOCUS=netpol WEFT_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 240m \
 		-run '^(TestServiceBinaries|TestE2EBinary|TestConformanceDryRun|TestConformance)$$' .
 
 # Only the binaries of make conformance (e2e.test, agnhost, CoreDNS) into

@@ -81,6 +81,33 @@ func printStatus(st control.Status) {
 		}
 		fmt.Printf("weftd pid %d, generation %d, started %s, %s start\n", p.PID, p.Generation, p.Started.Format(time.RFC3339), start)
 	}
+	printNetworkPolicy(st.NetworkPolicy)
+}
+
+// printNetworkPolicy shows NetworkPolicy enforcement (weftd
+// --network-policy): policies and rules in force, drops by policy.
+func printNetworkPolicy(np *control.NetworkPolicy) {
+	if np == nil {
+		return
+	}
+	state := "not yet applied (the previous table stays in force)"
+	if np.Synced {
+		state = fmt.Sprintf("applied %s ago in %.1f ms", time.Since(np.LastApply).Truncate(time.Second), np.LastApplyMillis)
+	}
+	fmt.Printf("\nnetwork policy: %d policies (%d selecting pods here), %d rules, %d pods known; %s; %d applies, %d failed, %d invalid\n",
+		np.Policies, np.Selecting, np.Rules, np.Pods, state, np.Applies, np.Failures, np.Invalid)
+	if np.LastError != "" {
+		fmt.Printf("last error: %s\n", np.LastError)
+	}
+	if len(np.Drops) == 0 {
+		return
+	}
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "POLICY\tDROPPED IN\tDROPPED OUT")
+	for _, d := range np.Drops {
+		fmt.Fprintf(w, "%s\t%d\t%d\n", d.Policy, d.Ingress, d.Egress)
+	}
+	w.Flush()
 }
 
 func orDash(s string) string {

@@ -56,6 +56,7 @@ type config struct {
 	handoffFlags  // hand-off from a running weftd (handoff.go)
 	masqFlags     // egress masquerade (masq.go)
 	metricsFlags  // Prometheus metrics (metrics.go)
+	netpolFlags   // NetworkPolicy (netpol.go)
 }
 
 // registerFlags adds the node-wide flags to fs.
@@ -85,13 +86,14 @@ func parseFlags(args []string) (config, error) {
 	c.masqFlags.registerFlags(fs)
 	c.metricsFlags.registerFlags(fs)
 	c.handoffFlags.registerFlags(fs)
+	c.netpolFlags.registerFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
-	for _, check := range []func() error{c.checkKube, c.checkNode, c.checkControlPlane, c.checkUnderlay, c.checkDatapath, c.checkMasq} {
+	for _, check := range []func() error{c.checkKube, c.checkNode, c.checkControlPlane, c.checkUnderlay, c.checkDatapath, c.checkMasq, c.checkNetpol} {
 		if err := check(); err != nil {
 			return c, err
 		}
@@ -224,6 +226,11 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 		return err
 	}
 	defer kube.Close()
+	np, err := startNetpol(ctx, c, log)
+	if err != nil {
+		return err
+	}
+	defer np.Close()
 	how := startOf(c, log, tk)
 	dp, err := startDatapath(c, log, tk, how.resuming())
 	if err != nil {
@@ -276,7 +283,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	ctrl, stopCtrl := context.WithCancel(ctx)
 	defer stopCtrl()
 	n.stopControl = stopCtrl
-	n.served = serveControl(ctrl, c, dp, members, plane, kube, started, metricsLn)
+	n.served = serveControl(ctrl, c, dp, members, plane, kube, np, started, metricsLn)
 	d := donor{reqs: make(chan donorReq)}
 	handed := make(chan error, 1)
 	go func() { handed <- handoff.Serve(ctrl, c.handoffSocket(), d) }()
@@ -343,12 +350,13 @@ func (c config) socket() string { return filepath.Join(c.RunDir, "weftd.sock") }
 
 // serveControl serves the control API on the socket in c.RunDir until ctx
 // ends; the channel delivers Serve's result.
-func serveControl(ctx context.Context, c config, dp *datapath, members *peer.Membership, plane *plane, kube *kubeMode, started control.Process, metricsLn net.Listener) <-chan error {
+func serveControl(ctx context.Context, c config, dp *datapath, members *peer.Membership, plane *plane, kube *kubeMode, np *netpolRun, started control.Process, metricsLn net.Listener) <-chan error {
 	statusOf := func() control.Status {
 		st := status(c, dp, members)
 		st.Process = started
 		plane.annotate(&st)
 		kube.annotate(&st)
+		np.annotate(&st)
 		return st
 	}
 	served := make(chan error, 2) // the control socket's and the metrics server's

@@ -103,10 +103,13 @@ type cluster struct {
 	kubelet map[string]*proc
 	// kubeProxy is each node's kube-proxy.
 	kubeProxy map[string]*proc
-	kcm       *proc             // kube-controller-manager
-	mntns     map[string]string // node → its mount namespace file
-	images    images
-	overlay   string // the test's kustomization of deploy/
+	kcm       *proc // kube-controller-manager
+	// root is TestKubernetes's own t: processes stop when it ends, not
+	// with the subtest that started them (c.t, see c.use).
+	root    *testing.T
+	mntns   map[string]string // node → its mount namespace file
+	images  images
+	overlay string // the test's kustomization of deploy/
 }
 
 func needRoot(t *testing.T) {
@@ -136,7 +139,11 @@ func (c *cluster) start(name, netns, mntns string, bin string, args ...string) *
 	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
 	go func() { cmd.Wait(); logf.Close(); close(p.done) }()
 	c.started = append(c.started, p)
-	c.t.Cleanup(func() {
+	owner := c.t
+	if c.root != nil {
+		owner = c.root
+	}
+	owner.Cleanup(func() {
 		start := time.Now()
 		p.stop()
 		if d := time.Since(start); d > 3*time.Second {
@@ -336,7 +343,7 @@ func TestKubernetes(t *testing.T) {
 	if err := setupMountNSDir(); err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{t: t, lab: l, kbin: kbin, wbin: wbin, dir: filepath.Join(labDir, "k8s"), kubelet: map[string]*proc{}, kubeProxy: map[string]*proc{}, mntns: map[string]string{}}
+	c := &cluster{t: t, root: t, lab: l, kbin: kbin, wbin: wbin, dir: filepath.Join(labDir, "k8s"), kubelet: map[string]*proc{}, kubeProxy: map[string]*proc{}, mntns: map[string]string{}}
 	if err := os.MkdirAll(c.dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -517,7 +524,12 @@ func TestKubernetes(t *testing.T) {
 		{[]string{"patch", "nodes"}, "yes"},
 		{[]string{"patch", "nodes", "--subresource=status"}, "yes"},
 		{[]string{"delete", "nodes"}, "no"},
-		{[]string{"list", "pods", "-A"}, "no"},
+		// --network-policy (on in the DaemonSet) reads pods,
+		// namespaces and policies, and changes none.
+		{[]string{"watch", "pods", "-A"}, "yes"},
+		{[]string{"list", "networkpolicies.networking.k8s.io", "-A"}, "yes"},
+		{[]string{"delete", "pods", "-A"}, "no"},
+		{[]string{"create", "networkpolicies.networking.k8s.io", "-A"}, "no"},
 		{[]string{"get", "secrets", "-n", "weft-system"}, "no"},
 		{[]string{"update", "nodes"}, "no"},
 	} {
@@ -586,6 +598,7 @@ func TestKubernetes(t *testing.T) {
 	t.Run("RolloutUnderTraffic", func(t *testing.T) { c.rolloutUnderTraffic(t, cidrs) })
 
 	t.Run("ServicesAndDNS", c.servicesAndDNS)
+	t.Run("NetworkPolicy", c.networkPolicy)
 	if conformanceWanted() {
 		t.Run("Conformance", c.conformance)
 	}

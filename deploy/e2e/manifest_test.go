@@ -265,8 +265,15 @@ func TestRBACLeastPrivilege(t *testing.T) {
 		bind rbacv1.ClusterRoleBinding
 	)
 	readYAML(t, "../rbac.yaml", &sa, &role, &bind)
-	if len(role.Rules) != 2 {
-		t.Fatalf("rules %+v, want two", role.Rules)
+	if len(role.Rules) != 4 {
+		t.Fatalf("rules %+v, want four", role.Rules)
+	}
+	// --network-policy: read only, pods and namespaces, networkpolicies.
+	for i, want := range []struct{ group, resources string }{{"", "pods namespaces"}, {"networking.k8s.io", "networkpolicies"}} {
+		r := role.Rules[2+i]
+		if !slices.Equal(r.APIGroups, []string{want.group}) || strings.Join(r.Resources, " ") != want.resources || !slices.Equal(r.Verbs, []string{"list", "watch"}) {
+			t.Errorf("rule %+v: want list and watch on %s %s only", r, want.group, want.resources)
+		}
 	}
 	if st := role.Rules[1]; !slices.Equal(st.APIGroups, []string{""}) || !slices.Equal(st.Resources, []string{"nodes/status"}) || !slices.Equal(st.Verbs, []string{"patch"}) {
 		t.Errorf("second rule %+v: want patch on core nodes/status only (the NetworkUnavailable condition)", st)

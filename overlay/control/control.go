@@ -25,6 +25,8 @@ type Status struct {
 	Peers    []Node            `json:"peers"`
 	Counters map[string]uint64 `json:"counters"`
 	Process  Process           `json:"process,omitzero"`
+	// NetworkPolicy is nil unless weftd runs with --network-policy.
+	NetworkPolicy *NetworkPolicy `json:"networkPolicy,omitempty"`
 }
 
 // Process is how this weftd process started.

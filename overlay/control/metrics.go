@@ -111,5 +111,6 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	if !st.Process.Started.IsZero() {
 		ch <- prometheus.MustNewConstMetric(startDesc, prometheus.GaugeValue, float64(st.Process.Started.UnixNano())/1e9)
 	}
+	collectNetworkPolicy(st.NetworkPolicy, ch)
 	ch <- prometheus.MustNewConstMetric(buildInfoDesc, prometheus.GaugeValue, 1, c.version, st.Process.Start)
 }
