@@ -85,7 +85,7 @@ func (c *config) checkKube() error {
 	if !c.kubeMode() {
 		return nil
 	}
-	if c.podCIDR != "" || c.NodeCIDRBits != 0 {
+	if len(c.podCIDRFlags) > 0 || c.NodeCIDRBits != 0 {
 		return errors.New("--kube takes the pod CIDR from the Node object: drop --pod-cidr and --node-cidr-size")
 	}
 	return nil
