@@ -228,3 +228,31 @@ func FuzzPacketTooBig(f *testing.F) {
 		}
 	})
 }
+
+// TestPacketPathAllocsIPv6 pins the IPv6 per-packet path at zero
+// allocations, as TestPacketPathAllocs does for IPv4: encapsulate, then
+// decapsulate with every inbound check, and the ICMPv6 answer.
+func TestPacketPathAllocsIPv6(t *testing.T) {
+	a, b := dualNodes(t, nil)
+	ta, tb := a.r.table.Load(), b.r.table.Load()
+	inner := udp6("fd00:10:244:1::2", "fd00:10:244:2::2", "allocs")
+	buf := make([]byte, bufSize)
+	icmp := make([]byte, icmpBufLen)
+	src := netip.MustParseAddr("fd00:10:244:1::1")
+	allocs := testing.AllocsPerRun(1000, func() {
+		copy(buf[tunOffset:], inner)
+		if _, v := a.r.encapsulate(ta, buf, len(inner)); v != pass {
+			t.Fatalf("encapsulate verdict %d", v)
+		}
+		frame := buf[tunOffset-vxlan.FrameHeaderLen : tunOffset+len(inner)]
+		if v := b.r.decapsulate(frame, tb.peerAt(a.peer.Underlay.Addr())); v != pass {
+			t.Fatalf("decapsulate verdict %d", v)
+		}
+		if packetTooBig(icmp, src, inner, 1350) == 0 {
+			t.Fatal("no packet too big")
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("IPv6 per-packet path allocates %v times, want 0", allocs)
+	}
+}
