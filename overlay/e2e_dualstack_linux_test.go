@@ -1,0 +1,64 @@
+package overlay_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weftnet/weft/deploy/lab"
+)
+
+// TestNetnsPathMTULoweredMidPathIPv6 is TestNetnsPathMTULoweredMidPath for
+// IPv6 pods of a dual-stack lab: once the underlay path narrows, a full-size
+// IPv6 packet from a pod is answered by weftd with an ICMPv6 "packet too
+// big" carrying the inner MTU that fits, the pod's kernel takes it, and a
+// TCP stream over IPv6 crosses the narrowed path.
+func TestNetnsPathMTULoweredMidPathIPv6(t *testing.T) {
+	needNetns(t)
+	for _, tc := range []struct {
+		transport string
+		podMTU    int
+		inner     int // what fits a 1400-byte path
+	}{{"vxlan", 1450, 1350}, {"wireguard", 1440, 1328}} {
+		t.Run(tc.transport, func(t *testing.T) {
+			l := startLab(t, lab.Config{Nodes: 2, Sites: 2, PodsPerNode: 1, Transport: tc.transport, DualStack: true})
+			waitConverged(t, l)
+			n1, n2 := l.Node("n1"), l.Node("n2")
+			p1, p2 := l.PodsOn("n1")[0], l.PodsOn("n2")[0]
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			if _, err := l.Ping(ctx, p1.Netns, p2.Address6, 2); err != nil {
+				t.Fatalf("IPv6 before narrowing: %v", err)
+			}
+			const pathMTU = 1400
+			if out, err := l.Exec(ctx, l.Router.Netns, "ip", "link", "set", "br-"+n2.Site, "mtu", fmt.Sprint(pathMTU)); err != nil {
+				t.Fatalf("lower mtu: %v\n%s", err, out)
+			}
+			l.Exec(ctx, n1.Netns, "ping", "-M", "do", "-c", "1", "-W", "1", "-s", "1472", n2.UnderlayAddr)
+			want := fmt.Sprintf("mtu=%d", tc.inner)
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				// IPv6 header 40 + ICMPv6 echo 8: a packet of the pod MTU.
+				out, _ := l.Exec(ctx, p1.Netns, "ping", "-6", "-M", "do", "-c", "1", "-W", "1", "-s", fmt.Sprint(tc.podMTU-48), p2.Address6)
+				if strings.Contains(strings.ReplaceAll(string(out), " ", ""), want) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("pod never heard 'packet too big, %s': %s", want, out)
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+			res, err := l.TransferTo(ctx, p1, p2, p2.Address6, 1<<20)
+			if err != nil {
+				t.Fatalf("1 MB over IPv6 across the narrowed path: %v", err)
+			}
+			st := status(t, n1)
+			t.Logf("%s: 1 MB over IPv6 in %s; n1 sent %d packet-too-big, dropped %d too big", tc.transport, res.Duration.Round(time.Millisecond), st.Counters["icmp6_packet_too_big_sent"], st.Counters["drop_too_big"])
+			if st.Counters["icmp6_packet_too_big_sent"] == 0 {
+				t.Fatal("weftd counted no ICMPv6 packet too big")
+			}
+		})
+	}
+}
