@@ -256,3 +256,28 @@ func TestPacketPathAllocsIPv6(t *testing.T) {
 		t.Fatalf("IPv6 per-packet path allocates %v times, want 0", allocs)
 	}
 }
+
+// TestPathFitsByUnderlayFamily: the outer headers counted against a peer's
+// path MTU are those of its underlay family: VXLAN 50 over IPv4 and 70 over
+// IPv6, WireGuard 60 and 80 (plus its 16-byte padding).
+func TestPathFitsByUnderlayFamily(t *testing.T) {
+	for _, tc := range []struct {
+		underlay  string
+		transport Transport
+		inner     int // the largest inner packet a 1400-byte path carries
+	}{
+		{"192.0.2.12:4789", TransportVXLAN, 1350},
+		{"[2001:db8::12]:4789", TransportVXLAN, 1330},
+		{"192.0.2.12:51820", TransportWireGuard, 1328},
+		{"[2001:db8::12]:51820", TransportWireGuard, 1312},
+	} {
+		p := &peerEntry{Peer: Peer{Underlay: netip.MustParseAddrPort(tc.underlay), Transport: tc.transport}, pmtu: &pathMTU{}}
+		p.pmtu.v.Store(1400)
+		if got := p.innerMTU(); got != tc.inner {
+			t.Errorf("%s %v: inner MTU %d, want %d", tc.underlay, tc.transport, got, tc.inner)
+		}
+		if !p.fits(tc.inner) || p.fits(tc.inner+16) {
+			t.Errorf("%s %v: fits(%d) %v, fits(%d) %v", tc.underlay, tc.transport, tc.inner, p.fits(tc.inner), tc.inner+16, p.fits(tc.inner+16))
+		}
+	}
+}

@@ -25,6 +25,7 @@ import (
 const (
 	pmtuRefresh  = 2 * time.Second
 	outerIPv4UDP = 20 + 8 // the outer headers the kernel adds
+	outerIPv6UDP = 40 + 8 // the same over an IPv6 underlay
 	// icmpPerSecond bounds the ICMP errors the router generates.
 	icmpPerSecond = 100
 )
@@ -45,18 +46,34 @@ func (p *peerEntry) fits(size int) bool {
 	}
 	if p.Transport == TransportWireGuard {
 		// WireGuard pads the plaintext to a multiple of 16 bytes.
-		return (size+15)&^15+wireguard.OverheadIPv4 <= m
+		return (size+15)&^15+p.wgOverhead() <= m
 	}
-	return size+outerIPv4UDP+22 <= m // + VXLAN header and inner Ethernet
+	return size+p.outerUDP()+22 <= m // + VXLAN header and inner Ethernet
 }
 
 // innerMTU is the largest inner packet that fits the path to p.
 func (p *peerEntry) innerMTU() int {
 	m := int(p.pmtu.v.Load())
 	if p.Transport == TransportWireGuard {
-		return (m - wireguard.OverheadIPv4) &^ 15
+		return (m - p.wgOverhead()) &^ 15
 	}
-	return m - outerIPv4UDP - 22
+	return m - p.outerUDP() - 22
+}
+
+// outerUDP is the outer IP and UDP headers toward p's underlay address.
+func (p *peerEntry) outerUDP() int {
+	if p.Underlay.Addr().Is6() && !p.Underlay.Addr().Is4In6() {
+		return outerIPv6UDP
+	}
+	return outerIPv4UDP
+}
+
+// wgOverhead is WireGuard's overhead toward p's underlay address.
+func (p *peerEntry) wgOverhead() int {
+	if p.outerUDP() == outerIPv6UDP {
+		return wireguard.OverheadIPv6
+	}
+	return wireguard.OverheadIPv4
 }
 
 // refreshPathMTUs asks the kernel for the path MTU toward every peer.
@@ -65,8 +82,8 @@ func (r *Router) refreshPathMTUs() {
 		return
 	}
 	for _, p := range r.table.Load().peers {
-		if !p.Underlay.Addr().Is4() {
-			continue
+		if !p.Underlay.Addr().IsValid() {
+			continue // reached only where its packets come from
 		}
 		m, err := r.cfg.PathMTU(p.Underlay.Addr())
 		if err != nil {
