@@ -56,13 +56,13 @@ func Add(args *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrIOFailure, "weft-cni: ipam lookup", err.Error())
 	}
-	release := func(err error) error {
-		if !held {
-			if rerr := store.Release(owner); rerr != nil {
-				err = fmt.Errorf("%w (and release: %v)", err, rerr)
-			}
+	// undo frees what this ADD allocated (everything the owner holds,
+	// since it held nothing before).
+	undo := func() error {
+		if held {
+			return nil
 		}
-		return err
+		return store.Release(owner)
 	}
 	// One address per family of the node's pod CIDRs, IPv4 first.
 	var podIPs []netip.Addr
@@ -72,9 +72,8 @@ func Add(args *skel.CmdArgs) error {
 		}
 		a, err := allocate(store, node, owner, v6)
 		if err != nil {
-			var cerr *types.Error
-			if errors.As(release(err), &cerr) {
-				return cerr
+			if rerr := undo(); rerr != nil {
+				return types.NewError(types.ErrIOFailure, "weft-cni: release after a failed allocation", fmt.Sprintf("%v (allocating: %v)", rerr, err))
 			}
 			return err
 		}
@@ -84,7 +83,10 @@ func Add(args *skel.CmdArgs) error {
 
 	res, err := wire(netns, args, node, podIPs)
 	if err != nil {
-		return types.NewError(types.ErrInternal, "weft-cni: wire pod", release(err).Error())
+		if rerr := undo(); rerr != nil {
+			err = fmt.Errorf("%w (and release %v: %v)", err, podIPs, rerr)
+		}
+		return types.NewError(types.ErrInternal, "weft-cni: wire pod", err.Error())
 	}
 	return types.PrintResult(res, conf.CNIVersion)
 }
