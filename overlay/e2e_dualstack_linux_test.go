@@ -14,7 +14,8 @@ import (
 // IPv6 pods of a dual-stack lab: once the underlay path narrows, a full-size
 // IPv6 packet from a pod is answered by weftd with an ICMPv6 "packet too
 // big" carrying the inner MTU that fits, the pod's kernel takes it, and a
-// TCP stream over IPv6 crosses the narrowed path.
+// TCP stream over IPv6 crosses the narrowed path; IPv4 on the same path
+// still gets "fragmentation needed".
 //
 // Both nodes sit on one site, and the narrower path is a route MTU toward
 // the peer in n1 (what the kernel records when a router reports one): on
@@ -58,14 +59,26 @@ func TestNetnsPathMTULoweredMidPathIPv6(t *testing.T) {
 				}
 				time.Sleep(200 * time.Millisecond)
 			}
+			// IPv4 beside it on the same path: "fragmentation needed".
+			deadline = time.Now().Add(10 * time.Second)
+			for {
+				out, _ := l.Exec(ctx, p1.Netns, "ping", "-M", "do", "-c", "1", "-W", "1", "-s", fmt.Sprint(tc.podMTU-28), p2.Address)
+				if flat := strings.ReplaceAll(string(out), " ", ""); strings.Contains(flat, want) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("pod never heard 'frag needed, %s' over IPv4: %s", want, out)
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
 			res, err := l.TransferTo(ctx, p1, p2, p2.Address6, 1<<20)
 			if err != nil {
 				t.Fatalf("1 MB over IPv6 across the narrowed path: %v", err)
 			}
 			st := status(t, n1)
 			t.Logf("%s: 1 MB over IPv6 in %s; n1 sent %d packet-too-big, dropped %d too big", tc.transport, res.Duration.Round(time.Millisecond), st.Counters["icmp6_packet_too_big_sent"], st.Counters["drop_too_big"])
-			if st.Counters["icmp6_packet_too_big_sent"] == 0 {
-				t.Fatal("weftd counted no ICMPv6 packet too big")
+			if st.Counters["icmp6_packet_too_big_sent"] == 0 || st.Counters["icmp_frag_needed_sent"] == 0 {
+				t.Fatalf("weftd counted %d ICMPv6 packet too big, %d ICMP frag needed; want both", st.Counters["icmp6_packet_too_big_sent"], st.Counters["icmp_frag_needed_sent"])
 			}
 		})
 	}
