@@ -120,8 +120,11 @@ conformance-bins:
 
 # The netns lab end to end: build, 3 nodes on 2 sites, pods, ping + TCP
 # across every node pair, summary, teardown. Needs root and iproute2.
+# DEMO_ARGS adds weftctl demo flags: `make demo DEMO_ARGS=--dual-stack`
+# (IPv6 pods beside IPv4, both probed; deploy/lab/README.md).
+DEMO_ARGS ?=
 demo: deps-demo build
-	$(BIN)/weftctl demo --nodes 3 --sites 2 --pods-per-node 1
+	$(BIN)/weftctl demo --nodes 3 --sites 2 --pods-per-node 1 $(DEMO_ARGS)
 
 lab-down: deps-demo build
 	$(BIN)/weftctl lab down

@@ -19,8 +19,8 @@ import (
 var hostVethRE = regexp.MustCompile(`^weft[0-9a-f]{11}$`)
 
 // Status reports whether ADD can succeed now: node.json must be present and
-// valid (weftd has started and the node has a pod CIDR), and the pod CIDR
-// must have a free address. Anything else is error 50, "the plugin is not
+// valid (weftd has started and the node has a pod CIDR), and each pod CIDR
+// (one per family: ADD takes an address of each) must have a free address. Anything else is error 50, "the plugin is not
 // available"; existing pods keep working, so 51 would overstate it.
 func Status(args *skel.CmdArgs) error {
 	conf, err := ParseConfig(args.StdinData)
@@ -36,20 +36,18 @@ func Status(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrPluginNotAvailable, "weft-cni: open ipam store", err.Error())
 	}
 	defer store.Close()
+	// ADD takes one address of each family: each pod CIDR needs room.
 	for _, p := range node.PodCIDRs {
-		if p.Addr().Is4() != node.Gateway.Is4() {
-			continue
-		}
-		n, err := store.Free(p, []netip.Addr{node.Gateway}, 1)
+		n, err := store.Free(p, []netip.Addr{node.GatewayOf(p.Addr().Is6())}, 1)
 		if err != nil {
 			return types.NewError(types.ErrPluginNotAvailable, "weft-cni: read ipam store", err.Error())
 		}
-		if n > 0 {
-			return nil
+		if n == 0 {
+			return types.NewError(types.ErrPluginNotAvailable, "weft-cni: pod CIDR exhausted",
+				fmt.Sprintf("no free address in %v", p))
 		}
 	}
-	return types.NewError(types.ErrPluginNotAvailable, "weft-cni: pod CIDR exhausted",
-		fmt.Sprintf("no free address in %v", node.PodCIDRs))
+	return nil
 }
 
 // GC removes every attachment the runtime did not list in

@@ -20,6 +20,10 @@ const NodeStateFile = "node.json"
 //
 //	{"nodeName":"n1","podCIDRs":["10.244.1.0/24"],"gateway":"10.244.1.1",
 //	 "mtu":1450,"clusterCIDR":"10.244.0.0/16"}
+//
+// A dual-stack node adds its IPv6 pod CIDR to podCIDRs and the IPv6 half:
+//
+//	"gateway6":"fd00:10:244:1::1","clusterCIDR6":"fd00:10:244::/56"
 type NodeState struct {
 	NodeName string `json:"nodeName"`
 	// PodCIDRs are the node's pod prefixes, at most one per family.
@@ -30,6 +34,36 @@ type NodeState struct {
 	// MTU is the pod MTU: underlay MTU minus the transport's overhead.
 	MTU         int          `json:"mtu"`
 	ClusterCIDR netip.Prefix `json:"clusterCIDR"`
+	// Gateway6 is the first host of the IPv6 pod CIDR, on weft0: the
+	// source of weftd's ICMPv6 errors. Pods do not route via it but via
+	// PodGateway6, a link-local address on their host veth, which needs
+	// no proxy neighbour entry. Invalid: the node has no IPv6 pods.
+	Gateway6 netip.Addr `json:"gateway6,omitzero"`
+	// ClusterCIDR6 is the cluster's IPv6 pod range (dual-stack).
+	ClusterCIDR6 netip.Prefix `json:"clusterCIDR6,omitzero"`
+}
+
+// PodGateway6 is the IPv6 next hop of every pod: a link-local address on
+// the host end of each pod's veth (as Calico does), unique per link, so
+// the node answers the pod's neighbour solicitation itself.
+var PodGateway6 = netip.MustParseAddr("fe80::1")
+
+// CIDROf returns the node's pod CIDR of a's family (IPv4 or IPv6).
+func (st NodeState) CIDROf(v6 bool) (netip.Prefix, bool) {
+	for _, p := range st.PodCIDRs {
+		if p.Addr().Is6() == v6 {
+			return p, true
+		}
+	}
+	return netip.Prefix{}, false
+}
+
+// GatewayOf is the node's gateway address of a family on weft0.
+func (st NodeState) GatewayOf(v6 bool) netip.Addr {
+	if v6 {
+		return st.Gateway6
+	}
+	return st.Gateway
 }
 
 // Validate reports whether st is usable for wiring pods.
@@ -37,6 +71,7 @@ func (st NodeState) Validate() error {
 	if len(st.PodCIDRs) == 0 {
 		return errors.New("no pod CIDRs")
 	}
+	fams := map[bool]bool{}
 	for _, p := range st.PodCIDRs {
 		if !p.IsValid() {
 			return errors.New("invalid pod CIDR")
@@ -44,19 +79,31 @@ func (st NodeState) Validate() error {
 		if p != p.Masked() {
 			return fmt.Errorf("pod CIDR %v has host bits set", p)
 		}
-		if st.ClusterCIDR.IsValid() && !(st.ClusterCIDR.Contains(p.Addr()) && st.ClusterCIDR.Bits() <= p.Bits()) {
-			return fmt.Errorf("pod CIDR %v outside cluster CIDR %v", p, st.ClusterCIDR)
+		v6 := p.Addr().Is6()
+		if fams[v6] {
+			return fmt.Errorf("pod CIDRs %v: two of one family", st.PodCIDRs)
+		}
+		fams[v6] = true
+		cluster := st.ClusterCIDR
+		if v6 {
+			cluster = st.ClusterCIDR6
+		}
+		if cluster.IsValid() && !(cluster.Contains(p.Addr()) && cluster.Bits() <= p.Bits()) {
+			return fmt.Errorf("pod CIDR %v outside cluster CIDR %v", p, cluster)
+		}
+		gw := st.GatewayOf(v6)
+		if !gw.IsValid() {
+			return fmt.Errorf("no gateway for pod CIDR %v", p)
+		}
+		if !p.Contains(gw) {
+			return fmt.Errorf("gateway %v outside pod CIDR %v", gw, p)
 		}
 	}
 	if !st.Gateway.IsValid() {
 		return errors.New("no gateway")
 	}
-	inside := false
-	for _, p := range st.PodCIDRs {
-		inside = inside || p.Contains(st.Gateway)
-	}
-	if !inside {
-		return fmt.Errorf("gateway %v outside pod CIDRs %v", st.Gateway, st.PodCIDRs)
+	if st.Gateway6.IsValid() && !fams[true] {
+		return fmt.Errorf("gateway6 %v without an IPv6 pod CIDR", st.Gateway6)
 	}
 	// 68 is the IPv4 minimum (RFC 791); a veth accepts up to 65535.
 	if st.MTU < 68 || st.MTU > 65535 {

@@ -109,3 +109,56 @@ func TestReadNodeStateBad(t *testing.T) {
 		})
 	}
 }
+
+// testDualNode is testNode with an IPv6 pod CIDR (fd00:10:244::/56, the
+// ULA range the lab's dual-stack option uses).
+func testDualNode() NodeState {
+	st := testNode()
+	st.PodCIDRs = append(st.PodCIDRs, netip.MustParsePrefix("fd00:10:244:1::/64"))
+	st.Gateway6 = netip.MustParseAddr("fd00:10:244:1::1")
+	st.ClusterCIDR6 = netip.MustParsePrefix("fd00:10:244::/56")
+	return st
+}
+
+func TestNodeStateDualStack(t *testing.T) {
+	dir := t.TempDir()
+	st := testDualNode()
+	if err := WriteNodeState(dir, st); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "node.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"nodeName":"n1","podCIDRs":["10.244.1.0/24","fd00:10:244:1::/64"],"gateway":"10.244.1.1","mtu":1450,"clusterCIDR":"10.244.0.0/16","gateway6":"fd00:10:244:1::1","clusterCIDR6":"fd00:10:244::/56"}`
+	if strings.TrimSpace(string(b)) != want {
+		t.Fatalf("node.json = %s\nwant        %s", b, want)
+	}
+	got, err := ReadNodeState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, st) {
+		t.Fatalf("read %+v, want %+v", got, st)
+	}
+	if p, ok := got.CIDROf(true); !ok || p != st.PodCIDRs[1] || got.GatewayOf(true) != st.Gateway6 {
+		t.Fatalf("IPv6 half: %v %v %v", p, ok, got.GatewayOf(true))
+	}
+	for name, mut := range map[string]func(*NodeState){
+		"no gateway6":           func(s *NodeState) { s.Gateway6 = netip.Addr{} },
+		"gateway6 outside":      func(s *NodeState) { s.Gateway6 = netip.MustParseAddr("fd00:10:244:2::1") },
+		"outside cluster6":      func(s *NodeState) { s.PodCIDRs[1] = netip.MustParsePrefix("fd00:99::/64") },
+		"two IPv6 CIDRs":        func(s *NodeState) { s.PodCIDRs = append(s.PodCIDRs, netip.MustParsePrefix("fd00:10:244:2::/64")) },
+		"gateway6 without v6":   func(s *NodeState) { s.PodCIDRs = s.PodCIDRs[:1] },
+		"IPv6 only, no IPv4 gw": func(s *NodeState) { s.PodCIDRs = s.PodCIDRs[1:]; s.Gateway = netip.Addr{} },
+	} {
+		t.Run(name, func(t *testing.T) {
+			st := testDualNode()
+			st.PodCIDRs = append([]netip.Prefix(nil), st.PodCIDRs...)
+			mut(&st)
+			if err := st.Validate(); err == nil {
+				t.Fatal("Validate accepted it")
+			}
+		})
+	}
+}

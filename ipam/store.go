@@ -27,6 +27,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
@@ -303,6 +304,29 @@ func (s *Store) Lookup(owner Owner) (netip.Addr, bool, error) {
 		return netip.Addr{}, false, err
 	}
 	return got, got.IsValid(), nil
+}
+
+// Addresses returns every address held by owner, in order (IPv4 before
+// IPv6): a dual-stack attachment holds one of each family.
+func (s *Store) Addresses(owner Owner) ([]netip.Addr, error) {
+	if err := owner.validate(); err != nil {
+		return nil, err
+	}
+	var got []netip.Addr
+	err := s.locked(func() error {
+		held, err := s.scan()
+		if err != nil {
+			return err
+		}
+		for a, o := range held {
+			if o == owner {
+				got = append(got, a)
+			}
+		}
+		return nil
+	})
+	slices.SortFunc(got, netip.Addr.Compare)
+	return got, err
 }
 
 // Allocations returns every allocated address and its owner.

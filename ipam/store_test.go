@@ -433,3 +433,38 @@ func TestFree(t *testing.T) {
 		t.Fatalf("free on /64 capped at 3 = %d %v", n, err)
 	}
 }
+
+// TestAddressesDualStack: an owner holds one address per family, Addresses
+// lists both (IPv4 first), and Release frees both.
+func TestAddressesDualStack(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	o := Owner{ContainerID: "c1", IfName: "eth0"}
+	v6, err := s.Allocate(netip.MustParsePrefix("fd00:10:244:1::/64"), []netip.Addr{netip.MustParseAddr("fd00:10:244:1::1")}, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v4, err := s.Allocate(netip.MustParsePrefix("10.244.1.0/24"), []netip.Addr{netip.MustParseAddr("10.244.1.1")}, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v4.String() != "10.244.1.2" || v6.String() != "fd00:10:244:1::2" {
+		t.Fatalf("allocated %v and %v, want the first free host of each", v4, v6)
+	}
+	got, err := s.Addresses(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0] != v4 || got[1] != v6 {
+		t.Fatalf("Addresses = %v, want [%v %v]", got, v4, v6)
+	}
+	if err := s.Release(o); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Addresses(o); err != nil || len(got) != 0 {
+		t.Fatalf("after Release: %v, %v", got, err)
+	}
+}

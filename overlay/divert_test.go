@@ -123,7 +123,7 @@ func TestDivertSplitsBatch(t *testing.T) {
 	}
 	st := a.Stats()
 	for name, want := range map[string]uint64{
-		"tx_packets": 3, "drop_no_route": 1, "drop_not_ip": 2, "drop_too_big": 1, "icmp_frag_needed_sent": 1, "drop_send_error": 0,
+		"tx_packets": 3, "drop_no_route": 1, "drop_not_ip": 2, "drop_too_big": 1, "icmp_frag_needed_sent": 1, "icmp6_packet_too_big_sent": 0, "drop_send_error": 0,
 	} {
 		if got := st.Snapshot()[name]; got != want {
 			t.Errorf("%s = %d, want %d", name, got, want)

@@ -22,6 +22,11 @@ type HostConfig struct {
 	MTU         int          // pod MTU: underlay MTU minus the transport overhead
 	Gateway     netip.Addr   // first host of the node's pod CIDR; also the source for node → remote pod traffic
 	ClusterCIDR netip.Prefix // routed to the TUN
+	// Gateway6 and ClusterCIDR6 are the IPv6 half of a dual-stack node
+	// (invalid: none): the first host of the IPv6 pod CIDR, a /128 on the
+	// TUN, and the IPv6 cluster range routed to the TUN from it.
+	Gateway6     netip.Addr
+	ClusterCIDR6 netip.Prefix
 	// TxQueueLen is how many packets the TUN holds for weftd to read
 	// (txqueuelen); 0 leaves the kernel's default (500), which a burst
 	// overflows while weftd waits for a CPU.
@@ -30,7 +35,8 @@ type HostConfig struct {
 
 // ConfigureHost applies c idempotently: address, MTU, queue length, link up, the cluster
 // route with the gateway as preferred source (so a node talking to a remote
-// pod uses an address the remote node accepts as ours), and IPv4 forwarding.
+// pod uses an address the remote node accepts as ours), for IPv4 and, on a
+// dual-stack node, for IPv6, and forwarding for each.
 func ConfigureHost(c HostConfig) error {
 	link, err := netlink.LinkByName(c.TUN)
 	if err != nil {
@@ -44,25 +50,23 @@ func ConfigureHost(c HostConfig) error {
 			return fmt.Errorf("set txqueuelen %d on %s: %w", c.TxQueueLen, c.TUN, err)
 		}
 	}
-	addr := &netlink.Addr{IPNet: &net.IPNet{IP: c.Gateway.AsSlice(), Mask: net.CIDRMask(c.Gateway.BitLen(), c.Gateway.BitLen())}}
-	if err := netlink.AddrReplace(link, addr); err != nil {
-		return fmt.Errorf("add address %s to %s: %w", c.Gateway, c.TUN, err)
-	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("set %s up: %w", c.TUN, err)
 	}
-	cidr := c.ClusterCIDR.Masked()
-	route := &netlink.Route{
-		LinkIndex: link.Attrs().Index,
-		Dst:       &net.IPNet{IP: cidr.Addr().AsSlice(), Mask: net.CIDRMask(cidr.Bits(), cidr.Addr().BitLen())},
-		Src:       c.Gateway.AsSlice(),
-		Scope:     netlink.SCOPE_LINK,
-	}
-	if err := netlink.RouteReplace(route); err != nil {
-		return fmt.Errorf("route %s dev %s: %w", cidr, c.TUN, err)
-	}
-	if err := InstallFallback(cidr); err != nil {
+	if err := routeFamily(link, c.TUN, c.Gateway, c.ClusterCIDR); err != nil {
 		return err
+	}
+	if c.Gateway6.IsValid() {
+		// Forwarding before the route that brings remote pods' packets.
+		// (It also makes the kernel ignore router advertisements on
+		// links with accept_ra 1: an underlay configured by SLAAC needs
+		// accept_ra 2, README: Dual-stack.)
+		if err := writeSysctl("net/ipv6/conf/all/forwarding", "1"); err != nil {
+			return err
+		}
+		if err := routeFamily(link, c.TUN, c.Gateway6, c.ClusterCIDR6); err != nil {
+			return err
+		}
 	}
 	if err := writeSysctl("net/ipv4/ip_forward", "1"); err != nil {
 		return err
@@ -85,6 +89,35 @@ func ConfigureHost(c HostConfig) error {
 	// gateway address, which is local; without accept_local the kernel
 	// drops those as martians and the pod never learns the path MTU.
 	return writeSysctl("net/ipv4/conf/"+c.TUN+"/accept_local", "1")
+}
+
+// routeFamily puts gw on the TUN link (a host address; IPv6 without
+// duplicate address detection, which a TUN cannot do and which would keep
+// the address tentative, unusable as a source, for a second) and routes
+// cluster to the link from gw, with the fallback behind it.
+func routeFamily(link netlink.Link, name string, gw netip.Addr, cluster netip.Prefix) error {
+	bits := gw.BitLen()
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: gw.AsSlice(), Mask: net.CIDRMask(bits, bits)}}
+	if gw.Is6() {
+		addr.Flags = unix.IFA_F_NODAD
+	}
+	if err := netlink.AddrReplace(link, addr); err != nil {
+		return fmt.Errorf("add address %s to %s: %w", gw, name, err)
+	}
+	cidr := cluster.Masked()
+	route := &netlink.Route{
+		LinkIndex: link.Attrs().Index,
+		Dst:       &net.IPNet{IP: cidr.Addr().AsSlice(), Mask: net.CIDRMask(cidr.Bits(), cidr.Addr().BitLen())},
+		Src:       gw.AsSlice(),
+		Scope:     netlink.SCOPE_LINK,
+	}
+	if gw.Is6() {
+		route.Scope = netlink.SCOPE_UNIVERSE // IPv6 routes carry no scope
+	}
+	if err := netlink.RouteReplace(route); err != nil {
+		return fmt.Errorf("route %s dev %s: %w", cidr, name, err)
+	}
+	return InstallFallback(cidr)
 }
 
 // FallbackMetric is the metric of the blackhole route for the cluster CIDR

@@ -99,20 +99,35 @@ func (r *Router) encapsulate(t *table, buf []byte, size int) (*peerEntry, verdic
 }
 
 // tooBig answers a packet that does not fit the path to p with an ICMP
-// "fragmentation needed" written back into the TUN, rate-limited.
+// "fragmentation needed" (IPv4) or ICMPv6 "packet too big" (IPv6) written
+// back into the TUN, rate-limited (one budget for both families).
 func (r *Router) tooBig(p *peerEntry, pkt []byte, st *outState) {
-	if !r.cfg.ICMPSource.IsValid() || !st.limiter.allow(time.Now()) {
+	v6 := len(pkt) > 0 && pkt[0]>>4 == 6
+	src := r.cfg.ICMPSource
+	if v6 {
+		src = r.cfg.ICMPSource6
+	}
+	if !src.IsValid() || !st.limiter.allow(time.Now()) {
 		return
 	}
-	n := fragNeeded(st.icmp[tunOffset:], r.cfg.ICMPSource, pkt, p.innerMTU())
+	var n int
+	if v6 {
+		n = packetTooBig(st.icmp[tunOffset:], src, pkt, p.innerMTU())
+	} else {
+		n = fragNeeded(st.icmp[tunOffset:], src, pkt, p.innerMTU())
+	}
 	if n == 0 {
 		return
 	}
 	if _, err := r.tun.Write([][]byte{st.icmp[:tunOffset+n]}, tunOffset); err != nil {
-		r.log.Debug("write icmp frag-needed", "err", err)
+		r.log.Debug("write icmp too big", "err", err, "ipv6", v6)
 		return
 	}
-	r.stats.ICMPFragNeeded.Add(1)
+	if v6 {
+		r.stats.ICMPPacketTooBig.Add(1)
+	} else {
+		r.stats.ICMPFragNeeded.Add(1)
+	}
 }
 
 // outState is one outbound goroutine's reusable state (the portable loop,
@@ -138,7 +153,7 @@ type sendGroup struct {
 func (r *Router) newOutState() *outState {
 	st := &outState{
 		groups:  make([]sendGroup, 0, 8),
-		icmp:    make([]byte, tunOffset+128),
+		icmp:    make([]byte, tunOffset+icmpBufLen),
 		buckets: 1,
 	}
 	if r.cfg.Sender != nil {

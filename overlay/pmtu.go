@@ -25,6 +25,7 @@ import (
 const (
 	pmtuRefresh  = 2 * time.Second
 	outerIPv4UDP = 20 + 8 // the outer headers the kernel adds
+	outerIPv6UDP = 40 + 8 // the same over an IPv6 underlay
 	// icmpPerSecond bounds the ICMP errors the router generates.
 	icmpPerSecond = 100
 )
@@ -45,18 +46,34 @@ func (p *peerEntry) fits(size int) bool {
 	}
 	if p.Transport == TransportWireGuard {
 		// WireGuard pads the plaintext to a multiple of 16 bytes.
-		return (size+15)&^15+wireguard.OverheadIPv4 <= m
+		return (size+15)&^15+p.wgOverhead() <= m
 	}
-	return size+outerIPv4UDP+22 <= m // + VXLAN header and inner Ethernet
+	return size+p.outerUDP()+22 <= m // + VXLAN header and inner Ethernet
 }
 
 // innerMTU is the largest inner packet that fits the path to p.
 func (p *peerEntry) innerMTU() int {
 	m := int(p.pmtu.v.Load())
 	if p.Transport == TransportWireGuard {
-		return (m - wireguard.OverheadIPv4) &^ 15
+		return (m - p.wgOverhead()) &^ 15
 	}
-	return m - outerIPv4UDP - 22
+	return m - p.outerUDP() - 22
+}
+
+// outerUDP is the outer IP and UDP headers toward p's underlay address.
+func (p *peerEntry) outerUDP() int {
+	if p.Underlay.Addr().Is6() && !p.Underlay.Addr().Is4In6() {
+		return outerIPv6UDP
+	}
+	return outerIPv4UDP
+}
+
+// wgOverhead is WireGuard's overhead toward p's underlay address.
+func (p *peerEntry) wgOverhead() int {
+	if p.outerUDP() == outerIPv6UDP {
+		return wireguard.OverheadIPv6
+	}
+	return wireguard.OverheadIPv4
 }
 
 // refreshPathMTUs asks the kernel for the path MTU toward every peer.
@@ -65,8 +82,8 @@ func (r *Router) refreshPathMTUs() {
 		return
 	}
 	for _, p := range r.table.Load().peers {
-		if !p.Underlay.Addr().Is4() {
-			continue
+		if !p.Underlay.Addr().IsValid() {
+			continue // reached only where its packets come from
 		}
 		m, err := r.cfg.PathMTU(p.Underlay.Addr())
 		if err != nil {
@@ -150,5 +167,58 @@ func fragNeeded(b []byte, src netip.Addr, pkt []byte, mtu int) int {
 	binary.BigEndian.PutUint16(icmp[6:8], uint16(mtu))
 	copy(icmp[8:], pkt[:quote])
 	binary.BigEndian.PutUint16(icmp[2:4], ^csum(icmp, 0))
+	return n
+}
+
+const (
+	protoICMPv6 = 58
+	// ipv6MinMTU is the MTU every IPv6 link has (RFC 8200 section 5): an
+	// ICMPv6 error quotes as much of its packet as keeps it within that.
+	ipv6MinMTU = 1280
+	// icmpBufLen is the room tooBig needs for the larger of the two
+	// errors: an ICMPv6 "packet too big" of ipv6MinMTU bytes.
+	icmpBufLen = ipv6MinMTU
+)
+
+// packetTooBig writes into b an ICMPv6 "packet too big" (type 2, code 0,
+// RFC 4443 section 3.2) from src about the IPv6 packet pkt, carrying mtu,
+// and returns its length; 0 if pkt deserves no answer (not IPv6, from the
+// unspecified or a multicast address, or itself an ICMPv6 error). The
+// message quotes as much of pkt as fits in ipv6MinMTU bytes; b must hold
+// that many.
+//
+//	 0 ver|class|flow  4 payload length  6 next header 58  7 hop limit
+//	 8 source (src)   24 destination (pkt's source)
+//	40 type 2  41 code 0  42 checksum  44 MTU (32 bits)  48 quote
+func packetTooBig(b []byte, src netip.Addr, pkt []byte, mtu int) int {
+	ip, ok := parseIP(pkt)
+	if !ok || !ip.v6 || !src.Is6() {
+		return 0
+	}
+	from := netip.AddrFrom16([16]byte(pkt[ip6Src:]))
+	if from.IsUnspecified() || from.IsMulticast() {
+		return 0
+	}
+	if ip.proto == protoICMPv6 && len(pkt) > ip.l3Len && pkt[ip.l3Len] < 128 {
+		return 0 // never answer an ICMPv6 error (types 0..127) with one
+	}
+	quote := min(len(pkt), ipv6MinMTU-ipv6HeaderLen-8)
+	n := ipv6HeaderLen + 8 + quote
+	h := b[:ipv6HeaderLen]
+	clear(h)
+	h[0] = 0x60
+	binary.BigEndian.PutUint16(h[ip6PayloadLen:], uint16(8+quote))
+	h[ip6NextHdr] = protoICMPv6
+	h[7] = 64 // hop limit
+	s := src.As16()
+	copy(h[ip6Src:], s[:])
+	copy(h[ip6Dst:ip6Dst+16], pkt[ip6Src:ip6Src+16]) // back to the sender
+	icmp := b[ipv6HeaderLen:n]
+	clear(icmp[:8])
+	icmp[0] = 2
+	binary.BigEndian.PutUint32(icmp[4:8], uint32(mtu))
+	copy(icmp[8:], pkt[:quote])
+	src6, dst6 := addrs(h, true)
+	binary.BigEndian.PutUint16(icmp[2:4], ^csum(icmp, pseudoSum(src6, dst6, protoICMPv6, len(icmp))))
 	return n
 }

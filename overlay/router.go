@@ -85,6 +85,9 @@ type Config struct {
 	// ICMPSource is the address "fragmentation needed" messages come
 	// from: the node's gateway address. Invalid disables them.
 	ICMPSource netip.Addr
+	// ICMPSource6 is the address ICMPv6 "packet too big" messages come
+	// from: the node's IPv6 gateway address. Invalid disables them.
+	ICMPSource6 netip.Addr
 	// Sender sends VXLAN frames, choosing the outer source port by inner
 	// flow; nil sends through the bind (one source port).
 	Sender FrameSender

@@ -56,6 +56,7 @@ type Stats struct {
 	TxPackets, TxBytes atomic.Uint64 // outbound: TUN → wire
 	RxPackets, RxBytes atomic.Uint64 // inbound: wire → TUN
 	ICMPFragNeeded     atomic.Uint64 // "fragmentation needed" sent back to pods
+	ICMPPacketTooBig   atomic.Uint64 // ICMPv6 "packet too big" sent back to pods
 	drops              [numVerdicts]atomic.Uint64
 }
 
@@ -93,7 +94,8 @@ func (s *Stats) Snapshot() map[string]uint64 {
 		"rx_packets": s.RxPackets.Load(),
 		"rx_bytes":   s.RxBytes.Load(),
 
-		"icmp_frag_needed_sent": s.ICMPFragNeeded.Load(),
+		"icmp_frag_needed_sent":     s.ICMPFragNeeded.Load(),
+		"icmp6_packet_too_big_sent": s.ICMPPacketTooBig.Load(),
 	}
 	for v := verdict(1); v < numVerdicts; v++ {
 		m[verdictNames[v]] = s.drops[v].Load()

@@ -45,6 +45,7 @@ func labFlags(fs *flag.FlagSet, cfg *lab.Config, ext *stringList, weftdArgs *[]s
 	fs.StringVar(&cfg.Dir, "dir", cfg.Dir, "lab directory (lab.json, per-node state and logs)")
 	fs.StringVar(&cfg.BinDir, "bin-dir", cfg.BinDir, "directory holding weftd and weft-cni")
 	fs.StringVar(&cfg.Transport, "transport", cfg.Transport, "transport policy: vxlan, wireguard or wireguard-across-sites")
+	fs.BoolVar(&cfg.DualStack, "dual-stack", cfg.DualStack, "dual-stack pods: an IPv6 pod CIDR per node (fd00:10:244:<i>::/64 of fd00:10:244::/56) beside the IPv4 one, one address of each family per pod")
 	fs.StringVar(&cfg.Topology, "topology", cfg.Topology, "plain (sites joined by one router) or nat (two clouds and an on-premises site behind NAT gateways, 7 nodes; deploy/lab/README.md); nat defaults --transport to wireguard-across-sites")
 	fs.Var(ext, "external", "nodes that get a namespace but no weftd and no pods (repeatable or comma-separated, e.g. n3)")
 	fs.Func("weftd-arg", "extra flag for every weftd (repeatable)", func(v string) error {
@@ -218,7 +219,7 @@ func runLabStatus(args []string) error {
 
 // printLab prints the router, nodes and pods of l as tables.
 func printLab(w io.Writer, l *lab.Lab) {
-	fmt.Fprintf(w, "lab %s (%s), transport %s, cluster %s\n\n", l.Prefix, l.Dir, l.Transport, l.ClusterCIDR)
+	fmt.Fprintf(w, "lab %s (%s), transport %s, cluster %s\n\n", l.Prefix, l.Dir, l.Transport, strings.TrimSuffix(l.ClusterCIDR+" "+l.ClusterCIDR6, " "))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "SITE\tSUBNET\tGATEWAY (router %s)\n", l.Router.Netns)
 	for _, s := range l.Router.Sites {
@@ -236,7 +237,7 @@ func printLab(w io.Writer, l *lab.Lab) {
 				d += " (not running)"
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Netns, n.Site, n.UnderlayAddr, n.PodCIDR, d)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Netns, n.Site, n.UnderlayAddr, strings.TrimSuffix(n.PodCIDR+" "+n.PodCIDR6, " "), d)
 	}
 	tw.Flush()
 	if len(l.Pods) == 0 {
@@ -246,7 +247,7 @@ func printLab(w io.Writer, l *lab.Lab) {
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "POD\tNODE\tADDRESS\tNETNS")
 	for _, p := range l.Pods {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Name, p.Node, p.Address, p.Netns)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Name, p.Node, strings.TrimSuffix(p.Address+" "+p.Address6, " "), p.Netns)
 	}
 	tw.Flush()
 }
@@ -336,6 +337,8 @@ func (p prefixWriter) Write(b []byte) (int, error) {
 // pairResult is the outcome of the probes from one pod to another.
 type pairResult struct {
 	from, to  lab.Pod
+	v6        bool   // probed over IPv6 (to.Address6)
+	addr      string // the address probed
 	crossSite bool
 	ping      lab.PingResult
 	pingErr   error
@@ -449,12 +452,22 @@ func probePairs(ctx context.Context, l *lab.Lab, size int64) []pairResult {
 			if ctx.Err() != nil {
 				return results
 			}
-			r := pairResult{from: from, to: to, crossSite: siteOf[from.Node] != siteOf[to.Node]}
-			fmt.Printf("== %s (%s) -> %s (%s)\n", from.Name, from.Address, to.Name, to.Address)
-			r.ping, r.pingErr = l.Ping(ctx, from.Netns, to.Address, 3)
-			r.tcp, r.tcpErr = l.Transfer(ctx, from, to, size)
-			fmt.Printf("   ping %s, tcp %s\n", pingCell(r), tcpCell(r))
-			results = append(results, r)
+			// Both families in a dual-stack lab, IPv4 first.
+			for _, addr := range []string{to.Address, to.Address6} {
+				if addr == "" || ctx.Err() != nil {
+					continue
+				}
+				r := pairResult{from: from, to: to, v6: addr == to.Address6, addr: addr, crossSite: siteOf[from.Node] != siteOf[to.Node]}
+				src := from.Address
+				if r.v6 {
+					src = from.Address6
+				}
+				fmt.Printf("== %s (%s) -> %s (%s)\n", from.Name, src, to.Name, addr)
+				r.ping, r.pingErr = l.Ping(ctx, from.Netns, addr, 3)
+				r.tcp, r.tcpErr = l.TransferTo(ctx, from, to, addr, size)
+				fmt.Printf("   ping %s, tcp %s\n", pingCell(r), tcpCell(r))
+				results = append(results, r)
+			}
 		}
 	}
 	return results
@@ -470,17 +483,26 @@ func printPairs(w io.Writer, results []pairResult, sizeMiB int) {
 		if r.crossSite {
 			path = "cross-site"
 		}
-		fmt.Fprintf(tw, "%s -> %s\t%s\t%s\t%s\n", r.from.Name, r.to.Name, path, pingCell(r), tcpCell(r))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.pair(), path, pingCell(r), tcpCell(r))
 	}
 	tw.Flush()
 	for _, r := range results {
 		if r.pingErr != nil {
-			fmt.Fprintf(w, "\n%s -> %s ping: %v\n%s", r.from.Name, r.to.Name, r.pingErr, r.ping.Output)
+			fmt.Fprintf(w, "\n%s ping: %v\n%s", r.pair(), r.pingErr, r.ping.Output)
 		}
 		if r.tcpErr != nil {
-			fmt.Fprintf(w, "\n%s -> %s tcp: %v\n", r.from.Name, r.to.Name, r.tcpErr)
+			fmt.Fprintf(w, "\n%s tcp: %v\n", r.pair(), r.tcpErr)
 		}
 	}
+}
+
+// pair names the pair, and the family when it is IPv6.
+func (r pairResult) pair() string {
+	s := r.from.Name + " -> " + r.to.Name
+	if r.v6 {
+		s += " (IPv6)"
+	}
+	return s
 }
 
 func pingCell(r pairResult) string {

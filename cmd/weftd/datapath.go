@@ -119,6 +119,10 @@ type datapath struct {
 	wg      *wireguard.Device // nil without WireGuard
 	mtu     int               // the pod MTU
 	gateway netip.Addr        // the pods' gateway, on the TUN
+	// gateway6 is the IPv6 gateway address on the TUN (dual-stack;
+	// invalid: none): the source of ICMPv6 errors and of this node's
+	// traffic to remote pods. Pods route via fe80::1 (package cni).
+	gateway6 netip.Addr
 	// vxlanSocket is the VXLAN socket a hand-off passed, until start.
 	vxlanSocket *os.File
 
@@ -137,6 +141,9 @@ type datapath struct {
 // start, once this router reads.
 func startDatapath(c config, log *slog.Logger, tk *takeover, resuming bool) (dp *datapath, err error) {
 	dp = &datapath{mtu: c.Policy.PodMTU(c.UnderlayMTU, c.WireGuard), gateway: gatewayOf(c.PodCIDR)}
+	if c.PodCIDR6.IsValid() {
+		dp.gateway6 = gatewayOf(c.PodCIDR6)
+	}
 	defer func() {
 		if err != nil {
 			dp.Close()
@@ -151,7 +158,8 @@ func startDatapath(c config, log *slog.Logger, tk *takeover, resuming bool) (dp 
 	// this closer covers a failure before the router owns it. The device
 	// persists: closing detaches, its route keeps pod traffic in it.
 	dp.closers = append(dp.closers, dev.Close)
-	if err := overlay.ConfigureHost(overlay.HostConfig{TUN: c.TUN, MTU: dp.mtu, Gateway: dp.gateway, ClusterCIDR: c.ClusterCIDR, TxQueueLen: c.TUNQueueLen}); err != nil {
+	if err := overlay.ConfigureHost(overlay.HostConfig{TUN: c.TUN, MTU: dp.mtu, Gateway: dp.gateway, ClusterCIDR: c.ClusterCIDR,
+		Gateway6: dp.gateway6, ClusterCIDR6: c.ClusterCIDR6, TxQueueLen: c.TUNQueueLen}); err != nil {
 		return dp, err
 	}
 	stopMasq, err := startMasquerade(c, log)
@@ -159,7 +167,8 @@ func startDatapath(c config, log *slog.Logger, tk *takeover, resuming bool) (dp 
 		return dp, err
 	}
 	dp.closers = append(dp.closers, stopMasq)
-	rcfg := overlay.Config{VNI: c.VNI, LocalMAC: c.VTEPMAC, PodCIDRs: []netip.Prefix{c.PodCIDR}, PathMTU: overlay.KernelPathMTU, ICMPSource: dp.gateway, Logger: log}
+	rcfg := overlay.Config{VNI: c.VNI, LocalMAC: c.VTEPMAC, PodCIDRs: c.podCIDRs(), PathMTU: overlay.KernelPathMTU,
+		ICMPSource: dp.gateway, ICMPSource6: dp.gateway6, Logger: log}
 	sender, err := vxlan.NewSender(vxlanSourcePorts)
 	if err != nil {
 		return dp, err
@@ -255,8 +264,8 @@ func (c *config) vxlanCaps() uint32 {
 	return caps
 }
 
-// gatewayOf is the first host of an IPv4 pod CIDR: it lives on the TUN and
-// every pod on the node routes through it.
+// gatewayOf is the first host of a pod CIDR: it lives on the TUN; every
+// pod on the node routes through the IPv4 one.
 func gatewayOf(p netip.Prefix) netip.Addr { return p.Masked().Addr().Next() }
 
 // macFromAddr derives a stable, locally administered MAC from an IPv4

@@ -77,15 +77,15 @@ func (c *config) checkControlPlane() error {
 		return fmt.Errorf("--gossip-key-poll %s: want > 0", c.KeyPoll)
 	}
 	if c.NodeCIDRBits != 0 {
-		if c.podCIDR != "" {
+		if len(c.podCIDRFlags) > 0 {
 			return errors.New("--node-cidr-size and --pod-cidr exclude each other")
 		}
 		cfg := claim.Config{Cluster: c.ClusterCIDR, Bits: c.NodeCIDRBits, Grace: c.ClaimGrace}
 		if err := cfg.Validate(); err != nil {
 			return fmt.Errorf("--node-cidr-size: %w", err)
 		}
-		if !c.ClusterCIDR.Addr().Is4() {
-			return fmt.Errorf("--node-cidr-size: cluster CIDR %s: only IPv4 is supported", c.ClusterCIDR)
+		if c.ClusterCIDR6.IsValid() {
+			return fmt.Errorf("--node-cidr-size: cluster CIDR %s: claims are IPv4 only; give a dual-stack node --pod-cidr for each family", c.clusterCIDR)
 		}
 	}
 	if c.ClaimSettle < 0 {
@@ -109,7 +109,7 @@ func (c config) selfRecord(wg *wireguard.Device) peer.Record {
 		Generation: uint64(time.Now().UnixNano()),
 	}
 	if c.PodCIDR.IsValid() {
-		r.PodCIDRs = []netip.Prefix{c.PodCIDR}
+		r.PodCIDRs = c.podCIDRs()
 	}
 	if wg != nil {
 		r.Caps |= peer.CapWireGuard
@@ -207,7 +207,7 @@ type plane struct {
 func newPlane(c config, log *slog.Logger, members *peer.Membership) *plane {
 	return &plane{
 		c: c, log: log, members: members,
-		gate:  peer.NewGate([]netip.Prefix{c.ClusterCIDR}, log),
+		gate:  peer.NewGate(c.clusterCIDRs(), log),
 		claim: claim.Config{Cluster: c.ClusterCIDR, Bits: c.NodeCIDRBits, Grace: c.ClaimGrace},
 	}
 }

@@ -85,7 +85,7 @@ func (c *config) checkKube() error {
 	if !c.kubeMode() {
 		return nil
 	}
-	if c.podCIDR != "" || c.NodeCIDRBits != 0 {
+	if len(c.podCIDRFlags) > 0 || c.NodeCIDRBits != 0 {
 		return errors.New("--kube takes the pod CIDR from the Node object: drop --pod-cidr and --node-cidr-size")
 	}
 	return nil
@@ -141,12 +141,18 @@ func startKube(ctx context.Context, c *config, log *slog.Logger, healthLn net.Li
 	c.Site = siteOf(*c, self.Labels)
 	pod, ok := ipamkube.IPv4(cidrs)
 	if !ok {
-		return fail(fmt.Errorf("Node %s has no IPv4 pod CIDR (%v); weft's datapath is IPv4 only", c.Name, cidrs))
+		return fail(fmt.Errorf("Node %s has no IPv4 pod CIDR (%v); weft needs one (IPv6-only pods are not supported yet)", c.Name, cidrs))
 	}
 	if pod.Bits() > 30 || !c.ClusterCIDR.Contains(pod.Addr()) || c.ClusterCIDR.Bits() > pod.Bits() {
 		return fail(fmt.Errorf("Node %s pod CIDR %s is not a /30-or-larger block inside --cluster-cidr %s (does it match kube-controller-manager --cluster-cidr?)", c.Name, pod, c.ClusterCIDR))
 	}
 	c.PodCIDR = pod
+	if c.PodCIDR6, err = kubePodCIDR6(*c, cidrs); err != nil {
+		return fail(err)
+	}
+	if _, has6 := ipamkube.IPv6(cidrs); has6 && !c.PodCIDR6.IsValid() {
+		k.log.Warn("the Node has an IPv6 pod CIDR but --cluster-cidr has no IPv6 range: IPv6 pods stay off", "podCIDRs", cidrs)
+	}
 	k.podCIDR.Store(&pod)
 	if !c.UnderlayAddr.IsValid() {
 		if internalIP.IsValid() {
@@ -172,7 +178,7 @@ func startKube(ctx context.Context, c *config, log *slog.Logger, healthLn net.Li
 	}
 	seeds := k.nodes.Snapshot().Seeds(c.Name, c.GossipPort)
 	c.Seeds = append(c.Seeds, seeds...)
-	k.log.Info("Kubernetes mode", "node", c.Name, "podCIDR", pod, "underlay", c.UnderlayAddr, "public", c.PublicAddr, "site", c.Site, "seeds", seeds)
+	k.log.Info("Kubernetes mode", "node", c.Name, "podCIDRs", c.podCIDRs(), "underlay", c.UnderlayAddr, "public", c.PublicAddr, "site", c.Site, "seeds", seeds)
 	return ctx, k, nil
 }
 
@@ -287,6 +293,19 @@ func (k *kubeMode) feed(ctx context.Context, members *peer.Membership, out chan 
 			markAvailable()
 		}
 	}
+}
+
+// kubePodCIDR6 is a dual-stack Node's IPv6 pod CIDR, when --cluster-cidr
+// has an IPv6 range (invalid otherwise: the node runs IPv4 pods only).
+func kubePodCIDR6(c config, cidrs []netip.Prefix) (netip.Prefix, error) {
+	p, ok := ipamkube.IPv6(cidrs)
+	if !ok || !c.ClusterCIDR6.IsValid() {
+		return netip.Prefix{}, nil
+	}
+	if p.Bits() > 120 || !c.ClusterCIDR6.Contains(p.Addr()) || c.ClusterCIDR6.Bits() > p.Bits() {
+		return netip.Prefix{}, fmt.Errorf("Node %s IPv6 pod CIDR %s is not a /120-or-larger block inside --cluster-cidr %s (does it match kube-controller-manager --cluster-cidr?)", c.Name, p, c.clusterCIDR)
+	}
+	return p, nil
 }
 
 // selfMoved ends weftd (through the context startKube returned) when this

@@ -96,3 +96,31 @@ func TestSiteOf(t *testing.T) {
 		}
 	}
 }
+
+// TestKubePodCIDR6: a dual-stack Node's IPv6 pod CIDR is taken when
+// --cluster-cidr has an IPv6 range and it fits inside; otherwise weftd runs
+// IPv4 pods only, or (a block outside the range) refuses to start.
+func TestKubePodCIDR6(t *testing.T) {
+	cidrs := []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00:10:244:1::/64")}
+	dual := config{Name: "n1", clusterCIDR: "10.244.0.0/16,fd00:10:244::/56"}
+	if err := dual.parseClusterCIDRs(); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := kubePodCIDR6(dual, cidrs); err != nil || p != cidrs[1] {
+		t.Fatalf("dual-stack: %v %v", p, err)
+	}
+	if p, err := kubePodCIDR6(dual, cidrs[:1]); err != nil || p.IsValid() {
+		t.Fatalf("IPv4-only Node: %v %v", p, err)
+	}
+	v4 := config{Name: "n1", clusterCIDR: "10.244.0.0/16"}
+	if err := v4.parseClusterCIDRs(); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := kubePodCIDR6(v4, cidrs); err != nil || p.IsValid() {
+		t.Fatalf("IPv4-only cluster CIDR: %v %v", p, err)
+	}
+	outside := []netip.Prefix{cidrs[0], netip.MustParsePrefix("fd00:99::/64")}
+	if _, err := kubePodCIDR6(dual, outside); err == nil || !strings.Contains(err.Error(), "not a /120-or-larger block inside") {
+		t.Fatalf("outside: %v", err)
+	}
+}

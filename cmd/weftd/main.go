@@ -23,6 +23,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"syscall"
 	"time"
 
@@ -37,16 +38,20 @@ import (
 // config is weftd's whole configuration, filled from flags. The node-wide
 // fields sit here; each concern's fields come from its embedded part.
 type config struct {
-	Name        string
-	PodCIDR     netip.Prefix
-	ClusterCIDR netip.Prefix
-	RunDir      string
-	StateDir    string
-	Site        string
-	LogLevel    slog.Level
-	Procs       int // --procs: 0 means procs' default
+	Name string
+	// PodCIDR is this node's IPv4 pod CIDR, PodCIDR6 its IPv6 one
+	// (dual-stack; invalid: none). ClusterCIDR and ClusterCIDR6 are the
+	// cluster's ranges of each family, each routed to the TUN.
+	PodCIDR, PodCIDR6         netip.Prefix
+	ClusterCIDR, ClusterCIDR6 netip.Prefix
+	RunDir                    string
+	StateDir                  string
+	Site                      string
+	LogLevel                  slog.Level
+	Procs                     int // --procs: 0 means procs' default
 
-	podCIDR, clusterCIDR, logLevel string // raw flags, parsed by checkNode
+	podCIDRFlags          []string // --pod-cidr, repeatable or comma-separated
+	clusterCIDR, logLevel string   // raw flags, parsed by checkNode
 
 	datapathFlags // TUN, VXLAN, WireGuard (datapath.go)
 	underlayFlags // underlay address (underlay.go)
@@ -62,8 +67,11 @@ type config struct {
 // registerFlags adds the node-wide flags to fs.
 func (c *config) registerFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Name, "name", defaultName(), "node name, unique in the cluster (default $NODE_NAME, else the hostname); the Node name in Kubernetes mode")
-	fs.StringVar(&c.podCIDR, "pod-cidr", "", "this node's pod CIDR, e.g. 10.244.1.0/24 (required unless --node-cidr-size)")
-	fs.StringVar(&c.clusterCIDR, "cluster-cidr", "10.244.0.0/16", "the cluster's pod CIDR; routed to the TUN device")
+	fs.Func("pod-cidr", "this node's pod CIDR, e.g. 10.244.1.0/24 (required unless --node-cidr-size); dual-stack: give it twice or comma-separated, one IPv4 and one IPv6 (e.g. 10.244.1.0/24,fd00:10:244:1::/64)", func(s string) error {
+		c.podCIDRFlags = append(c.podCIDRFlags, strings.Split(s, ",")...)
+		return nil
+	})
+	fs.StringVar(&c.clusterCIDR, "cluster-cidr", "10.244.0.0/16", "the cluster's pod CIDR, routed to the TUN device; dual-stack: one per family, comma-separated (e.g. 10.244.0.0/16,fd00:10:244::/56)")
 	fs.StringVar(&c.RunDir, "run-dir", "/run/weft", "directory for the control socket and the CNI hand-off file node.json")
 	fs.StringVar(&c.StateDir, "state-dir", "/var/lib/weft", "directory for state that survives restarts")
 	fs.StringVar(&c.Site, "site", "", "site label gossiped with the node record")
@@ -112,26 +120,87 @@ func (c *config) checkNode() error {
 	if c.Name == "" {
 		return errors.New("--name is required (no hostname)")
 	}
-	if c.podCIDR == "" && c.NodeCIDRBits == 0 && !c.kubeMode() {
+	if len(c.podCIDRFlags) == 0 && c.NodeCIDRBits == 0 && !c.kubeMode() {
 		return errors.New("--pod-cidr is required (or --node-cidr-size to claim one over gossip)")
 	}
-	var err error
-	if c.ClusterCIDR, err = netip.ParsePrefix(c.clusterCIDR); err != nil {
-		return fmt.Errorf("--cluster-cidr: %w", err)
+	if err := c.parseClusterCIDRs(); err != nil {
+		return err
 	}
-	if c.podCIDR == "" {
+	if len(c.podCIDRFlags) == 0 {
 		return nil
 	}
-	if c.PodCIDR, err = netip.ParsePrefix(c.podCIDR); err != nil {
-		return fmt.Errorf("--pod-cidr: %w", err)
+	return c.parsePodCIDRs()
+}
+
+// parseClusterCIDRs parses --cluster-cidr: one prefix, or one per family
+// comma-separated (IPv4 first or not, as Kubernetes allows).
+func (c *config) parseClusterCIDRs() error {
+	for _, s := range strings.Split(c.clusterCIDR, ",") {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil {
+			return fmt.Errorf("--cluster-cidr: %w", err)
+		}
+		at := &c.ClusterCIDR
+		if p.Addr().Is6() {
+			at = &c.ClusterCIDR6
+		}
+		if at.IsValid() {
+			return fmt.Errorf("--cluster-cidr %s: two prefixes of one family", c.clusterCIDR)
+		}
+		*at = p
 	}
-	if !c.PodCIDR.Addr().Is4() || c.PodCIDR != c.PodCIDR.Masked() || c.PodCIDR.Bits() > 30 {
-		return fmt.Errorf("--pod-cidr %s: want a masked IPv4 prefix of /30 or larger", c.PodCIDR)
-	}
-	if !c.ClusterCIDR.Contains(c.PodCIDR.Addr()) || c.ClusterCIDR.Bits() > c.PodCIDR.Bits() {
-		return fmt.Errorf("--pod-cidr %s is not inside --cluster-cidr %s", c.PodCIDR, c.ClusterCIDR)
+	if !c.ClusterCIDR.IsValid() {
+		return fmt.Errorf("--cluster-cidr %s: an IPv4 prefix is required (IPv6-only pods are not supported yet)", c.clusterCIDR)
 	}
 	return nil
+}
+
+// parsePodCIDRs parses --pod-cidr: at most one prefix per family, each
+// inside the cluster CIDR of its family; an IPv4 one is required.
+func (c *config) parsePodCIDRs() error {
+	for _, s := range c.podCIDRFlags {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil {
+			return fmt.Errorf("--pod-cidr: %w", err)
+		}
+		at, cluster, fam, maxBits := &c.PodCIDR, c.ClusterCIDR, "IPv4", 30
+		if p.Addr().Is6() {
+			at, cluster, fam, maxBits = &c.PodCIDR6, c.ClusterCIDR6, "IPv6", 120
+		}
+		if p != p.Masked() || p.Bits() > maxBits || p.Addr().Is4In6() {
+			return fmt.Errorf("--pod-cidr %s: want a masked %s prefix of /%d or larger", p, fam, maxBits)
+		}
+		if !cluster.IsValid() || !cluster.Contains(p.Addr()) || cluster.Bits() > p.Bits() {
+			return fmt.Errorf("--pod-cidr %s is not inside --cluster-cidr %s", p, c.clusterCIDR)
+		}
+		if at.IsValid() {
+			return fmt.Errorf("--pod-cidr: two %s prefixes (%s, %s): want at most one per family", fam, *at, p)
+		}
+		*at = p
+	}
+	if !c.PodCIDR.IsValid() {
+		return fmt.Errorf("--pod-cidr %s: an IPv4 pod CIDR is required (IPv6-only pods are not supported yet)", strings.Join(c.podCIDRFlags, ","))
+	}
+	return nil
+}
+
+// podCIDRs is this node's pod CIDRs, IPv4 first; empty before a claim.
+func (c config) podCIDRs() []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range []netip.Prefix{c.PodCIDR, c.PodCIDR6} {
+		if p.IsValid() {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// clusterCIDRs is the cluster's pod ranges, IPv4 first.
+func (c config) clusterCIDRs() []netip.Prefix {
+	if c.ClusterCIDR6.IsValid() {
+		return []netip.Prefix{c.ClusterCIDR, c.ClusterCIDR6}
+	}
+	return []netip.Prefix{c.ClusterCIDR}
 }
 
 func main() {
@@ -262,7 +331,8 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	// The hand-off file goes last: once it exists, pods wired by weft-cni
 	// have a gateway and a route out.
 	if err := cni.WriteNodeState(c.RunDir, cni.NodeState{
-		NodeName: c.Name, PodCIDRs: []netip.Prefix{c.PodCIDR}, Gateway: dp.gateway, MTU: dp.mtu, ClusterCIDR: c.ClusterCIDR,
+		NodeName: c.Name, PodCIDRs: c.podCIDRs(), Gateway: dp.gateway, Gateway6: dp.gateway6, MTU: dp.mtu,
+		ClusterCIDR: c.ClusterCIDR, ClusterCIDR6: c.ClusterCIDR6,
 	}); err != nil {
 		return err
 	}
@@ -287,7 +357,7 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	d := donor{reqs: make(chan donorReq)}
 	handed := make(chan error, 1)
 	go func() { handed <- handoff.Serve(ctrl, c.handoffSocket(), d) }()
-	log.Info("weftd running", "name", c.Name, "underlay", self.Underlay, "podCIDR", c.PodCIDR, "tun", c.TUN, "mtu", dp.mtu, "vni", c.VNI, "socket", c.socket(), "procs", runtime.GOMAXPROCS(0), "start", started.Start)
+	log.Info("weftd running", "name", c.Name, "underlay", self.Underlay, "podCIDRs", c.podCIDRs(), "tun", c.TUN, "mtu", dp.mtu, "vni", c.VNI, "socket", c.socket(), "procs", runtime.GOMAXPROCS(0), "start", started.Start)
 
 	pipe := newPipeline(c, log, members, plane, dp.router, kube.routable)
 	pipe.last = first

@@ -130,3 +130,53 @@ func TestPeerRemoteChecksum(t *testing.T) {
 		t.Fatalf("--remote-checksum=false caps %b (%v): want VXLAN only", off.vxlanCaps(), err)
 	}
 }
+
+// TestParseFlagsDualStack: --pod-cidr once per family (repeated or
+// comma-separated) and --cluster-cidr with both families; the record, the
+// router's pod CIDRs and admission take both.
+func TestParseFlagsDualStack(t *testing.T) {
+	base := []string{"--name", "n1", "--underlay-addr", "192.0.2.11", "--cluster-cidr", "10.244.0.0/16,fd00:10:244::/56"}
+	for _, args := range [][]string{
+		append(base, "--pod-cidr", "10.244.1.0/24", "--pod-cidr", "fd00:10:244:1::/64"),
+		append(base, "--pod-cidr", "fd00:10:244:1::/64,10.244.1.0/24"),
+	} {
+		c, err := parseFlags(args)
+		if err != nil {
+			t.Fatalf("%q: %v", args, err)
+		}
+		if c.PodCIDR.String() != "10.244.1.0/24" || c.PodCIDR6.String() != "fd00:10:244:1::/64" || c.ClusterCIDR6.String() != "fd00:10:244::/56" {
+			t.Fatalf("%q: %v %v %v", args, c.PodCIDR, c.PodCIDR6, c.ClusterCIDR6)
+		}
+		if got := c.podCIDRs(); len(got) != 2 || got[0] != c.PodCIDR || got[1] != c.PodCIDR6 {
+			t.Fatalf("podCIDRs = %v", got)
+		}
+		if got := c.selfRecord(nil).PodCIDRs; len(got) != 2 || got[1] != c.PodCIDR6 {
+			t.Fatalf("record pod CIDRs = %v", got)
+		}
+		if got := c.clusterCIDRs(); len(got) != 2 {
+			t.Fatalf("clusterCIDRs = %v", got)
+		}
+		if c.VTEPMAC != [6]byte{0x0a, 0x58, 10, 244, 1, 1} {
+			t.Fatalf("VTEP MAC % x: still from the IPv4 gateway", c.VTEPMAC)
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{append(base, "--pod-cidr", "fd00:10:244:1::/64"), "an IPv4 pod CIDR is required"},
+		{append(base, "--pod-cidr", "10.244.1.0/24,fd00:10:244:1::/64,fd00:10:244:2::/64"), "two IPv6 prefixes"},
+		{append(base, "--pod-cidr", "10.244.1.0/24,fd00:10:244:1::1/64"), "masked IPv6 prefix"},
+		{append(base, "--pod-cidr", "10.244.1.0/24,fd00:10:244:1::/124"), "masked IPv6 prefix"},
+		{append(base, "--pod-cidr", "10.244.1.0/24,fd00:99::/64"), "not inside --cluster-cidr"},
+		{[]string{"--name", "n1", "--underlay-addr", "192.0.2.11", "--pod-cidr", "10.244.1.0/24,fd00:10:244:1::/64"}, "not inside --cluster-cidr"},
+		{[]string{"--name", "n1", "--underlay-addr", "192.0.2.11", "--cluster-cidr", "fd00:10:244::/56", "--pod-cidr", "fd00:10:244:1::/64"}, "an IPv4 prefix is required"},
+		{[]string{"--name", "n1", "--underlay-addr", "192.0.2.11", "--cluster-cidr", "10.244.0.0/16,10.245.0.0/16", "--pod-cidr", "10.244.1.0/24"}, "two prefixes of one family"},
+		{append(base, "--node-cidr-size", "24"), "claims are IPv4 only"},
+	} {
+		_, err := parseFlags(tc.args)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("parseFlags(%q) error = %v, want it to mention %q", tc.args, err, tc.want)
+		}
+	}
+}

@@ -203,7 +203,7 @@ func (s start) apply(c config, log *slog.Logger, r *overlay.Router, self peer.Re
 		}
 		return p, nil
 	}
-	admitted, refused := peer.Admit(s.peers, self, []netip.Prefix{c.ClusterCIDR})
+	admitted, refused := peer.Admit(s.peers, self, c.clusterCIDRs())
 	if len(refused) > 0 {
 		log.Warn(s.kind+" start: records refused", "refused", len(refused))
 	}

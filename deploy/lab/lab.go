@@ -42,6 +42,10 @@ const Version = 1
 // ClusterCIDR is the cluster-wide pod range of every lab.
 const ClusterCIDR = "10.244.0.0/16"
 
+// ClusterCIDR6 is the IPv6 pod range of a dual-stack lab (Config.DualStack):
+// from the unique local range (RFC 4193), node i gets fd00:10:244:i::/64.
+const ClusterCIDR6 = "fd00:10:244::/56"
+
 // stateFile is the name of the lab description inside Config.Dir.
 const stateFile = "lab.json"
 
@@ -84,6 +88,10 @@ type Config struct {
 	// 24: nodes claim their pod CIDRs over gossip (standalone mode), and
 	// lab.json's podCIDR stays empty (ask weftd's status).
 	ClaimCIDRs bool
+	// DualStack gives every node an IPv6 pod CIDR beside the IPv4 one
+	// (fd00:10:244:<i>::/64 inside ClusterCIDR6), so every pod gets one
+	// address of each family. Not with ClaimCIDRs (claims are IPv4).
+	DualStack bool
 	// Internet adds an "internet" namespace behind the router on
 	// 203.0.113.0/24 (so at most 2 sites), host InternetAddr, which has
 	// no route to the pod CIDRs: pods reach it only through their node's
@@ -179,6 +187,8 @@ func DefaultConfig() Config {
 //	transport    the transport policy of every weftd ("vxlan", "wireguard",
 //	             "wireguard-across-sites")
 //	clusterCIDR  pod range of the whole cluster ("10.244.0.0/16")
+//	dualStack    true when pods get an IPv6 address too (Config.DualStack)
+//	clusterCIDR6 the IPv6 pod range of a dual-stack lab ("fd00:10:244::/56")
 //	router       the router namespace:
 //	  netns        its name (<prefix>-rtr)
 //	  sites[]      one per site: name ("site1"), subnet ("192.0.2.0/24"),
@@ -193,6 +203,8 @@ func DefaultConfig() Config {
 //	  underlayIf    its interface inside the node namespace ("eth0")
 //	  podCIDR       the node's pod range ("10.244.1.0/24"); set for external
 //	                nodes too, for tests that configure them by hand
+//	  podCIDR6      its IPv6 pod range in a dual-stack lab
+//	                ("fd00:10:244:1::/64"); absent otherwise
 //	  weftdPID      PID of the node's weftd (0 when none runs)
 //	  controlSocket weftd's unix socket (<runDir>/weftd.sock)
 //	  runDir        weftd --run-dir (node.json, weftd.sock)
@@ -219,6 +231,7 @@ func DefaultConfig() Config {
 //	  netnsPath     /run/netns/<netns>
 //	  node          the node the pod is on
 //	  address       the pod's IPv4 address, without a prefix length
+//	  address6      its IPv6 address in a dual-stack lab; absent otherwise
 //	  containerID   the CNI container ID (the pod namespace name)
 //	  ifName        the pod's interface ("eth0")
 type Lab struct {
@@ -227,7 +240,10 @@ type Lab struct {
 	Dir         string `json:"dir"`
 	Transport   string `json:"transport"`
 	ClusterCIDR string `json:"clusterCIDR"`
-	Router      Router `json:"router"`
+	// DualStack and ClusterCIDR6: Config.DualStack and the IPv6 range.
+	DualStack    bool   `json:"dualStack,omitempty"`
+	ClusterCIDR6 string `json:"clusterCIDR6,omitempty"`
+	Router       Router `json:"router"`
 	// Internet is the "internet" namespace (Config.Internet), nil without.
 	Internet *Internet `json:"internet,omitempty"`
 	// Topology is Config.Topology ("" for plain); Gateways the NAT
@@ -318,6 +334,7 @@ type Node struct {
 	UnderlayAddr  string `json:"underlayAddr"`
 	UnderlayIf    string `json:"underlayIf"`
 	PodCIDR       string `json:"podCIDR"`
+	PodCIDR6      string `json:"podCIDR6,omitempty"`
 	WeftdPID      int    `json:"weftdPID"`
 	ControlSocket string `json:"controlSocket"`
 	RunDir        string `json:"runDir"`
@@ -340,6 +357,7 @@ type Pod struct {
 	NetnsPath   string `json:"netnsPath"`
 	Node        string `json:"node"`
 	Address     string `json:"address"`
+	Address6    string `json:"address6,omitempty"`
 	ContainerID string `json:"containerID"`
 	IfName      string `json:"ifName"`
 }
@@ -475,6 +493,9 @@ func (cfg *Config) validate() error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("topology %q: want plain or nat", cfg.Topology))
+	}
+	if cfg.DualStack && cfg.ClaimCIDRs {
+		errs = append(errs, errors.New("dual-stack: claims are IPv4 only; the lab gives dual-stack nodes their pod CIDRs"))
 	}
 	if cfg.Sites < 1 || cfg.Sites > len(sites) {
 		errs = append(errs, fmt.Errorf("sites %d: want 1..%d", cfg.Sites, len(sites)))

@@ -253,6 +253,8 @@ func TestConfigValidate(t *testing.T) {
 		{"nat with 4 nodes", func(c *Config) { c.Topology, c.Transport, c.Nodes = TopologyNAT, "wireguard", 4 }, false},
 		{"nat with internet", func(c *Config) { c.Topology, c.Transport, c.Internet = TopologyNAT, "wireguard", true }, false},
 		{"unknown topology", func(c *Config) { c.Topology = "mesh" }, false},
+		{"dual-stack", func(c *Config) { c.DualStack = true }, true},
+		{"dual-stack claims", func(c *Config) { c.DualStack, c.ClaimCIDRs = true, true }, false},
 	} {
 		c := DefaultConfig()
 		tc.mod(&c)

@@ -87,13 +87,16 @@ func (l *Lab) AddPod(ctx context.Context, node string) (Pod, error) {
 	}
 	for _, ipc := range res.IPs {
 		if v4 := ipc.Address.IP.To4(); v4 != nil {
-			p.Address = v4.String()
-			break
+			if p.Address == "" {
+				p.Address = v4.String()
+			}
+		} else if p.Address6 == "" {
+			p.Address6 = ipc.Address.IP.String()
 		}
 	}
-	if p.Address == "" {
+	if p.Address == "" || n.PodCIDR6 != "" && p.Address6 == "" {
 		_ = l.cniDel(context.Background(), n, p)
-		return Pod{}, fmt.Errorf("add pod %s: cni result has no IPv4 address: %v", name, res)
+		return Pod{}, fmt.Errorf("add pod %s: cni result lacks an address of a family (dual-stack %v): %v", name, n.PodCIDR6 != "", res)
 	}
 	l.Pods = append(l.Pods, p)
 	if err := l.saveLocked(); err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 )
 
 // PingResult is the outcome of Ping.
@@ -35,20 +36,26 @@ const (
 	pingWait     = 2 * time.Second
 )
 
-// Ping sends count ICMP echo requests to the IPv4 address addr from inside
+// Ping sends count ICMP echo requests (ICMPv6 for an IPv6 addr) to addr from inside
 // the network namespace netns and waits for each reply. It needs no ping
 // program: the raw ICMP socket is made on a thread inside netns and stays
 // there. The error is non-nil unless every echo came back.
 func (l *Lab) Ping(ctx context.Context, netns, addr string, count int) (PingResult, error) {
 	var r PingResult
 	dst, err := netip.ParseAddr(addr)
-	if err != nil || !dst.Is4() {
-		return r, fmt.Errorf("ping %s from %s: not an IPv4 address", addr, netns)
+	if err != nil {
+		return r, fmt.Errorf("ping %s from %s: not an IP address", addr, netns)
 	}
+	dst = dst.Unmap()
 	var c *icmp.PacketConn
 	err = ns.WithNetNSPath(filepath.Join(netnsDir, netns), func(ns.NetNS) error {
 		var err error
-		c, err = icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+		if dst.Is6() {
+			// The kernel fills in the ICMPv6 checksum of a raw socket.
+			c, err = icmp.ListenPacket("ip6:ipv6-icmp", "::")
+		} else {
+			c, err = icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+		}
 		return err
 	})
 	if err != nil {
@@ -97,7 +104,12 @@ func (l *Lab) Ping(ctx context.Context, netns, addr string, count int) (PingResu
 func echo(c *icmp.PacketConn, dst netip.Addr, id, seq int, sent time.Time) (time.Duration, error) {
 	payload := make([]byte, 56)
 	copy(payload, "weft lab ping")
-	req := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: id, Seq: seq, Data: payload}}
+	var reqType, replyType icmp.Type = ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply
+	proto := 1 // ICMP
+	if dst.Is6() {
+		reqType, replyType, proto = ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply, 58
+	}
+	req := icmp.Message{Type: reqType, Body: &icmp.Echo{ID: id, Seq: seq, Data: payload}}
 	b, err := req.Marshal(nil)
 	if err != nil {
 		return 0, err
@@ -118,8 +130,8 @@ func echo(c *icmp.PacketConn, dst netip.Addr, id, seq int, sent time.Time) (time
 		if a, ok := from.(*net.IPAddr); !ok || !a.IP.Equal(to.IP) {
 			continue
 		}
-		m, err := icmp.ParseMessage(1, buf[:n])
-		if err != nil || m.Type != ipv4.ICMPTypeEchoReply {
+		m, err := icmp.ParseMessage(proto, buf[:n])
+		if err != nil || m.Type != replyType {
 			continue
 		}
 		if e, ok := m.Body.(*icmp.Echo); ok && e.ID == id && e.Seq == seq {
@@ -160,6 +172,12 @@ func (r TransferResult) MBps() float64 {
 // to's namespace and the dialing one inside from's, and a socket stays in
 // the namespace it was created in, so the rest of the I/O runs anywhere.
 func (l *Lab) Transfer(ctx context.Context, from, to Pod, size int64) (TransferResult, error) {
+	return l.TransferTo(ctx, from, to, to.Address, size)
+}
+
+// TransferTo is Transfer to the address addr of pod to: its Address6
+// for IPv6 in a dual-stack lab.
+func (l *Lab) TransferTo(ctx context.Context, from, to Pod, addr string, size int64) (TransferResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	deadline, _ := ctx.Deadline()
@@ -168,7 +186,7 @@ func (l *Lab) Transfer(ctx context.Context, from, to Pod, size int64) (TransferR
 	err := ns.WithNetNSPath(to.NetnsPath, func(ns.NetNS) error {
 		var lc net.ListenConfig
 		var err error
-		ln, err = lc.Listen(ctx, "tcp4", net.JoinHostPort(to.Address, "0"))
+		ln, err = lc.Listen(ctx, "tcp", net.JoinHostPort(addr, "0"))
 		return err
 	})
 	if err != nil {
@@ -206,7 +224,7 @@ func (l *Lab) Transfer(ctx context.Context, from, to Pod, size int64) (TransferR
 	err = ns.WithNetNSPath(from.NetnsPath, func(ns.NetNS) error {
 		var d net.Dialer
 		var err error
-		conn, err = d.DialContext(ctx, "tcp4", ln.Addr().String())
+		conn, err = d.DialContext(ctx, "tcp", ln.Addr().String())
 		return err
 	})
 	if err != nil {

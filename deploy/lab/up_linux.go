@@ -126,7 +126,7 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 		if err := l.waitReady(ctx, n); err != nil {
 			return l, err
 		}
-		fmt.Fprintf(l.log, "node %s up (pid %d, %s, %s, pods %s)\n", n.Name, n.WeftdPID, n.Site, n.UnderlayAddr, n.PodCIDR)
+		fmt.Fprintf(l.log, "node %s up (pid %d, %s, %s, pods %s)\n", n.Name, n.WeftdPID, n.Site, n.UnderlayAddr, strings.TrimSuffix(n.PodCIDR+" "+n.PodCIDR6, " "))
 	}
 
 	for _, n := range l.Nodes {
@@ -138,7 +138,7 @@ func Up(ctx context.Context, cfg Config) (l *Lab, err error) {
 			if err != nil {
 				return l, err
 			}
-			fmt.Fprintf(l.log, "pod %s on %s: %s\n", p.Name, p.Node, p.Address)
+			fmt.Fprintf(l.log, "pod %s on %s: %s\n", p.Name, p.Node, strings.TrimSuffix(p.Address+" "+p.Address6, " "))
 		}
 	}
 	if err := l.save(); err != nil {
@@ -162,6 +162,10 @@ func plan(cfg Config) *Lab {
 		binDir:      cfg.BinDir,
 		WeftdArgs:   slices.Clone(cfg.WeftdArgs),
 		ClaimCIDRs:  cfg.ClaimCIDRs,
+		DualStack:   cfg.DualStack,
+	}
+	if cfg.DualStack {
+		l.ClusterCIDR6 = ClusterCIDR6
 	}
 	if cfg.Internet {
 		l.Internet = &Internet{Netns: cfg.Prefix + "-inet", Addr: InternetAddr, Gateway: "203.0.113.1"}
@@ -185,6 +189,9 @@ func plan(cfg Config) *Lab {
 	}
 	for i := range l.Nodes {
 		n := &l.Nodes[i]
+		if cfg.DualStack {
+			n.PodCIDR6 = fmt.Sprintf("fd00:10:244:%x::/64", i+1)
+		}
 		n.Netns = cfg.Prefix + "-" + n.Name
 		n.External = slices.Contains(cfg.External, n.Name)
 		if cfg.ClaimCIDRs && !n.External {
@@ -386,7 +393,7 @@ func (l *Lab) startWeftd(n *Node, seed string, extra []string) error {
 		"--name", n.Name,
 		"--underlay-addr", n.UnderlayAddr,
 		"--public-addr", n.PublicAddr,
-		"--cluster-cidr", ClusterCIDR,
+		"--cluster-cidr", l.clusterCIDRs(),
 		"--seeds", seed,
 		"--run-dir", n.RunDir,
 		"--state-dir", n.StateDir,
@@ -396,6 +403,9 @@ func (l *Lab) startWeftd(n *Node, seed string, extra []string) error {
 	}
 	if n.PodCIDR != "" {
 		args = append(args, "--pod-cidr", n.PodCIDR)
+		if n.PodCIDR6 != "" {
+			args = append(args, "--pod-cidr", n.PodCIDR6)
+		}
 	} else {
 		args = append(args, "--node-cidr-size", "24")
 	}
@@ -429,6 +439,14 @@ func (l *Lab) startWeftd(n *Node, seed string, extra []string) error {
 	l.mu.Unlock()
 	fmt.Fprintf(l.log, "started weftd on %s (pid %d)\n", n.Name, n.WeftdPID)
 	return nil
+}
+
+// clusterCIDRs is weftd's --cluster-cidr: both ranges in a dual-stack lab.
+func (l *Lab) clusterCIDRs() string {
+	if l.ClusterCIDR6 != "" {
+		return ClusterCIDR + "," + l.ClusterCIDR6
+	}
+	return ClusterCIDR
 }
 
 // waitReady waits for weftd's node.json (the CNI hand-off) and its control

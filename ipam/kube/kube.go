@@ -54,11 +54,16 @@ func PodCIDRs(n *corev1.Node) ([]netip.Prefix, error) {
 	return out, nil
 }
 
-// IPv4 returns the first IPv4 prefix of ps. weft's datapath is IPv4-only
-// for now; an IPv6 pod CIDR of a dual-stack node is ignored.
-func IPv4(ps []netip.Prefix) (netip.Prefix, bool) {
+// IPv4 returns the first IPv4 prefix of ps.
+func IPv4(ps []netip.Prefix) (netip.Prefix, bool) { return family(ps, false) }
+
+// IPv6 returns the first IPv6 prefix of ps: a dual-stack Node's second
+// family.
+func IPv6(ps []netip.Prefix) (netip.Prefix, bool) { return family(ps, true) }
+
+func family(ps []netip.Prefix, v6 bool) (netip.Prefix, bool) {
 	for _, p := range ps {
-		if p.Addr().Is4() {
+		if p.Addr().Is6() == v6 {
 			return p, true
 		}
 	}

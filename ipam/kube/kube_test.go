@@ -125,3 +125,16 @@ func TestWaitBadCIDR(t *testing.T) {
 		t.Fatal("Wait accepted a CIDR with host bits")
 	}
 }
+
+func TestFamilies(t *testing.T) {
+	ps := []netip.Prefix{netip.MustParsePrefix("fd00:10:244:1::/64"), netip.MustParsePrefix("10.244.1.0/24")}
+	if p, ok := IPv4(ps); !ok || p != ps[1] {
+		t.Fatalf("IPv4 = %v %v", p, ok)
+	}
+	if p, ok := IPv6(ps); !ok || p != ps[0] {
+		t.Fatalf("IPv6 = %v %v", p, ok)
+	}
+	if _, ok := IPv6(ps[1:]); ok {
+		t.Fatal("IPv6 of an IPv4-only list")
+	}
+}

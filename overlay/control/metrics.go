@@ -29,6 +29,7 @@ var counterMetrics = map[string]counterMetric{
 	"rx_packets":                {"weft_rx_packets_total", "Packets carried inbound (wire to TUN).", false},
 	"rx_bytes":                  {"weft_rx_bytes_total", "Inner bytes carried inbound (wire to TUN).", false},
 	"icmp_frag_needed_sent":     {"weft_icmp_frag_needed_sent_total", "ICMP fragmentation-needed messages sent back to pods.", false},
+	"icmp6_packet_too_big_sent": {"weft_icmp6_packet_too_big_sent_total", "ICMPv6 packet-too-big messages sent back to pods.", false},
 	"records_rejected":          {"weft_records_rejected_total", "Gossiped node records that did not decode or validate.", false},
 	"records_refused_admission": {"weft_records_refused_admission_total", "Distinct node records refused by admission (conflicts, outside the cluster CIDR).", false},
 	"records_refused_now":       {"weft_records_refused", "Peers whose current record admission refuses.", true},
