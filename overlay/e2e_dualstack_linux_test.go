@@ -18,10 +18,7 @@ import (
 // still gets "fragmentation needed".
 //
 // Both nodes sit on one site, and the narrower path is a route MTU toward
-// the peer in n1 (what the kernel records when a router reports one): on
-// this branch's base, nodes of different sites without public addresses
-// are not routed to each other at all (cmd/weftd/reach.go: "both behind
-// NAT in different sites, and no relay"), in either family.
+// the peer in n1 (what the kernel records when a router reports one).
 func TestNetnsPathMTULoweredMidPathIPv6(t *testing.T) {
 	needNetns(t)
 	for _, tc := range []struct {

@@ -72,7 +72,7 @@ func (m *Membership) run() {
 		m.snapMu.Unlock()
 		m.tr.setPeers(all)
 		m.numLive.Store(int32(len(live)))
-		if first || !samePeers(last, live) {
+		if first || !samePeers(last, live) || m.republish.Swap(false) {
 			m.publish(live)
 			last, first = live, false
 			select {

@@ -79,6 +79,8 @@ type Membership struct {
 
 	numLive atomic.Int32 // live remote peers, for the broadcast retransmit count
 
+	republish atomic.Bool // run publishes the live set even if unchanged (our own record changed)
+
 	// keyring is nil when gossip is not encrypted. memberlist locks it
 	// per call; keyMu makes our multi-step changes (SetKeys) atomic
 	// against each other.
@@ -217,6 +219,10 @@ func (m *Membership) natLoop(interval time.Duration) {
 			if err := m.UpdateSelf(r, 5*time.Second); err != nil && !errors.Is(err, ErrClosed) {
 				m.log.Warn("record with the behind-NAT flag not gossiped", "err", err)
 			}
+			// The way this node reaches its peers changes too
+			// (keepalives, relays): publish the live set again.
+			m.republish.Store(true)
+			m.kickRun()
 		}
 	}
 }

@@ -12,8 +12,9 @@ package peer
 //     is what it advertises;
 //   - a node of another site without one: the address its gossip packets
 //     were last seen coming from (the NAT mapping it keeps open), if that
-//     is fresh;
-//     and nowhere if not (its advertised address is private to its site);
+//     is fresh; if not, a node behind NAT (CapBehindNAT) nowhere (its
+//     advertised address is private to its site), a routed one at its
+//     advertised address;
 //   - otherwise, or for a node we have no record of yet (seeds): the
 //     address memberlist has, which is what the node advertises (its
 //     public address if it has one, else its internal one).
@@ -314,9 +315,13 @@ func (t *transport) resolve(a memberlist.Address) (string, bool) {
 		if s, ok := t.Seen(a.Name); ok {
 			return s.String(), tagged
 		}
-		// Its advertised address is private to its site, and may be
-		// another node's in ours: send nothing rather than misdeliver.
-		return "", tagged
+		if r.Caps&CapBehindNAT != 0 {
+			// Its advertised address is private to its site, and may
+			// be another node's in ours: send nothing rather than
+			// misdeliver.
+			return "", tagged
+		}
+		// A routed node: its address works from everywhere.
 	}
 	return a.Addr, tagged
 }

@@ -124,8 +124,9 @@ func TestTransportResolve(t *testing.T) {
 	tr.setPeers([]Peer{
 		{Record: rec("a2", "cloud-a", "192.0.2.12:4789", "203.0.113.12", CapGossipTag), State: StateAlive},
 		{Record: rec("b1", "cloud-b", "192.0.2.11:4789", "203.0.113.21", CapGossipTag), State: StateAlive},
-		{Record: rec("p1", "onprem", "198.51.100.11:4789", "", CapGossipTag), State: StateAlive},
-		{Record: rec("old", "onprem", "198.51.100.12:4789", "", 0), State: StateAlive},
+		{Record: rec("p1", "onprem", "198.51.100.11:4789", "", CapGossipTag|CapBehindNAT), State: StateAlive},
+		{Record: rec("old", "onprem", "198.51.100.12:4789", "", CapBehindNAT), State: StateAlive},
+		{Record: rec("r1", "routed", "198.51.100.41:4789", "", CapGossipTag), State: StateAlive},
 	})
 	tr.note("p1", &net.UDPAddr{IP: net.ParseIP("203.0.113.31"), Port: 40123}, time.Now())
 
@@ -143,6 +144,8 @@ func TestTransportResolve(t *testing.T) {
 		{memberlist.Address{Addr: "198.51.100.11:7946", Name: "p1"}, "203.0.113.31:40123", true},
 		// Behind NAT, not seen yet: nowhere (its address is private to its site).
 		{memberlist.Address{Addr: "198.51.100.12:7946", Name: "old"}, "", false},
+		// Another site, no public address, not behind NAT: routed, as advertised.
+		{memberlist.Address{Addr: "198.51.100.41:7946", Name: "r1"}, "198.51.100.41:7946", true},
 		// A seed (no name) or a node we have no record of.
 		{memberlist.Address{Addr: "203.0.113.99:7946"}, "203.0.113.99:7946", false},
 		{memberlist.Address{Addr: "203.0.113.98:7946", Name: "new"}, "203.0.113.98:7946", false},

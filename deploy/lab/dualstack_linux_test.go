@@ -13,14 +13,12 @@ import (
 )
 
 // TestUpDualStack is the dual-stack lab end to end over each transport:
-// real weftd on three nodes on one site, each with 10.244.<i>.0/24 and
+// real weftd on three nodes on two sites, each with 10.244.<i>.0/24 and
 // fd00:10:244:<i>::/64; pods get an address of each family through the
 // real weft-cni; every ordered pair of pods exchanges ping and a
 // checksummed TCP stream in both families; peers carry both pod CIDRs;
-// lab.json records the IPv6 half. One site: on this branch's base, nodes of
-// different sites without public addresses are not routed to each other
-// in either family (cmd/weftd/reach.go, "both behind NAT in different
-// sites, and no relay"); with that fixed, Sites 2 covers the routed path.
+// lab.json records the IPv6 half. Two sites: same-site and cross-site
+// pairs alike.
 func TestUpDualStack(t *testing.T) {
 	prereqtest.Netns(t, "ip")
 	bin := prereqtest.Binaries(t)
@@ -37,7 +35,7 @@ func TestUpDualStack(t *testing.T) {
 			var log bytes.Buffer
 			cfg := DefaultConfig()
 			cfg.Prefix, cfg.Dir, cfg.BinDir, cfg.Log = prefix, dir, bin, &log
-			cfg.Nodes, cfg.Sites, cfg.PodsPerNode = 3, 1, 1
+			cfg.Nodes, cfg.Sites, cfg.PodsPerNode = 3, 2, 1
 			cfg.Transport = transport
 			cfg.DualStack = true
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

@@ -333,6 +333,7 @@ func (d *Device) SetPeers(peers []Peer) error {
 	}
 	ours := d.key.PublicKey()
 	var later, kicked []wgtypes.Key
+	var live map[wgtypes.Key]PeerStats // read once, if an endpoint changes
 	for k, p := range want {
 		old, known := d.applied[k]
 		if known && old.Endpoint == p.Endpoint && slices.Equal(old.AllowedIPs, p.AllowedIPs) && old.PersistentKeepalive == p.PersistentKeepalive {
@@ -340,7 +341,16 @@ func (d *Device) SetPeers(peers []Peer) error {
 		}
 		fmt.Fprintf(&b, "public_key=%s\n", hexKey(k))
 		if p.Endpoint.IsValid() && (!known || old.Endpoint != p.Endpoint) {
-			fmt.Fprintf(&b, "endpoint=%s\n", p.Endpoint)
+			if known && d.livesElsewhere(k, p.Endpoint, &live) {
+				// The device has a session with the peer at another
+				// address (learned from its packets): the wanted one
+				// may be a guess that does not work from here. Keep
+				// what works; a later SetPeers tries again.
+				p.Endpoint = old.Endpoint
+				want[k] = p
+			} else {
+				fmt.Fprintf(&b, "endpoint=%s\n", p.Endpoint)
+			}
 		}
 		b.WriteString("replace_allowed_ips=true\n")
 		switch {
@@ -380,6 +390,26 @@ func (d *Device) SetPeers(peers []Peer) error {
 	}
 	return nil
 }
+
+// livesElsewhere reports whether the device has a session with peer k,
+// handshaken within sessionLife, at an endpoint other than ep. *live
+// caches the device's stats for one SetPeers call.
+func (d *Device) livesElsewhere(k wgtypes.Key, ep netip.AddrPort, live *map[wgtypes.Key]PeerStats) bool {
+	if *live == nil {
+		st, err := d.Stats()
+		if err != nil {
+			return false
+		}
+		*live = st
+	}
+	s, ok := (*live)[k]
+	return ok && s.Endpoint.IsValid() && s.Endpoint != ep && !s.LastHandshake.IsZero() && time.Since(s.LastHandshake) < sessionLife
+}
+
+// sessionLife is how long a WireGuard session lives without a new
+// handshake (RejectAfterTime, 180 s): a handshake that recent proves the
+// endpoint it came from works.
+const sessionLife = 180 * time.Second
 
 // stopKeepalives turns the persistent keepalive of peers ks off.
 func (d *Device) stopKeepalives(ks []wgtypes.Key) {

@@ -247,6 +247,15 @@ func TestLearnedEndpointKept(t *testing.T) {
 	if got := endpointOf(t, pub, toNatted.PublicKey); got != learned {
 		t.Fatalf("endpoint after SetPeers = %q, want the learned %q", got, learned)
 	}
+	// A guess that does not work (the peer's private address, before it
+	// says it is behind NAT) does not replace the endpoint of a live session.
+	toNatted.Endpoint = netip.MustParseAddrPort("198.51.100.12:51820")
+	if err := pub.dev.SetPeers([]Peer{toNatted}); err != nil {
+		t.Fatal(err)
+	}
+	if got := endpointOf(t, pub, toNatted.PublicKey); got != learned {
+		t.Fatalf("endpoint after SetPeers with a guess = %q, want the learned %q of the live session", got, learned)
+	}
 	pkt := ipv4("10.244.1.2", "10.244.2.2", "to the learned endpoint")
 	pub.tun.Outbound <- pkt
 	if got := receive(t, natted); !bytes.Equal(got, pkt) {
