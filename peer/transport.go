@@ -197,16 +197,9 @@ func parseSeen(b []byte) (netip.AddrPort, error) {
 
 // tellSeen answers a keepalive from from with where it came from.
 func (t *transport) tellSeen(from net.Addr) {
-	ua, ok := from.(*net.UDPAddr)
-	if !ok {
-		return
+	if ap, ok := udpAddrPort(from); ok {
+		t.NetTransport.WriteTo(appendSeen(nil, ap), ap.String())
 	}
-	a, ok := netip.AddrFromSlice(ua.IP)
-	if !ok {
-		return
-	}
-	ap := netip.AddrPortFrom(a.Unmap(), uint16(ua.Port))
-	t.NetTransport.WriteTo(appendSeen(nil, ap), ap.String())
 }
 
 // gotSeen takes a seenMsg, only from a known peer's public address (the
@@ -218,14 +211,13 @@ func (t *transport) gotSeen(p *memberlist.Packet) {
 		t.nBadTag.Add(1)
 		return
 	}
-	ua, ok := p.From.(*net.UDPAddr)
+	src, ok := udpAddrPort(p.From)
 	if !ok {
 		return
 	}
-	src, _ := netip.AddrFromSlice(ua.IP)
 	known := false
 	for _, q := range *t.peers.Load() {
-		if q.Record.Public.IsValid() && q.Record.Public == src.Unmap() {
+		if q.Record.Public.IsValid() && q.Record.Public == src.Addr() {
 			known = true
 			break
 		}
@@ -260,21 +252,27 @@ func appendTag(b []byte, name string) []byte {
 	return append(append(append(b, tagMsg), byte(len(name))), name...)
 }
 
-func (t *transport) note(name string, from net.Addr, at time.Time) {
-	if name == t.self.Name {
-		return
-	}
+// udpAddrPort is a packet's source as an AddrPort.
+func udpAddrPort(from net.Addr) (netip.AddrPort, bool) {
 	ua, ok := from.(*net.UDPAddr)
 	if !ok {
-		return
+		return netip.AddrPort{}, false
 	}
 	a, ok := netip.AddrFromSlice(ua.IP)
 	if !ok {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(a.Unmap(), uint16(ua.Port)), true
+}
+
+func (t *transport) note(name string, from net.Addr, at time.Time) {
+	ap, ok := udpAddrPort(from)
+	if name == t.self.Name || !ok {
 		return
 	}
 	t.nTagged.Add(1)
 	t.seenMu.Lock()
-	t.seen[name] = seenAddr{addr: netip.AddrPortFrom(a.Unmap(), uint16(ua.Port)), at: at}
+	t.seen[name] = seenAddr{addr: ap, at: at}
 	t.seenMu.Unlock()
 }
 

@@ -113,9 +113,12 @@ func MarkNetworkAvailable(ctx context.Context, c kubernetes.Interface, node stri
 }
 
 // InternalIP returns the Node's first IPv4 InternalIP address.
-func InternalIP(n *corev1.Node) (netip.Addr, bool) {
+func InternalIP(n *corev1.Node) (netip.Addr, bool) { return firstIPv4(n, corev1.NodeInternalIP) }
+
+// firstIPv4 returns the Node's first IPv4 address of type t.
+func firstIPv4(n *corev1.Node, t corev1.NodeAddressType) (netip.Addr, bool) {
 	for _, a := range n.Status.Addresses {
-		if a.Type != corev1.NodeInternalIP {
+		if a.Type != t {
 			continue
 		}
 		if ip, err := netip.ParseAddr(a.Address); err == nil && ip.Unmap().Is4() {
@@ -449,17 +452,7 @@ type Self struct {
 const AnnotationPublicAddr = "weft.dev/public-addr"
 
 // ExternalIP returns the Node's first IPv4 ExternalIP address.
-func ExternalIP(n *corev1.Node) (netip.Addr, bool) {
-	for _, a := range n.Status.Addresses {
-		if a.Type != corev1.NodeExternalIP {
-			continue
-		}
-		if ip, err := netip.ParseAddr(a.Address); err == nil && ip.Unmap().Is4() {
-			return ip.Unmap(), true
-		}
-	}
-	return netip.Addr{}, false
-}
+func ExternalIP(n *corev1.Node) (netip.Addr, bool) { return firstIPv4(n, corev1.NodeExternalIP) }
 
 // WaitPodCIDRs waits until the Node called name exists and has pod CIDRs
 // (ipam/kube.Wait) and returns what weftd takes from it.
