@@ -261,9 +261,7 @@ func (tc *transportChooser) peer(self, r peer.Record, rc reach) (overlay.Peer, e
 	if rc.passive && t != overlay.TransportWireGuard {
 		return overlay.Peer{}, fmt.Errorf("in another site without a public address: reachable over WireGuard only (transport policy %s chose %s)", tc.policy, t)
 	}
-	if _, ok := tc.why[r.Name]; ok {
-		delete(tc.why, r.Name)
-	}
+	delete(tc.why, r.Name)
 	// A peer reached only where its packets come from is listed at its
 	// internal address, which this node never sends to.
 	addr := rc.addr
