@@ -160,6 +160,14 @@ func TestParseFlagsDualStack(t *testing.T) {
 			t.Fatalf("VTEP MAC % x: still from the IPv4 gateway", c.VTEPMAC)
 		}
 	}
+	// Claims: a block of each family, /64 by default for IPv6.
+	c, err := parseFlags(append(base, "--node-cidr-size", "24"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfgs := c.claimConfigs(); !c.claimMode() || len(cfgs) != 2 || cfgs[0].Bits != 24 || cfgs[1].Bits != 64 || cfgs[1].Cluster != c.ClusterCIDR6 {
+		t.Fatalf("dual-stack claim policies %+v (claim mode %v)", cfgs, c.claimMode())
+	}
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -172,7 +180,8 @@ func TestParseFlagsDualStack(t *testing.T) {
 		{[]string{"--name", "n1", "--underlay-addr", "192.0.2.11", "--pod-cidr", "10.244.1.0/24,fd00:10:244:1::/64"}, "not inside --cluster-cidr"},
 		{[]string{"--name", "n1", "--underlay-addr", "192.0.2.11", "--cluster-cidr", "fd00:10:244::/56", "--pod-cidr", "fd00:10:244:1::/64"}, "an IPv4 prefix is required"},
 		{[]string{"--name", "n1", "--underlay-addr", "192.0.2.11", "--cluster-cidr", "10.244.0.0/16,10.245.0.0/16", "--pod-cidr", "10.244.1.0/24"}, "two prefixes of one family"},
-		{append(base, "--node-cidr-size", "24"), "claims are IPv4 only"},
+		{append(base, "--node-cidr-size", "24", "--node-cidr-size-ipv6", "48"), "--node-cidr-size-ipv6"},
+		{append(base, "--node-cidr-size", "24", "--node-cidr-size-ipv6", "127"), "--node-cidr-size-ipv6"},
 	} {
 		_, err := parseFlags(tc.args)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
