@@ -48,7 +48,7 @@ func TestParseFlags(t *testing.T) {
 		{append(base, "--procs", "-1"), "--procs -1 out of range"},
 		{append(base, "--tun-queue-len", "0"), "--tun-queue-len 0 out of range"},
 		{append(base, "--masquerade-except", "10.0.0.0/8,bogus"), `--masquerade-except "bogus"`},
-		{append(base, "--masquerade-except", "2001:db8::/32"), "want IPv4 CIDRs"},
+		{append(base, "--masquerade-except", "2001:db8::/32"), "needs an IPv6 --cluster-cidr"},
 		{append(base, "--masquerade-resync", "0s"), "--masquerade-resync 0s"},
 		{append(base, "--static-peer", "name=kv,addr=192.0.2.12"), "all required"},
 		{append(base, "--static-peer", "name=kv,bogus=1"), "unknown key"},
@@ -167,6 +167,9 @@ func TestParseFlagsDualStack(t *testing.T) {
 	}
 	if cfgs := c.claimConfigs(); !c.claimMode() || len(cfgs) != 2 || cfgs[0].Bits != 24 || cfgs[1].Bits != 64 || cfgs[1].Cluster != c.ClusterCIDR6 {
 		t.Fatalf("dual-stack claim policies %+v (claim mode %v)", cfgs, c.claimMode())
+	}
+	if c, err := parseFlags(append(base, "--pod-cidr", "10.244.1.0/24,fd00:10:244:1::/64", "--masquerade-except", "172.16.0.0/12,2001:db8:5::/48")); err != nil || len(c.MasqExcept) != 2 || c.MasqExcept[1] != netip.MustParsePrefix("2001:db8:5::/48") {
+		t.Fatalf("dual-stack --masquerade-except: %v %v", c.MasqExcept, err)
 	}
 	for _, tc := range []struct {
 		args []string
