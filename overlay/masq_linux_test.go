@@ -1,18 +1,17 @@
-package overlay
+package overlay_test
 
 import (
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/netip"
 	"os/exec"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/weftnet/weft/deploy/prereq/prereqtest"
+	"github.com/weftnet/weft/overlay"
 )
 
 // TestMasqueradeIPv6: ApplyMasquerade in a node namespace between a pod
@@ -53,53 +52,20 @@ func TestMasqueradeIPv6(t *testing.T) {
 	run("ip", "netns", "exec", node, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
 
 	pfx := netip.MustParsePrefix
-	dual := &Masquerade{PodCIDR: pfx("10.244.1.0/24"), ClusterCIDR: pfx("10.244.0.0/16"), PodCIDR6: pfx("fd00:10:244:1::/64"), ClusterCIDR6: pfx("fd00:10:244::/56")}
-	apply := func(m *Masquerade) {
+	dual := &overlay.Masquerade{PodCIDR: pfx("10.244.1.0/24"), ClusterCIDR: pfx("10.244.0.0/16"), PodCIDR6: pfx("fd00:10:244:1::/64"), ClusterCIDR6: pfx("fd00:10:244::/56")}
+	apply := func(m *overlay.Masquerade) {
 		t.Helper()
 		h, err := ns.GetNS("/run/netns/" + node)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer h.Close()
-		if err := h.Do(func(ns.NetNS) error { return ApplyMasquerade(m) }); err != nil {
+		if err := h.Do(func(ns.NetNS) error { return overlay.ApplyMasquerade(m) }); err != nil {
 			t.Fatal(err)
 		}
 	}
-	// seen dials the outside from the pod and returns the source the
-	// outside saw, or the dial's error.
 	seen := func() (netip.Addr, error) {
-		t.Helper()
-		var ln net.Listener
-		if err := ns.WithNetNSPath("/run/netns/"+out, func(ns.NetNS) error {
-			var err error
-			ln, err = net.Listen("tcp6", "[2001:db8:9::2]:0")
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		got := make(chan netip.Addr, 1)
-		go func() {
-			if c, err := ln.Accept(); err == nil {
-				got <- c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr()
-				c.Close()
-			}
-		}()
-		var c net.Conn
-		if err := ns.WithNetNSPath("/run/netns/"+pod, func(ns.NetNS) error {
-			var err error
-			c, err = net.DialTimeout("tcp6", ln.Addr().String(), 2*time.Second)
-			return err
-		}); err != nil {
-			return netip.Addr{}, err
-		}
-		defer c.Close()
-		select {
-		case a := <-got:
-			return a, nil
-		case <-time.After(5 * time.Second):
-			return netip.Addr{}, fmt.Errorf("connected, but the listener saw no connection")
-		}
+		return seenFrom(t, "/run/netns/"+out, "2001:db8:9::2", "/run/netns/"+pod)
 	}
 	tables := func() string { return run("ip", "netns", "exec", node, "nft", "list", "tables") }
 
@@ -107,19 +73,19 @@ func TestMasqueradeIPv6(t *testing.T) {
 	if src, err := seen(); err != nil || src != netip.MustParseAddr("2001:db8:9::1") {
 		t.Fatalf("pod → outside over IPv6: source %v (%v), want the node's 2001:db8:9::1", src, err)
 	}
-	rules := run("ip", "netns", "exec", node, "nft", "list", "table", "ip6", MasqTable)
+	rules := run("ip", "netns", "exec", node, "nft", "list", "table", "ip6", overlay.MasqTable)
 	if !strings.Contains(rules, "ip6 saddr fd00:10:244:1::/64 ip6 daddr != fd00:10:244::/56 masquerade") {
-		t.Fatalf("ip6 %s:\n%s", MasqTable, rules)
+		t.Fatalf("ip6 %s:\n%s", overlay.MasqTable, rules)
 	}
 	apply(dual) // idempotent
-	if got := tables(); strings.Count(got, "table ip "+MasqTable) != 1 || strings.Count(got, "table ip6 "+MasqTable) != 1 {
+	if got := tables(); strings.Count(got, "table ip "+overlay.MasqTable) != 1 || strings.Count(got, "table ip6 "+overlay.MasqTable) != 1 {
 		t.Fatalf("tables after a second apply:\n%s", got)
 	}
 
 	v4only := *dual
 	v4only.PodCIDR6, v4only.ClusterCIDR6 = netip.Prefix{}, netip.Prefix{}
 	apply(&v4only)
-	if got := tables(); !strings.Contains(got, "table ip "+MasqTable) || strings.Contains(got, "table ip6 "+MasqTable) {
+	if got := tables(); !strings.Contains(got, "table ip "+overlay.MasqTable) || strings.Contains(got, "table ip6 "+overlay.MasqTable) {
 		t.Fatalf("tables without the IPv6 half:\n%s", got)
 	}
 	if src, err := seen(); err == nil {
@@ -127,7 +93,7 @@ func TestMasqueradeIPv6(t *testing.T) {
 	}
 	apply(nil)
 	apply(nil) // nothing left to remove: no error
-	if got := tables(); strings.Contains(got, MasqTable) {
+	if got := tables(); strings.Contains(got, overlay.MasqTable) {
 		t.Fatalf("tables after removal:\n%s", got)
 	}
 }
