@@ -365,17 +365,24 @@ func (s *bindSocket) send(bufs [][]byte, e *endpoint) error {
 	}
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
-	gso := s.gso.Load() && len(bufs) > 1
-	err := s.sendBatch(bufs, e, gso)
-	if gso && errors.Is(err, unix.EIO) {
-		// The path cannot segment (no checksum offload on the egress
-		// device): one datagram per message from now on. What was sent
-		// before the error is sent again; WireGuard's replay window
-		// drops the duplicates.
-		s.gso.Store(false)
-		err = s.sendBatch(bufs, e, false)
+	for len(bufs) > 0 {
+		chunk := bufs[:min(len(bufs), bindBatch)] // the headers made for a batch
+		bufs = bufs[len(chunk):]
+		gso := s.gso.Load() && len(chunk) > 1
+		err := s.sendBatch(chunk, e, gso)
+		if gso && errors.Is(err, unix.EIO) {
+			// The path cannot segment (no checksum offload on the
+			// egress device): one datagram per message from now on.
+			// What was sent before the error is sent again;
+			// WireGuard's replay window drops the duplicates.
+			s.gso.Store(false)
+			err = s.sendBatch(chunk, e, false)
+		}
+		if err != nil {
+			return err
+		}
 	}
-	return err
+	return nil
 }
 
 // sendBatch fills the message headers for bufs and sends them.

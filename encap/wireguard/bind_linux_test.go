@@ -255,3 +255,29 @@ func FuzzControlMessages(f *testing.F) {
 		pktinfoOf(oob)
 	})
 }
+
+// TestBindSendsMoreThanABatch: a Send longer than BatchSize goes out in
+// batches, every message once.
+func TestBindSendsMoreThanABatch(t *testing.T) {
+	_, b, recvA, _, toA := openBindPair(t)
+	sent := make([][]byte, 2*bindBatch+5)
+	for i := range sent {
+		sent[i] = message(i, 200)
+	}
+	if err := b.Send(sent, toA); err != nil {
+		t.Fatal(err)
+	}
+	bufs, got, eps := recvBatch(bindBatch)
+	for next := 0; next < len(sent); {
+		n, err := recvA(bufs, got, eps)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < n; i++ {
+			if !bytes.Equal(bufs[i][:got[i]], sent[next]) {
+				t.Fatalf("datagram %d is not message %d", next, next)
+			}
+			next++
+		}
+	}
+}
