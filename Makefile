@@ -168,6 +168,7 @@ fuzz:
 	$(GO) test -run XXX -fuzz FuzzParseTag -fuzztime 30s ./peer
 	$(GO) test -run XXX -fuzz FuzzTransportHeader -fuzztime 30s ./encap/wireguard/internal/device
 	$(GO) test -run XXX -fuzz FuzzOpenTransport -fuzztime 30s ./encap/wireguard/internal/device
+	$(GO) test -run XXX -fuzz FuzzControlMessages -fuzztime 30s ./encap/wireguard
 
 clean:
 	rm -rf $(BIN)

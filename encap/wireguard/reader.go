@@ -43,6 +43,9 @@ type reader struct {
 	// ready reports whether a read would find a frame now; nil when the
 	// TUN cannot tell (not a kernel TUN): one frame per Read then.
 	ready func() bool
+	// lone writes a batch of one packet straight to the TUN (a ping, an
+	// ack: reader_linux.go); nil when the TUN cannot.
+	lone *loneWriter
 
 	once    sync.Once
 	divert  Divert        // set once, before started is closed
@@ -97,7 +100,7 @@ func (r *reader) park() bool {
 }
 
 func newReader(dev tun.Device) *reader {
-	return &reader{Device: dev, ready: readyFunc(dev), started: make(chan struct{}), closed: make(chan struct{})}
+	return &reader{Device: dev, ready: readyFunc(dev), lone: loneWriterFor(dev), started: make(chan struct{}), closed: make(chan struct{})}
 }
 
 // moreRoom is the free room a batch must have for Read to read one more
@@ -159,6 +162,20 @@ func (r *reader) readMore(bufs [][]byte, sizes []int, offset, n int) (int, error
 		}
 	}
 	return n, nil
+}
+
+// errShortHeadroom: a packet to write has no room for the virtio header
+// in front of it.
+var errShortHeadroom = errors.New("wireguard: no headroom for the virtio header")
+
+// Write writes decrypted packets (bufs[i][offset:]) to the TUN: a lone
+// packet straight (loneWriter), a batch through the TUN's Write, which
+// coalesces TCP and UDP segments.
+func (r *reader) Write(bufs [][]byte, offset int) (int, error) {
+	if len(bufs) == 1 && r.lone != nil {
+		return r.lone.writeOne(bufs[0], offset)
+	}
+	return r.Device.Write(bufs, offset)
 }
 
 // Close closes the real TUN as well: a blocked read ends no other way, and

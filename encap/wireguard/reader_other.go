@@ -6,3 +6,10 @@ import "golang.zx2c4.com/wireguard/tun"
 
 // readyFunc: no readiness poll off Linux; one frame per Read.
 func readyFunc(tun.Device) func() bool { return nil }
+
+// loneWriter: none off Linux; every write goes through the TUN's Write.
+type loneWriter struct{}
+
+func loneWriterFor(tun.Device) *loneWriter { return nil }
+
+func (*loneWriter) writeOne([]byte, int) (int, error) { return 0, errShortHeadroom }

@@ -43,7 +43,6 @@ import (
 	"time"
 
 	"github.com/weftnet/weft/encap/wireguard/internal/device"
-	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/ipc"
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -150,7 +149,7 @@ func New(cfg Config) (*Device, error) {
 		wlog.Verbosef = func(f string, a ...any) { log.Debug(fmt.Sprintf(f, a...)) }
 	}
 	d := &Device{
-		dev:      device.NewDevice(r, conn.NewStdNetBind(), wlog),
+		dev:      device.NewDevice(r, newBind(), wlog),
 		tun:      r,
 		log:      log,
 		name:     cfg.Name,

@@ -24,12 +24,24 @@ import (
 	"golang.zx2c4.com/wireguard/rwcancel"
 )
 
+// stickyEndpoint is an endpoint that knows the interface its peer's
+// datagrams arrived on (weft: conn.StdNetEndpoint and encap/wireguard's
+// endpoint).
+type stickyEndpoint interface {
+	conn.Endpoint
+	SrcIfidx() int32
+}
+
 func (device *Device) startRouteListener(bind conn.Bind) (*rwcancel.RWCancel, error) {
 	if !conn.StdNetSupportsStickySockets {
 		return nil, nil
 	}
+	// weft: also a bind whose endpoints carry their source the same way
+	// (encap/wireguard's, FORK.md).
 	if _, ok := bind.(*conn.StdNetBind); !ok {
-		return nil, nil
+		if s, ok := bind.(interface{ Sticky() bool }); !ok || !s.Sticky() {
+			return nil, nil
+		}
 	}
 
 	netlinkSock, err := createNetlinkRouteSocket()
@@ -115,7 +127,7 @@ func (device *Device) routineRouteListener(_ conn.Bind, netlinkSock int, netlink
 									pePtr.peer.endpoint.Unlock()
 									break
 								}
-								if uint32(pePtr.peer.endpoint.val.(*conn.StdNetEndpoint).SrcIfidx()) == ifidx {
+								if uint32(pePtr.peer.endpoint.val.(stickyEndpoint).SrcIfidx()) == ifidx {
 									pePtr.peer.endpoint.Unlock()
 									break
 								}
@@ -139,7 +151,7 @@ func (device *Device) routineRouteListener(_ conn.Bind, netlinkSock int, netlink
 							peer.endpoint.Unlock()
 							continue
 						}
-						nativeEP, _ := peer.endpoint.val.(*conn.StdNetEndpoint)
+						nativeEP, _ := peer.endpoint.val.(stickyEndpoint)
 						if nativeEP == nil {
 							peer.endpoint.Unlock()
 							continue
