@@ -140,7 +140,7 @@ type datapath struct {
 // it pauses here, just before the port is bound; with VXLAN alone in
 // start, once this router reads.
 func startDatapath(c config, log *slog.Logger, tk *takeover, resuming bool) (dp *datapath, err error) {
-	dp = &datapath{mtu: c.Policy.PodMTU(c.UnderlayMTU, c.WireGuard, c.UnderlayAddr.Is6()), gateway: gatewayOf(c.PodCIDR)}
+	dp = &datapath{mtu: c.podMTU(), gateway: gatewayOf(c.PodCIDR)}
 	if c.PodCIDR6.IsValid() {
 		dp.gateway6 = gatewayOf(c.PodCIDR6)
 	}
@@ -253,6 +253,12 @@ func (dp *datapath) Close() error {
 	}
 	dp.closers = nil
 	return errors.Join(errs...)
+}
+
+// podMTU is the pod MTU: the underlay MTU minus the overhead of the
+// transports in use, over this node's underlay family.
+func (c *config) podMTU() int {
+	return c.Policy.PodMTU(c.UnderlayMTU, c.WireGuard, c.UnderlayAddr.Is6())
 }
 
 // vxlanCaps are the capability bits of this node's VXLAN side.

@@ -1,0 +1,72 @@
+package main
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+// TestUnderlayFlag covers --underlay-addr in either family: an IPv6
+// address is taken as given (bracketed or not), and addresses peers could
+// not reach are refused with the flag named.
+func TestUnderlayFlag(t *testing.T) {
+	base := []string{"--name", "n1", "--pod-cidr", "10.244.1.0/24"}
+	for _, tc := range []struct {
+		addr, want string
+	}{
+		{"192.0.2.11", "192.0.2.11"},
+		{"2001:db8:1::11", "2001:db8:1::11"},
+		{"[2001:db8:1::11]", "2001:db8:1::11"},
+		{"::ffff:192.0.2.11", "192.0.2.11"},
+		{"::1", "::1"},
+	} {
+		c, err := parseFlags(append(base, "--underlay-addr", tc.addr))
+		if err != nil {
+			t.Errorf("--underlay-addr %s: %v", tc.addr, err)
+			continue
+		}
+		if c.UnderlayAddr != netip.MustParseAddr(tc.want) {
+			t.Errorf("--underlay-addr %s: got %s, want %s", tc.addr, c.UnderlayAddr, tc.want)
+		}
+	}
+	for _, tc := range []struct {
+		addr, want string
+	}{
+		{"fe80::1", "link-local"},
+		{"fe80::1%eth0", "zone"},
+		{"::", "not a unicast"},
+		{"0.0.0.0", "not a unicast"},
+		{"ff02::1", "not a unicast"},
+		{"224.0.0.1", "not a unicast"},
+		{"169.254.1.1", "link-local"},
+		{"2001:db8::zz", "--underlay-addr"},
+	} {
+		_, err := parseFlags(append(base, "--underlay-addr", tc.addr))
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "--underlay-addr") {
+			t.Errorf("--underlay-addr %s: error %v, want one naming the flag and %q", tc.addr, err, tc.want)
+		}
+	}
+}
+
+// TestPodMTUByUnderlayFamily: the pod MTU follows the node's underlay
+// family (VXLAN 50/70, WireGuard 60/80 over IPv4/IPv6).
+func TestPodMTUByUnderlayFamily(t *testing.T) {
+	for _, tc := range []struct {
+		addr, policy string
+		want         int
+	}{
+		{"192.0.2.11", "vxlan", 1450},
+		{"192.0.2.11", "wireguard", 1440},
+		{"2001:db8:1::11", "vxlan", 1430},
+		{"2001:db8:1::11", "wireguard", 1420},
+		{"2001:db8:1::11", "wireguard-across-sites", 1420},
+	} {
+		c, err := parseFlags([]string{"--name", "n1", "--pod-cidr", "10.244.1.0/24", "--underlay-addr", tc.addr, "--transport-policy", tc.policy})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.podMTU(); got != tc.want {
+			t.Errorf("%s over %s: pod MTU %d, want %d", tc.policy, tc.addr, got, tc.want)
+		}
+	}
+}
