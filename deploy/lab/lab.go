@@ -57,6 +57,21 @@ var sites = []Site{
 	{Name: "site3", Subnet: "203.0.113.0/24", Gateway: "203.0.113.1"},
 }
 
+// sites6 are the underlay subnets of an IPv6-underlay lab (Config.Underlay
+// "ipv6"), one /64 per site from the documentation range 2001:db8::/32,
+// in the same order and with the same names as sites.
+var sites6 = []Site{
+	{Name: "site1", Subnet: "2001:db8:1::/64", Gateway: "2001:db8:1::1"},
+	{Name: "site2", Subnet: "2001:db8:2::/64", Gateway: "2001:db8:2::1"},
+	{Name: "site3", Subnet: "2001:db8:3::/64", Gateway: "2001:db8:3::1"},
+}
+
+// Underlay families of a lab (Config.Underlay).
+const (
+	UnderlayIPv4 = "ipv4"
+	UnderlayIPv6 = "ipv6"
+)
+
 // Config describes the lab to build. Start from DefaultConfig.
 type Config struct {
 	// Prefix starts the name of every namespace of the lab
@@ -97,6 +112,13 @@ type Config struct {
 	// no route to the pod CIDRs: pods reach it only through their node's
 	// masquerade.
 	Internet bool
+	// Underlay is the family of the underlay: "" or "ipv4" (TEST-NET
+	// /24s), or "ipv6": every site a /64 of 2001:db8::/32 (sites6) and
+	// every node's only underlay address 2001:db8:<site>::<10+i>, so
+	// gossip, VXLAN and WireGuard all run over IPv6. Pods are IPv4 (and
+	// IPv6 with DualStack) either way. Only with the plain topology and
+	// without Internet.
+	Underlay string
 	// Topology is "" (or "plain"): sites joined by one router, every
 	// node reachable at its address; or "nat": three sites behind NAT
 	// gateways (TopologyNAT; Nodes and Sites are then fixed).
@@ -188,6 +210,9 @@ func DefaultConfig() Config {
 //	             "wireguard-across-sites")
 //	clusterCIDR  pod range of the whole cluster ("10.244.0.0/16")
 //	dualStack    true when pods get an IPv6 address too (Config.DualStack)
+//	underlay     "ipv6" for an IPv6 underlay (Config.Underlay): site
+//	             subnets 2001:db8:<k>::/64, gateways 2001:db8:<k>::1, node
+//	             addresses 2001:db8:<k>::<10+i>; absent: IPv4
 //	clusterCIDR6 the IPv6 pod range of a dual-stack lab ("fd00:10:244::/56")
 //	router       the router namespace:
 //	  netns        its name (<prefix>-rtr)
@@ -243,6 +268,8 @@ type Lab struct {
 	// DualStack and ClusterCIDR6: Config.DualStack and the IPv6 range.
 	DualStack    bool   `json:"dualStack,omitempty"`
 	ClusterCIDR6 string `json:"clusterCIDR6,omitempty"`
+	// Underlay is Config.Underlay ("" for IPv4).
+	Underlay string `json:"underlay,omitempty"`
 	Router       Router `json:"router"`
 	// Internet is the "internet" namespace (Config.Internet), nil without.
 	Internet *Internet `json:"internet,omitempty"`
@@ -493,6 +520,19 @@ func (cfg *Config) validate() error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("topology %q: want plain or nat", cfg.Topology))
+	}
+	switch cfg.Underlay {
+	case "", UnderlayIPv4:
+		cfg.Underlay = ""
+	case UnderlayIPv6:
+		if cfg.Topology != "" {
+			errs = append(errs, errors.New("underlay ipv6: only with the plain topology (the NAT topology is IPv4)"))
+		}
+		if cfg.Internet {
+			errs = append(errs, errors.New("underlay ipv6: the internet namespace is IPv4 (no --internet)"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("underlay %q: want ipv4 or ipv6", cfg.Underlay))
 	}
 	if cfg.DualStack && cfg.ClaimCIDRs {
 		errs = append(errs, errors.New("dual-stack: claims are IPv4 only; the lab gives dual-stack nodes their pod CIDRs"))
