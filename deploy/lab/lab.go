@@ -270,7 +270,7 @@ type Lab struct {
 	ClusterCIDR6 string `json:"clusterCIDR6,omitempty"`
 	// Underlay is Config.Underlay ("" for IPv4).
 	Underlay string `json:"underlay,omitempty"`
-	Router       Router `json:"router"`
+	Router   Router `json:"router"`
 	// Internet is the "internet" namespace (Config.Internet), nil without.
 	Internet *Internet `json:"internet,omitempty"`
 	// Topology is Config.Topology ("" for plain); Gateways the NAT
