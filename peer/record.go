@@ -89,7 +89,7 @@ type Record struct {
 	// Invalid means none: the node has Underlay's family only.
 	AltUnderlay netip.Addr
 	Caps        uint32 // Cap* bits
-	Generation uint64 // bumped by the owner on every change of its record
+	Generation  uint64 // bumped by the owner on every change of its record
 }
 
 // Equal reports whether r and o describe the same record. A nil and an

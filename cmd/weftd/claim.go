@@ -46,6 +46,7 @@ func membershipConfig(c config, keys [][]byte, log *slog.Logger) peer.Config {
 	mcfg := peer.DefaultConfig()
 	mcfg.Name = c.Name
 	mcfg.BindAddr = c.UnderlayAddr
+	mcfg.AltBindAddr = c.AltUnderlayAddr
 	mcfg.BindPort = c.GossipPort
 	mcfg.Seeds = c.Seeds
 	mcfg.Keys = keys

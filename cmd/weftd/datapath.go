@@ -256,9 +256,10 @@ func (dp *datapath) Close() error {
 }
 
 // podMTU is the pod MTU: the underlay MTU minus the overhead of the
-// transports in use, over this node's underlay family.
+// transports in use, over this node's underlay family, or over IPv6 when
+// it has an address in each (the larger overhead: one MTU for all peers).
 func (c *config) podMTU() int {
-	return c.Policy.PodMTU(c.UnderlayMTU, c.WireGuard, c.UnderlayAddr.Is6())
+	return c.Policy.PodMTU(c.UnderlayMTU, c.WireGuard, c.UnderlayAddr.Is6() || c.AltUnderlayAddr.Is6())
 }
 
 // vxlanCaps are the capability bits of this node's VXLAN side.

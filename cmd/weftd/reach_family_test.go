@@ -29,7 +29,11 @@ var (
 	m64 = famRecord("m4", "site1", "2001:db8:1::14", "192.0.2.14")
 	// Across sites: IPv6 only, and an IPv4 public address on an IPv6 node.
 	x6   = famRecord("x5", "site2", "2001:db8:2::15")
-	x6p4 = func() peer.Record { r := famRecord("x6", "site2", "2001:db8:2::16"); r.Public = netip.MustParseAddr("203.0.113.16"); return r }()
+	x6p4 = func() peer.Record {
+		r := famRecord("x6", "site2", "2001:db8:2::16")
+		r.Public = netip.MustParseAddr("203.0.113.16")
+		return r
+	}()
 )
 
 func TestReachOfFamilies(t *testing.T) {

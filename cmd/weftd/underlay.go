@@ -20,7 +20,11 @@ type underlayFlags struct {
 	// UnderlayAddr is the node's internal address: bound, and used by
 	// the nodes of its site.
 	UnderlayAddr netip.Addr
-	underlay     string // --underlay-addr or --advertise-addr
+	// AltUnderlayAddr is the node's internal address of the other family
+	// (the second of --underlay-addr), invalid for none: peers with only
+	// that family reach the node there (reach.go, peer.Record.AltUnderlay).
+	AltUnderlayAddr netip.Addr
+	underlay        string // --underlay-addr or --advertise-addr
 	// PublicAddr is where nodes of other sites reach this one (a cloud's
 	// 1:1 NAT address); invalid means none (README: Across clouds and NAT
 	// has the order of its sources).
@@ -41,11 +45,7 @@ func (c *config) checkUnderlay() error {
 	var err error
 	switch {
 	case c.underlay != "":
-		if c.UnderlayAddr, err = netip.ParseAddr(strings.Trim(c.underlay, "[]")); err != nil {
-			return fmt.Errorf("--underlay-addr: %w", err)
-		}
-		c.UnderlayAddr = c.UnderlayAddr.Unmap()
-		if err := usableUnderlay(c.UnderlayAddr); err != nil {
+		if c.UnderlayAddr, c.AltUnderlayAddr, err = parseUnderlay(c.underlay); err != nil {
 			return fmt.Errorf("--underlay-addr: %w", err)
 		}
 	case c.kubeMode():
@@ -60,6 +60,34 @@ func (c *config) checkUnderlay() error {
 		}
 	}
 	return nil
+}
+
+// parseUnderlay parses --underlay-addr: one address, or two of different
+// families separated by a comma.
+func parseUnderlay(s string) (first, second netip.Addr, err error) {
+	parts := strings.Split(s, ",")
+	if len(parts) > 2 {
+		return first, second, fmt.Errorf("%q: at most two addresses, one per family", s)
+	}
+	var addrs []netip.Addr
+	for _, p := range parts {
+		a, err := netip.ParseAddr(strings.Trim(strings.TrimSpace(p), "[]"))
+		if err != nil {
+			return first, second, err
+		}
+		a = a.Unmap()
+		if err := usableUnderlay(a); err != nil {
+			return first, second, err
+		}
+		addrs = append(addrs, a)
+	}
+	if len(addrs) == 2 {
+		if addrs[0].Is4() == addrs[1].Is4() {
+			return first, second, fmt.Errorf("%s and %s: two addresses must be of different families (one IPv4, one IPv6)", addrs[0], addrs[1])
+		}
+		second = addrs[1]
+	}
+	return addrs[0], second, nil
 }
 
 // parsePublic parses a public address (flag or annotation): a unicast

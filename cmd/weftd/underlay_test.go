@@ -70,3 +70,46 @@ func TestPodMTUByUnderlayFamily(t *testing.T) {
 		}
 	}
 }
+
+// TestUnderlayFlagTwoFamilies: --underlay-addr takes one address per
+// family; the second goes into the record and bind config, and the pod MTU
+// then has IPv6's headroom.
+func TestUnderlayFlagTwoFamilies(t *testing.T) {
+	base := []string{"--name", "n1", "--pod-cidr", "10.244.1.0/24"}
+	c, err := parseFlags(append(base, "--underlay-addr", "192.0.2.11,[2001:db8:1::11]"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.UnderlayAddr != netip.MustParseAddr("192.0.2.11") || c.AltUnderlayAddr != netip.MustParseAddr("2001:db8:1::11") {
+		t.Fatalf("addresses %s, %s", c.UnderlayAddr, c.AltUnderlayAddr)
+	}
+	if r := c.selfRecord(nil); r.AltUnderlay != c.AltUnderlayAddr || r.Validate() != nil {
+		t.Fatalf("record %+v: %v", r, r.Validate())
+	}
+	if got := c.podMTU(); got != 1430 {
+		t.Errorf("pod MTU %d with an IPv6 address beside the IPv4 one, want 1430", got)
+	}
+	for _, tc := range []struct{ addrs, want string }{
+		{"192.0.2.11,192.0.2.12", "different families"},
+		{"2001:db8::1,2001:db8::2", "different families"},
+		{"192.0.2.11,2001:db8::1,198.51.100.1", "at most two"},
+		{"192.0.2.11,fe80::1", "link-local"},
+		{"192.0.2.11,", "--underlay-addr"},
+	} {
+		_, err := parseFlags(append(base, "--underlay-addr", tc.addrs))
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "--underlay-addr") {
+			t.Errorf("--underlay-addr %s: error %v, want one naming the flag and %q", tc.addrs, err, tc.want)
+		}
+	}
+}
+
+// TestStatusUnreachableWhy: a live peer with no underlay family in common
+// is shown with that reason.
+func TestStatusUnreachableWhy(t *testing.T) {
+	if why := unreachableWhy(m4, m6); !strings.Contains(why, "no common underlay family") {
+		t.Errorf("IPv4-only to IPv6-only: %q", why)
+	}
+	if why := unreachableWhy(m4, m46); why != "" {
+		t.Errorf("IPv4-only to both: %q, want reachable", why)
+	}
+}
