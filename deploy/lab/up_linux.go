@@ -169,8 +169,13 @@ func plan(cfg Config) *Lab {
 	if cfg.DualStack {
 		l.ClusterCIDR6 = ClusterCIDR6
 	}
-	if cfg.Underlay == UnderlayIPv6 {
+	switch cfg.Underlay {
+	case UnderlayIPv6:
 		l.Router.Sites = slices.Clone(sites6[:cfg.Sites])
+	case UnderlayMixed:
+		for k := range l.Router.Sites {
+			l.Router.Sites[k].Subnet6, l.Router.Sites[k].Gateway6 = sites6[k].Subnet, sites6[k].Gateway
+		}
 	}
 	if cfg.Internet {
 		l.Internet = &Internet{Netns: cfg.Prefix + "-inet", Addr: InternetAddr, Gateway: "203.0.113.1"}
@@ -186,6 +191,15 @@ func plan(cfg Config) *Lab {
 			UnderlayAddr: nodeAddr(site, i).String(),
 			UnderlayIf:   "eth0",
 			PodCIDR:      fmt.Sprintf("10.244.%d.0/24", i),
+		}
+		if cfg.Underlay == UnderlayMixed {
+			a6 := nodeAddr(Site{Subnet: site.Subnet6}, i).String()
+			switch i % 3 {
+			case 2: // IPv6 only
+				n.UnderlayAddr = a6
+			case 0: // both, IPv4 first
+				n.AltUnderlayAddr = a6
+			}
 		}
 		l.Nodes = append(l.Nodes, n)
 	}
@@ -303,7 +317,7 @@ func (l *Lab) forwardSysctls() map[string]string {
 		"net.ipv4.conf.all.rp_filter":     "0",
 		"net.ipv4.conf.default.rp_filter": "0",
 	}
-	if l.Underlay == UnderlayIPv6 {
+	if l.Underlay == UnderlayIPv6 || l.Underlay == UnderlayMixed {
 		kv["net.ipv6.conf.all.forwarding"] = "1"
 		kv["net.ipv6.conf.default.accept_dad"] = "0"
 		kv["net.ipv6.conf.all.accept_dad"] = "0"
@@ -328,8 +342,11 @@ func (l *Lab) makeRouter(ctx context.Context) error {
 		cmds := [][]string{
 			{"-n", r, "link", "add", br, "type", "bridge"},
 			addrArgs(r, s.Gateway, prefixLen(s.Subnet), br),
-			{"-n", r, "link", "set", br, "up"},
 		}
+		if s.Gateway6 != "" {
+			cmds = append(cmds, addrArgs(r, s.Gateway6, prefixLen(s.Subnet6), br))
+		}
+		cmds = append(cmds, []string{"-n", r, "link", "set", br, "up"})
 		for _, c := range cmds {
 			if _, err := ip(ctx, c...); err != nil {
 				return fmt.Errorf("router site %s: %w", s.Name, err)
@@ -390,9 +407,27 @@ func (l *Lab) makeNode(ctx context.Context, n *Node) error {
 		{"-n", r, "link", "add", rtrIf, "type", "veth", "peer", "name", n.UnderlayIf, "netns", n.Netns},
 		{"-n", r, "link", "set", rtrIf, "master", br},
 		{"-n", r, "link", "set", rtrIf, "up"},
-		addrArgs(n.Netns, n.UnderlayAddr, prefixLen(s.Subnet), n.UnderlayIf),
-		{"-n", n.Netns, "link", "set", n.UnderlayIf, "up"},
-		routeArgs(n.Netns, s.Gateway, n.UnderlayIf),
+	}
+	for _, a := range []string{n.UnderlayAddr, n.AltUnderlayAddr} {
+		if a == "" {
+			continue
+		}
+		subnet := s.Subnet
+		if is6(a) && s.Subnet6 != "" {
+			subnet = s.Subnet6
+		}
+		cmds = append(cmds, addrArgs(n.Netns, a, prefixLen(subnet), n.UnderlayIf))
+	}
+	cmds = append(cmds, []string{"-n", n.Netns, "link", "set", n.UnderlayIf, "up"})
+	for _, a := range []string{n.UnderlayAddr, n.AltUnderlayAddr} {
+		if a == "" {
+			continue
+		}
+		gw := s.Gateway
+		if is6(a) && s.Gateway6 != "" {
+			gw = s.Gateway6
+		}
+		cmds = append(cmds, routeArgs(n.Netns, gw, n.UnderlayIf))
 	}
 	for _, c := range cmds {
 		if _, err := ip(ctx, c...); err != nil {
@@ -438,7 +473,7 @@ func (l *Lab) startWeftd(n *Node, seed string, extra []string) error {
 	}
 	args := []string{"netns", "exec", n.Netns, bin,
 		"--name", n.Name,
-		"--underlay-addr", n.UnderlayAddr,
+		"--underlay-addr", strings.TrimSuffix(n.UnderlayAddr+","+n.AltUnderlayAddr, ","),
 		"--public-addr", n.PublicAddr,
 		"--cluster-cidr", l.clusterCIDRs(),
 		"--seeds", seed,
