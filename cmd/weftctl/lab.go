@@ -46,7 +46,7 @@ func labFlags(fs *flag.FlagSet, cfg *lab.Config, ext *stringList, weftdArgs *[]s
 	fs.StringVar(&cfg.BinDir, "bin-dir", cfg.BinDir, "directory holding weftd and weft-cni")
 	fs.StringVar(&cfg.Transport, "transport", cfg.Transport, "transport policy: vxlan, wireguard or wireguard-across-sites")
 	fs.BoolVar(&cfg.DualStack, "dual-stack", cfg.DualStack, "dual-stack pods: an IPv6 pod CIDR per node (fd00:10:244:<i>::/64 of fd00:10:244::/56) beside the IPv4 one, one address of each family per pod")
-	fs.StringVar(&cfg.Underlay, "underlay", "ipv4", "underlay family: ipv4 (TEST-NET /24s) , ipv6 (a 2001:db8:<site>::/64 per site, nodes' only underlay address IPv6: gossip, VXLAN and WireGuard over IPv6) or mixed (both subnets per site; node i IPv4 only for i%3=1, IPv6 only for i%3=2, both for i%3=0); combine with --dual-stack for IPv6 pods too")
+	fs.StringVar(&cfg.Underlay, "underlay", "ipv4", "underlay family: ipv4 (TEST-NET /24s), ipv6 (a 2001:db8:<site>::/64 per site, nodes' only underlay address IPv6: gossip, VXLAN and WireGuard over IPv6) or mixed (both subnets per site; node i IPv4 only for i%3=1, IPv6 only for i%3=2, both for i%3=0); combine with --dual-stack for IPv6 pods too")
 	fs.StringVar(&cfg.Topology, "topology", cfg.Topology, "plain (sites joined by one router) or nat (two clouds and an on-premises site behind NAT gateways, 7 nodes; deploy/lab/README.md); nat defaults --transport to wireguard-across-sites")
 	fs.Var(ext, "external", "nodes that get a namespace but no weftd and no pods (repeatable or comma-separated, e.g. n3)")
 	fs.Func("weftd-arg", "extra flag for every weftd (repeatable)", func(v string) error {

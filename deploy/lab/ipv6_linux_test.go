@@ -5,10 +5,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -86,15 +88,7 @@ func TestUpIPv6Underlay(t *testing.T) {
 					}
 				}
 			}
-			// One echo per pair first, unchecked: under WireGuard the first
-			// packet between two peers waits for their handshake.
-			for _, from := range l.Pods {
-				for _, to := range l.Pods {
-					if from.Node != to.Node {
-						l.Ping(ctx, from.Netns, to.Address, 1)
-					}
-				}
-			}
+			primePairs(ctx, t, l)
 			var bridges []string
 			for _, s := range l.Router.Sites {
 				bridges = append(bridges, bridgeName(s))
@@ -120,7 +114,7 @@ func TestUpIPv6Underlay(t *testing.T) {
 				}
 			})
 			var v6, v4 int
-			for _, f := range frames {
+			for _, f := range slices.Concat(slices.Collect(maps.Values(frames))...) {
 				switch {
 				case f.v4:
 					v4++
@@ -128,7 +122,7 @@ func TestUpIPv6Underlay(t *testing.T) {
 					v6++
 				}
 			}
-			t.Logf("captured %d UDP frames: %d IPv6 to or from port %d, %d IPv4", len(frames), v6, tc.port, v4)
+			t.Logf("captured UDP frames: %d IPv6 to or from port %d, %d IPv4", v6, tc.port, v4)
 			if v4 != 0 {
 				t.Errorf("%d IPv4 UDP frames on the IPv6 underlay", v4)
 			}
@@ -140,6 +134,33 @@ func TestUpIPv6Underlay(t *testing.T) {
 	}
 }
 
+// primePairs waits, up to 15 s per pair, until one echo gets through
+// between every ordered pair of pods on nodes with an underlay family in
+// common. Under WireGuard the first packets between two peers wait for
+// their handshake, and when both ends' first initiations cross a peer
+// that is not configured yet, the next one follows WireGuard's 5 s retry:
+// longer than a checked ping waits. A pair that never answers fails in
+// the checks that follow.
+func primePairs(ctx context.Context, t *testing.T, l *Lab) {
+	t.Helper()
+	for _, from := range l.Pods {
+		for _, to := range l.Pods {
+			if from.Node == to.Node || !l.ShareFamily(from.Node, to.Node) {
+				continue
+			}
+			start := time.Now()
+			for {
+				if _, err := l.Ping(ctx, from.Netns, to.Address, 1); err == nil || time.Since(start) > 15*time.Second || ctx.Err() != nil {
+					break
+				}
+			}
+			if d := time.Since(start); d > time.Second {
+				t.Logf("first echo %s→%s after %.1fs", from.Name, to.Name, d.Seconds())
+			}
+		}
+	}
+}
+
 // udpFrame is what captureUDP keeps of one captured UDP frame.
 type udpFrame struct {
 	v4               bool
@@ -147,8 +168,8 @@ type udpFrame struct {
 }
 
 // captureUDP runs tcpdump for UDP on each of ifaces inside netns while fn
-// runs, and returns every UDP frame seen, IPv4 or IPv6.
-func captureUDP(t *testing.T, netns string, ifaces []string, fn func()) []udpFrame {
+// runs, and returns every UDP frame seen, IPv4 or IPv6, by interface.
+func captureUDP(t *testing.T, netns string, ifaces []string, fn func()) map[string][]udpFrame {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -201,13 +222,13 @@ func captureUDP(t *testing.T, netns string, ifaces []string, fn func()) []udpFra
 	}
 	fn()
 	time.Sleep(300 * time.Millisecond)
-	var out []udpFrame
-	for _, d := range dumps {
+	out := map[string][]udpFrame{}
+	for i, d := range dumps {
 		d.cmd.Process.Signal(os.Interrupt)
 		<-d.done
 		d.cmd.Wait()
 		t.Logf("tcpdump: %s", strings.TrimSpace(d.log.String()))
-		out = append(out, pcapUDP(t, d.pcap)...)
+		out[ifaces[i]] = pcapUDP(t, d.pcap)
 	}
 	return out
 }
@@ -261,4 +282,116 @@ func pcapUDP(t *testing.T, path string) []udpFrame {
 		}
 	}
 	return out
+}
+
+// TestUpMixedUnderlay is a mixed cluster over each transport: n1 has an
+// IPv4 underlay address only (site1), n2 an IPv6 one only (site2), n3 one
+// of each (site1). All three see each other alive (n1 and n2 through n3's
+// gossip); n1 and n2 share no family, and each says so in its status;
+// every other ordered pair of pods exchanges ping and TCP in both pod
+// families, n1↔n3 over IPv4 and n2↔n3 over IPv6, which the capture
+// shows: site2, where only n2 is, carries IPv6 UDP only; site1 both.
+func TestUpMixedUnderlay(t *testing.T) {
+	prereqtest.Netns(t, "ip", "tcpdump")
+	bin := prereqtest.Binaries(t)
+	for _, tc := range []struct {
+		transport string
+		port      uint16
+	}{{"vxlan", 4789}, {"wireguard", 51820}} {
+		t.Run(tc.transport, func(t *testing.T) {
+			prefix := testPrefix()
+			dir := filepath.Join(t.TempDir(), "lab")
+			t.Cleanup(func() {
+				if err := Cleanup(prefix, dir); err != nil {
+					t.Errorf("cleanup: %v", err)
+				}
+				assertNoNetns(t, prefix)
+			})
+			var log bytes.Buffer
+			cfg := DefaultConfig()
+			cfg.Prefix, cfg.Dir, cfg.BinDir, cfg.Log = prefix, dir, bin, &log
+			cfg.Nodes, cfg.Sites, cfg.PodsPerNode = 3, 2, 1
+			cfg.Transport = tc.transport
+			cfg.DualStack = true
+			cfg.Underlay = UnderlayMixed
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			l, err := Up(ctx, cfg)
+			if err != nil {
+				t.Fatalf("up: %v\n%s", err, log.String())
+			}
+			defer l.Down()
+			defer func() {
+				if t.Failed() {
+					for _, n := range l.Nodes {
+						t.Logf("%s log:\n%s", n.Name, tail(n.LogFile, 30))
+					}
+				}
+			}()
+			if n1, n2, n3 := l.Node("n1"), l.Node("n2"), l.Node("n3"); n1.UnderlayAddr != "192.0.2.11" || n1.AltUnderlayAddr != "" ||
+				n2.UnderlayAddr != "2001:db8:2::12" || n2.AltUnderlayAddr != "" || n3.UnderlayAddr != "192.0.2.13" || n3.AltUnderlayAddr != "2001:db8:1::13" {
+				t.Fatalf("mixed plan: %+v %+v %+v", n1, n2, n3)
+			}
+			cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
+			err = l.WaitConverged(cctx)
+			ccancel()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for from, to := range map[string]string{"n1": "n2", "n2": "n1"} {
+				st, err := l.Status(ctx, from)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, p := range st.Peers {
+					switch {
+					case p.Name == to && (p.Transport != "-" || !strings.Contains(p.Unreachable, "no common underlay family")):
+						t.Errorf("%s shows %s with transport %q, unreachable %q; want not routed, for want of a common family", from, to, p.Transport, p.Unreachable)
+					case p.Name == "n3" && (p.Transport != tc.transport || p.Unreachable != "" || p.AltUnderlayAddr != "[2001:db8:1::13]:4789"):
+						t.Errorf("%s shows n3 with transport %q, unreachable %q, second address %q", from, p.Transport, p.Unreachable, p.AltUnderlayAddr)
+					}
+				}
+			}
+			primePairs(ctx, t, l)
+			frames := captureUDP(t, l.Router.Netns, []string{"br-site1", "br-site2"}, func() {
+				for _, from := range l.Pods {
+					for _, to := range l.Pods {
+						if from.Node == to.Node || !l.ShareFamily(from.Node, to.Node) {
+							continue
+						}
+						for _, addr := range []string{to.Address, to.Address6} {
+							if _, err := l.Ping(ctx, from.Netns, addr, 2); err != nil {
+								t.Errorf("%v", err)
+							}
+							if _, err := l.TransferTo(ctx, from, to, addr, 1<<20); err != nil {
+								t.Errorf("%v", err)
+							}
+						}
+					}
+				}
+			})
+			count := func(iface string) (v4, v6 int) {
+				for _, f := range frames[iface] {
+					if f.dstPort != tc.port && f.srcPort != tc.port {
+						continue
+					}
+					if f.v4 {
+						v4++
+					} else {
+						v6++
+					}
+				}
+				return v4, v6
+			}
+			s1v4, s1v6 := count("br-site1")
+			s2v4, s2v6 := count("br-site2")
+			t.Logf("port %d: site1 %d IPv4 + %d IPv6 frames, site2 %d IPv4 + %d IPv6", tc.port, s1v4, s1v6, s2v4, s2v6)
+			if s2v4 != 0 || s2v6 < 100 {
+				t.Errorf("site2 (IPv6-only n2): %d IPv4 and %d IPv6 frames, want none and its traffic with n3", s2v4, s2v6)
+			}
+			if s1v4 < 100 || s1v6 < 100 {
+				t.Errorf("site1 (n1 IPv4, n3 both): %d IPv4 and %d IPv6 frames, want n1↔n3 over IPv4 and n3↔n2 over IPv6", s1v4, s1v6)
+			}
+		})
+	}
 }
