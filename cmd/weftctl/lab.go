@@ -238,7 +238,7 @@ func printLab(w io.Writer, l *lab.Lab) {
 				d += " (not running)"
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Netns, n.Site, n.UnderlayAddr, strings.TrimSuffix(n.PodCIDR+" "+n.PodCIDR6, " "), d)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Netns, n.Site, strings.TrimSuffix(n.UnderlayAddr+" "+n.AltUnderlayAddr, " "), strings.TrimSuffix(n.PodCIDR+" "+n.PodCIDR6, " "), d)
 	}
 	tw.Flush()
 	if len(l.Pods) == 0 {
