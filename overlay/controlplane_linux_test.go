@@ -110,7 +110,7 @@ func TestControlPlaneClaimsAndLifecycle(t *testing.T) {
 			}
 		}
 		cidrs[n.Name] = c
-		st, err := claim.Load(n.StateDir)
+		st, err := claim.Load(n.StateDir, netip.MustParsePrefix(lab.ClusterCIDR))
 		if err != nil || st.CIDR != c {
 			t.Fatalf("%s persisted %+v (%v), announces %s", n.Name, st, err, c)
 		}

@@ -14,15 +14,15 @@ import (
 	"github.com/weftnet/weft/deploy/lab"
 )
 
-// seenFrom listens on TCP inside the namespace at netnsPath on addr, lets
-// one connection in from the namespace fromPath, and returns the source
-// address the listener saw (or the dial's error).
+// seenFrom listens on TCP inside the namespace at netnsPath on addr (of
+// either family), lets one connection in from the namespace fromPath, and
+// returns the source address the listener saw (or the dial's error).
 func seenFrom(t *testing.T, netnsPath, addr, fromPath string) (netip.Addr, error) {
 	t.Helper()
 	var ln net.Listener
 	if err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
 		var err error
-		ln, err = net.Listen("tcp4", net.JoinHostPort(addr, "0"))
+		ln, err = net.Listen("tcp", net.JoinHostPort(addr, "0"))
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -41,7 +41,7 @@ func seenFrom(t *testing.T, netnsPath, addr, fromPath string) (netip.Addr, error
 	var c net.Conn
 	err := ns.WithNetNSPath(fromPath, func(ns.NetNS) error {
 		var err error
-		c, err = net.DialTimeout("tcp4", ln.Addr().String(), 2*time.Second)
+		c, err = net.DialTimeout("tcp", ln.Addr().String(), 2*time.Second)
 		return err
 	})
 	if err != nil {

@@ -1,6 +1,8 @@
 package main
 
-// Standalone node-CIDR claims (no --pod-cidr, --node-cidr-size N).
+// Standalone node-CIDR claims (no --pod-cidr, --node-cidr-size N; with an
+// IPv6 --cluster-cidr also an IPv6 block of --node-cidr-size-ipv6, claimed
+// in the same rounds).
 //
 // Order of events, chosen so that the datapath only ever sees a settled
 // block:
@@ -31,6 +33,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/weftnet/weft/ipam/claim"
@@ -68,76 +71,92 @@ func claimMAC(underlay netip.Addr) [6]byte {
 }
 
 // joinAndClaim joins gossip and returns once this node holds a settled
-// block, persisted in c.StateDir.
-func joinAndClaim(ctx context.Context, c config, keys [][]byte, log *slog.Logger) (*peer.Membership, netip.Prefix, error) {
-	cfg := claim.Config{Cluster: c.ClusterCIDR, Bits: c.NodeCIDRBits, Grace: c.ClaimGrace}
+// block of each family of the cluster CIDR (IPv4 first), persisted in
+// c.StateDir.
+func joinAndClaim(ctx context.Context, c config, keys [][]byte, log *slog.Logger) (*peer.Membership, []netip.Prefix, error) {
+	cfgs := c.claimConfigs()
 	clog := log.With("component", "claim")
-	var want netip.Prefix
-	switch st, err := claim.Load(c.StateDir); {
-	case err == nil && st.Name == c.Name && st.Cluster == c.ClusterCIDR && cfg.Fits(st.CIDR):
-		want = st.CIDR
-		clog.Info("offering the persisted claim again", "cidr", want, "settled", st.Settled)
-	case err == nil:
-		clog.Warn("ignoring a persisted claim made for another name, cluster CIDR or size", "name", st.Name, "cluster", st.Cluster, "cidr", st.CIDR)
-	case !errors.Is(err, os.ErrNotExist):
-		clog.Warn("persisted claim unreadable; claiming afresh", "err", err)
+	want := make([]netip.Prefix, len(cfgs))
+	for i, cfg := range cfgs {
+		switch st, err := claim.Load(c.StateDir, cfg.Cluster); {
+		case err == nil && st.Name == c.Name && st.Cluster == cfg.Cluster && cfg.Fits(st.CIDR):
+			want[i] = st.CIDR
+			clog.Info("offering the persisted claim again", "cidr", want[i], "settled", st.Settled)
+		case err == nil:
+			clog.Warn("ignoring a persisted claim made for another name, cluster CIDR or size", "name", st.Name, "cluster", st.Cluster, "cidr", st.CIDR)
+		case !errors.Is(err, os.ErrNotExist):
+			clog.Warn("persisted claim unreadable; claiming afresh", "err", err)
+		}
 	}
 
 	rec := c.selfRecord(nil) // step 1: no pod CIDR yet, no WireGuard device yet
 	m, err := peer.Join(membershipConfig(c, keys, log), rec)
 	if err != nil {
-		return nil, netip.Prefix{}, fmt.Errorf("start gossip: %w", err)
+		return nil, nil, fmt.Errorf("start gossip: %w", err)
 	}
-	cidr, err := settleClaim(ctx, cfg, c, m, rec, want, clog)
+	cidrs, err := settleClaim(ctx, cfgs, c, m, rec, want, clog)
 	if err != nil {
 		m.Close()
-		return nil, netip.Prefix{}, err
+		return nil, nil, err
 	}
-	return m, cidr, nil
+	return m, cidrs, nil
 }
 
-// settleClaim runs steps 2 and 3 until a pick survives the settle window.
-func settleClaim(ctx context.Context, cfg claim.Config, c config, m *peer.Membership, rec peer.Record, want netip.Prefix, log *slog.Logger) (netip.Prefix, error) {
+// settleClaim runs steps 2 and 3 until a pick of every family survives
+// the settle window together. A conflict on one family picks that one
+// again and keeps the others' picks.
+func settleClaim(ctx context.Context, cfgs []claim.Config, c config, m *peer.Membership, rec peer.Record, want []netip.Prefix, log *slog.Logger) ([]netip.Prefix, error) {
 	// Join delivered the seed's view synchronously; give the directory a
 	// moment to fold it in (or, for the first node, to find there is none).
 	learn := time.Now().Add(c.ClaimSettle / 2)
 	for len(m.Peers()) == 0 && time.Now().Before(learn) {
 		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
-			return netip.Prefix{}, err
+			return nil, err
 		}
 	}
 	tick := 100 * time.Millisecond
+	want = slices.Clone(want)
 	for round := 1; round <= maxClaimRounds; round++ {
-		pick, err := cfg.Pick(c.Name, want, holders(m.Peers()), time.Now())
-		if err != nil {
-			return netip.Prefix{}, err
+		picks := make([]netip.Prefix, len(cfgs))
+		for i, cfg := range cfgs {
+			pick, err := cfg.Pick(c.Name, want[i], holders(m.Peers()), time.Now())
+			if err != nil {
+				return nil, err
+			}
+			picks[i] = pick
 		}
-		rec.PodCIDRs = []netip.Prefix{pick}
+		rec.PodCIDRs = picks
 		if err := m.UpdateSelf(rec, 2*time.Second); err != nil {
-			return netip.Prefix{}, fmt.Errorf("announce claim %s: %w", pick, err)
+			return nil, fmt.Errorf("announce claim %v: %w", picks, err)
 		}
-		log.Info("claimed node CIDR; settling", "cidr", pick, "round", round, "settle", c.ClaimSettle)
+		log.Info("claimed node CIDR; settling", "cidrs", picks, "round", round, "settle", c.ClaimSettle)
 		settled := time.Now().Add(c.ClaimSettle)
-		lost := ""
-		for lost == "" && time.Now().Before(settled) {
+		lost, why := -1, ""
+		for lost < 0 && time.Now().Before(settled) {
 			if err := sleepCtx(ctx, min(tick, time.Until(settled))); err != nil {
-				return netip.Prefix{}, err
+				return nil, err
 			}
-			if ok, why := cfg.Keep(c.Name, pick, holders(m.Peers()), time.Now()); !ok {
-				lost = why
+			for i, cfg := range cfgs {
+				if ok, w := cfg.Keep(c.Name, picks[i], holders(m.Peers()), time.Now()); !ok {
+					lost, why = i, w
+					break
+				}
 			}
 		}
-		if lost == "" {
-			if err := claim.Save(c.StateDir, claim.State{Name: c.Name, Cluster: c.ClusterCIDR, CIDR: pick, Settled: time.Now()}); err != nil {
-				return netip.Prefix{}, err
+		if lost < 0 {
+			for i, cfg := range cfgs {
+				if err := claim.Save(c.StateDir, claim.State{Name: c.Name, Cluster: cfg.Cluster, CIDR: picks[i], Settled: time.Now()}); err != nil {
+					return nil, err
+				}
 			}
-			log.Info("node CIDR settled", "cidr", pick)
-			return pick, nil
+			log.Info("node CIDR settled", "cidrs", picks)
+			return picks, nil
 		}
-		log.Warn("claim conflict; picking again", "cidr", pick, "why", lost)
-		want = netip.Prefix{}
+		log.Warn("claim conflict; picking again", "cidr", picks[lost], "why", why)
+		copy(want, picks)
+		want[lost] = netip.Prefix{}
 	}
-	return netip.Prefix{}, fmt.Errorf("no node CIDR settled after %d rounds", maxClaimRounds)
+	return nil, fmt.Errorf("no node CIDR settled after %d rounds", maxClaimRounds)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

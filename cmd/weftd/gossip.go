@@ -35,10 +35,12 @@ type controlPlane struct {
 	InsecureGossip bool
 	// KeyPoll is how often the key file is checked for changes.
 	KeyPoll time.Duration
-	// NodeCIDRBits > 0 turns on standalone CIDR claims (no --pod-cidr).
-	NodeCIDRBits int
-	ClaimGrace   time.Duration
-	ClaimSettle  time.Duration
+	// NodeCIDRBits > 0 turns on standalone CIDR claims (no --pod-cidr);
+	// with an IPv6 cluster CIDR a node also claims an IPv6 block of
+	// NodeCIDRBits6.
+	NodeCIDRBits, NodeCIDRBits6 int
+	ClaimGrace                  time.Duration
+	ClaimSettle                 time.Duration
 	// LeaveOnExit leaves gossip on SIGTERM/SIGINT, so peers withdraw the
 	// node at once; off, a stop looks like a restart (README: Restarts).
 	LeaveOnExit bool
@@ -55,6 +57,7 @@ func (cp *controlPlane) registerFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&cp.InsecureGossip, "insecure-gossip", false, "run gossip unencrypted and unauthenticated (tests only)")
 	fs.DurationVar(&cp.KeyPoll, "gossip-key-poll", time.Second, "how often the gossip key file is checked for changes")
 	fs.IntVar(&cp.NodeCIDRBits, "node-cidr-size", 0, "without --pod-cidr: claim a block of this prefix length (e.g. 24) from --cluster-cidr over gossip")
+	fs.IntVar(&cp.NodeCIDRBits6, "node-cidr-size-ipv6", 64, "with --node-cidr-size and an IPv6 --cluster-cidr: the prefix length of the IPv6 block claimed beside the IPv4 one")
 	fs.DurationVar(&cp.ClaimGrace, "claim-grace", 10*time.Minute, "how long a dead or departed node's claimed block stays reserved")
 	fs.DurationVar(&cp.ClaimSettle, "claim-settle", 2*time.Second, "how long a new claim must stand unchallenged before the datapath uses it")
 	fs.DurationVar(&cp.WarmMaxAge, "warm-start-max-age", 5*time.Minute, "a starting weftd forwards from the peer table its predecessor left in --run-dir if it is at most this old, until gossip replaces it; 0 always starts cold")
@@ -63,6 +66,16 @@ func (cp *controlPlane) registerFlags(fs *flag.FlagSet) {
 
 // claimMode reports whether the pod CIDR comes from a gossip claim.
 func (c config) claimMode() bool { return !c.PodCIDR.IsValid() && c.NodeCIDRBits > 0 }
+
+// claimConfigs is the claim policy per family of the cluster CIDR, IPv4
+// first: a dual-stack node claims a block of each.
+func (c config) claimConfigs() []claim.Config {
+	out := []claim.Config{{Cluster: c.ClusterCIDR, Bits: c.NodeCIDRBits, Grace: c.ClaimGrace}}
+	if c.ClusterCIDR6.IsValid() {
+		out = append(out, claim.Config{Cluster: c.ClusterCIDR6, Bits: c.NodeCIDRBits6, Grace: c.ClaimGrace})
+	}
+	return out
+}
 
 // checkControlPlane validates the control-plane flags against the rest;
 // called by parseFlags after checkNode (it needs the cluster CIDR).
@@ -80,12 +93,14 @@ func (c *config) checkControlPlane() error {
 		if len(c.podCIDRFlags) > 0 {
 			return errors.New("--node-cidr-size and --pod-cidr exclude each other")
 		}
-		cfg := claim.Config{Cluster: c.ClusterCIDR, Bits: c.NodeCIDRBits, Grace: c.ClaimGrace}
-		if err := cfg.Validate(); err != nil {
+		cfgs := c.claimConfigs()
+		if err := cfgs[0].Validate(); err != nil {
 			return fmt.Errorf("--node-cidr-size: %w", err)
 		}
-		if c.ClusterCIDR6.IsValid() {
-			return fmt.Errorf("--node-cidr-size: cluster CIDR %s: claims are IPv4 only; give a dual-stack node --pod-cidr for each family", c.clusterCIDR)
+		if len(cfgs) > 1 {
+			if err := cfgs[1].Validate(); err != nil {
+				return fmt.Errorf("--node-cidr-size-ipv6: %w", err)
+			}
 		}
 	}
 	if c.ClaimSettle < 0 {
@@ -202,14 +217,14 @@ type plane struct {
 	log     *slog.Logger
 	members *peer.Membership
 	gate    *peer.Gate
-	claim   claim.Config
+	claims  []claim.Config // claimConfigs, in claim mode
 }
 
 func newPlane(c config, log *slog.Logger, members *peer.Membership) *plane {
 	return &plane{
 		c: c, log: log, members: members,
-		gate:  peer.NewGate(c.clusterCIDRs(), log),
-		claim: claim.Config{Cluster: c.ClusterCIDR, Bits: c.NodeCIDRBits, Grace: c.ClaimGrace},
+		gate:   peer.NewGate(c.clusterCIDRs(), log),
+		claims: c.claimConfigs(),
 	}
 }
 
@@ -220,12 +235,19 @@ func newPlane(c config, log *slog.Logger, members *peer.Membership) *plane {
 var errClaimLost = errors.New("node CIDR claim lost")
 
 // admit runs a membership snapshot through admission. In claim mode it
-// also checks that our block is still ours.
+// also checks that our blocks (one per family) are still ours.
 func (p *plane) admit(snap []peer.Peer) ([]peer.Peer, error) {
 	self := p.members.Self()
-	if p.c.claimMode() && len(self.PodCIDRs) > 0 {
-		if lost, by := p.claim.Lost(self.Name, self.PodCIDRs[0], holders(snap)); lost {
-			return nil, fmt.Errorf("%w: %s also announces %s and wins (lower name); restart to claim another block", errClaimLost, by, self.PodCIDRs[0])
+	if p.c.claimMode() {
+		for _, have := range self.PodCIDRs {
+			for _, cfg := range p.claims {
+				if cfg.Cluster.Addr().Is4() != have.Addr().Is4() {
+					continue
+				}
+				if lost, by := cfg.Lost(self.Name, have, holders(snap)); lost {
+					return nil, fmt.Errorf("%w: %s also announces %s and wins (lower name); restart to claim another block", errClaimLost, by, have)
+				}
+			}
 		}
 	}
 	return p.gate.Apply(snap, self), nil

@@ -275,8 +275,13 @@ func run(ctx context.Context, c config, log *slog.Logger) error {
 	}
 	var members *peer.Membership // joined early only in claim mode (claim.go)
 	if c.claimMode() {
-		if members, c.PodCIDR, err = joinAndClaim(ctx, c, keys, log); err != nil {
+		var cidrs []netip.Prefix
+		if members, cidrs, err = joinAndClaim(ctx, c, keys, log); err != nil {
 			return err
+		}
+		c.PodCIDR = cidrs[0]
+		if len(cidrs) > 1 {
+			c.PodCIDR6 = cidrs[1]
 		}
 		defer members.Close()
 	}

@@ -48,7 +48,7 @@ func TestParseFlags(t *testing.T) {
 		{append(base, "--procs", "-1"), "--procs -1 out of range"},
 		{append(base, "--tun-queue-len", "0"), "--tun-queue-len 0 out of range"},
 		{append(base, "--masquerade-except", "10.0.0.0/8,bogus"), `--masquerade-except "bogus"`},
-		{append(base, "--masquerade-except", "2001:db8::/32"), "want IPv4 CIDRs"},
+		{append(base, "--masquerade-except", "2001:db8::/32"), "needs an IPv6 --cluster-cidr"},
 		{append(base, "--masquerade-resync", "0s"), "--masquerade-resync 0s"},
 		{append(base, "--static-peer", "name=kv,addr=192.0.2.12"), "all required"},
 		{append(base, "--static-peer", "name=kv,bogus=1"), "unknown key"},
@@ -160,6 +160,17 @@ func TestParseFlagsDualStack(t *testing.T) {
 			t.Fatalf("VTEP MAC % x: still from the IPv4 gateway", c.VTEPMAC)
 		}
 	}
+	// Claims: a block of each family, /64 by default for IPv6.
+	c, err := parseFlags(append(base, "--node-cidr-size", "24"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfgs := c.claimConfigs(); !c.claimMode() || len(cfgs) != 2 || cfgs[0].Bits != 24 || cfgs[1].Bits != 64 || cfgs[1].Cluster != c.ClusterCIDR6 {
+		t.Fatalf("dual-stack claim policies %+v (claim mode %v)", cfgs, c.claimMode())
+	}
+	if c, err := parseFlags(append(base, "--pod-cidr", "10.244.1.0/24,fd00:10:244:1::/64", "--masquerade-except", "172.16.0.0/12,2001:db8:5::/48")); err != nil || len(c.MasqExcept) != 2 || c.MasqExcept[1] != netip.MustParsePrefix("2001:db8:5::/48") {
+		t.Fatalf("dual-stack --masquerade-except: %v %v", c.MasqExcept, err)
+	}
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -172,7 +183,8 @@ func TestParseFlagsDualStack(t *testing.T) {
 		{[]string{"--name", "n1", "--underlay-addr", "192.0.2.11", "--pod-cidr", "10.244.1.0/24,fd00:10:244:1::/64"}, "not inside --cluster-cidr"},
 		{[]string{"--name", "n1", "--underlay-addr", "192.0.2.11", "--cluster-cidr", "fd00:10:244::/56", "--pod-cidr", "fd00:10:244:1::/64"}, "an IPv4 prefix is required"},
 		{[]string{"--name", "n1", "--underlay-addr", "192.0.2.11", "--cluster-cidr", "10.244.0.0/16,10.245.0.0/16", "--pod-cidr", "10.244.1.0/24"}, "two prefixes of one family"},
-		{append(base, "--node-cidr-size", "24"), "claims are IPv4 only"},
+		{append(base, "--node-cidr-size", "24", "--node-cidr-size-ipv6", "48"), "--node-cidr-size-ipv6"},
+		{append(base, "--node-cidr-size", "24", "--node-cidr-size-ipv6", "127"), "--node-cidr-size-ipv6"},
 	} {
 		_, err := parseFlags(tc.args)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

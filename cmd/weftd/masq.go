@@ -1,7 +1,8 @@
 package main
 
-// Egress masquerade (overlay/masq.go): on by default, applied once the
-// datapath is up and re-applied every --masquerade-resync to repair drift.
+// Egress masquerade (overlay/masq.go): on by default, for each family the
+// node has pods of, applied once the datapath is up and re-applied every
+// --masquerade-resync to repair drift.
 
 import (
 	"flag"
@@ -22,8 +23,8 @@ type masqFlags struct {
 }
 
 func (m *masqFlags) registerFlags(fs *flag.FlagSet) {
-	fs.BoolVar(&m.Masquerade, "masquerade", true, "translate the source of pod traffic leaving the cluster CIDR to the node's address (nftables table ip "+overlay.MasqTable+"); false removes the table")
-	fs.StringVar(&m.except, "masquerade-except", "", "comma-separated IPv4 CIDRs outside the cluster CIDR that pods reach with their own address (e.g. the VPC's range)")
+	fs.BoolVar(&m.Masquerade, "masquerade", true, "translate the source of pod traffic leaving the cluster CIDR to the node's address (nftables table ip "+overlay.MasqTable+", and ip6 "+overlay.MasqTable+" for IPv6 pods); false removes the tables")
+	fs.StringVar(&m.except, "masquerade-except", "", "comma-separated CIDRs (IPv4, or IPv6 on a dual-stack node) outside the cluster CIDR that pods reach with their own address (e.g. the VPC's range)")
 	fs.DurationVar(&m.MasqResync, "masquerade-resync", time.Minute, "how often the masquerade table is applied again, repairing changes made by others")
 }
 
@@ -34,8 +35,11 @@ func (c *config) checkMasq() error {
 			continue
 		}
 		p, err := netip.ParsePrefix(s)
-		if err != nil || !p.Addr().Is4() {
-			return fmt.Errorf("--masquerade-except %q: want IPv4 CIDRs", s)
+		if err != nil || p.Addr().Is4In6() {
+			return fmt.Errorf("--masquerade-except %q: want CIDRs", s)
+		}
+		if p.Addr().Is6() && !c.ClusterCIDR6.IsValid() {
+			return fmt.Errorf("--masquerade-except %s: an IPv6 CIDR needs an IPv6 --cluster-cidr", s)
 		}
 		c.MasqExcept = append(c.MasqExcept, p.Masked())
 	}
@@ -53,6 +57,9 @@ func startMasquerade(c config, log *slog.Logger) (stop func() error, err error) 
 	var want *overlay.Masquerade
 	if c.Masquerade {
 		want = &overlay.Masquerade{PodCIDR: c.PodCIDR, ClusterCIDR: c.ClusterCIDR, Except: c.MasqExcept}
+		if c.PodCIDR6.IsValid() {
+			want.PodCIDR6, want.ClusterCIDR6 = c.PodCIDR6, c.ClusterCIDR6
+		}
 	}
 	if err := overlay.ApplyMasquerade(want); err != nil {
 		return nil, err

@@ -79,7 +79,14 @@ const (
 	labDir      = "/run/weft-kube-e2e"
 	dataDir     = "/var/lib/weft-kube-e2e" // containerd roots: images need disk, not tmpfs
 	clusterCIDR = "10.244.0.0/16"
-	adminToken  = "weft-e2e-admin-token"
+	// The cluster is dual-stack: kube-controller-manager's --cluster-cidr
+	// and kube-proxy's clusterCIDR hold both families, the API server has
+	// a Service range per family, and the test's overlay sets weft's
+	// cluster-cidr to both (weft-config). The underlay stays IPv4.
+	clusterCIDR6 = "fd00:10:244::/56"
+	serviceCIDR  = "10.96.0.0/16"
+	serviceCIDR6 = "fd00:10:96::/112"
+	adminToken   = "weft-e2e-admin-token"
 	// The kubernetes Service's ClusterIP: the first address of
 	// --service-cluster-ip-range, where in-cluster clients (weftd) go.
 	kubernetesVIP = "10.96.0.1"
@@ -114,7 +121,7 @@ type cluster struct {
 
 func needRoot(t *testing.T) {
 	t.Helper()
-	prereqtest.Netns(t, "containerd", "containerd-shim-runc-v2", "runc", "ctr", "nsenter", "unshare", "mount", "gcc", "libc6-dev", "busybox-static", "ip", "wg", "iptables", "iptables-save", "iptables-restore", "curl", "nft")
+	prereqtest.Netns(t, "containerd", "containerd-shim-runc-v2", "runc", "ctr", "nsenter", "unshare", "mount", "gcc", "libc6-dev", "busybox-static", "ip", "wg", "iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore", "curl", "nft")
 }
 
 // start runs bin inside netns (and the mount namespace file mntns, if
@@ -743,7 +750,7 @@ func (c *cluster) controlPlane() {
 		"--token-auth-file="+filepath.Join(c.dir, "tokens.csv"),
 		"--authorization-mode=Node,RBAC", "--allow-privileged=true",
 		"--service-account-key-file="+filepath.Join(c.dir, "sa.pub"), "--service-account-signing-key-file="+filepath.Join(c.dir, "sa.key"),
-		"--service-account-issuer=https://kubernetes.default.svc", "--service-cluster-ip-range=10.96.0.0/16",
+		"--service-account-issuer=https://kubernetes.default.svc", "--service-cluster-ip-range="+serviceCIDR+","+serviceCIDR6,
 		"--kubelet-preferred-address-types=InternalIP")
 	c.eventually("kube-apiserver /readyz", 90*time.Second, func() error {
 		out, err := c.kubectl("", "get", "--raw", "/readyz")
@@ -778,7 +785,7 @@ func (c *cluster) startControllerManager(ipam bool) {
 		name, controllers = "kube-controller-manager-no-ipam", "*,-node-ipam-controller"
 	}
 	c.kcm = c.start(name, prefix+"-rtr", "", filepath.Join(c.kbin, "kube-controller-manager"), "--kubeconfig="+filepath.Join(c.dir, "admin.kubeconfig"),
-		"--allocate-node-cidrs=true", "--cluster-cidr="+clusterCIDR, "--node-cidr-mask-size=24", "--controllers="+controllers,
+		"--allocate-node-cidrs=true", "--cluster-cidr="+clusterCIDR+","+clusterCIDR6, "--node-cidr-mask-size-ipv4=24", "--node-cidr-mask-size-ipv6=64", "--controllers="+controllers,
 		"--leader-elect=false", "--bind-address=127.0.0.1", "--service-account-private-key-file="+filepath.Join(c.dir, "sa.key"),
 		"--root-ca-file="+filepath.Join(c.dir, "pki", "ca.crt"))
 }
@@ -810,8 +817,10 @@ func mustAbs(t *testing.T, p string) string {
 func (c *cluster) nodeDir(n string) string { return filepath.Join(dataDir, n) }
 
 // install applies the test's overlay of deploy/ (kubectl apply -k): the
-// image tag of the image built here, and a gossip key of its own instead of
-// the public placeholder; nothing else differs.
+// image tag of the image built here, a gossip key of its own instead of
+// the public placeholder, and cluster-cidr with both families (the
+// cluster is dual-stack, as a user sets weft-config to match
+// kube-controller-manager's --cluster-cidr); nothing else differs.
 func (c *cluster) install() {
 	t := c.t
 	k, err := peer.GenerateKey()
@@ -841,6 +850,14 @@ patches:
         namespace: weft-system
       stringData:
         gossip.key: "`+peer.EncodeKey(k)+`"
+  - patch: |-
+      apiVersion: v1
+      kind: ConfigMap
+      metadata:
+        name: weft-config
+        namespace: weft-system
+      data:
+        cluster-cidr: "`+clusterCIDR+","+clusterCIDR6+`"
 `, 0o644)
 	out := c.mustKubectl("", "apply", "-k", c.overlay)
 	t.Logf("kubectl apply -k (overlay of deploy/):\n%s", out)
@@ -902,7 +919,7 @@ clientConnection:
   kubeconfig: `+filepath.Join(d, "kubeconfig")+`
 hostnameOverride: `+n+`
 bindAddress: `+c.lab.Node(n).UnderlayAddr+`
-clusterCIDR: `+clusterCIDR+`
+clusterCIDR: `+clusterCIDR+","+clusterCIDR6+`
 mode: `+mode+`
 healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249

@@ -11,6 +11,7 @@ package e2e
 //	c.serviceImages()                      agnhost and CoreDNS images into both nodes
 //	c.deployCoreDNS()                      CoreDNS behind kube-dns (testdata/coredns.yaml)
 //	t.Run("ClusterIP", c.checkClusterIP)   pod on n1 → Service → pod on n2
+//	t.Run("DualStack", c.checkDualStack)   the same over both families (dualstack_linux_test.go)
 //	t.Run("NodePort", c.checkNodePort)     n1's host → NodePort on n1 and on n2 → pod on n2
 //	t.Run("HeadlessDNS", c.checkHeadlessDNS) CoreDNS answers a headless name with both pods' IPs
 //	t.Run("KubernetesDefault", c.checkKubernetesDefault) pod → https://kubernetes.default
@@ -57,6 +58,7 @@ func (c *cluster) servicesAndDNS(t *testing.T) {
 	c.serviceImages(t)
 	c.deployCoreDNS()
 	t.Run("ClusterIP", c.checkClusterIP)
+	t.Run("DualStack", c.checkDualStack)
 	t.Run("NodePort", c.checkNodePort)
 	t.Run("HeadlessDNS", c.checkHeadlessDNS)
 	t.Run("KubernetesDefault", c.checkKubernetesDefault)

@@ -113,7 +113,8 @@ type Config struct {
 	ClaimCIDRs bool
 	// DualStack gives every node an IPv6 pod CIDR beside the IPv4 one
 	// (fd00:10:244:<i>::/64 inside ClusterCIDR6), so every pod gets one
-	// address of each family. Not with ClaimCIDRs (claims are IPv4).
+	// address of each family. With ClaimCIDRs weftd claims a /24 and a
+	// /64 over gossip instead (--node-cidr-size-ipv6's default).
 	DualStack bool
 	// Internet adds an "internet" namespace behind the router on
 	// 203.0.113.0/24 (so at most 2 sites), host InternetAddr, which has
@@ -553,9 +554,6 @@ func (cfg *Config) validate() error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("underlay %q: want ipv4, ipv6 or mixed", cfg.Underlay))
-	}
-	if cfg.DualStack && cfg.ClaimCIDRs {
-		errs = append(errs, errors.New("dual-stack: claims are IPv4 only; the lab gives dual-stack nodes their pod CIDRs"))
 	}
 	if cfg.Sites < 1 || cfg.Sites > len(sites) {
 		errs = append(errs, fmt.Errorf("sites %d: want 1..%d", cfg.Sites, len(sites)))

@@ -254,7 +254,7 @@ func TestConfigValidate(t *testing.T) {
 		{"nat with internet", func(c *Config) { c.Topology, c.Transport, c.Internet = TopologyNAT, "wireguard", true }, false},
 		{"unknown topology", func(c *Config) { c.Topology = "mesh" }, false},
 		{"dual-stack", func(c *Config) { c.DualStack = true }, true},
-		{"dual-stack claims", func(c *Config) { c.DualStack, c.ClaimCIDRs = true, true }, false},
+		{"dual-stack claims", func(c *Config) { c.DualStack, c.ClaimCIDRs = true, true }, true},
 	} {
 		c := DefaultConfig()
 		tc.mod(&c)

@@ -211,7 +211,7 @@ func plan(cfg Config) *Lab {
 		n.Netns = cfg.Prefix + "-" + n.Name
 		n.External = slices.Contains(cfg.External, n.Name)
 		if cfg.ClaimCIDRs && !n.External {
-			n.PodCIDR = "" // claimed by weftd at start
+			n.PodCIDR, n.PodCIDR6 = "", "" // claimed by weftd at start
 		}
 		if !n.External {
 			d := filepath.Join(l.Dir, n.Name)

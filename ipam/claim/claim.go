@@ -17,8 +17,12 @@
 //     see each other's claims yet) rarely start at the same block, which
 //     keeps the conflict-and-retry path rare.
 //
-// The claim is persisted in the state directory and offered again after a
-// restart, so a node keeps its block (and its pods their addresses) for as
+// A dual-stack node claims one block per family, each with its own
+// Config; blocks of different families never overlap, so the families'
+// claims are independent.
+//
+// The claim is persisted in the state directory (one file per family) and
+// offered again after a restart, so a node keeps its block (and its pods their addresses) for as
 // long as nobody with a lower name took it during the grace period.
 //
 // This package is pure logic plus a small file store; weftd drives it
@@ -191,15 +195,27 @@ type State struct {
 	Settled time.Time `json:"settled"`
 }
 
-// FileName is the claim file inside weftd's state directory.
-const FileName = "node-cidr.json"
+// FileName is the IPv4 claim file inside weftd's state directory,
+// FileName6 the IPv6 one.
+const (
+	FileName  = "node-cidr.json"
+	FileName6 = "node-cidr6.json"
+)
+
+// fileFor is the claim file of the family of cluster.
+func fileFor(cluster netip.Prefix) string {
+	if cluster.Addr().Is6() {
+		return FileName6
+	}
+	return FileName
+}
 
 const stateVersion = 1
 
-// Load reads the claim persisted in dir. A missing file yields an error
-// wrapping os.ErrNotExist.
-func Load(dir string) (State, error) {
-	path := filepath.Join(dir, FileName)
+// Load reads the claim persisted in dir for the family of cluster. A
+// missing file yields an error wrapping os.ErrNotExist.
+func Load(dir string, cluster netip.Prefix) (State, error) {
+	path := filepath.Join(dir, fileFor(cluster))
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return State{}, fmt.Errorf("load claim: %w", err)
@@ -214,8 +230,9 @@ func Load(dir string) (State, error) {
 	return s, nil
 }
 
-// Save persists s in dir crash-safely (diskfile.Write), so a crash leaves
-// the old claim or the new one, never half of either.
+// Save persists s in dir, in the file of s.Cluster's family, crash-safely
+// (diskfile.Write), so a crash leaves the old claim or the new one, never
+// half of either.
 func Save(dir string, s State) error {
 	s.Version = stateVersion
 	b, err := json.MarshalIndent(s, "", "  ")
@@ -223,7 +240,7 @@ func Save(dir string, s State) error {
 		return fmt.Errorf("save claim: %w", err)
 	}
 	// 0600: only weftd reads its claim.
-	if err := diskfile.Write(filepath.Join(dir, FileName), append(b, '\n'), 0o600); err != nil {
+	if err := diskfile.Write(filepath.Join(dir, fileFor(s.Cluster)), append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("save claim: %w", err)
 	}
 	return nil

@@ -158,23 +158,71 @@ func TestBlocksIPv6(t *testing.T) {
 
 func TestStore(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := Load(dir); !errors.Is(err, os.ErrNotExist) {
+	cluster6 := pfx("fd00:10:244::/56")
+	if _, err := Load(dir, cluster); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("Load of nothing: %v", err)
 	}
 	want := State{Name: "n1", Cluster: cluster, CIDR: pfx("10.244.7.0/24"), Settled: now}
+	want6 := State{Name: "n1", Cluster: cluster6, CIDR: pfx("fd00:10:244:7::/64"), Settled: now}
 	if err := Save(dir, want); err != nil {
 		t.Fatal(err)
 	}
-	got, err := Load(dir)
-	if err != nil || got.Name != want.Name || got.CIDR != want.CIDR || got.Cluster != want.Cluster || !got.Settled.Equal(now) {
-		t.Fatalf("Load = %+v, %v", got, err)
+	if _, err := Load(dir, cluster6); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("Load of the IPv6 claim before it was saved: %v", err)
+	}
+	if err := Save(dir, want6); err != nil {
+		t.Fatal(err)
+	}
+	// One file per family: each comes back as saved.
+	for _, w := range []State{want, want6} {
+		got, err := Load(dir, w.Cluster)
+		if err != nil || got.Name != w.Name || got.CIDR != w.CIDR || got.Cluster != w.Cluster || !got.Settled.Equal(now) {
+			t.Fatalf("Load(%s) = %+v, %v; want %+v", w.Cluster, got, err, w)
+		}
 	}
 	os.WriteFile(dir+"/"+FileName, []byte("{\"version\":9}"), 0o600)
-	if _, err := Load(dir); err == nil {
+	if _, err := Load(dir, cluster); err == nil {
 		t.Fatal("Load accepted an unknown version")
 	}
-	os.WriteFile(dir+"/"+FileName, []byte("{"), 0o600)
-	if _, err := Load(dir); err == nil {
+	os.WriteFile(dir+"/"+FileName6, []byte("{"), 0o600)
+	if _, err := Load(dir, cluster6); err == nil {
 		t.Fatal("Load accepted junk")
+	}
+}
+
+// TestPickPerFamily: the IPv6 policy hands out /64s of its range, avoids
+// IPv6 blocks others hold and ignores their IPv4 blocks (and the IPv4
+// policy the IPv6 ones), so a dual-stack node's two claims never
+// interfere.
+func TestPickPerFamily(t *testing.T) {
+	c4 := Config{Cluster: cluster, Bits: 24, Grace: time.Minute}
+	c6 := Config{Cluster: pfx("fd00:10:244::/56"), Bits: 64, Grace: time.Minute}
+	free6, err := c6.Pick("n2", netip.Prefix{}, nil, now)
+	if err != nil || !c6.Fits(free6) {
+		t.Fatalf("Pick IPv6 = %s, %v", free6, err)
+	}
+	free4, err := c4.Pick("n2", netip.Prefix{}, nil, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// n1 (lower name) holds exactly the blocks n2 would pick.
+	holders := []Holder{{Name: "n1", CIDR: free4, Alive: true}, {Name: "n1", CIDR: free6, Alive: true}}
+	p6, err := c6.Pick("n2", free6, holders, now)
+	if err != nil || p6 == free6 || !c6.Fits(p6) {
+		t.Fatalf("Pick IPv6 with %s held = %s, %v", free6, p6, err)
+	}
+	if ok, _ := c6.Keep("n2", free6, holders, now); ok {
+		t.Fatalf("Keep IPv6 %s held by n1 (lower name) succeeded", free6)
+	}
+	if lost, by := c6.Lost("n2", free6, holders); !lost || by != "n1" {
+		t.Fatalf("Lost IPv6 = %v %q", lost, by)
+	}
+	// IPv4 holders do not reserve IPv6 blocks, nor the other way round.
+	only4 := holders[:1]
+	if p, err := c6.Pick("n2", free6, only4, now); err != nil || p != free6 {
+		t.Fatalf("Pick IPv6 with only IPv4 held = %s, %v; want %s", p, err, free6)
+	}
+	if p, err := c4.Pick("n2", free4, holders[1:], now); err != nil || p != free4 {
+		t.Fatalf("Pick IPv4 with only IPv6 held = %s, %v; want %s", p, err, free4)
 	}
 }
