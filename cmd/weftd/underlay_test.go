@@ -113,3 +113,15 @@ func TestStatusUnreachableWhy(t *testing.T) {
 		t.Errorf("IPv4-only to both: %q, want reachable", why)
 	}
 }
+
+// TestClaimMACIPv6: claim mode's VTEP MAC keeps the IPv4 address as
+// before, and tells IPv6 underlay addresses apart that end alike.
+func TestClaimMACIPv6(t *testing.T) {
+	if got := claimMAC(netip.MustParseAddr("192.0.2.11")); got != [6]byte{0x0a, 0x59, 192, 0, 2, 11} {
+		t.Errorf("IPv4: % x", got)
+	}
+	a, b := claimMAC(netip.MustParseAddr("2001:db8:1::11")), claimMAC(netip.MustParseAddr("2001:db8:2::11"))
+	if a == b || a[0] != 0x0a || a[1] != 0x59 || a != claimMAC(netip.MustParseAddr("2001:db8:1::11")) {
+		t.Errorf("IPv6: % x and % x", a, b)
+	}
+}
