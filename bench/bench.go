@@ -50,21 +50,32 @@ const (
 	WeftVXLAN = "weft-vxlan"
 	// WeftWireGuard is weftd with its WireGuard transport.
 	WeftWireGuard = "weft-wireguard"
+	// WeftVXLAN6 and WeftWireGuard6 are the same transports carrying IPv6
+	// pod traffic (pod to pod between the pods' IPv6 addresses, over the
+	// IPv4 underlay), in a dual-stack lab of their own.
+	WeftVXLAN6     = "weft-vxlan-ipv6"
+	WeftWireGuard6 = "weft-wireguard-ipv6"
 )
 
 // Datapaths lists every datapath in table order.
-var Datapaths = []string{Raw, HostGW, KernelVXLAN, WireGuardGo, WeftVXLAN, WeftWireGuard}
+var Datapaths = []string{Raw, HostGW, KernelVXLAN, WireGuardGo, WeftVXLAN, WeftWireGuard, WeftVXLAN6, WeftWireGuard6}
 
 // Streams are the TCP stream counts measured for every datapath.
 var Streams = []int{1, 4}
 
-// Baseline returns the datapath a weft datapath is judged against, or "".
+// Baseline returns the datapath a weft datapath is judged against, or "":
+// the kernel or standalone program for the IPv4 rows, and the same
+// transport's IPv4 row for an IPv6 one (what IPv6 pod traffic costs).
 func Baseline(datapath string) string {
 	switch datapath {
 	case WeftVXLAN:
 		return KernelVXLAN
 	case WeftWireGuard:
 		return WireGuardGo
+	case WeftVXLAN6:
+		return WeftVXLAN
+	case WeftWireGuard6:
+		return WeftWireGuard
 	}
 	return ""
 }
