@@ -90,7 +90,7 @@ type Config struct {
 	// them. Three is the least that makes a median mean something.
 	Reps int
 	// Duration of each iperf3 test. Five seconds keeps the default run
-	// (6 datapaths × 3 reps × 3 tests) near five minutes while each test
+	// (8 datapaths × 3 reps × 3 tests) near seven minutes while each test
 	// still spans many congestion-control cycles (the RTT is ~50 µs).
 	Duration time.Duration
 	// UDPRate is iperf3's -b for the UDP test: a fixed offered load that
@@ -141,8 +141,9 @@ type Config struct {
 
 // DefaultConfig is `make bench`: every datapath, 3 repetitions of 5 s
 // tests, UDP offered at 1 Gbit/s, 20 pings at 50 ms. The measuring takes
-// about 5.5 minutes; with set-up, teardown and at most 2 minutes of
-// waiting for a quiet machine the run stays under 10.
+// about 7 minutes (16 s per datapath and repetition); with set-up,
+// teardown and at most 2 minutes of waiting for a quiet machine the run
+// takes about 10.
 func DefaultConfig() Config {
 	return Config{
 		Datapaths:    slices.Clone(Datapaths),
