@@ -73,20 +73,11 @@ func (p Policy) Choose(self, peer Capabilities) (t Transport, fallback bool, err
 }
 
 // PodMTU is the pod MTU under this policy: the underlay MTU minus the
-// largest overhead of any transport the node may use, over an IPv6
-// underlay when ipv6Underlay is set (the node may send over IPv6: VXLAN 70,
-// WireGuard 80) and else over IPv4 (50, 60). A peer reached over a family
-// whose overhead the pod MTU did not allow for is still served: the router
-// checks every packet against that peer's path (pmtu.go) and answers one
-// that does not fit with ICMP, so the pod's TCP lowers its segment size.
-func (p Policy) PodMTU(underlayMTU int, wireGuardCapable, ipv6Underlay bool) int {
-	vx, wg := vxlan.OverheadIPv4, wireguard.OverheadIPv4
-	if ipv6Underlay {
-		vx, wg = vxlan.OverheadIPv6, wireguard.OverheadIPv6
-	}
-	overhead := vx
+// largest overhead of any transport the node may use (IPv4 underlay).
+func (p Policy) PodMTU(underlayMTU int, wireGuardCapable bool) int {
+	overhead := vxlan.OverheadIPv4
 	if p != PolicyVXLAN && wireGuardCapable {
-		overhead = max(overhead, wg)
+		overhead = max(overhead, wireguard.OverheadIPv4)
 	}
 	return underlayMTU - overhead
 }

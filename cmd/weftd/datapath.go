@@ -50,7 +50,7 @@ type datapathFlags struct {
 func (d *datapathFlags) registerFlags(fs *flag.FlagSet) {
 	fs.IntVar(&d.VXLANPort, "vxlan-port", vxlan.DefaultPort, "VXLAN UDP port (flannel uses 8472)")
 	fs.UintVar(&d.vni, "vni", 1, "VXLAN network identifier (1..16777215)")
-	fs.IntVar(&d.UnderlayMTU, "underlay-mtu", 1500, "MTU of the underlay path; the pod MTU is this minus the transport's overhead (VXLAN 50 and WireGuard 60 over IPv4, 70 and 80 over an IPv6 underlay address)")
+	fs.IntVar(&d.UnderlayMTU, "underlay-mtu", 1500, "MTU of the underlay path; the pod MTU is this minus the VXLAN overhead")
 	fs.StringVar(&d.TUN, "tun", "weft0", "name of the TUN device")
 	fs.BoolVar(&d.RemoteCsum, "remote-checksum", true, "announce and use VXLAN remote checksum offload between weft nodes: TCP segments travel with partial checksums that the receiver finishes (README: Wire format)")
 	fs.IntVar(&d.TUNQueueLen, "tun-queue-len", 2000, "packets the TUN device queues for weftd (txqueuelen; the kernel's default 500 drops UDP bursts, README: Benchmarks)")
@@ -79,9 +79,6 @@ func (c *config) checkDatapath() error {
 	if c.UnderlayMTU < 576+vxlan.OverheadIPv4 || c.UnderlayMTU > 65535 {
 		return fmt.Errorf("--underlay-mtu %d out of range %d..65535", c.UnderlayMTU, 576+vxlan.OverheadIPv4)
 	}
-	if c.ipv6Underlay() && c.UnderlayMTU < ipv6MinMTU {
-		return fmt.Errorf("--underlay-mtu %d: an IPv6 underlay (%s) has at least %d", c.UnderlayMTU, c.UnderlayAddr, ipv6MinMTU)
-	}
 	var err error
 	switch {
 	case c.mac != "":
@@ -109,19 +106,6 @@ func (c *config) checkDatapath() error {
 		c.WGKeyFile = filepath.Join(c.StateDir, "wireguard.key")
 	}
 	return nil
-}
-
-// ipv6MinMTU is the smallest MTU of an IPv6 link (RFC 8200 section 5).
-const ipv6MinMTU = 1280
-
-// ipv6Underlay reports whether this node sends over an IPv6 underlay: its
-// underlay address is IPv6, so its peers are reached over IPv6 and the pod
-// MTU allows for the larger outer header (vxlan.OverheadIPv6,
-// wireguard.OverheadIPv6). In Kubernetes mode the address is known only
-// once the Node is read; startDatapath runs after that.
-func (c *config) ipv6Underlay() bool {
-	a := c.UnderlayAddr.Unmap()
-	return a.IsValid() && a.Is6()
 }
 
 // vxlanSourcePorts is how many sockets (outer UDP source ports) VXLAN
@@ -156,7 +140,7 @@ type datapath struct {
 // it pauses here, just before the port is bound; with VXLAN alone in
 // start, once this router reads.
 func startDatapath(c config, log *slog.Logger, tk *takeover, resuming bool) (dp *datapath, err error) {
-	dp = &datapath{mtu: c.Policy.PodMTU(c.UnderlayMTU, c.WireGuard, c.ipv6Underlay()), gateway: gatewayOf(c.PodCIDR)}
+	dp = &datapath{mtu: c.Policy.PodMTU(c.UnderlayMTU, c.WireGuard), gateway: gatewayOf(c.PodCIDR)}
 	if c.PodCIDR6.IsValid() {
 		dp.gateway6 = gatewayOf(c.PodCIDR6)
 	}

@@ -26,15 +26,6 @@ func TestParseFlags(t *testing.T) {
 	if c2, err := parseFlags(append(base, "--masquerade-except", "172.16.0.1/12, 192.168.0.0/16")); err != nil || len(c2.MasqExcept) != 2 || c2.MasqExcept[0] != netip.MustParsePrefix("172.16.0.0/12") {
 		t.Fatalf("--masquerade-except: %v %v", c2.MasqExcept, err)
 	}
-	if c.ipv6Underlay() {
-		t.Fatal("an IPv4 underlay address taken for IPv6")
-	}
-	for _, a := range []string{"2001:db8::11", "::ffff:192.0.2.11"} {
-		c6, err := parseFlags(append(base, "--underlay-addr", a))
-		if err != nil || c6.ipv6Underlay() != (a == "2001:db8::11") {
-			t.Fatalf("--underlay-addr %s: IPv6 underlay %v, %v", a, c6.ipv6Underlay(), err)
-		}
-	}
 	if c.VTEPMAC != [6]byte{0x0a, 0x58, 10, 244, 1, 1} {
 		t.Fatalf("derived VTEP MAC = % x", c.VTEPMAC)
 	}
@@ -50,7 +41,6 @@ func TestParseFlags(t *testing.T) {
 		{append(base, "--vni", "16777216"), "out of range"},
 		{append(base, "--vxlan-port", "70000"), "--vxlan-port 70000 out of range"},
 		{append(base, "--underlay-mtu", "200"), "--underlay-mtu 200 out of range"},
-		{append(base, "--underlay-addr", "2001:db8::11", "--underlay-mtu", "1279"), "an IPv6 underlay (2001:db8::11) has at least 1280"},
 		{append(base, "--underlay-addr", "not-an-ip"), "--underlay-addr"},
 		{append(base, "--vtep-mac", "zz"), "--vtep-mac"},
 		{append(base, "--log-level", "loud"), "--log-level"},
