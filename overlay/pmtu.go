@@ -53,8 +53,9 @@ func (p *peerEntry) fits(size, devMTU int) bool {
 
 // wgPadded is the plaintext length WireGuard sends for an inner packet of
 // size bytes: padded to a multiple of 16, but never past the device MTU
-// (wireguard-go pads up to the MTU at most), so a packet of the MTU's size
-// goes unpadded. That matters where the pod MTU is no multiple of 16, as
+// (the device pads up to the MTU at most: calculatePaddingSize in
+// encap/wireguard/internal/device), so a packet of the MTU's size goes
+// unpadded. That matters where the pod MTU is no multiple of 16, as
 // over an IPv6 underlay (1500 − 80 = 1420): without the cap, full-size
 // packets would be refused on a path that carries them.
 func wgPadded(size, devMTU int) int {
