@@ -391,8 +391,12 @@ func runDemo(args []string) error {
 	if cfg.Topology == lab.TopologyNAT {
 		fmt.Printf("== weft demo: 7 nodes in two clouds and on premises, behind NAT, %d pod(s) per node, transport %s\n", cfg.PodsPerNode, cfg.Transport)
 	} else {
-		fmt.Printf("== weft demo: %d nodes on %d sites, %d pod(s) per node, transport %s\n",
-			cfg.Nodes, cfg.Sites, cfg.PodsPerNode, cfg.Transport)
+		underlay := cfg.Underlay
+		if underlay == "" {
+			underlay = lab.UnderlayIPv4
+		}
+		fmt.Printf("== weft demo: %d nodes on %d sites, %d pod(s) per node, transport %s, underlay %s\n",
+			cfg.Nodes, cfg.Sites, cfg.PodsPerNode, cfg.Transport, underlay)
 	}
 	fmt.Println("== bringing up the lab")
 	l, err := lab.Up(ctx, cfg)
