@@ -41,9 +41,13 @@ const (
 	bedWireGuardGo bedKind = "wgo"
 	bedWeftVXLAN   bedKind = "wvx"
 	bedWeftWG      bedKind = "wwg"
+	// The dual-stack labs of the IPv6 rows: the IPv4 rows keep labs of
+	// their own, exactly as before.
+	bedWeftVXLAN6 bedKind = "wv6"
+	bedWeftWG6    bedKind = "ww6"
 )
 
-var allBeds = []bedKind{bedHostGW, bedKernelVXLAN, bedWireGuardGo, bedWeftVXLAN, bedWeftWG}
+var allBeds = []bedKind{bedHostGW, bedKernelVXLAN, bedWireGuardGo, bedWeftVXLAN, bedWeftWG, bedWeftVXLAN6, bedWeftWG6}
 
 // bedOf is the testbed that carries a datapath.
 func bedOf(datapath string) bedKind {
@@ -56,6 +60,10 @@ func bedOf(datapath string) bedKind {
 		return bedWireGuardGo
 	case WeftVXLAN:
 		return bedWeftVXLAN
+	case WeftVXLAN6:
+		return bedWeftVXLAN6
+	case WeftWireGuard6:
+		return bedWeftWG6
 	default:
 		return bedWeftWG
 	}
@@ -120,6 +128,13 @@ func (b *bed) up(ctx context.Context, cfg *Config, want []string) error {
 	case bedWeftWG:
 		lc.PodsPerNode = 1
 		lc.Transport = "wireguard"
+	case bedWeftVXLAN6:
+		lc.PodsPerNode = 1
+		lc.DualStack = true
+	case bedWeftWG6:
+		lc.PodsPerNode = 1
+		lc.Transport = "wireguard"
+		lc.DualStack = true
 	default:
 		lc.External = []string{"n1", "n2"}
 	}
@@ -146,7 +161,7 @@ func (b *bed) up(ctx context.Context, cfg *Config, want []string) error {
 		if err := b.wireguardGo(ctx, cfg.WireGuardBin, n1, n2); err != nil {
 			return err
 		}
-	case bedWeftVXLAN, bedWeftWG:
+	case bedWeftVXLAN, bedWeftWG, bedWeftVXLAN6, bedWeftWG6:
 		if err := b.weft(ctx, n1, n2); err != nil {
 			return err
 		}
@@ -317,9 +332,17 @@ func (b *bed) weft(ctx context.Context, n1, n2 *lab.Node) error {
 	if len(p1) == 0 || len(p2) == 0 {
 		return fmt.Errorf("lab %s: no pods", b.prefix)
 	}
-	dp, transport := WeftVXLAN, "vxlan"
-	if b.kind == bedWeftWG {
+	dp, transport, addr := WeftVXLAN, "vxlan", p2[0].Address
+	switch b.kind {
+	case bedWeftWG:
 		dp, transport = WeftWireGuard, "wireguard"
+	case bedWeftVXLAN6:
+		dp, addr = WeftVXLAN6, p2[0].Address6
+	case bedWeftWG6:
+		dp, transport, addr = WeftWireGuard6, "wireguard", p2[0].Address6
+	}
+	if addr == "" {
+		return fmt.Errorf("lab %s: pod %s has no address for %s", b.prefix, p2[0].Name, dp)
 	}
 	// The figures must be those of the transport named in the row: check
 	// what weftd reports it uses toward the other node.
@@ -342,7 +365,7 @@ func (b *bed) weft(ctx context.Context, n1, n2 *lab.Node) error {
 		return fmt.Errorf("lab %s: weftd on %s uses transport %q toward %s, want %q: %w", b.prefix, n1.Name, seen, n2.Name, transport, err)
 	}
 	b.paths = append(b.paths, &path{
-		datapath: dp, clientNS: p1[0].Netns, serverNS: p2[0].Netns, addr: p2[0].Address,
+		datapath: dp, clientNS: p1[0].Netns, serverNS: p2[0].Netns, addr: addr,
 		daemons: []int{n1.WeftdPID, n2.WeftdPID},
 	})
 	return nil

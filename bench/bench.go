@@ -50,21 +50,32 @@ const (
 	WeftVXLAN = "weft-vxlan"
 	// WeftWireGuard is weftd with its WireGuard transport.
 	WeftWireGuard = "weft-wireguard"
+	// WeftVXLAN6 and WeftWireGuard6 are the same transports carrying IPv6
+	// pod traffic (pod to pod between the pods' IPv6 addresses, over the
+	// IPv4 underlay), in a dual-stack lab of their own.
+	WeftVXLAN6     = "weft-vxlan-ipv6"
+	WeftWireGuard6 = "weft-wireguard-ipv6"
 )
 
 // Datapaths lists every datapath in table order.
-var Datapaths = []string{Raw, HostGW, KernelVXLAN, WireGuardGo, WeftVXLAN, WeftWireGuard}
+var Datapaths = []string{Raw, HostGW, KernelVXLAN, WireGuardGo, WeftVXLAN, WeftWireGuard, WeftVXLAN6, WeftWireGuard6}
 
 // Streams are the TCP stream counts measured for every datapath.
 var Streams = []int{1, 4}
 
-// Baseline returns the datapath a weft datapath is judged against, or "".
+// Baseline returns the datapath a weft datapath is judged against, or "":
+// the kernel or standalone program for the IPv4 rows, and the same
+// transport's IPv4 row for an IPv6 one (what IPv6 pod traffic costs).
 func Baseline(datapath string) string {
 	switch datapath {
 	case WeftVXLAN:
 		return KernelVXLAN
 	case WeftWireGuard:
 		return WireGuardGo
+	case WeftVXLAN6:
+		return WeftVXLAN
+	case WeftWireGuard6:
+		return WeftWireGuard
 	}
 	return ""
 }
@@ -79,7 +90,7 @@ type Config struct {
 	// them. Three is the least that makes a median mean something.
 	Reps int
 	// Duration of each iperf3 test. Five seconds keeps the default run
-	// (6 datapaths × 3 reps × 3 tests) near five minutes while each test
+	// (8 datapaths × 3 reps × 3 tests) near seven minutes while each test
 	// still spans many congestion-control cycles (the RTT is ~50 µs).
 	Duration time.Duration
 	// UDPRate is iperf3's -b for the UDP test: a fixed offered load that
@@ -130,8 +141,9 @@ type Config struct {
 
 // DefaultConfig is `make bench`: every datapath, 3 repetitions of 5 s
 // tests, UDP offered at 1 Gbit/s, 20 pings at 50 ms. The measuring takes
-// about 5.5 minutes; with set-up, teardown and at most 2 minutes of
-// waiting for a quiet machine the run stays under 10.
+// about 7 minutes (16 s per datapath and repetition); with set-up,
+// teardown and at most 2 minutes of waiting for a quiet machine the run
+// takes about 10.
 func DefaultConfig() Config {
 	return Config{
 		Datapaths:    slices.Clone(Datapaths),

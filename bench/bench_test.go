@@ -124,6 +124,11 @@ func TestSummarize(t *testing.T) {
 	eq("kernel-vxlan×4 ratio_to_raw", kv4.RatioToRaw, 1.2)
 	eq("kernel-vxlan loss", kv4.UDPLossPct, 1)
 
+	for dp, base := range map[string]string{WeftVXLAN6: WeftVXLAN, WeftWireGuard6: WeftWireGuard} {
+		if got := Baseline(dp); got != base {
+			t.Errorf("%s baseline %q, want %q", dp, got, base)
+		}
+	}
 	wv1 := get(WeftVXLAN, 1)
 	if wv1.Baseline != KernelVXLAN {
 		t.Errorf("weft-vxlan baseline %q", wv1.Baseline)
@@ -189,8 +194,8 @@ func TestJSONSchema(t *testing.T) {
 		}
 		seen[dp] = true
 	}
-	if len(got) != 12 || len(seen) != 6 {
-		t.Errorf("%d objects over %d datapaths, want 12 over 6", len(got), len(seen))
+	if len(got) != 16 || len(seen) != 8 {
+		t.Errorf("%d objects over %d datapaths, want 16 over 8", len(got), len(seen))
 	}
 	if got[len(got)-1]["gbps"] != nil {
 		t.Errorf("weft-wireguard was not measured but has gbps %v", got[len(got)-1]["gbps"])
@@ -272,7 +277,7 @@ rtt min/avg/max/mdev = 0.031/0.046/0.081/0.012 ms
 func TestConfigFromEnv(t *testing.T) {
 	env := func(kv map[string]string) func(string) string { return func(k string) string { return kv[k] } }
 	c, err := DefaultConfig().FromEnv(env(nil))
-	if err != nil || c.Reps != 3 || c.Duration != 5*time.Second || len(c.Datapaths) != 6 || c.OutDir != "bench/results" {
+	if err != nil || c.Reps != 3 || c.Duration != 5*time.Second || len(c.Datapaths) != 8 || c.OutDir != "bench/results" {
 		t.Fatalf("defaults: %+v, %v", c, err)
 	}
 	c, err = DefaultConfig().FromEnv(env(map[string]string{"BENCH_QUICK": "1"}))

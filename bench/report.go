@@ -121,7 +121,8 @@ func (r *Report) Markdown() string {
 	}
 	b.WriteString(Table(r.Rows, r.Unavailable, r.Failed))
 	b.WriteString(`
-- Ratios are ratios of the medians. Baselines: kernel-vxlan for weft-vxlan, wireguard-go for weft-wireguard.
+- Ratios are ratios of the medians. Baselines: kernel-vxlan for weft-vxlan, wireguard-go for weft-wireguard;
+  the IPv4 row of the same transport for weft-vxlan-ipv6 and weft-wireguard-ipv6 (IPv6 pods, IPv4 underlay).
 - CPU s/GB: utime+stime of iperf3 client and server and the datapath's daemons (weftd, wireguard-go)
   per 10^9 bytes received. Softirq work the kernel books to no process is not in it; the
   "machine" column below has every busy CPU second.

@@ -55,7 +55,7 @@ type diverter struct {
 func (d *diverter) divert(bufs [][]byte, sizes []int, offset int) {
 	r, st := d.r, d.st
 	t := r.table.Load()
-	rt := routes{t: t}
+	rt := routes{t: t, devMTU: r.mtu}
 	st.resetGroups()
 	k := 0 // next free VXLAN copy buffer
 	for i := range bufs {
@@ -106,9 +106,10 @@ func (d *diverter) frame(k, size int) []byte {
 // routes looks up the peers of one batch's packets in one table. A batch
 // is mostly one flow, so the last lookup answers the next.
 type routes struct {
-	t    *table
-	dst  netip.Addr // last destination looked up; invalid at first
-	peer *peerEntry // its peer
+	t      *table
+	devMTU int        // the TUN's MTU (Router.mtu)
+	dst    netip.Addr // last destination looked up; invalid at first
+	peer   *peerEntry // its peer
 }
 
 // route finds the peer for an outbound packet and checks that it fits the
@@ -125,7 +126,7 @@ func (rt *routes) route(pkt []byte) (*peerEntry, verdict) {
 	if p == nil {
 		return nil, dropNoRoute
 	}
-	if !p.fits(len(pkt)) {
+	if !p.fits(len(pkt), rt.devMTU) {
 		return p, dropTooBig
 	}
 	return p, pass

@@ -276,8 +276,36 @@ func TestPathFitsByUnderlayFamily(t *testing.T) {
 		if got := p.innerMTU(); got != tc.inner {
 			t.Errorf("%s %v: inner MTU %d, want %d", tc.underlay, tc.transport, got, tc.inner)
 		}
-		if !p.fits(tc.inner) || p.fits(tc.inner+16) {
-			t.Errorf("%s %v: fits(%d) %v, fits(%d) %v", tc.underlay, tc.transport, tc.inner, p.fits(tc.inner), tc.inner+16, p.fits(tc.inner+16))
+		if !p.fits(tc.inner, 0) || p.fits(tc.inner+16, 0) {
+			t.Errorf("%s %v: fits(%d) %v, fits(%d) %v", tc.underlay, tc.transport, tc.inner, p.fits(tc.inner, 0), tc.inner+16, p.fits(tc.inner+16, 0))
+		}
+	}
+}
+
+// TestWireGuardFullSizeFits: on a 1500-byte path a pod packet of the
+// device MTU fits WireGuard over either family, because WireGuard pads
+// only up to the device MTU: 1440 over IPv4 (a multiple of 16 anyway) and
+// 1420 over IPv6 (which is not; padded to 1424 it would not fit). One byte
+// more does not fit, and a smaller packet is padded in full.
+func TestWireGuardFullSizeFits(t *testing.T) {
+	for _, tc := range []struct {
+		underlay string
+		devMTU   int
+	}{{"192.0.2.12:51820", 1440}, {"[2001:db8::12]:51820", 1420}} {
+		p := &peerEntry{Peer: Peer{Underlay: netip.MustParseAddrPort(tc.underlay), Transport: TransportWireGuard}, pmtu: &pathMTU{}}
+		p.pmtu.v.Store(1500)
+		if !p.fits(tc.devMTU, tc.devMTU) {
+			t.Errorf("%s: a %d-byte packet with device MTU %d does not fit a 1500-byte path", tc.underlay, tc.devMTU, tc.devMTU)
+		}
+		if p.fits(tc.devMTU+1, tc.devMTU+1) {
+			t.Errorf("%s: a %d-byte packet fits a 1500-byte path", tc.underlay, tc.devMTU+1)
+		}
+	}
+	for _, tc := range []struct{ size, devMTU, want int }{
+		{1409, 1420, 1420}, {1420, 1420, 1420}, {1400, 1420, 1408}, {1409, 0, 1424}, {1440, 1440, 1440}, {1500, 1420, 1500},
+	} {
+		if got := wgPadded(tc.size, tc.devMTU); got != tc.want {
+			t.Errorf("wgPadded(%d, %d) = %d, want %d", tc.size, tc.devMTU, got, tc.want)
 		}
 	}
 }

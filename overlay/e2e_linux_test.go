@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -417,15 +418,23 @@ func TestNetnsKernelVXLANInterop(t *testing.T) {
 // CIDR through n1's gateway, and static neighbour and FDB entries.
 func kernelVXLAN(t *testing.T, l *lab.Lab, n1, kernel *lab.Node, mac, addr, port string) {
 	t.Helper()
+	kernelVXLANOver(t, l, n1, kernel, mac, addr, port, kernel.UnderlayAddr, n1.UnderlayAddr, 1450)
+}
+
+// kernelVXLANOver is kernelVXLAN with the underlay addresses given: the
+// device's local address and n1's, of either family, and the device's
+// MTU (flannel's: the underlay MTU minus 50 over IPv4, 70 over IPv6).
+func kernelVXLANOver(t *testing.T, l *lab.Lab, n1, kernel *lab.Node, mac, addr, port, local, remote string, mtu int) {
+	t.Helper()
 	mac1 := status(t, n1).Self.VTEPMAC
 	gw1 := netip.MustParsePrefix(n1.PodCIDR).Addr() // flannel routes via the peer's network address
 	for _, args := range [][]string{
-		{"ip", "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", kernel.UnderlayAddr, "dev", kernel.UnderlayIf, "dstport", port, "nolearning"},
-		{"ip", "link", "set", "flannel.1", "address", mac, "mtu", "1450", "up"},
+		{"ip", "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", local, "dev", kernel.UnderlayIf, "dstport", port, "nolearning"},
+		{"ip", "link", "set", "flannel.1", "address", mac, "mtu", strconv.Itoa(mtu), "up"},
 		{"ip", "addr", "add", addr + "/32", "dev", "flannel.1"},
 		{"ip", "route", "add", n1.PodCIDR, "via", gw1.String(), "dev", "flannel.1", "onlink"},
 		{"ip", "neigh", "replace", gw1.String(), "lladdr", mac1, "dev", "flannel.1", "nud", "permanent"},
-		{"bridge", "fdb", "append", mac1, "dev", "flannel.1", "dst", n1.UnderlayAddr},
+		{"bridge", "fdb", "append", mac1, "dev", "flannel.1", "dst", remote},
 	} {
 		if out, err := l.Exec(context.Background(), kernel.Netns, args...); err != nil {
 			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)

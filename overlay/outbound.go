@@ -87,7 +87,7 @@ func (r *Router) encapsulate(t *table, buf []byte, size int) (*peerEntry, verdic
 	if p == nil {
 		return nil, dropNoRoute
 	}
-	if !p.fits(size) {
+	if !p.fits(size, r.mtu) {
 		return p, dropTooBig
 	}
 	if p.Transport == TransportWireGuard {

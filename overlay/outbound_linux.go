@@ -210,7 +210,7 @@ func (r *Router) sendSuper(t *table, sp *superPacket, fo *fastOut, st *outState)
 		return false, true
 	}
 	segLen := sp.hdrLen + sp.mss
-	if !p.fits(segLen) {
+	if !p.fits(segLen, r.mtu) {
 		r.tooBig(p, sp.pkt, st)
 		st.counts.drops[dropTooBig] += uint64(sp.segs)
 		return true, true

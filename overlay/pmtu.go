@@ -36,7 +36,8 @@ const (
 type pathMTU struct{ v atomic.Int32 }
 
 // fits reports whether an inner packet of size bytes fits the path to p.
-func (p *peerEntry) fits(size int) bool {
+// devMTU is the TUN's MTU (0: unknown), which bounds WireGuard's padding.
+func (p *peerEntry) fits(size, devMTU int) bool {
 	if p.pmtu == nil {
 		return true
 	}
@@ -45,13 +46,29 @@ func (p *peerEntry) fits(size int) bool {
 		return true
 	}
 	if p.Transport == TransportWireGuard {
-		// WireGuard pads the plaintext to a multiple of 16 bytes.
-		return (size+15)&^15+p.wgOverhead() <= m
+		return wgPadded(size, devMTU)+p.wgOverhead() <= m
 	}
 	return size+p.outerUDP()+22 <= m // + VXLAN header and inner Ethernet
 }
 
-// innerMTU is the largest inner packet that fits the path to p.
+// wgPadded is the plaintext length WireGuard sends for an inner packet of
+// size bytes: padded to a multiple of 16, but never past the device MTU
+// (the device pads up to the MTU at most: calculatePaddingSize in
+// encap/wireguard/internal/device), so a packet of the MTU's size goes
+// unpadded. That matters where the pod MTU is no multiple of 16, as
+// over an IPv6 underlay (1500 − 80 = 1420): without the cap, full-size
+// packets would be refused on a path that carries them.
+func wgPadded(size, devMTU int) int {
+	padded := (size + 15) &^ 15
+	if devMTU > 0 && padded > devMTU {
+		padded = max(devMTU, size)
+	}
+	return padded
+}
+
+// innerMTU is the largest inner packet that fits the path to p, when some
+// packet the TUN can hold does not (the answer to one that did not fit):
+// for WireGuard a multiple of 16, as padding then applies in full.
 func (p *peerEntry) innerMTU() int {
 	m := int(p.pmtu.v.Load())
 	if p.Transport == TransportWireGuard {

@@ -48,12 +48,16 @@ func TestPolicyChoose(t *testing.T) {
 		t.Error("ParsePolicy accepted ipsec")
 	}
 	for _, tc := range []struct {
-		p    Policy
-		wg   bool
-		want int
-	}{{PolicyVXLAN, true, 1450}, {PolicyWireGuard, true, 1440}, {PolicyWireGuardAcrossSites, true, 1440}, {PolicyWireGuard, false, 1450}} {
-		if got := tc.p.PodMTU(1500, tc.wg); got != tc.want {
-			t.Errorf("%s PodMTU(1500, wg=%v) = %d, want %d", tc.p, tc.wg, got, tc.want)
+		p      Policy
+		wg, v6 bool
+		want   int
+	}{
+		{PolicyVXLAN, true, false, 1450}, {PolicyWireGuard, true, false, 1440}, {PolicyWireGuardAcrossSites, true, false, 1440}, {PolicyWireGuard, false, false, 1450},
+		// Over an IPv6 underlay: 70 bytes for VXLAN, 80 for WireGuard.
+		{PolicyVXLAN, true, true, 1430}, {PolicyWireGuard, true, true, 1420}, {PolicyWireGuardAcrossSites, true, true, 1420}, {PolicyWireGuard, false, true, 1430},
+	} {
+		if got := tc.p.PodMTU(1500, tc.wg, tc.v6); got != tc.want {
+			t.Errorf("%s PodMTU(1500, wg=%v, v6=%v) = %d, want %d", tc.p, tc.wg, tc.v6, got, tc.want)
 		}
 	}
 }

@@ -257,6 +257,9 @@ func (r *Router) SetPeers(peers []Peer) error {
 		}
 	}
 	r.table.Store(newTable(entries))
+	// A new peer's path MTU is unknown (no limit) until the next refresh:
+	// ask for it now, so that its first packets are checked against it.
+	r.kickPathMTU()
 	return errors.Join(errs...)
 }
 

@@ -28,6 +28,11 @@ type Config struct {
 	// Binding to one address (not 0.0.0.0) keeps gossip off pod and
 	// management interfaces and makes the advertised address predictable.
 	BindAddr netip.Addr
+	// AltBindAddr is the node's underlay address of the other family, if
+	// it has one (Record.AltUnderlay): gossip binds it too, on the same
+	// port, and peers that have only that family reach this node there
+	// (transport.go). Invalid means none.
+	AltBindAddr netip.Addr
 	// BindPort is the TCP and UDP gossip port. 0 lets the kernel pick one
 	// (tests); GossipAddr reports the result.
 	BindPort int
@@ -144,6 +149,12 @@ func (cfg Config) check(self Record) error {
 	}
 	if !cfg.BindAddr.IsValid() {
 		return errors.New("no bind address")
+	}
+	if a := cfg.AltBindAddr; a.IsValid() && a.Unmap().Is4() == cfg.BindAddr.Unmap().Is4() {
+		return fmt.Errorf("second bind address %s is of the same family as %s", a, cfg.BindAddr)
+	}
+	if a := cfg.AltBindAddr; a.IsValid() && a.Unmap() != self.AltUnderlay {
+		return fmt.Errorf("second bind address %s differs from the record's second underlay address %s", a, self.AltUnderlay)
 	}
 	if cfg.BindPort < 0 || cfg.BindPort > 65535 {
 		return fmt.Errorf("bad bind port %d", cfg.BindPort)

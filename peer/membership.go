@@ -145,7 +145,20 @@ func Join(cfg Config, self Record) (*Membership, error) {
 		mc.BindPort = nt.GetAutoBindPort()
 		mc.AdvertisePort = mc.BindPort
 	}
-	m.tr = newTransport(nt, self, netip.AddrPortFrom(cfg.BindAddr.Unmap(), uint16(mc.BindPort)), func() {
+	var alt *memberlist.NetTransport
+	if cfg.AltBindAddr.IsValid() {
+		// The other family's socket pair, on the port the first got.
+		alt, err = memberlist.NewNetTransport(&memberlist.NetTransportConfig{
+			BindAddrs: []string{cfg.AltBindAddr.Unmap().String()},
+			BindPort:  mc.BindPort,
+			Logger:    log.New(memberlistLog{cfg.Logger.With("component", "memberlist")}, "", 0),
+		})
+		if err != nil {
+			nt.Shutdown()
+			return nil, fmt.Errorf("join: start gossip on %s: %w", net.JoinHostPort(cfg.AltBindAddr.Unmap().String(), strconv.Itoa(mc.BindPort)), err)
+		}
+	}
+	m.tr = newTransport(nt, alt, self, netip.AddrPortFrom(cfg.BindAddr.Unmap(), uint16(mc.BindPort)), func() {
 		select {
 		case m.natKick <- struct{}{}:
 		default:
@@ -177,7 +190,11 @@ func Join(cfg Config, self Record) (*Membership, error) {
 		return nil, fmt.Errorf("join: start gossip on %s: %w", net.JoinHostPort(mc.BindAddr, strconv.Itoa(cfg.BindPort)), err)
 	}
 	m.ml = ml
-	m.seeds = joinTargets(cfg.Seeds, m.GossipAddr(), netip.AddrPortFrom(cfg.BindAddr.Unmap(), uint16(mc.BindPort)))
+	own := []netip.AddrPort{m.GossipAddr(), netip.AddrPortFrom(cfg.BindAddr.Unmap(), uint16(mc.BindPort))}
+	if cfg.AltBindAddr.IsValid() {
+		own = append(own, netip.AddrPortFrom(cfg.AltBindAddr.Unmap(), uint16(mc.BindPort)))
+	}
+	m.seeds = joinTargets(cfg.Seeds, own...)
 	m.log.Info("gossip started", "addr", m.GossipAddr(), "seeds", m.seeds)
 
 	m.wg.Add(1)

@@ -43,7 +43,7 @@ const (
 	CapBehindNAT uint32 = 1 << 5
 )
 
-// Codec bounds. They keep the worst-case encoding (291 bytes) well under
+// Codec bounds. They keep the worst-case encoding (308 bytes) well under
 // memberlist's MetaMaxSize (512), which memberlist enforces with a panic.
 const (
 	RecordVersion = 1  // first byte of every encoded record
@@ -81,9 +81,15 @@ type Record struct {
 	// the ports are the same on both. Invalid means none: the node has
 	// no inbound path from other sites and is reached through the NAT
 	// mappings it keeps open, or through a relay.
-	Public     netip.Addr
-	Caps       uint32 // Cap* bits
-	Generation uint64 // bumped by the owner on every change of its record
+	Public netip.Addr
+	// AltUnderlay is the node's underlay address of the other family
+	// than Underlay's, on the same ports (VXLAN, WireGuard, gossip), for
+	// a node with one address per family: peers that have only that
+	// family reach it there (weftd: reach.go, peer: transport.go).
+	// Invalid means none: the node has Underlay's family only.
+	AltUnderlay netip.Addr
+	Caps        uint32 // Cap* bits
+	Generation  uint64 // bumped by the owner on every change of its record
 }
 
 // Equal reports whether r and o describe the same record. A nil and an
@@ -91,7 +97,8 @@ type Record struct {
 func (r Record) Equal(o Record) bool {
 	if r.Name != o.Name || r.Underlay != o.Underlay || r.VTEPMAC != o.VTEPMAC ||
 		r.WGPublicKey != o.WGPublicKey || r.WGPort != o.WGPort || r.Site != o.Site ||
-		r.Caps != o.Caps || r.Generation != o.Generation || r.Public != o.Public || len(r.PodCIDRs) != len(o.PodCIDRs) {
+		r.Caps != o.Caps || r.Generation != o.Generation || r.Public != o.Public || r.AltUnderlay != o.AltUnderlay ||
+		len(r.PodCIDRs) != len(o.PodCIDRs) {
 		return false
 	}
 	for i := range r.PodCIDRs {
@@ -130,6 +137,14 @@ func (r Record) Validate() error {
 	}
 	if a := r.Public; a.IsValid() && (a.Zone() != "" || a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() || a.Is4In6()) {
 		return fmt.Errorf("record %s: unusable public address %s", r.Name, a)
+	}
+	if a := r.AltUnderlay; a.IsValid() {
+		if a.Zone() != "" || a.IsUnspecified() || a.IsMulticast() || a.Is4In6() {
+			return fmt.Errorf("record %s: unusable second underlay address %s", r.Name, a)
+		}
+		if a.Is4() == r.Underlay.Addr().Unmap().Is4() {
+			return fmt.Errorf("record %s: second underlay address %s is of the same family as %s (one per family)", r.Name, a, r.Underlay.Addr())
+		}
 	}
 	if len(r.PodCIDRs) > MaxPodCIDRs {
 		return fmt.Errorf("record %s: %d pod CIDRs, at most %d", r.Name, len(r.PodCIDRs), MaxPodCIDRs)
@@ -194,9 +209,11 @@ func checkLabel(what, s string, max int) error {
 //	  bits         1       ≤ 32 or ≤ 128
 //	VTEP MAC       6
 //	flags          1     bit 0: WireGuard key follows; bit 1: public
+//	                     address follows; bit 2: second underlay
 //	                     address follows; other bits zero
 //	WG public key  32    only with flag bit 0
 //	public addr    1+4|16 only with flag bit 1
+//	alt underlay   1+4|16 only with flag bit 2
 //	WG port        2
 //	caps           4
 //	generation     8
@@ -205,9 +222,13 @@ func checkLabel(what, s string, max int) error {
 // Flag bit 1 came with public addresses: a daemon from before refuses a
 // record that sets it (unknown flag), so in a cluster mid-upgrade give
 // nodes a public address only once every node runs a version that knows it.
+// Flag bit 2 came with a second underlay address (one per family): the same
+// holds, a daemon from before refuses such a record, so give a node its
+// second address only once every node knows the bit.
 const (
-	flagWGKey  = 1 << 0
-	flagPublic = 1 << 1
+	flagWGKey       = 1 << 0
+	flagPublic      = 1 << 1
+	flagAltUnderlay = 1 << 2
 )
 
 // Size returns the length of r's encoding.
@@ -222,6 +243,9 @@ func (r *Record) Size() int {
 	}
 	if r.Public.IsValid() {
 		n += addrLen(r.Public)
+	}
+	if r.AltUnderlay.IsValid() {
+		n += addrLen(r.AltUnderlay)
 	}
 	return n
 }
@@ -256,8 +280,8 @@ func (r *Record) AppendBinary(b []byte) ([]byte, error) {
 	if len(r.PodCIDRs) > MaxPodCIDRs {
 		return b, fmt.Errorf("encode record %s: %d pod CIDRs, at most %d", r.Name, len(r.PodCIDRs), MaxPodCIDRs)
 	}
-	if r.Underlay.Addr().Zone() != "" || r.Public.Zone() != "" {
-		return b, fmt.Errorf("encode record %s: underlay address %s or public address %s has a zone", r.Name, r.Underlay.Addr(), r.Public)
+	if r.Underlay.Addr().Zone() != "" || r.Public.Zone() != "" || r.AltUnderlay.Zone() != "" {
+		return b, fmt.Errorf("encode record %s: underlay address %s, %s or public address %s has a zone", r.Name, r.Underlay.Addr(), r.AltUnderlay, r.Public)
 	}
 	for _, p := range r.PodCIDRs {
 		if !p.IsValid() || p.Addr().Zone() != "" {
@@ -285,12 +309,18 @@ func (r *Record) AppendBinary(b []byte) ([]byte, error) {
 	if r.Public.IsValid() {
 		flags |= flagPublic
 	}
+	if r.AltUnderlay.IsValid() {
+		flags |= flagAltUnderlay
+	}
 	b = append(b, flags)
 	if r.HasWGKey() {
 		b = append(b, r.WGPublicKey[:]...)
 	}
 	if r.Public.IsValid() {
 		b = appendAddr(b, r.Public)
+	}
+	if r.AltUnderlay.IsValid() {
+		b = appendAddr(b, r.AltUnderlay)
 	}
 	b = binary.BigEndian.AppendUint16(b, r.WGPort)
 	b = binary.BigEndian.AppendUint32(b, r.Caps)
@@ -352,7 +382,7 @@ func (r *Record) UnmarshalBinary(b []byte) error {
 	}
 	copy(out.VTEPMAC[:], d.bytes(6))
 	flags := d.u8()
-	if d.err == nil && flags&^(flagWGKey|flagPublic) != 0 {
+	if d.err == nil && flags&^(flagWGKey|flagPublic|flagAltUnderlay) != 0 {
 		return fmt.Errorf("decode record %q: unknown flags %#x", out.Name, flags)
 	}
 	if flags&flagWGKey != 0 {
@@ -361,6 +391,11 @@ func (r *Record) UnmarshalBinary(b []byte) error {
 	if flags&flagPublic != 0 {
 		if out.Public = d.addr("public address"); d.err == nil && !out.Public.IsValid() {
 			return fmt.Errorf("decode record %q: public address flag without an address", out.Name)
+		}
+	}
+	if flags&flagAltUnderlay != 0 {
+		if out.AltUnderlay = d.addr("second underlay address"); d.err == nil && !out.AltUnderlay.IsValid() {
+			return fmt.Errorf("decode record %q: second underlay flag without an address", out.Name)
 		}
 	}
 	out.WGPort = d.u16()

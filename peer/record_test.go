@@ -37,6 +37,7 @@ func TestRecordRoundTrip(t *testing.T) {
 		Caps:        CapVXLAN | CapWireGuard | 1<<31,
 		Generation:  ^uint64(0),
 		Public:      netip.MustParseAddr("2001:db8:ffff::1"),
+		AltUnderlay: netip.MustParseAddr("198.51.100.255"),
 	}
 	public := testRecord()
 	public.Public = netip.MustParseAddr("203.0.113.11")
@@ -46,6 +47,14 @@ func TestRecordRoundTrip(t *testing.T) {
 	wg.Caps |= CapWireGuard
 	dual := testRecord()
 	dual.PodCIDRs = append(dual.PodCIDRs, netip.MustParsePrefix("fd00:10:244:1::/64"))
+	// One underlay address per family, either one first.
+	twoFamilies := testRecord()
+	twoFamilies.AltUnderlay = netip.MustParseAddr("2001:db8:1::11")
+	twoFamilies6 := testRecord()
+	twoFamilies6.Underlay = netip.MustParseAddrPort("[2001:db8:1::11]:4789")
+	twoFamilies6.AltUnderlay = netip.MustParseAddr("192.0.2.11")
+	twoSame := testRecord()
+	twoSame.AltUnderlay = netip.MustParseAddr("192.0.2.99")
 
 	tests := []struct {
 		name  string
@@ -56,6 +65,10 @@ func TestRecordRoundTrip(t *testing.T) {
 		{"wireguard", wg, true},
 		{"public address", public, true},
 		{"dual stack", dual, true},
+		{"underlay in both families", twoFamilies, true},
+		{"underlay in both families, IPv6 first", twoFamilies6, true},
+		// Carried faithfully, refused by Validate: one address per family.
+		{"two underlay addresses of one family", twoSame, false},
 		{"max sizes", full, true},
 		{"zero", Record{}, false},
 		{"no cidrs", Record{Name: "a", Underlay: netip.MustParseAddrPort("192.0.2.1:1")}, true},
@@ -103,6 +116,7 @@ func TestRecordSize(t *testing.T) {
 	}
 	worst.WGPublicKey[0] = 1
 	worst.Public = netip.MustParseAddr("2001:db8::2")
+	worst.AltUnderlay = netip.MustParseAddr("2001:db8::3") // the codec carries it; Validate refuses the family
 	b, err := worst.MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
@@ -167,6 +181,10 @@ func TestRecordUnmarshalMalformed(t *testing.T) {
 		{"cidr without address", with(18, 0), nil, "no address"},
 		{"v4 prefix length 33", with(23, 33), nil, "bad prefix length 33"},
 		{"unknown flags", with(30, 0x87), nil, "unknown flags"},
+		{"unknown flag bit 3", with(30, flagWGKey|1<<3), nil, "unknown flags"},
+		// Flag bit 2 with the WireGuard port's first byte (0) read as
+		// the second underlay address's family.
+		{"second underlay flag without address", with(30, flagWGKey|flagAltUnderlay), nil, "second underlay flag without an address"},
 		// Flag bit 1 with the WireGuard port's first byte (0) read as
 		// the public address family.
 		{"public flag without address", with(30, flagWGKey|flagPublic), nil, "public address flag without an address"},
@@ -222,6 +240,10 @@ func TestRecordValidate(t *testing.T) {
 		"public unspecified": mod(func(r *Record) { r.Public = netip.IPv4Unspecified() }),
 		"public loopback":    mod(func(r *Record) { r.Public = netip.MustParseAddr("127.0.0.1") }),
 		"public 4in6":        mod(func(r *Record) { r.Public = netip.MustParseAddr("::ffff:203.0.113.1") }),
+		"alt same family":    mod(func(r *Record) { r.AltUnderlay = netip.MustParseAddr("192.0.2.12") }),
+		"alt 4in6":           mod(func(r *Record) { r.AltUnderlay = netip.MustParseAddr("::ffff:192.0.2.12") }),
+		"alt unspecified":    mod(func(r *Record) { r.AltUnderlay = netip.IPv6Unspecified() }),
+		"alt multicast":      mod(func(r *Record) { r.AltUnderlay = netip.MustParseAddr("ff02::1") }),
 	}
 	for name, r := range bad {
 		if err := r.Validate(); err == nil {
@@ -248,7 +270,8 @@ func TestRecordUnmarshalAllocs(t *testing.T) {
 }
 
 func FuzzRecordUnmarshal(f *testing.F) {
-	for _, r := range []Record{testRecord(), {}, {Name: "x", Underlay: netip.MustParseAddrPort("[2001:db8::2]:8472"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("fd00::/64")}, WGPublicKey: [32]byte{1}}, {Name: "p", Underlay: netip.MustParseAddrPort("192.0.2.11:4789"), Public: netip.MustParseAddr("203.0.113.11")}} {
+	for _, r := range []Record{testRecord(), {}, {Name: "x", Underlay: netip.MustParseAddrPort("[2001:db8::2]:8472"), PodCIDRs: []netip.Prefix{netip.MustParsePrefix("fd00::/64")}, WGPublicKey: [32]byte{1}}, {Name: "p", Underlay: netip.MustParseAddrPort("192.0.2.11:4789"), Public: netip.MustParseAddr("203.0.113.11")},
+		{Name: "m", Underlay: netip.MustParseAddrPort("192.0.2.11:4789"), AltUnderlay: netip.MustParseAddr("2001:db8:1::11"), WGPublicKey: [32]byte{2}}} {
 		b, err := r.MarshalBinary()
 		if err != nil {
 			f.Fatal(err)

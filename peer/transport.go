@@ -36,6 +36,15 @@ package peer
 // news until its next keepalive corrects the address. Only nodes without
 // a public address are ever reached at a learned address.
 //
+// A node with an underlay address in each family (Record.AltUnderlay,
+// Config.AltBindAddr) binds gossip on both, on the same port, and
+// advertises its first. memberlist knows a node at one address; when that
+// one is of a family this node has no address in, the resolver uses the
+// node's address of the other family, and when the node has none either
+// there is no path (memberlist's indirect probes through the nodes that
+// have both families keep it alive in our view, and their gossip carries
+// its news). Packets leave by the socket of the destination's family.
+//
 // Streams (push/pull, joins) go to the same resolved address. A node
 // behind NAT cannot be dialled; its own push/pulls, which it dials, carry
 // state both ways.
@@ -67,10 +76,15 @@ const seenTTL = 2 * time.Minute
 // transport is the memberlist transport weft runs with (see above).
 type transport struct {
 	*memberlist.NetTransport
+	// alt is the gossip socket pair of the other family (Record.
+	// AltUnderlay), nil when the node has one family.
+	alt     *memberlist.NetTransport
+	streams chan net.Conn // both transports' inbound streams, when alt is set
 	self    Record
 	packets chan *memberlist.Packet
 	stop    chan struct{}
 	done    chan struct{}
+	wg      sync.WaitGroup // the stream forwarders
 
 	// peers is the latest directory (Membership.run stores it): the
 	// records the resolver and the tagger read, by name.
@@ -95,9 +109,10 @@ type seenAddr struct {
 
 // newTransport wraps nt for self; local is the bound gossip address and
 // onNAT is called (once) when a public peer says this node is behind NAT.
-func newTransport(nt *memberlist.NetTransport, self Record, local netip.AddrPort, onNAT func()) *transport {
+func newTransport(nt, alt *memberlist.NetTransport, self Record, local netip.AddrPort, onNAT func()) *transport {
 	t := &transport{
 		NetTransport: nt,
+		alt:          alt,
 		self:         self,
 		local:        local,
 		onNAT:        onNAT,
@@ -109,7 +124,78 @@ func newTransport(nt *memberlist.NetTransport, self Record, local netip.AddrPort
 	empty := map[string]Peer{}
 	t.peers.Store(&empty)
 	go t.receive()
+	if alt != nil {
+		t.streams = make(chan net.Conn)
+		t.wg.Add(2)
+		go t.forwardStreams(nt.StreamCh())
+		go t.forwardStreams(alt.StreamCh())
+	}
 	return t
+}
+
+// forwardStreams hands memberlist the streams of one of two transports.
+func (t *transport) forwardStreams(in <-chan net.Conn) {
+	defer t.wg.Done()
+	for {
+		select {
+		case c := <-in:
+			select {
+			case t.streams <- c:
+			case <-t.stop:
+				c.Close()
+				return
+			}
+		case <-t.stop:
+			return
+		}
+	}
+}
+
+// StreamCh delivers inbound streams of every bound family.
+func (t *transport) StreamCh() <-chan net.Conn {
+	if t.alt == nil {
+		return t.NetTransport.StreamCh()
+	}
+	return t.streams
+}
+
+// writeTo sends b to addr ("host:port") from the socket of addr's family.
+func (t *transport) writeTo(b []byte, addr string) (time.Time, error) {
+	if t.alt != nil {
+		if ap, err := netip.ParseAddrPort(addr); err == nil && ap.Addr().Unmap().Is4() != t.local.Addr().Is4() {
+			return t.alt.WriteTo(b, addr)
+		}
+	}
+	return t.NetTransport.WriteTo(b, addr)
+}
+
+// WriteTo sends b to addr (memberlist's calls without a node name).
+func (t *transport) WriteTo(b []byte, addr string) (time.Time, error) { return t.writeTo(b, addr) }
+
+// hasFamily reports whether this node has an underlay address of a's
+// family.
+func (t *transport) hasFamily(a netip.Addr) bool {
+	a = a.Unmap()
+	if a.Is4() == t.local.Addr().Is4() {
+		return true
+	}
+	return t.self.AltUnderlay.IsValid() && t.self.AltUnderlay.Is4() == a.Is4()
+}
+
+// inFamily rewrites the resolved address addr of the node with record r
+// into one of a family this node has: addr itself, or r's underlay
+// address of the other family on the same port; "" when there is none.
+func (t *transport) inFamily(addr string, r Record) string {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || t.hasFamily(ap.Addr()) {
+		return addr // a name, or already fine
+	}
+	for _, a := range []netip.Addr{r.Underlay.Addr(), r.AltUnderlay} {
+		if a.IsValid() && t.hasFamily(a) {
+			return netip.AddrPortFrom(a.Unmap(), ap.Port()).String()
+		}
+	}
+	return ""
 }
 
 // setPeers replaces the directory the resolver reads.
@@ -126,10 +212,15 @@ func (t *transport) setPeers(all []Peer) {
 func (t *transport) receive() {
 	defer close(t.done)
 	in := t.NetTransport.PacketCh()
+	var in2 <-chan *memberlist.Packet // nil (never ready) without alt
+	if t.alt != nil {
+		in2 = t.alt.PacketCh()
+	}
 	for {
 		var p *memberlist.Packet
 		select {
 		case p = <-in:
+		case p = <-in2:
 		case <-t.stop:
 			return
 		}
@@ -198,7 +289,7 @@ func parseSeen(b []byte) (netip.AddrPort, error) {
 // tellSeen answers a keepalive from from with where it came from.
 func (t *transport) tellSeen(from net.Addr) {
 	if ap, ok := udpAddrPort(from); ok {
-		t.NetTransport.WriteTo(appendSeen(nil, ap), ap.String())
+		t.writeTo(appendSeen(nil, ap), ap.String())
 	}
 }
 
@@ -298,7 +389,15 @@ func (t *transport) resolve(a memberlist.Address) (string, bool) {
 	if !ok {
 		return a.Addr, false
 	}
-	r := p.Record
+	addr, tagged := t.resolveSite(a, p.Record)
+	if addr == "" {
+		return "", tagged
+	}
+	return t.inFamily(addr, p.Record), tagged
+}
+
+// resolveSite is resolve's choice by site and NAT, before the family.
+func (t *transport) resolveSite(a memberlist.Address, r Record) (string, bool) {
 	tagged := r.Caps&CapGossipTag != 0
 	switch {
 	case r.Site == t.self.Site:
@@ -340,7 +439,7 @@ func (t *transport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, e
 	if tagged {
 		b = append(appendTag(make([]byte, 0, 2+len(t.self.Name)+len(b)), t.self.Name), b...)
 	}
-	return t.NetTransport.WriteTo(b, addr)
+	return t.writeTo(b, addr)
 }
 
 // DialAddressTimeout dials a at the resolved address.
@@ -370,7 +469,10 @@ func (t *transport) keepalive() {
 		if port == 0 {
 			continue
 		}
-		if _, err := t.NetTransport.WriteTo(tag, net.JoinHostPort(r.Public.String(), strconv.Itoa(port))); err == nil {
+		if !t.hasFamily(r.Public) {
+			continue
+		}
+		if _, err := t.writeTo(tag, net.JoinHostPort(r.Public.String(), strconv.Itoa(port))); err == nil {
 			t.nKeepalive.Add(1)
 		}
 	}
@@ -379,11 +481,15 @@ func (t *transport) keepalive() {
 // Shutdown stops the receive loop, then memberlist's transport.
 func (t *transport) Shutdown() error {
 	err := t.NetTransport.Shutdown()
+	if t.alt != nil {
+		err = errors.Join(err, t.alt.Shutdown())
+	}
 	select {
 	case <-t.stop:
 	default:
 		close(t.stop)
 	}
 	<-t.done
+	t.wg.Wait()
 	return err
 }

@@ -106,7 +106,7 @@ func newTestTransportAt(t *testing.T, self Record, local netip.AddrPort, onNAT f
 	if !local.IsValid() {
 		local = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(nt.GetAutoBindPort()))
 	}
-	tr := newTransport(nt, self, local, onNAT)
+	tr := newTransport(nt, nil, self, local, onNAT)
 	t.Cleanup(func() { tr.Shutdown() })
 	return tr
 }

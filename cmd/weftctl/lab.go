@@ -46,6 +46,7 @@ func labFlags(fs *flag.FlagSet, cfg *lab.Config, ext *stringList, weftdArgs *[]s
 	fs.StringVar(&cfg.BinDir, "bin-dir", cfg.BinDir, "directory holding weftd and weft-cni")
 	fs.StringVar(&cfg.Transport, "transport", cfg.Transport, "transport policy: vxlan, wireguard or wireguard-across-sites")
 	fs.BoolVar(&cfg.DualStack, "dual-stack", cfg.DualStack, "dual-stack pods: an IPv6 pod CIDR per node (fd00:10:244:<i>::/64 of fd00:10:244::/56) beside the IPv4 one, one address of each family per pod")
+	fs.StringVar(&cfg.Underlay, "underlay", "ipv4", "underlay family: ipv4 (TEST-NET /24s), ipv6 (a 2001:db8:<site>::/64 per site, nodes' only underlay address IPv6: gossip, VXLAN and WireGuard over IPv6) or mixed (both subnets per site; node i IPv4 only for i%3=1, IPv6 only for i%3=2, both for i%3=0); combine with --dual-stack for IPv6 pods too")
 	fs.StringVar(&cfg.Topology, "topology", cfg.Topology, "plain (sites joined by one router) or nat (two clouds and an on-premises site behind NAT gateways, 7 nodes; deploy/lab/README.md); nat defaults --transport to wireguard-across-sites")
 	fs.Var(ext, "external", "nodes that get a namespace but no weftd and no pods (repeatable or comma-separated, e.g. n3)")
 	fs.Func("weftd-arg", "extra flag for every weftd (repeatable)", func(v string) error {
@@ -237,7 +238,7 @@ func printLab(w io.Writer, l *lab.Lab) {
 				d += " (not running)"
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Netns, n.Site, n.UnderlayAddr, strings.TrimSuffix(n.PodCIDR+" "+n.PodCIDR6, " "), d)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Netns, n.Site, strings.TrimSuffix(n.UnderlayAddr+" "+n.AltUnderlayAddr, " "), strings.TrimSuffix(n.PodCIDR+" "+n.PodCIDR6, " "), d)
 	}
 	tw.Flush()
 	if len(l.Pods) == 0 {
@@ -344,9 +345,19 @@ type pairResult struct {
 	pingErr   error
 	tcp       lab.TransferResult
 	tcpErr    error
+	// noFamily: the two nodes share no underlay family (mixed underlay),
+	// so the pair is not probed; unreachable is the reason the sending
+	// node's weftd gives, which it must give.
+	noFamily    bool
+	unreachable string
 }
 
-func (r pairResult) ok() bool { return r.pingErr == nil && r.tcpErr == nil }
+func (r pairResult) ok() bool {
+	if r.noFamily {
+		return r.unreachable != ""
+	}
+	return r.pingErr == nil && r.tcpErr == nil
+}
 
 // runDemo is `make demo`: a fresh lab, every ordered pair of pods on
 // different nodes pinged and sent a checksummed TCP stream, a summary, and
@@ -380,8 +391,12 @@ func runDemo(args []string) error {
 	if cfg.Topology == lab.TopologyNAT {
 		fmt.Printf("== weft demo: 7 nodes in two clouds and on premises, behind NAT, %d pod(s) per node, transport %s\n", cfg.PodsPerNode, cfg.Transport)
 	} else {
-		fmt.Printf("== weft demo: %d nodes on %d sites, %d pod(s) per node, transport %s\n",
-			cfg.Nodes, cfg.Sites, cfg.PodsPerNode, cfg.Transport)
+		underlay := cfg.Underlay
+		if underlay == "" {
+			underlay = lab.UnderlayIPv4
+		}
+		fmt.Printf("== weft demo: %d nodes on %d sites, %d pod(s) per node, transport %s, underlay %s\n",
+			cfg.Nodes, cfg.Sites, cfg.PodsPerNode, cfg.Transport, underlay)
 	}
 	fmt.Println("== bringing up the lab")
 	l, err := lab.Up(ctx, cfg)
@@ -463,6 +478,12 @@ func probePairs(ctx context.Context, l *lab.Lab, size int64) []pairResult {
 					src = from.Address6
 				}
 				fmt.Printf("== %s (%s) -> %s (%s)\n", from.Name, src, to.Name, addr)
+				if !l.ShareFamily(from.Node, to.Node) {
+					r.noFamily, r.unreachable = true, unreachableReason(ctx, l, from.Node, to.Node)
+					fmt.Printf("   %s\n", pingCell(r))
+					results = append(results, r)
+					continue
+				}
 				r.ping, r.pingErr = l.Ping(ctx, from.Netns, addr, 3)
 				r.tcp, r.tcpErr = l.TransferTo(ctx, from, to, addr, size)
 				fmt.Printf("   ping %s, tcp %s\n", pingCell(r), tcpCell(r))
@@ -505,7 +526,28 @@ func (r pairResult) pair() string {
 	return s
 }
 
+// unreachableReason is the reason node from's weftd gives for not
+// reaching node to, or "".
+func unreachableReason(ctx context.Context, l *lab.Lab, from, to string) string {
+	st, err := l.Status(ctx, from)
+	if err != nil {
+		return ""
+	}
+	for _, p := range st.Peers {
+		if p.Name == to {
+			return p.Unreachable
+		}
+	}
+	return ""
+}
+
 func pingCell(r pairResult) string {
+	if r.noFamily {
+		if r.unreachable == "" {
+			return "FAIL: no common underlay family, but weftd does not say the peer is unreachable"
+		}
+		return "unreachable, as planned: " + r.unreachable
+	}
 	if r.pingErr != nil {
 		return fmt.Sprintf("FAIL %d/%d", r.ping.Received, r.ping.Sent)
 	}
@@ -513,6 +555,9 @@ func pingCell(r pairResult) string {
 }
 
 func tcpCell(r pairResult) string {
+	if r.noFamily {
+		return "-"
+	}
 	if r.tcpErr != nil {
 		return "FAIL"
 	}

@@ -64,6 +64,16 @@ func printStatus(st control.Status) {
 		row(p, false)
 	}
 	w.Flush()
+	for _, n := range append([]control.Node{st.Self}, st.Peers...) {
+		if n.AltUnderlayAddr != "" {
+			fmt.Printf("%s: second underlay address %s\n", n.Name, n.AltUnderlayAddr)
+		}
+	}
+	for _, p := range st.Peers {
+		if p.Unreachable != "" {
+			fmt.Printf("%s: unreachable: %s\n", p.Name, p.Unreachable)
+		}
+	}
 	var drops []string
 	for k, v := range st.Counters {
 		if strings.HasPrefix(k, "drop_") && v > 0 {

@@ -30,6 +30,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -49,6 +50,7 @@ func membershipConfig(c config, keys [][]byte, log *slog.Logger) peer.Config {
 	mcfg := peer.DefaultConfig()
 	mcfg.Name = c.Name
 	mcfg.BindAddr = c.UnderlayAddr
+	mcfg.AltBindAddr = c.AltUnderlayAddr
 	mcfg.BindPort = c.GossipPort
 	mcfg.Seeds = c.Seeds
 	mcfg.Keys = keys
@@ -63,10 +65,22 @@ func membershipConfig(c config, keys [][]byte, log *slog.Logger) peer.Config {
 
 // claimMAC is the VTEP MAC in claim mode, where the gateway (from which
 // --pod-cidr mode derives it) is not known before joining: 0a:59 and the
-// underlay IPv4 address, equally stable across restarts and unique.
+// underlay IPv4 address, equally stable across restarts and unique. An
+// IPv6 underlay address does not fit; its last four bytes alone would
+// repeat across subnets (2001:db8:1::11, 2001:db8:2::11), so it is folded
+// into four bytes by FNV-1a over all sixteen: stable, and unique but for
+// a hash collision.
 func claimMAC(underlay netip.Addr) [6]byte {
+	underlay = underlay.Unmap()
+	if underlay.Is4() {
+		b := underlay.As4()
+		return [6]byte{0x0a, 0x59, b[0], b[1], b[2], b[3]}
+	}
 	b := underlay.As16()
-	return [6]byte{0x0a, 0x59, b[12], b[13], b[14], b[15]}
+	h := fnv.New32a()
+	h.Write(b[:])
+	v := h.Sum32()
+	return [6]byte{0x0a, 0x59, byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}
 }
 
 // joinAndClaim joins gossip and returns once this node holds a settled

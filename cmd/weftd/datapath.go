@@ -50,7 +50,7 @@ type datapathFlags struct {
 func (d *datapathFlags) registerFlags(fs *flag.FlagSet) {
 	fs.IntVar(&d.VXLANPort, "vxlan-port", vxlan.DefaultPort, "VXLAN UDP port (flannel uses 8472)")
 	fs.UintVar(&d.vni, "vni", 1, "VXLAN network identifier (1..16777215)")
-	fs.IntVar(&d.UnderlayMTU, "underlay-mtu", 1500, "MTU of the underlay path; the pod MTU is this minus the VXLAN overhead")
+	fs.IntVar(&d.UnderlayMTU, "underlay-mtu", 1500, "MTU of the underlay path; the pod MTU is this minus the largest overhead of the transports in use over the underlay's family (VXLAN 50, WireGuard 60 over IPv4; 70 and 80 over IPv6)")
 	fs.StringVar(&d.TUN, "tun", "weft0", "name of the TUN device")
 	fs.BoolVar(&d.RemoteCsum, "remote-checksum", true, "announce and use VXLAN remote checksum offload between weft nodes: TCP segments travel with partial checksums that the receiver finishes (README: Wire format)")
 	fs.IntVar(&d.TUNQueueLen, "tun-queue-len", 2000, "packets the TUN device queues for weftd (txqueuelen; the kernel's default 500 drops UDP bursts, README: Benchmarks)")
@@ -140,7 +140,7 @@ type datapath struct {
 // it pauses here, just before the port is bound; with VXLAN alone in
 // start, once this router reads.
 func startDatapath(c config, log *slog.Logger, tk *takeover, resuming bool) (dp *datapath, err error) {
-	dp = &datapath{mtu: c.Policy.PodMTU(c.UnderlayMTU, c.WireGuard), gateway: gatewayOf(c.PodCIDR)}
+	dp = &datapath{mtu: c.podMTU(), gateway: gatewayOf(c.PodCIDR)}
 	if c.PodCIDR6.IsValid() {
 		dp.gateway6 = gatewayOf(c.PodCIDR6)
 	}
@@ -253,6 +253,13 @@ func (dp *datapath) Close() error {
 	}
 	dp.closers = nil
 	return errors.Join(errs...)
+}
+
+// podMTU is the pod MTU: the underlay MTU minus the overhead of the
+// transports in use, over this node's underlay family, or over IPv6 when
+// it has an address in each (the larger overhead: one MTU for all peers).
+func (c *config) podMTU() int {
+	return c.Policy.PodMTU(c.UnderlayMTU, c.WireGuard, c.UnderlayAddr.Is6() || c.AltUnderlayAddr.Is6())
 }
 
 // vxlanCaps are the capability bits of this node's VXLAN side.

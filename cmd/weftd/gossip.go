@@ -115,13 +115,14 @@ func (c *config) checkControlPlane() error {
 // no pod CIDR: peers see the node but route nothing to it.
 func (c config) selfRecord(wg *wireguard.Device) peer.Record {
 	r := peer.Record{
-		Name:       c.Name,
-		Underlay:   netip.AddrPortFrom(c.UnderlayAddr, uint16(c.VXLANPort)),
-		VTEPMAC:    c.VTEPMAC,
-		Site:       c.Site,
-		Public:     c.PublicAddr,
-		Caps:       c.vxlanCaps() | peer.CapRelay | peer.CapGossipTag,
-		Generation: uint64(time.Now().UnixNano()),
+		Name:        c.Name,
+		Underlay:    netip.AddrPortFrom(c.UnderlayAddr, uint16(c.VXLANPort)),
+		VTEPMAC:     c.VTEPMAC,
+		Site:        c.Site,
+		Public:      c.PublicAddr,
+		AltUnderlay: c.AltUnderlayAddr,
+		Caps:        c.vxlanCaps() | peer.CapRelay | peer.CapGossipTag,
+		Generation:  uint64(time.Now().UnixNano()),
 	}
 	if c.PodCIDR.IsValid() {
 		r.PodCIDRs = c.podCIDRs()

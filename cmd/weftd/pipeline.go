@@ -117,6 +117,10 @@ func peerSet(static []overlay.Peer, admitted, standby []peer.Peer, self peer.Rec
 		if rc.relay != "" {
 			continue // carried by its relay, below
 		}
+		if rc.why != "" {
+			tc.unreachable(a.Record.Name, rc.why)
+			continue
+		}
 		if rc.noRelay {
 			tc.unreachable(a.Record.Name, "both behind NAT in different sites, and no relay: no peer with a public address in a third site")
 			continue
@@ -148,7 +152,11 @@ func peerSet(static []overlay.Peer, admitted, standby []peer.Peer, self peer.Rec
 	}
 	routed := len(peers)
 	for _, s := range standby {
-		if op, err := tc.peer(self, s.Record, reachOf(self, s.Record)); err == nil && op.Transport == overlay.TransportWireGuard {
+		rc := reachOf(self, s.Record)
+		if rc.why != "" {
+			continue
+		}
+		if op, err := tc.peer(self, s.Record, rc); err == nil && op.Transport == overlay.TransportWireGuard {
 			op.Standby = true
 			peers = append(peers, op)
 		}

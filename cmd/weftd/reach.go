@@ -22,8 +22,20 @@ package main
 //     end's WireGuard expects the other's pod CIDR from the relay. The
 //     relay forwards in its kernel (weft0 in, weft0 out), so traffic is
 //     encrypted hop by hop: the relay, a cluster node, sees it in the clear.
+//
+// Underlay families. A node has an underlay address in one family
+// (Record.Underlay) or one in each (and Record.AltUnderlay). Every address
+// above is taken in a family both ends have: the internal address of the
+// peer's family that this node has too (IPv4 when they share both, the
+// same choice at both ends, so each end's VXLAN receiver expects the
+// other's packets from the address they are sent from); a public address
+// only if this node has its family. A pair with no family in common
+// (IPv4 only and IPv6 only) is unreachable: it is logged and shown in
+// `weftctl status` with that reason; gossip between the two still flows
+// through the nodes that have both (peer: transport.go).
 
 import (
+	"fmt"
 	"hash/fnv"
 	"net/netip"
 
@@ -43,6 +55,59 @@ type reach struct {
 	// "" for direct; noRelay says one is needed but none is usable.
 	relay   string
 	noRelay bool
+	// why says why the peer cannot be reached at all (no relay can
+	// help); "" otherwise.
+	why string
+}
+
+// families is the set of underlay families a record has addresses in.
+type families struct{ v4, v6 bool }
+
+func familiesOf(r peer.Record) families {
+	var f families
+	for _, a := range []netip.Addr{r.Underlay.Addr(), r.AltUnderlay} {
+		if a.IsValid() {
+			if a.Unmap().Is4() {
+				f.v4 = true
+			} else {
+				f.v6 = true
+			}
+		}
+	}
+	return f
+}
+
+func (f families) has(a netip.Addr) bool {
+	if a.Unmap().Is4() {
+		return f.v4
+	}
+	return f.v6
+}
+
+func (f families) String() string {
+	switch {
+	case f.v4 && f.v6:
+		return "IPv4 and IPv6"
+	case f.v6:
+		return "IPv6 only"
+	}
+	return "IPv4 only"
+}
+
+// internalAddr is r's internal address in the family self uses toward
+// it (see the file's note), or invalid when they share no family.
+func internalAddr(self, r peer.Record) netip.Addr {
+	mine, theirs := familiesOf(self), familiesOf(r)
+	var pick netip.Addr
+	for _, a := range []netip.Addr{r.Underlay.Addr(), r.AltUnderlay} {
+		if !a.IsValid() || !mine.has(a) {
+			continue
+		}
+		if !pick.IsValid() || (mine.v4 && theirs.v4 && a.Unmap().Is4()) {
+			pick = a
+		}
+	}
+	return pick
 }
 
 // crossSite reports whether r is in another site than self.
@@ -50,13 +115,17 @@ func crossSite(self, r peer.Record) bool { return r.Site != self.Site }
 
 // reachOf decides how self reaches r, without relays.
 func reachOf(self, r peer.Record) reach {
+	internal := internalAddr(self, r)
+	public := r.Public.IsValid() && familiesOf(self).has(r.Public)
 	switch {
-	case !crossSite(self, r):
-		return reach{addr: r.Underlay.Addr()}
-	case r.Public.IsValid():
+	case !internal.IsValid() && !public:
+		return reach{why: fmt.Sprintf("no common underlay family: this node has %s, the peer %s", familiesOf(self), familiesOf(r))}
+	case !crossSite(self, r) && internal.IsValid():
+		return reach{addr: internal}
+	case public:
 		return reach{addr: r.Public, keepalive: self.Caps&peer.CapBehindNAT != 0}
 	case r.Caps&peer.CapBehindNAT == 0:
-		return reach{addr: r.Underlay.Addr()}
+		return reach{addr: internal}
 	case self.Public.IsValid():
 		return reach{passive: true}
 	}
@@ -85,7 +154,7 @@ func planReach(self peer.Record, admitted []peer.Peer) map[string]reach {
 }
 
 // pickRelay returns the relay for the pair (self, r): among the admitted
-// peers with a public address that relay, run WireGuard and sit in
+// peers with a public address (of a family both ends have) that relay, run WireGuard and sit in
 // neither end's site (an end's site-mate would reach it over plain VXLAN,
 // whose receiver refuses a source outside the sender's pod CIDR), the one
 // with the highest hash of the pair and its name. Both ends hash the same
@@ -99,7 +168,7 @@ func pickRelay(self, r peer.Record, admitted []peer.Peer) string {
 	var bestScore uint64
 	for _, c := range admitted {
 		cr := c.Record
-		if !cr.Public.IsValid() || cr.Caps&peer.CapRelay == 0 || cr.Caps&peer.CapWireGuard == 0 || cr.Site == self.Site || cr.Site == r.Site {
+		if !cr.Public.IsValid() || !familiesOf(self).has(cr.Public) || !familiesOf(r).has(cr.Public) || cr.Caps&peer.CapRelay == 0 || cr.Caps&peer.CapWireGuard == 0 || cr.Site == self.Site || cr.Site == r.Site {
 			continue
 		}
 		h := fnv.New64a()

@@ -37,6 +37,7 @@ func status(c config, dp *datapath, members *peer.Membership) control.Status {
 		Counters: dp.router.Stats().Snapshot(),
 	}
 	st.Self.WGPublicKey, st.Self.WGEndpoint = wgFields(self)
+	st.Self.AltUnderlayAddr = altString(self)
 	for k, v := range members.Counters() {
 		st.Counters[k] = v
 	}
@@ -62,6 +63,10 @@ func status(c config, dp *datapath, members *peer.Membership) control.Status {
 		})
 		last := &st.Peers[len(st.Peers)-1]
 		last.WGPublicKey, last.WGEndpoint = wgFields(p.Record)
+		last.AltUnderlayAddr = altString(p.Record)
+		if transport == "-" && p.State == peer.StateAlive {
+			last.Unreachable = unreachableWhy(self, p.Record)
+		}
 	}
 	if dp.wg != nil {
 		if stats, err := dp.wg.Stats(); err == nil {
@@ -87,6 +92,28 @@ func status(c config, dp *datapath, members *peer.Membership) control.Status {
 		st.Peers = append(st.Peers, n)
 	}
 	return st
+}
+
+// altString renders a record's second underlay address, ip:port.
+func altString(r peer.Record) string {
+	if !r.AltUnderlay.IsValid() {
+		return ""
+	}
+	return netip.AddrPortFrom(r.AltUnderlay, r.Underlay.Port()).String()
+}
+
+// unreachableWhy says why a live peer the router does not carry is not
+// reached, as far as the reach plan tells (reach.go); admission and
+// transport refusals are in weftd's log and counters.
+func unreachableWhy(self, r peer.Record) string {
+	rc := reachOf(self, r)
+	switch {
+	case rc.why != "":
+		return rc.why
+	case rc.noRelay:
+		return "both behind NAT in different sites, and no relay"
+	}
+	return ""
 }
 
 func addrString(a netip.Addr) string {

@@ -30,6 +30,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/weftnet/weft/ipam/diskfile"
@@ -56,6 +57,28 @@ var sites = []Site{
 	{Name: "site2", Subnet: "198.51.100.0/24", Gateway: "198.51.100.1"},
 	{Name: "site3", Subnet: "203.0.113.0/24", Gateway: "203.0.113.1"},
 }
+
+// sites6 are the underlay subnets of an IPv6-underlay lab (Config.Underlay
+// "ipv6"), one /64 per site from the documentation range 2001:db8::/32,
+// in the same order and with the same names as sites.
+var sites6 = []Site{
+	{Name: "site1", Subnet: "2001:db8:1::/64", Gateway: "2001:db8:1::1"},
+	{Name: "site2", Subnet: "2001:db8:2::/64", Gateway: "2001:db8:2::1"},
+	{Name: "site3", Subnet: "2001:db8:3::/64", Gateway: "2001:db8:3::1"},
+}
+
+// Underlay families of a lab (Config.Underlay).
+const (
+	UnderlayIPv4 = "ipv4"
+	UnderlayIPv6 = "ipv6"
+	// UnderlayMixed: every site has both subnets (sites and sites6);
+	// node i has IPv4 only when i%3 == 1, IPv6 only when i%3 == 2, and
+	// both when i%3 == 0 (its IPv4 address first). Nodes of one family
+	// reach each other and the dual nodes; an IPv4-only and an IPv6-only
+	// node share no family and do not reach each other (weftctl status
+	// says so), while gossip still joins them through the dual nodes.
+	UnderlayMixed = "mixed"
+)
 
 // Config describes the lab to build. Start from DefaultConfig.
 type Config struct {
@@ -98,6 +121,13 @@ type Config struct {
 	// no route to the pod CIDRs: pods reach it only through their node's
 	// masquerade.
 	Internet bool
+	// Underlay is the family of the underlay: "" or "ipv4" (TEST-NET
+	// /24s), or "ipv6": every site a /64 of 2001:db8::/32 (sites6) and
+	// every node's only underlay address 2001:db8:<site>::<10+i>, so
+	// gossip, VXLAN and WireGuard all run over IPv6. Pods are IPv4 (and
+	// IPv6 with DualStack) either way. "mixed": see UnderlayMixed. Only
+	// with the plain topology and without Internet.
+	Underlay string
 	// Topology is "" (or "plain"): sites joined by one router, every
 	// node reachable at its address; or "nat": three sites behind NAT
 	// gateways (TopologyNAT; Nodes and Sites are then fixed).
@@ -189,19 +219,27 @@ func DefaultConfig() Config {
 //	             "wireguard-across-sites")
 //	clusterCIDR  pod range of the whole cluster ("10.244.0.0/16")
 //	dualStack    true when pods get an IPv6 address too (Config.DualStack)
+//	underlay     "ipv6" for an IPv6 underlay (Config.Underlay): site
+//	             subnets 2001:db8:<k>::/64, gateways 2001:db8:<k>::1, node
+//	             addresses 2001:db8:<k>::<10+i>; "mixed" for both families
+//	             (UnderlayMixed); absent: IPv4
 //	clusterCIDR6 the IPv6 pod range of a dual-stack lab ("fd00:10:244::/56")
 //	router       the router namespace:
 //	  netns        its name (<prefix>-rtr)
 //	  sites[]      one per site: name ("site1"), subnet ("192.0.2.0/24"),
 //	               gateway (the router's address on it, "192.0.2.1", which is
 //	               also the nodes' default gateway); the bridge inside the
-//	               router namespace is br-<name>
+//	               router namespace is br-<name>; with a mixed underlay also
+//	               subnet6 and gateway6 ("2001:db8:1::/64", "2001:db8:1::1")
 //	nodes[]      one per node:
 //	  name          "n1".."nN"
 //	  netns         <prefix>-<name>
 //	  site          the site the node's eth0 is on
 //	  underlayAddr  the node's address on its site ("192.0.2.11")
 //	  underlayIf    its interface inside the node namespace ("eth0")
+//	  altUnderlayAddr its address of the other family, mixed underlay
+//	                only, for a node with both ("2001:db8:1::13"); absent:
+//	                none
 //	  podCIDR       the node's pod range ("10.244.1.0/24"); set for external
 //	                nodes too, for tests that configure them by hand
 //	  podCIDR6      its IPv6 pod range in a dual-stack lab
@@ -244,7 +282,9 @@ type Lab struct {
 	// DualStack and ClusterCIDR6: Config.DualStack and the IPv6 range.
 	DualStack    bool   `json:"dualStack,omitempty"`
 	ClusterCIDR6 string `json:"clusterCIDR6,omitempty"`
-	Router       Router `json:"router"`
+	// Underlay is Config.Underlay ("" for IPv4).
+	Underlay string `json:"underlay,omitempty"`
+	Router   Router `json:"router"`
 	// Internet is the "internet" namespace (Config.Internet), nil without.
 	Internet *Internet `json:"internet,omitempty"`
 	// Topology is Config.Topology ("" for plain); Gateways the NAT
@@ -325,27 +365,34 @@ type Site struct {
 	Name    string `json:"name"`
 	Subnet  string `json:"subnet"`
 	Gateway string `json:"gateway"`
+	// Subnet6 and Gateway6 are the site's IPv6 half in a mixed-underlay
+	// lab (UnderlayMixed); empty otherwise.
+	Subnet6  string `json:"subnet6,omitempty"`
+	Gateway6 string `json:"gateway6,omitempty"`
 }
 
 // Node is one node namespace. See Lab for the meaning of each field.
 type Node struct {
-	Name          string `json:"name"`
-	Netns         string `json:"netns"`
-	Site          string `json:"site"`
-	UnderlayAddr  string `json:"underlayAddr"`
-	UnderlayIf    string `json:"underlayIf"`
-	PodCIDR       string `json:"podCIDR"`
-	PodCIDR6      string `json:"podCIDR6,omitempty"`
-	WeftdPID      int    `json:"weftdPID"`
-	ControlSocket string `json:"controlSocket"`
-	RunDir        string `json:"runDir"`
-	StateDir      string `json:"stateDir"`
-	LogFile       string `json:"logFile"`
-	CNIConfDir    string `json:"cniConfDir"`
-	CNIBinDir     string `json:"cniBinDir"`
-	IPAMDir       string `json:"ipamDir"`
-	External      bool   `json:"external"`
-	WGName        string `json:"wgName,omitempty"`
+	Name         string `json:"name"`
+	Netns        string `json:"netns"`
+	Site         string `json:"site"`
+	UnderlayAddr string `json:"underlayAddr"`
+	UnderlayIf   string `json:"underlayIf"`
+	// AltUnderlayAddr is the node's address of the other family (mixed
+	// underlay, nodes with both); weftd gets both in --underlay-addr.
+	AltUnderlayAddr string `json:"altUnderlayAddr,omitempty"`
+	PodCIDR         string `json:"podCIDR"`
+	PodCIDR6        string `json:"podCIDR6,omitempty"`
+	WeftdPID        int    `json:"weftdPID"`
+	ControlSocket   string `json:"controlSocket"`
+	RunDir          string `json:"runDir"`
+	StateDir        string `json:"stateDir"`
+	LogFile         string `json:"logFile"`
+	CNIConfDir      string `json:"cniConfDir"`
+	CNIBinDir       string `json:"cniBinDir"`
+	IPAMDir         string `json:"ipamDir"`
+	External        bool   `json:"external"`
+	WGName          string `json:"wgName,omitempty"`
 	// PublicAddr is the node's 1:1 public address on its site's gateway
 	// (TopologyNAT), given to weftd as --public-addr; "" for none.
 	PublicAddr string `json:"publicAddr,omitempty"`
@@ -495,6 +542,19 @@ func (cfg *Config) validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("topology %q: want plain or nat", cfg.Topology))
 	}
+	switch cfg.Underlay {
+	case "", UnderlayIPv4:
+		cfg.Underlay = ""
+	case UnderlayIPv6, UnderlayMixed:
+		if cfg.Topology != "" {
+			errs = append(errs, fmt.Errorf("underlay %s: only with the plain topology (the NAT topology is IPv4)", cfg.Underlay))
+		}
+		if cfg.Internet {
+			errs = append(errs, fmt.Errorf("underlay %s: the internet namespace is IPv4 (no --internet)", cfg.Underlay))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("underlay %q: want ipv4, ipv6 or mixed", cfg.Underlay))
+	}
 	if cfg.Sites < 1 || cfg.Sites > len(sites) {
 		errs = append(errs, fmt.Errorf("sites %d: want 1..%d", cfg.Sites, len(sites)))
 	}
@@ -557,4 +617,31 @@ func checkDir(d string) error {
 		return fmt.Errorf("lab dir %q: refusing a top-level directory", d)
 	}
 	return nil
+}
+
+// Families reports which underlay families node has addresses in.
+func (n *Node) Families() (v4, v6 bool) {
+	for _, a := range []string{n.UnderlayAddr, n.AltUnderlayAddr} {
+		switch {
+		case a == "":
+		case strings.Contains(a, ":"):
+			v6 = true
+		default:
+			v4 = true
+		}
+	}
+	return v4, v6
+}
+
+// ShareFamily reports whether nodes a and b have an underlay family in
+// common: in a mixed-underlay lab an IPv4-only and an IPv6-only node do
+// not, and do not reach each other.
+func (l *Lab) ShareFamily(a, b string) bool {
+	na, nb := l.Node(a), l.Node(b)
+	if na == nil || nb == nil {
+		return false
+	}
+	a4, a6 := na.Families()
+	b4, b6 := nb.Families()
+	return a4 && b4 || a6 && b6
 }

@@ -44,6 +44,9 @@ func planNAT(l *Lab, cfg Config) {
 // address (Lab.Seed); behind NAT what n can reach: its site-mates'
 // internal addresses and every public address.
 func (l *Lab) seedsFor(n *Node) string {
+	if l.Underlay == UnderlayMixed {
+		return l.mixedSeeds(n)
+	}
 	if l.Topology != TopologyNAT {
 		return l.Seed
 	}
@@ -55,6 +58,26 @@ func (l *Lab) seedsFor(n *Node) string {
 			out = append(out, m.UnderlayAddr)
 		case m.PublicAddr != "":
 			out = append(out, m.PublicAddr)
+		}
+	}
+	return strings.Join(out, ",")
+}
+
+// mixedSeeds is the --seeds of node n in a mixed-underlay lab: every other
+// node's addresses in the families n has.
+func (l *Lab) mixedSeeds(n *Node) string {
+	has := func(v6 bool) bool {
+		return is6(n.UnderlayAddr) == v6 || (n.AltUnderlayAddr != "" && is6(n.AltUnderlayAddr) == v6)
+	}
+	var out []string
+	for _, m := range l.Nodes {
+		if m.External || m.Name == n.Name {
+			continue
+		}
+		for _, a := range []string{m.UnderlayAddr, m.AltUnderlayAddr} {
+			if a != "" && has(is6(a)) {
+				out = append(out, a)
+			}
 		}
 	}
 	return strings.Join(out, ",")

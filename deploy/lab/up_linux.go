@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -156,6 +157,7 @@ func plan(cfg Config) *Lab {
 		Transport:   cfg.Transport,
 		ClusterCIDR: ClusterCIDR,
 		Router:      Router{Netns: cfg.Prefix + "-rtr", Sites: slices.Clone(sites[:cfg.Sites])},
+		Underlay:    cfg.Underlay,
 		Pods:        []Pod{},
 		procs:       map[int]*proc{},
 		log:         cfg.Log,
@@ -167,6 +169,14 @@ func plan(cfg Config) *Lab {
 	if cfg.DualStack {
 		l.ClusterCIDR6 = ClusterCIDR6
 	}
+	switch cfg.Underlay {
+	case UnderlayIPv6:
+		l.Router.Sites = slices.Clone(sites6[:cfg.Sites])
+	case UnderlayMixed:
+		for k := range l.Router.Sites {
+			l.Router.Sites[k].Subnet6, l.Router.Sites[k].Gateway6 = sites6[k].Subnet, sites6[k].Gateway
+		}
+	}
 	if cfg.Internet {
 		l.Internet = &Internet{Netns: cfg.Prefix + "-inet", Addr: InternetAddr, Gateway: "203.0.113.1"}
 	}
@@ -175,15 +185,21 @@ func plan(cfg Config) *Lab {
 	}
 	for i := 1; i <= cfg.Nodes && cfg.Topology == ""; i++ {
 		site := l.Router.Sites[(i-1)%cfg.Sites]
-		pfx := netip.MustParsePrefix(site.Subnet)
-		a := pfx.Addr().As4()
-		a[3] = byte(10 + i)
 		n := Node{
 			Name:         fmt.Sprintf("n%d", i),
 			Site:         site.Name,
-			UnderlayAddr: netip.AddrFrom4(a).String(),
+			UnderlayAddr: nodeAddr(site, i).String(),
 			UnderlayIf:   "eth0",
 			PodCIDR:      fmt.Sprintf("10.244.%d.0/24", i),
+		}
+		if cfg.Underlay == UnderlayMixed {
+			a6 := nodeAddr(Site{Subnet: site.Subnet6}, i).String()
+			switch i % 3 {
+			case 2: // IPv6 only
+				n.UnderlayAddr = a6
+			case 0: // both, IPv4 first
+				n.AltUnderlayAddr = a6
+			}
 		}
 		l.Nodes = append(l.Nodes, n)
 	}
@@ -210,6 +226,41 @@ func plan(cfg Config) *Lab {
 		}
 	}
 	return l
+}
+
+// nodeAddr is node i's address on site: host 10+i of the site's subnet
+// (192.0.2.11), written the same way in an IPv6 site (2001:db8:1::11).
+func nodeAddr(site Site, i int) netip.Addr {
+	pfx := netip.MustParsePrefix(site.Subnet)
+	if pfx.Addr().Is4() {
+		a := pfx.Addr().As4()
+		a[3] = byte(10 + i)
+		return netip.AddrFrom4(a)
+	}
+	return netip.MustParseAddr(strings.TrimSuffix(pfx.Addr().String(), "::") + "::" + strconv.Itoa(10+i))
+}
+
+// is6 reports whether a site or node address is IPv6.
+func is6(addr string) bool { return strings.Contains(addr, ":") }
+
+// addrArgs is `ip addr add` for addr/bits on dev inside netns; an IPv6
+// address skips duplicate address detection (nodad), which would keep it
+// tentative, unusable for binding, for a second or more after it is added.
+func addrArgs(netns, addr string, bits int, dev string) []string {
+	a := []string{"-n", netns, "addr", "add", fmt.Sprintf("%s/%d", addr, bits), "dev", dev}
+	if is6(addr) {
+		a = append(a, "nodad")
+	}
+	return a
+}
+
+// routeArgs is `ip route add default via gw dev dev` inside netns, for
+// the family of gw.
+func routeArgs(netns, gw, dev string) []string {
+	if is6(gw) {
+		return []string{"-6", "-n", netns, "route", "add", "default", "via", gw, "dev", dev}
+	}
+	return []string{"-n", netns, "route", "add", "default", "via", gw, "dev", dev}
 }
 
 // wgName is the node's WireGuard UAPI name (`wg show <name>`). UAPI
@@ -256,6 +307,24 @@ func (l *Lab) site(name string) Site {
 
 func prefixLen(subnet string) int { return netip.MustParsePrefix(subnet).Bits() }
 
+// forwardSysctls are the router's and every node's: forwarding on, and
+// rp_filter off (tunnel and asymmetric paths); over an IPv6 underlay
+// IPv6 forwarding too, and no duplicate address detection on links made
+// later (each address is unique by plan; DAD would only delay it).
+func (l *Lab) forwardSysctls() map[string]string {
+	kv := map[string]string{
+		"net.ipv4.ip_forward":             "1",
+		"net.ipv4.conf.all.rp_filter":     "0",
+		"net.ipv4.conf.default.rp_filter": "0",
+	}
+	if l.Underlay == UnderlayIPv6 || l.Underlay == UnderlayMixed {
+		kv["net.ipv6.conf.all.forwarding"] = "1"
+		kv["net.ipv6.conf.default.accept_dad"] = "0"
+		kv["net.ipv6.conf.all.accept_dad"] = "0"
+	}
+	return kv
+}
+
 func (l *Lab) makeRouter(ctx context.Context) error {
 	r := l.Router.Netns
 	fmt.Fprintf(l.log, "creating router %s\n", r)
@@ -265,20 +334,19 @@ func (l *Lab) makeRouter(ctx context.Context) error {
 	if _, err := ip(ctx, "-n", r, "link", "set", "lo", "up"); err != nil {
 		return err
 	}
-	if err := setSysctls(r, map[string]string{
-		"net.ipv4.ip_forward":             "1",
-		"net.ipv4.conf.all.rp_filter":     "0",
-		"net.ipv4.conf.default.rp_filter": "0",
-	}); err != nil {
+	if err := setSysctls(r, l.forwardSysctls()); err != nil {
 		return err
 	}
 	for _, s := range l.Router.Sites {
 		br := bridgeName(s)
 		cmds := [][]string{
 			{"-n", r, "link", "add", br, "type", "bridge"},
-			{"-n", r, "addr", "add", fmt.Sprintf("%s/%d", s.Gateway, prefixLen(s.Subnet)), "dev", br},
-			{"-n", r, "link", "set", br, "up"},
+			addrArgs(r, s.Gateway, prefixLen(s.Subnet), br),
 		}
+		if s.Gateway6 != "" {
+			cmds = append(cmds, addrArgs(r, s.Gateway6, prefixLen(s.Subnet6), br))
+		}
+		cmds = append(cmds, []string{"-n", r, "link", "set", br, "up"})
 		for _, c := range cmds {
 			if _, err := ip(ctx, c...); err != nil {
 				return fmt.Errorf("router site %s: %w", s.Name, err)
@@ -324,11 +392,7 @@ func (l *Lab) makeNode(ctx context.Context, n *Node) error {
 		return err
 	}
 	// Defaults first, so that eth0, created next, inherits them.
-	if err := setSysctls(n.Netns, map[string]string{
-		"net.ipv4.ip_forward":             "1",
-		"net.ipv4.conf.all.rp_filter":     "0",
-		"net.ipv4.conf.default.rp_filter": "0",
-	}); err != nil {
+	if err := setSysctls(n.Netns, l.forwardSysctls()); err != nil {
 		return err
 	}
 	// Both ends are born inside their namespaces: no link ever exists in
@@ -343,9 +407,27 @@ func (l *Lab) makeNode(ctx context.Context, n *Node) error {
 		{"-n", r, "link", "add", rtrIf, "type", "veth", "peer", "name", n.UnderlayIf, "netns", n.Netns},
 		{"-n", r, "link", "set", rtrIf, "master", br},
 		{"-n", r, "link", "set", rtrIf, "up"},
-		{"-n", n.Netns, "addr", "add", fmt.Sprintf("%s/%d", n.UnderlayAddr, prefixLen(s.Subnet)), "dev", n.UnderlayIf},
-		{"-n", n.Netns, "link", "set", n.UnderlayIf, "up"},
-		{"-n", n.Netns, "route", "add", "default", "via", s.Gateway, "dev", n.UnderlayIf},
+	}
+	for _, a := range []string{n.UnderlayAddr, n.AltUnderlayAddr} {
+		if a == "" {
+			continue
+		}
+		subnet := s.Subnet
+		if is6(a) && s.Subnet6 != "" {
+			subnet = s.Subnet6
+		}
+		cmds = append(cmds, addrArgs(n.Netns, a, prefixLen(subnet), n.UnderlayIf))
+	}
+	cmds = append(cmds, []string{"-n", n.Netns, "link", "set", n.UnderlayIf, "up"})
+	for _, a := range []string{n.UnderlayAddr, n.AltUnderlayAddr} {
+		if a == "" {
+			continue
+		}
+		gw := s.Gateway
+		if is6(a) && s.Gateway6 != "" {
+			gw = s.Gateway6
+		}
+		cmds = append(cmds, routeArgs(n.Netns, gw, n.UnderlayIf))
 	}
 	for _, c := range cmds {
 		if _, err := ip(ctx, c...); err != nil {
@@ -391,7 +473,7 @@ func (l *Lab) startWeftd(n *Node, seed string, extra []string) error {
 	}
 	args := []string{"netns", "exec", n.Netns, bin,
 		"--name", n.Name,
-		"--underlay-addr", n.UnderlayAddr,
+		"--underlay-addr", strings.TrimSuffix(n.UnderlayAddr+","+n.AltUnderlayAddr, ","),
 		"--public-addr", n.PublicAddr,
 		"--cluster-cidr", l.clusterCIDRs(),
 		"--seeds", seed,

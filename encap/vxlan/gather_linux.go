@@ -26,7 +26,7 @@ const (
 	// kernel's UDP_MAX_SEGMENTS is 64 on older kernels (128 on newer).
 	MaxGatherSegments = 64
 	// MaxGatherPayload is the most bytes one datagram may carry: the
-	// largest UDP payload over IPv4.
+	// largest UDP payload over IPv4, which fits IPv6 too.
 	MaxGatherPayload = maxUDPPayload
 	// maxGatherMsgs bounds the datagrams of one Gather (one sendmmsg).
 	maxGatherMsgs = 16
@@ -102,14 +102,10 @@ func (s *Sender) SendGather(g *Gather, dst netip.AddrPort, flow uint32) error {
 	if g.n == 0 {
 		return nil
 	}
-	a := dst.Addr().Unmap()
-	if !a.Is4() {
-		return fmt.Errorf("vxlan sender: %s is not IPv4", dst)
+	name, namelen, err := s.sockaddr(dst)
+	if err != nil {
+		return err
 	}
-	s.sa.Family = unix.AF_INET
-	s.sa.Addr = a.As4()
-	p := dst.Port()
-	s.sa.Port = p>>8 | p<<8 // network byte order
 	gso := s.gso.Load()
 	for i := 0; i < g.n; i++ {
 		m := &g.msgs[i]
@@ -118,8 +114,8 @@ func (s *Sender) SendGather(g *Gather, dst netip.AddrPort, flow uint32) error {
 		if i+1 < g.n {
 			end = g.first[i+1]
 		}
-		m.Hdr.Name = (*byte)(unsafe.Pointer(&s.sa))
-		m.Hdr.Namelen = unix.SizeofSockaddrInet4
+		m.Hdr.Name = name
+		m.Hdr.Namelen = namelen
 		m.Hdr.Iov = &g.iovs[g.first[i]]
 		m.Hdr.SetIovlen(end - g.first[i])
 		if g.size[i] > g.seg[i] {
@@ -149,6 +145,28 @@ func (s *Sender) SendGather(g *Gather, dst netip.AddrPort, flow uint32) error {
 		}
 	}
 	return nil
+}
+
+// sockaddr writes dst into the Sender's sockaddr of its sockets' family
+// and returns it: sockaddr_in6 on IPv6 sockets (an IPv4 destination as its
+// IPv4-mapped address, which the kernel sends as IPv4), sockaddr_in on
+// IPv4 ones, which cannot reach an IPv6 destination.
+func (s *Sender) sockaddr(dst netip.AddrPort) (*byte, uint32, error) {
+	a := dst.Addr()
+	p := dst.Port()
+	p = p>>8 | p<<8 // network byte order
+	if s.v6 {
+		if !a.IsValid() {
+			return nil, 0, fmt.Errorf("vxlan sender: no destination address")
+		}
+		s.sa6 = unix.RawSockaddrInet6{Family: unix.AF_INET6, Port: p, Addr: a.As16()}
+		return (*byte)(unsafe.Pointer(&s.sa6)), unix.SizeofSockaddrInet6, nil
+	}
+	if a = a.Unmap(); !a.Is4() {
+		return nil, 0, fmt.Errorf("vxlan sender: %s is not IPv4 and this host's sockets are IPv4 only", dst)
+	}
+	s.sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Port: p, Addr: a.As4()}
+	return (*byte)(unsafe.Pointer(&s.sa4)), unix.SizeofSockaddrInet4, nil
 }
 
 // errNoGSO tells the caller to send one segment per datagram.

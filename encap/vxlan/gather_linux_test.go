@@ -36,8 +36,14 @@ func gatherFrames(g *Gather, n, segLen, last, perMsg int) [][]byte {
 }
 
 // loopback opens a Receiver on a free port and a Sender of n sockets, both
-// closed when the test ends, and returns the address to send to.
+// closed when the test ends, and returns the IPv4 loopback address to send
+// to.
 func loopback(tb testing.TB, n int) (*Receiver, *Sender, netip.AddrPort) {
+	return loopbackAt(tb, n, netip.MustParseAddr("127.0.0.1"))
+}
+
+// loopbackAt is loopback sending to addr (127.0.0.1 or ::1).
+func loopbackAt(tb testing.TB, n int, addr netip.Addr) (*Receiver, *Sender, netip.AddrPort) {
 	tb.Helper()
 	rcv, err := ListenReceiver(0, 8)
 	if err != nil {
@@ -49,15 +55,22 @@ func loopback(tb testing.TB, n int) (*Receiver, *Sender, netip.AddrPort) {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { s.Close() })
-	return rcv, s, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), rcv.Port())
+	return rcv, s, netip.AddrPortFrom(addr, rcv.Port())
 }
 
 // TestGatherThroughReceiver sends gathered GSO datagrams from a Sender to a
-// Receiver over loopback: every VXLAN datagram arrives intact and in order,
-// whether the receiver gets it on its own or inside a GRO buffer, and the
-// sender's address is reported.
+// Receiver over loopback, IPv4 and IPv6 through the same dual-stack
+// sockets: every VXLAN datagram arrives intact and in order, whether the
+// receiver gets it on its own or inside a GRO buffer, and the sender's
+// address is reported (IPv4 as IPv4, not mapped).
 func TestGatherThroughReceiver(t *testing.T) {
-	rcv, s, dst := loopback(t, 2)
+	for _, a := range []string{"127.0.0.1", "::1"} {
+		t.Run(a, func(t *testing.T) { testGatherThroughReceiver(t, netip.MustParseAddr(a)) })
+	}
+}
+
+func testGatherThroughReceiver(t *testing.T, addr netip.Addr) {
+	rcv, s, dst := loopbackAt(t, 2, addr)
 	g := NewGather()
 	const segLen = 1400
 	want := gatherFrames(g, 100, segLen, 333, 40)
@@ -73,6 +86,7 @@ func TestGatherThroughReceiver(t *testing.T) {
 	}
 	sizes, segs, from := make([]int, 8), make([]int, 8), make([]netip.Addr, 8)
 	var got [][]byte
+	grouped := false // some buffer held more than one datagram (GRO)
 	deadline := time.Now().Add(5 * time.Second)
 	for len(got) < len(want) && time.Now().Before(deadline) {
 		rcv.conn.SetReadDeadline(time.Now().Add(2 * time.Second))
@@ -81,10 +95,11 @@ func TestGatherThroughReceiver(t *testing.T) {
 			t.Fatal(err)
 		}
 		for i := 0; i < n; i++ {
-			if from[i] != netip.MustParseAddr("127.0.0.1") {
-				t.Fatalf("from %s", from[i])
+			if from[i] != addr {
+				t.Fatalf("from %s, want %s", from[i], addr)
 			}
 			b := bufs[i][:sizes[i]]
+			grouped = grouped || sizes[i] > segs[i]
 			for off := 0; off < len(b); off += segs[i] {
 				got = append(got, append([]byte(nil), b[off:min(off+segs[i], len(b))]...))
 			}
@@ -97,6 +112,9 @@ func TestGatherThroughReceiver(t *testing.T) {
 		if !bytes.Equal(got[i], want[i]) {
 			t.Fatalf("datagram %d: %d bytes, want %d (content differs)", i, len(got[i]), len(want[i]))
 		}
+	}
+	if !grouped {
+		t.Fatalf("every read held one datagram: no GRO over %s", addr)
 	}
 }
 

@@ -16,7 +16,8 @@ const (
 	// maxGSOSegments is how many datagrams one UDP_SEGMENT send may carry
 	// (the kernel's UDP_MAX_SEGMENTS is at least this).
 	maxGSOSegments = 64
-	// maxUDPPayload is the largest IPv4 UDP payload.
+	// maxUDPPayload is the largest UDP payload over IPv4, and so over
+	// either family (IPv6 allows 65,527): one limit for every socket.
 	maxUDPPayload = 65535 - 20 - 8
 	// socketBuffer is the send buffer asked for each socket: room for a
 	// few full GSO batches.
@@ -32,9 +33,21 @@ const (
 // whose payload is the frames themselves, gathered by the kernel from the
 // caller's buffers: no copy in user space. A Sender is used by one
 // goroutine at a time.
+//
+// The sockets are dual-stack where the host has IPv6 (see Receiver), so
+// one Sender reaches peers on IPv4 and IPv6 underlays, each flow from the
+// same source port whatever the family; GSO works the same for both. The
+// kernel fills in the outer UDP checksum for both families: mandatory over
+// IPv6 (weft never sets UDP_NO_CHECK6_TX, so a Linux vxlan peer without
+// udp6zerocsumrx accepts its datagrams), and sent over IPv4 too, where a
+// receiver may also accept zero.
 type Sender struct {
 	conns []*net.UDPConn
 	gso   atomic.Bool
+	// v6 is set when the sockets are IPv6 (dual-stack): destinations go
+	// out as sockaddr_in6, IPv4 ones as IPv4-mapped addresses. Else the
+	// sockets are IPv4 and reach IPv4 destinations only.
+	v6 bool
 
 	// batch carries Send's datagrams to SendGather.
 	batch *Gather
@@ -43,13 +56,15 @@ type Sender struct {
 	// still to send and the error of the last attempt, and the write
 	// callback made once so that sends do not allocate.
 	raws     []syscall.RawConn
-	sa       unix.RawSockaddrInet4
+	sa4      unix.RawSockaddrInet4
+	sa6      unix.RawSockaddrInet6
 	gmsgs    []unix.Mmsghdr
 	gerr     error
 	sendmmsg func(fd uintptr) bool
 }
 
-// NewSender opens n sockets (1..64) on ephemeral IPv4 ports.
+// NewSender opens n sockets (1..64) on ephemeral ports, dual-stack where
+// the host has IPv6, else IPv4.
 func NewSender(n int) (*Sender, error) {
 	if n < 1 || n > 64 {
 		return nil, fmt.Errorf("vxlan sender: %d sockets, want 1..64", n)
@@ -57,8 +72,9 @@ func NewSender(n int) (*Sender, error) {
 	s := &Sender{batch: NewGather()}
 	s.sendmmsg = s.sendmmsgFunc
 	s.gso.Store(true)
-	for range n {
-		c, err := net.ListenUDP("udp4", &net.UDPAddr{})
+	for i := range n {
+		// "udp" on the wildcard address: dual-stack if the host can.
+		c, err := net.ListenUDP("udp", &net.UDPAddr{})
 		if err != nil {
 			s.Close()
 			return nil, fmt.Errorf("vxlan sender socket: %w", err)
@@ -72,11 +88,24 @@ func NewSender(n int) (*Sender, error) {
 		rc.Control(func(fd uintptr) {
 			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, socketBuffer)
 		})
+		v4, v6 := socketFamilies(rc)
+		if i == 0 {
+			s.v6 = v6
+		}
+		if !v4 || v6 != s.v6 {
+			// Every socket must reach IPv4, and all alike.
+			c.Close()
+			s.Close()
+			return nil, fmt.Errorf("vxlan sender socket %s: families differ (IPv4 %v, IPv6 %v)", c.LocalAddr(), v4, v6)
+		}
 		s.raws = append(s.raws, rc)
 		s.conns = append(s.conns, c)
 	}
 	return s, nil
 }
+
+// Reaches reports whether the sockets can send to a's family.
+func (s *Sender) Reaches(a netip.Addr) bool { return a.Unmap().Is4() || s.v6 }
 
 // Buckets is the number of sockets; callers group frames by flow % Buckets.
 func (s *Sender) Buckets() int { return len(s.conns) }

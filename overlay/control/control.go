@@ -51,6 +51,12 @@ type Node struct {
 	Site         string `json:"site,omitempty"`
 	UnderlayAddr string `json:"underlayAddr"`         // ip:port of the VXLAN endpoint, the internal address
 	PublicAddr   string `json:"publicAddr,omitempty"` // where other sites reach the node; empty: none
+	// AltUnderlayAddr is the node's underlay address of the other family
+	// (peer.Record.AltUnderlay), ip:port; empty: none.
+	AltUnderlayAddr string `json:"altUnderlayAddr,omitempty"`
+	// Unreachable says why this node does not route to a live peer at
+	// all (for example, no underlay family in common); empty otherwise.
+	Unreachable string `json:"unreachable,omitempty"`
 	// Path is how this node reaches a peer: "internal" or "public" (the
 	// address it sends to), "learned" (a peer behind NAT, at the address
 	// its packets come from), "relay <name>", or "-" (not routed).

@@ -112,26 +112,38 @@ func MarkNetworkAvailable(ctx context.Context, c kubernetes.Interface, node stri
 	return nil
 }
 
-// InternalIP returns the Node's first IPv4 InternalIP address.
-func InternalIP(n *corev1.Node) (netip.Addr, bool) { return firstIPv4(n, corev1.NodeInternalIP) }
+// InternalIP returns the Node's first IPv4 InternalIP address, or for a
+// Node without one (an IPv6-only node) its first global IPv6 one.
+func InternalIP(n *corev1.Node) (netip.Addr, bool) { return firstAddr(n, corev1.NodeInternalIP) }
 
-// firstIPv4 returns the Node's first IPv4 address of type t.
-func firstIPv4(n *corev1.Node, t corev1.NodeAddressType) (netip.Addr, bool) {
+// firstAddr returns the Node's first IPv4 address of type t, else its
+// first global unicast IPv6 one (link-local addresses carry no zone in
+// a Node's status and cannot be reached from other links).
+func firstAddr(n *corev1.Node, t corev1.NodeAddressType) (netip.Addr, bool) {
+	var v6 netip.Addr
 	for _, a := range n.Status.Addresses {
 		if a.Type != t {
 			continue
 		}
-		if ip, err := netip.ParseAddr(a.Address); err == nil && ip.Unmap().Is4() {
-			return ip.Unmap(), true
+		ip, err := netip.ParseAddr(a.Address)
+		if err != nil {
+			continue
+		}
+		if ip = ip.Unmap(); ip.Is4() {
+			return ip, true
+		}
+		if !v6.IsValid() && ip.IsGlobalUnicast() && ip.Zone() == "" {
+			v6 = ip
 		}
 	}
-	return netip.Addr{}, false
+	return v6, v6.IsValid()
 }
 
 // Node is what weft keeps of one Node object.
 type Node struct {
 	Name string
-	// InternalIP is the Node's IPv4 InternalIP, invalid if none.
+	// InternalIP is the Node's IPv4 InternalIP, else its IPv6 one
+	// (InternalIP), invalid if none.
 	InternalIP netip.Addr
 	// PodCIDRs is spec.podCIDRs; empty until the controller manager has
 	// assigned them (or if they do not parse).
@@ -452,7 +464,7 @@ type Self struct {
 const AnnotationPublicAddr = "weft.dev/public-addr"
 
 // ExternalIP returns the Node's first IPv4 ExternalIP address.
-func ExternalIP(n *corev1.Node) (netip.Addr, bool) { return firstIPv4(n, corev1.NodeExternalIP) }
+func ExternalIP(n *corev1.Node) (netip.Addr, bool) { return firstAddr(n, corev1.NodeExternalIP) }
 
 // WaitPodCIDRs waits until the Node called name exists and has pod CIDRs
 // (ipam/kube.Wait) and returns what weftd takes from it.

@@ -58,6 +58,22 @@ func TestInternalIP(t *testing.T) {
 	if _, ok := InternalIP(kNode("a", "")); ok {
 		t.Fatal("InternalIP found an address on a Node without one")
 	}
+	// An IPv6-only Node: its global IPv6 addresses, not a link-local one,
+	// and seeds of both, internal first.
+	n := &corev1.Node{Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{
+		{Type: corev1.NodeInternalIP, Address: "fe80::1"},
+		{Type: corev1.NodeInternalIP, Address: "2001:db8:1::11"},
+		{Type: corev1.NodeExternalIP, Address: "2001:db8:ff::11"},
+	}}}
+	if ip, ok := InternalIP(n); !ok || ip.String() != "2001:db8:1::11" {
+		t.Fatalf("InternalIP of an IPv6-only Node = %v %v, want 2001:db8:1::11", ip, ok)
+	}
+	if ip, ok := ExternalIP(n); !ok || ip.String() != "2001:db8:ff::11" {
+		t.Fatalf("ExternalIP of an IPv6-only Node = %v %v", ip, ok)
+	}
+	if s := (Snapshot{nodes: map[string]Node{"a": nodeOf(n)}}).Seeds("b", 7946); len(s) != 2 || s[0] != "[2001:db8:1::11]:7946" || s[1] != "[2001:db8:ff::11]:7946" {
+		t.Fatalf("seeds of an IPv6-only Node: %q", s)
+	}
 }
 
 func TestSnapshotFilterAndSeeds(t *testing.T) {
