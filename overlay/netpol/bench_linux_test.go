@@ -272,8 +272,8 @@ func BenchmarkThroughput(b *testing.B) {
 			IngressRules: []netpol.Rule{{Peers: []netpol.Peer{{Pods: &netpol.Selector{MatchLabels: map[string]string{"app": "a"}}}}, Ports: []netpol.Port{{Proto: netpol.TCP, Port: port}}}}})
 	}
 	st := netpol.State{Namespaces: []netpol.Namespace{{Name: "x"}}, Policies: pols, Pods: []netpol.Pod{
-		{Namespace: "x", Name: "a", Labels: map[string]string{"app": "a"}, IP: netip.MustParseAddr("10.244.9.2"), Node: "node"},
-		{Namespace: "x", Name: "b", Labels: map[string]string{"app": "b"}, IP: netip.MustParseAddr("10.244.9.3"), Node: "node"},
+		{Namespace: "x", Name: "a", Labels: map[string]string{"app": "a"}, IPs: []netip.Addr{netip.MustParseAddr("10.244.9.2")}, Node: "node"},
+		{Namespace: "x", Name: "b", Labels: map[string]string{"app": "b"}, IPs: []netip.Addr{netip.MustParseAddr("10.244.9.3")}, Node: "node"},
 	}}
 	hundred, errs := netpol.Compile("node", st)
 	if len(errs) > 0 {
@@ -373,8 +373,8 @@ func BenchmarkThroughputAcrossWeft(b *testing.B) {
 		tables = append(tables, t)
 	}
 	st := netpol.State{Namespaces: []netpol.Namespace{{Name: "x"}}, Pods: []netpol.Pod{
-		{Namespace: "x", Name: "src", Labels: map[string]string{"app": "a"}, IP: addr(src), Node: "n1"},
-		{Namespace: "x", Name: "dst", Labels: map[string]string{"app": "b"}, IP: addr(dst), Node: "n2"},
+		{Namespace: "x", Name: "src", Labels: map[string]string{"app": "a"}, IPs: []netip.Addr{addr(src)}, Node: "n1"},
+		{Namespace: "x", Name: "dst", Labels: map[string]string{"app": "b"}, IPs: []netip.Addr{addr(dst)}, Node: "n2"},
 	}}
 	for i := 0; i < 100; i++ {
 		port := uint16(1000 + i)

@@ -92,7 +92,7 @@ func TestPodOf(t *testing.T) {
 		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.244.1.5", PodIPs: []corev1.PodIP{{IP: "10.244.1.5"}, {IP: "fd00::5"}}},
 	}
 	got, ok := PodOf(p)
-	want := netpol.Pod{Namespace: "a", Name: "web", Labels: map[string]string{"app": "web"}, IP: netip.MustParseAddr("10.244.1.5"), Node: "n1",
+	want := netpol.Pod{Namespace: "a", Name: "web", Labels: map[string]string{"app": "web"}, IPs: []netip.Addr{netip.MustParseAddr("10.244.1.5"), netip.MustParseAddr("fd00::5")}, Node: "n1",
 		Ports: []netpol.NamedPort{{Name: "http", Proto: netpol.TCP, Port: 8080}, {Name: "dns", Proto: netpol.UDP, Port: 53}}}
 	if !ok || !reflect.DeepEqual(got, want) {
 		t.Errorf("got %+v %v", got, ok)
