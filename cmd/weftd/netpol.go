@@ -2,7 +2,7 @@ package main
 
 // NetworkPolicy (--network-policy, Kubernetes mode only): informers on
 // Pods, Namespaces and NetworkPolicies (overlay/netpol/kube) feed the
-// controller (overlay/netpol), which keeps the nftables table ip
+// controller (overlay/netpol), which keeps the nftables table inet
 // weft-netpol equal to the compiled policies.
 //
 // Lifecycle, fail closed: the table outlives weftd. A stopping or

@@ -78,9 +78,9 @@ type Pod struct {
 	Labels          map[string]string
 	// IPs are the pod's addresses, one per family on a dual-stack
 	// cluster (status.podIPs); a policy selects or names all of them.
-	IPs []netip.Addr
-	Node            string      // spec.nodeName
-	Ports           []NamedPort // containers' named ports
+	IPs   []netip.Addr
+	Node  string      // spec.nodeName
+	Ports []NamedPort // containers' named ports
 }
 
 // NamedPort is a container port with a name.
