@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 )
 
 // Ruleset is the desired enforcement on one node.
@@ -20,6 +21,24 @@ type Ruleset struct {
 	// Policies are in Key order; one per policy of the State that
 	// compiled, whether or not it selects a pod here.
 	Policies []Compiled
+	// IngressGroups and EgressGroups partition the addresses of this
+	// node's isolated pods by the policies that select them, for the
+	// dispatch: a packet's pod address finds its group in one lookup
+	// (a verdict map), and the group's chain runs those policies' allow
+	// lists in Key order, then drops. Sorted by Name.
+	IngressGroups, EgressGroups []Group
+}
+
+// Group is the addresses selected, in one direction, by the same policies.
+type Group struct {
+	// Name names the group's chains: "g" and 10 hex digits of
+	// SHA-256 of the direction and the policy IDs, stable while the
+	// same policies select the same pods.
+	Name string
+	// Policies are the IDs of the selecting policies in Key order; a
+	// drop is counted on the first.
+	Policies []string
+	Members  []Range
 }
 
 // Compiled is one policy's part of a Ruleset.
@@ -53,13 +72,14 @@ type Match struct {
 	Port, EndPort uint16
 }
 
-// Rules counts the nftables rules the Ruleset becomes (allow matches, the
-// dispatch jump and the drop of each direction, per address family), for
+// Rules counts the nftables rules the Ruleset becomes, per address
+// family: the allow matches of each policy, and per direction the
+// dispatch (one verdict map lookup) and each group's jumps and drop; for
 // status.
 func (r *Ruleset) Rules() int {
 	n := 0
-	for _, p := range r.Policies {
-		for _, f := range Families {
+	for _, f := range Families {
+		for _, p := range r.Policies {
 			if !r.Has(p.Selected, f) {
 				continue
 			}
@@ -67,19 +87,37 @@ func (r *Ruleset) Rules() int {
 				on    bool
 				allow []Match
 			}{{p.Ingress, p.IngressAllow}, {p.Egress, p.EgressAllow}} {
-				if !d.on {
-					continue
-				}
-				n += 2
 				for _, m := range d.allow {
-					if r.Applies(m, f) {
+					if d.on && r.Applies(m, f) {
 						n++
 					}
 				}
 			}
 		}
+		for _, gs := range [][]Group{r.IngressGroups, r.EgressGroups} {
+			any := false
+			for _, g := range gs {
+				if g.Has(f) {
+					any = true
+					n += len(g.Policies) + 1
+				}
+			}
+			if any {
+				n++
+			}
+		}
 	}
 	return n
+}
+
+// Has reports whether g has an address of family f.
+func (g Group) Has(f Family) bool {
+	for _, m := range g.Members {
+		if f.of(m.From) {
+			return true
+		}
+	}
+	return false
 }
 
 // Family is an IP address family of the table's rules.
@@ -151,17 +189,51 @@ func Compile(node string, st State) (rs *Ruleset, errs []error) {
 	for _, ns := range st.Namespaces {
 		c.nsLabels[ns.Name] = ns.Labels
 	}
+	in, eg := map[netip.Addr][]string{}, map[netip.Addr][]string{}
 	pols := slices.Clone(st.Policies)
 	slices.SortFunc(pols, func(a, b Policy) int { return cmp.Compare(a.Key(), b.Key()) })
 	for _, p := range pols {
-		cp, err := c.policy(p)
+		cp, local, err := c.policy(p)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("NetworkPolicy %s: %w", p.Key(), err))
 			continue
 		}
 		c.rs.Policies = append(c.rs.Policies, cp)
+		for _, pod := range local {
+			for _, a := range pod.IPs {
+				if cp.Ingress {
+					in[a] = append(in[a], cp.ID)
+				}
+				if cp.Egress {
+					eg[a] = append(eg[a], cp.ID)
+				}
+			}
+		}
 	}
+	c.rs.IngressGroups, c.rs.EgressGroups = groups("in", in), groups("eg", eg)
 	return c.rs, errs
+}
+
+// groups gathers addresses by their list of policy IDs.
+func groups(dir string, byAddr map[netip.Addr][]string) []Group {
+	byList := map[string]*Group{}
+	for a, ids := range byAddr {
+		key := dir + " " + strings.Join(ids, " ")
+		g, ok := byList[key]
+		if !ok {
+			h := sha256.Sum256([]byte(key))
+			g = &Group{Name: "g" + hex.EncodeToString(h[:5]), Policies: ids}
+			byList[key] = g
+		}
+		g.Members = append(g.Members, Range{a, a})
+	}
+	out := make([]Group, 0, len(byList))
+	for _, g := range byList {
+		g.Members = merge(g.Members)
+		out = append(out, *g)
+	}
+	slices.SortFunc(out, func(a, b Group) int { return cmp.Compare(a.Name, b.Name) })
+	return out
 }
 
 type compiler struct {
@@ -171,35 +243,35 @@ type compiler struct {
 	nsLabels map[string]map[string]string
 }
 
-func (c *compiler) policy(p Policy) (Compiled, error) {
+// policy compiles p; local are the pods here it selects (none when it
+// isolates in no direction).
+func (c *compiler) policy(p Policy) (cp Compiled, local []Pod, err error) {
 	if err := p.PodSelector.Validate(); err != nil {
-		return Compiled{}, fmt.Errorf("podSelector: %w", err)
+		return Compiled{}, nil, fmt.Errorf("podSelector: %w", err)
 	}
-	cp := Compiled{Key: p.Key(), ID: PolicyID(p.Key()), Ingress: p.Ingress, Egress: p.Egress}
-	var local []Pod
+	cp = Compiled{Key: p.Key(), ID: PolicyID(p.Key()), Ingress: p.Ingress, Egress: p.Egress}
 	for _, pod := range c.st.Pods {
 		if pod.Node == c.node && pod.Namespace == p.Namespace && len(pod.IPs) > 0 && p.PodSelector.Matches(pod.Labels) {
 			local = append(local, pod)
 		}
 	}
 	if len(local) == 0 || !(p.Ingress || p.Egress) {
-		return cp, nil
+		return cp, nil, nil
 	}
 	cp.Selected = c.set(cp.ID+"-sel", podRanges(local))
-	var err error
 	if p.Ingress {
 		cp.IngressAllow, err = c.rules(p, cp.ID+"-i", p.IngressRules, local, true)
 		if err != nil {
-			return Compiled{}, err
+			return Compiled{}, nil, err
 		}
 	}
 	if p.Egress {
 		cp.EgressAllow, err = c.rules(p, cp.ID+"-e", p.EgressRules, local, false)
 		if err != nil {
-			return Compiled{}, err
+			return Compiled{}, nil, err
 		}
 	}
-	return cp, nil
+	return cp, local, nil
 }
 
 // rules compiles one direction's rules; local are the selected pods here.

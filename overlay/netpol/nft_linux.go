@@ -9,11 +9,18 @@ package netpol
 //	                          meta nfproto ipv4 jump egress4; meta nfproto ipv6 jump egress6 }
 //	  chain egress-input    { hook input   priority 0;  (the same) }
 //	  chain ingress-forward { hook forward priority 10; (the same, to ingress4 and ingress6) }
-//	  chain egress4  { ip saddr @<id>-sel-v4 jump <id>-eg4 ...; ip saddr @<id>-sel-v4 counter name <id>-eg-drop drop ... }
-//	  chain ingress6 { ip6 daddr @<id>-sel-v6 jump <id>-in6 ...; ip6 daddr @<id>-sel-v6 counter name <id>-in-drop drop ... }
+//	  chain ingress4 { ip daddr vmap @ingress-v4 }          pod address → jump <group>-in4
+//	  chain egress6  { ip6 saddr vmap @egress-v6 }
+//	  chain <group>-in4 { jump <id>-in4; jump <id2>-in4; ...; counter name <id>-in-drop drop }
 //	  chain <id>-in4 { [ip daddr @local-v4] [ip saddr @peer-v4] [meta l4proto P [th dport A-B]] accept ... }
 //	  chain <id>-eg6 { [ip6 daddr @peer-v6] [meta l4proto P [th dport A-B]] accept ... }
 //
+// The dispatch is one verdict map lookup per packet whatever the number
+// of policies: a pod's address leads to its group (Ruleset's groups: the
+// addresses selected by the same policies), whose chain runs each
+// policy's allow list and drops what none accepted. A chain of rules
+// "ip daddr @<id>-sel jump <id>-in", one per policy, cost a set lookup
+// per policy on every new connection's first packet, selected or not.
 // Each set of the Ruleset becomes up to two typed sets, <name>-v4 and
 // <name>-v6, each written only when it has members; a rule that names a
 // set with no member of its family is not written in that family (it
@@ -27,7 +34,7 @@ package netpol
 // Egress and ingress are separate base chains because an accept ends only
 // its own base chain: a packet between two pods of this node must pass
 // the sender's egress and then the receiver's ingress. A drop is counted
-// on the first policy (in namespace/name order) that selects the pod, in
+// on the first policy (in namespace/name order) of the pod's group, in
 // one counter per policy and direction for both families.
 //
 // Apply replaces in place rather than deleting the table: it flushes every
@@ -197,9 +204,26 @@ func (t *Table) Apply(rs *Ruleset) error {
 			c.AddObj(&nftables.CounterObj{Table: table, Name: n})
 		}
 	}
+	// Flush every old set too: a verdict map's elements refer to
+	// chains, which cannot go below while referred to.
+	for name := range oldSets {
+		c.FlushSet(&nftables.Set{Name: name, Table: table})
+	}
+	// The sets the allow matches name (a policy's selected set is not
+	// written: the groups' verdict maps dispatch).
+	named := map[string][]Range{}
+	for _, p := range rs.Policies {
+		for _, m := range append(slices.Clone(p.IngressAllow), p.EgressAllow...) {
+			for _, n := range []string{m.Peer, m.Local} {
+				if n != "" {
+					named[n] = rs.Sets[n]
+				}
+			}
+		}
+	}
 	sets := map[string]*nftables.Set{} // by typed name
 	wantSets := map[string]bool{}
-	for _, name := range sortedNames(rs.Sets) {
+	for _, name := range sortedNames(named) {
 		for _, f := range Families {
 			members := rs.Members(name, f)
 			if len(members) == 0 {
@@ -211,9 +235,6 @@ func (t *Table) Apply(rs *Ruleset) error {
 			}
 			if err := c.AddSet(s, nil); err != nil {
 				return fmt.Errorf("netpol: set %s: %w", s.Name, err)
-			}
-			if oldSets[s.Name] {
-				c.FlushSet(s)
 			}
 			if err := c.SetAddElements(s, elements(members)); err != nil {
 				return fmt.Errorf("netpol: set %s: %w", s.Name, err)
@@ -270,10 +291,10 @@ func (t *Table) Apply(rs *Ruleset) error {
 	for _, dir := range []struct {
 		stem, suffix string
 		self, remote addrField // self: the selected pod's address, source of egress, destination of ingress
-	}{{chainEgress, "-eg", saddr, daddr}, {chainIngress, "-in", daddr, saddr}} {
+		groups       []Group
+	}{{chainEgress, "-eg", saddr, daddr, rs.EgressGroups}, {chainIngress, "-in", daddr, saddr, rs.IngressGroups}} {
 		for _, f := range Families {
-			var drops [][]expr.Any
-			d := dispatch[dir.stem+f.suffix()]
+			// The policies' chains: their allow lists.
 			for _, p := range rs.Policies {
 				allow := p.IngressAllow
 				if dir.suffix == "-eg" {
@@ -302,12 +323,48 @@ func (t *Table) Apply(rs *Ruleset) error {
 					e = append(e, ports(m)...)
 					rule(pc, append(e, accept())...)
 				}
-				rule(d, append(lookup(f, dir.self, p.Selected), &expr.Verdict{Kind: expr.VerdictJump, Chain: pc.Name})...)
-				drops = append(drops, append(lookup(f, dir.self, p.Selected), &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: p.ID + dir.suffix + "-drop"}, &expr.Verdict{Kind: expr.VerdictDrop}))
 			}
-			for _, e := range drops {
-				rule(d, e...)
+			// The groups' chains: each policy's allow list in
+			// turn, then the drop.
+			var els []nftables.SetElement
+			for _, g := range dir.groups {
+				members := familyMembers(g.Members, f)
+				if len(members) == 0 {
+					continue
+				}
+				gc := chain(g.Name + dir.suffix + f.suffix())
+				for _, id := range g.Policies {
+					rule(gc, &expr.Verdict{Kind: expr.VerdictJump, Chain: id + dir.suffix + f.suffix()})
+				}
+				rule(gc, &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: g.Policies[0] + dir.suffix + "-drop"}, &expr.Verdict{Kind: expr.VerdictDrop})
+				for _, e := range elements(members) {
+					if !e.IntervalEnd {
+						e.VerdictData = &expr.Verdict{Kind: expr.VerdictJump, Chain: gc.Name}
+					}
+					els = append(els, e)
+				}
 			}
+			if len(els) == 0 {
+				continue
+			}
+			// The dispatch: the pod's address to its group's chain,
+			// one lookup whatever the number of policies.
+			vm := &nftables.Set{Table: table, Name: dir.stem + "-v" + f.suffix(), IsMap: true, Interval: true,
+				KeyType: nftables.TypeIPAddr, DataType: nftables.TypeVerdict}
+			if f == IPv6 {
+				vm.KeyType = nftables.TypeIP6Addr
+			}
+			if err := c.AddSet(vm, nil); err != nil {
+				return fmt.Errorf("netpol: map %s: %w", vm.Name, err)
+			}
+			if err := c.SetAddElements(vm, els); err != nil {
+				return fmt.Errorf("netpol: map %s: %w", vm.Name, err)
+			}
+			wantSets[vm.Name] = true
+			off, n := dir.self.offset(f)
+			rule(dispatch[dir.stem+f.suffix()],
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n},
+				&expr.Lookup{SourceRegister: 1, SetName: vm.Name, SetID: vm.ID, DestRegister: 0, IsDestRegSet: true})
 		}
 	}
 	for name := range oldChains {
@@ -341,6 +398,17 @@ func (f Family) suffix() string {
 		return "6"
 	}
 	return "4"
+}
+
+// familyMembers are the ranges of rs of family f.
+func familyMembers(rs []Range, f Family) []Range {
+	var out []Range
+	for _, r := range rs {
+		if f.of(r.From) {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // setName is the nftables name of the family f half of Ruleset set name.
