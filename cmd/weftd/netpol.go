@@ -2,7 +2,7 @@ package main
 
 // NetworkPolicy (--network-policy, Kubernetes mode only): informers on
 // Pods, Namespaces and NetworkPolicies (overlay/netpol/kube) feed the
-// controller (overlay/netpol), which keeps the nftables table ip
+// controller (overlay/netpol), which keeps the nftables table inet
 // weft-netpol equal to the compiled policies.
 //
 // Lifecycle, fail closed: the table outlives weftd. A stopping or
@@ -31,7 +31,7 @@ type netpolFlags struct {
 }
 
 func (n *netpolFlags) registerFlags(fs *flag.FlagSet) {
-	fs.BoolVar(&n.NetworkPolicy, "network-policy", false, "enforce Kubernetes NetworkPolicy on this node's pods (nftables table ip "+netpol.TableName+"; Kubernetes mode only); false removes the table")
+	fs.BoolVar(&n.NetworkPolicy, "network-policy", false, "enforce Kubernetes NetworkPolicy on this node's pods (nftables table inet "+netpol.TableName+", IPv4 and IPv6; Kubernetes mode only); false removes the table")
 	fs.DurationVar(&n.NetworkPolicyResync, "network-policy-resync", netpol.DefaultConfig("").Resync, "how often the NetworkPolicy table is applied again, repairing changes made by others")
 }
 

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 )
 
 // Ruleset is the desired enforcement on one node.
@@ -20,6 +21,24 @@ type Ruleset struct {
 	// Policies are in Key order; one per policy of the State that
 	// compiled, whether or not it selects a pod here.
 	Policies []Compiled
+	// IngressGroups and EgressGroups partition the addresses of this
+	// node's isolated pods by the policies that select them, for the
+	// dispatch: a packet's pod address finds its group in one lookup
+	// (a verdict map), and the group's chain runs those policies' allow
+	// lists in Key order, then drops. Sorted by Name.
+	IngressGroups, EgressGroups []Group
+}
+
+// Group is the addresses selected, in one direction, by the same policies.
+type Group struct {
+	// Name names the group's chains: "g" and 10 hex digits of
+	// SHA-256 of the direction and the policy IDs, stable while the
+	// same policies select the same pods.
+	Name string
+	// Policies are the IDs of the selecting policies in Key order; a
+	// drop is counted on the first.
+	Policies []string
+	Members  []Range
 }
 
 // Compiled is one policy's part of a Ruleset.
@@ -53,25 +72,98 @@ type Match struct {
 	Port, EndPort uint16
 }
 
-// Rules counts the nftables rules the Ruleset becomes (allow matches, the
-// dispatch jump and the drop of each direction), for status.
+// Rules counts the nftables rules the Ruleset becomes, per address
+// family: the allow matches of each policy, and per direction the
+// dispatch (one verdict map lookup) and each group's jumps and drop; for
+// status.
 func (r *Ruleset) Rules() int {
 	n := 0
-	for _, p := range r.Policies {
-		if p.Selected == "" {
-			continue
+	for _, f := range Families {
+		for _, p := range r.Policies {
+			if !r.Has(p.Selected, f) {
+				continue
+			}
+			for _, d := range []struct {
+				on    bool
+				allow []Match
+			}{{p.Ingress, p.IngressAllow}, {p.Egress, p.EgressAllow}} {
+				for _, m := range d.allow {
+					if d.on && r.Applies(m, f) {
+						n++
+					}
+				}
+			}
 		}
-		if p.Ingress {
-			n += len(p.IngressAllow) + 2
-		}
-		if p.Egress {
-			n += len(p.EgressAllow) + 2
+		for _, gs := range [][]Group{r.IngressGroups, r.EgressGroups} {
+			any := false
+			for _, g := range gs {
+				if g.Has(f) {
+					any = true
+					n += len(g.Policies) + 1
+				}
+			}
+			if any {
+				n++
+			}
 		}
 	}
 	return n
 }
 
-// Range is an inclusive range of IPv4 addresses.
+// Has reports whether g has an address of family f.
+func (g Group) Has(f Family) bool {
+	for _, m := range g.Members {
+		if f.of(m.From) {
+			return true
+		}
+	}
+	return false
+}
+
+// Family is an IP address family of the table's rules.
+type Family uint8
+
+// The families, in the order the writer emits them.
+const (
+	IPv4 Family = 4
+	IPv6 Family = 6
+)
+
+// Families are both address families.
+var Families = []Family{IPv4, IPv6}
+
+func (f Family) of(a netip.Addr) bool { return a.Is4() == (f == IPv4) }
+
+// Members are the ranges of set name in family f.
+func (r *Ruleset) Members(name string, f Family) []Range {
+	var out []Range
+	for _, m := range r.Sets[name] {
+		if f.of(m.From) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// Has reports whether set name has a member in family f (an empty set
+// matches no packet of the family, and its rules are not written).
+func (r *Ruleset) Has(name string, f Family) bool {
+	for _, m := range r.Sets[name] {
+		if f.of(m.From) {
+			return true
+		}
+	}
+	return false
+}
+
+// Applies reports whether m can match a packet of family f: each set it
+// names has members in f.
+func (r *Ruleset) Applies(m Match, f Family) bool {
+	return (m.Peer == "" || r.Has(m.Peer, f)) && (m.Local == "" || r.Has(m.Local, f))
+}
+
+// Range is an inclusive range of addresses of one family. A set holds
+// ranges of both families, IPv4 first; the writer splits it in two.
 type Range struct{ From, To netip.Addr }
 
 func (r Range) String() string {
@@ -97,17 +189,51 @@ func Compile(node string, st State) (rs *Ruleset, errs []error) {
 	for _, ns := range st.Namespaces {
 		c.nsLabels[ns.Name] = ns.Labels
 	}
+	in, eg := map[netip.Addr][]string{}, map[netip.Addr][]string{}
 	pols := slices.Clone(st.Policies)
 	slices.SortFunc(pols, func(a, b Policy) int { return cmp.Compare(a.Key(), b.Key()) })
 	for _, p := range pols {
-		cp, err := c.policy(p)
+		cp, local, err := c.policy(p)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("NetworkPolicy %s: %w", p.Key(), err))
 			continue
 		}
 		c.rs.Policies = append(c.rs.Policies, cp)
+		for _, pod := range local {
+			for _, a := range pod.IPs {
+				if cp.Ingress {
+					in[a] = append(in[a], cp.ID)
+				}
+				if cp.Egress {
+					eg[a] = append(eg[a], cp.ID)
+				}
+			}
+		}
 	}
+	c.rs.IngressGroups, c.rs.EgressGroups = groups("in", in), groups("eg", eg)
 	return c.rs, errs
+}
+
+// groups gathers addresses by their list of policy IDs.
+func groups(dir string, byAddr map[netip.Addr][]string) []Group {
+	byList := map[string]*Group{}
+	for a, ids := range byAddr {
+		key := dir + " " + strings.Join(ids, " ")
+		g, ok := byList[key]
+		if !ok {
+			h := sha256.Sum256([]byte(key))
+			g = &Group{Name: "g" + hex.EncodeToString(h[:5]), Policies: ids}
+			byList[key] = g
+		}
+		g.Members = append(g.Members, Range{a, a})
+	}
+	out := make([]Group, 0, len(byList))
+	for _, g := range byList {
+		g.Members = merge(g.Members)
+		out = append(out, *g)
+	}
+	slices.SortFunc(out, func(a, b Group) int { return cmp.Compare(a.Name, b.Name) })
+	return out
 }
 
 type compiler struct {
@@ -117,35 +243,35 @@ type compiler struct {
 	nsLabels map[string]map[string]string
 }
 
-func (c *compiler) policy(p Policy) (Compiled, error) {
+// policy compiles p; local are the pods here it selects (none when it
+// isolates in no direction).
+func (c *compiler) policy(p Policy) (cp Compiled, local []Pod, err error) {
 	if err := p.PodSelector.Validate(); err != nil {
-		return Compiled{}, fmt.Errorf("podSelector: %w", err)
+		return Compiled{}, nil, fmt.Errorf("podSelector: %w", err)
 	}
-	cp := Compiled{Key: p.Key(), ID: PolicyID(p.Key()), Ingress: p.Ingress, Egress: p.Egress}
-	var local []Pod
+	cp = Compiled{Key: p.Key(), ID: PolicyID(p.Key()), Ingress: p.Ingress, Egress: p.Egress}
 	for _, pod := range c.st.Pods {
-		if pod.Node == c.node && pod.Namespace == p.Namespace && pod.IP.Is4() && p.PodSelector.Matches(pod.Labels) {
+		if pod.Node == c.node && pod.Namespace == p.Namespace && len(pod.IPs) > 0 && p.PodSelector.Matches(pod.Labels) {
 			local = append(local, pod)
 		}
 	}
 	if len(local) == 0 || !(p.Ingress || p.Egress) {
-		return cp, nil
+		return cp, nil, nil
 	}
 	cp.Selected = c.set(cp.ID+"-sel", podRanges(local))
-	var err error
 	if p.Ingress {
 		cp.IngressAllow, err = c.rules(p, cp.ID+"-i", p.IngressRules, local, true)
 		if err != nil {
-			return Compiled{}, err
+			return Compiled{}, nil, err
 		}
 	}
 	if p.Egress {
 		cp.EgressAllow, err = c.rules(p, cp.ID+"-e", p.EgressRules, local, false)
 		if err != nil {
-			return Compiled{}, err
+			return Compiled{}, nil, err
 		}
 	}
-	return cp, nil
+	return cp, local, nil
 }
 
 // rules compiles one direction's rules; local are the selected pods here.
@@ -194,18 +320,23 @@ func (c *compiler) rules(p Policy, stem string, rules []Rule, local []Pod, ingre
 				}
 			default:
 				// Egress: the name resolves on the destination
-				// pod, any pod the peers match.
-				byPort := map[uint16][]Pod{}
+				// pod, any pod the peers match (each of its
+				// addresses the peers match: an ipBlock of one
+				// family admits that family only).
+				byPort := map[uint16][]Range{}
 				for _, pod := range c.st.Pods {
-					if !pod.IP.Is4() || (!any && !contains(peers, pod.IP)) {
+					n, ok := namedPort(pod, pt)
+					if !ok {
 						continue
 					}
-					if n, ok := namedPort(pod, pt); ok {
-						byPort[n] = append(byPort[n], pod)
+					for _, a := range pod.IPs {
+						if any || contains(peers, a) {
+							byPort[n] = append(byPort[n], Range{a, a})
+						}
 					}
 				}
 				for _, n := range sortedKeys(byPort) {
-					set := c.set(fmt.Sprintf("%sn%d-%d", name, j, n), podRanges(byPort[n]))
+					set := c.set(fmt.Sprintf("%sn%d-%d", name, j, n), byPort[n])
 					out = append(out, Match{Peer: set, Proto: pt.Proto, Port: n, EndPort: n})
 				}
 			}
@@ -227,14 +358,15 @@ func (c *compiler) peers(p Policy, peers []Peer) (rs []Range, any bool, err erro
 			if !b.CIDR.IsValid() {
 				return nil, false, fmt.Errorf("peer %d: ipBlock without a CIDR", i)
 			}
-			if !b.CIDR.Addr().Is4() {
-				continue // weft's pods are IPv4: an IPv6 block matches none of their packets
-			}
 			r := []Range{prefixRange(b.CIDR.Masked())}
-			for _, e := range b.Except {
-				if e.Addr().Is4() {
-					r = subtract(r, prefixRange(e.Masked()))
+			for j, e := range b.Except {
+				if !e.IsValid() || e.Addr().Is4() != b.CIDR.Addr().Is4() {
+					// The API server refuses an except outside
+					// the CIDR; leaving one out would admit what
+					// it was meant to keep out.
+					return nil, false, fmt.Errorf("peer %d: ipBlock %s: except %d (%s) is not of its family", i, b.CIDR, j, e)
 				}
+				r = subtract(r, prefixRange(e.Masked()))
 			}
 			all = append(all, r...)
 			continue
@@ -247,9 +379,6 @@ func (c *compiler) peers(p Policy, peers []Peer) (rs []Range, any bool, err erro
 			}
 		}
 		for _, pod := range c.st.Pods {
-			if !pod.IP.Is4() {
-				continue
-			}
 			if pe.Namespaces == nil {
 				if pod.Namespace != p.Namespace {
 					continue
@@ -263,7 +392,9 @@ func (c *compiler) peers(p Policy, peers []Peer) (rs []Range, any bool, err erro
 			if pe.Pods != nil && !pe.Pods.Matches(pod.Labels) {
 				continue
 			}
-			all = append(all, Range{pod.IP, pod.IP})
+			for _, a := range pod.IPs {
+				all = append(all, Range{a, a})
+			}
 		}
 	}
 	return merge(all), false, nil
@@ -297,39 +428,46 @@ func sortedKeys[V any](m map[uint16]V) []uint16 {
 func podRanges(pods []Pod) []Range {
 	rs := make([]Range, 0, len(pods))
 	for _, p := range pods {
-		rs = append(rs, Range{p.IP, p.IP})
+		for _, a := range p.IPs {
+			rs = append(rs, Range{a, a})
+		}
 	}
 	return rs
 }
 
-func u32(a netip.Addr) uint32 {
-	b := a.As4()
-	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
-}
-
-func addr(v uint32) netip.Addr {
-	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
-}
-
+// prefixRange is the first and the last address of p (masked).
 func prefixRange(p netip.Prefix) Range {
-	from := u32(p.Addr())
-	to := from | uint32(uint64(1)<<(32-p.Bits())-1)
-	return Range{addr(from), addr(to)}
+	last := p.Addr().AsSlice()
+	for b := p.Bits(); b < len(last)*8; b++ {
+		last[b/8] |= 0x80 >> (b % 8)
+	}
+	to, _ := netip.AddrFromSlice(last)
+	return Range{p.Addr(), to}
 }
 
-// merge sorts ranges and joins overlapping and adjacent ones: nftables
-// interval sets refuse overlaps.
+// adjacent reports whether b starts at or before the address after a
+// ends (same family; the top address of a family has no successor).
+func adjacent(a, b Range) bool {
+	if b.From.Compare(a.To) <= 0 {
+		return true
+	}
+	next := a.To.Next()
+	return next.IsValid() && next == b.From
+}
+
+// merge sorts ranges (IPv4 first: netip orders by family) and joins
+// overlapping and adjacent ones: nftables interval sets refuse overlaps.
 func merge(rs []Range) []Range {
 	if len(rs) == 0 {
 		return nil
 	}
 	rs = slices.Clone(rs)
-	slices.SortFunc(rs, func(a, b Range) int { return cmp.Compare(u32(a.From), u32(b.From)) })
+	slices.SortFunc(rs, func(a, b Range) int { return a.From.Compare(b.From) })
 	out := []Range{rs[0]}
 	for _, r := range rs[1:] {
 		last := &out[len(out)-1]
-		if uint64(u32(r.From)) <= uint64(u32(last.To))+1 {
-			if u32(r.To) > u32(last.To) {
+		if last.From.Is4() == r.From.Is4() && adjacent(*last, r) {
+			if r.To.Compare(last.To) > 0 {
 				last.To = r.To
 			}
 			continue
@@ -339,36 +477,35 @@ func merge(rs []Range) []Range {
 	return out
 }
 
-// subtract removes e from every range of rs.
+// subtract removes e from every range of rs (ranges of another family
+// stay whole).
 func subtract(rs []Range, e Range) []Range {
 	var out []Range
-	ef, et := u32(e.From), u32(e.To)
 	for _, r := range rs {
-		f, t := u32(r.From), u32(r.To)
-		if et < f || ef > t {
+		if r.From.Is4() != e.From.Is4() || e.To.Less(r.From) || r.To.Less(e.From) {
 			out = append(out, r)
 			continue
 		}
-		if ef > f {
-			out = append(out, Range{addr(f), addr(ef - 1)})
+		if r.From.Less(e.From) {
+			out = append(out, Range{r.From, e.From.Prev()})
 		}
-		if et < t {
-			out = append(out, Range{addr(et + 1), addr(t)})
+		if e.To.Less(r.To) {
+			out = append(out, Range{e.To.Next(), r.To})
 		}
 	}
 	return out
 }
 
+// contains reports whether a is in rs (merged, sorted).
 func contains(rs []Range, a netip.Addr) bool {
-	v := u32(a)
-	i, _ := slices.BinarySearchFunc(rs, v, func(r Range, v uint32) int {
+	i, _ := slices.BinarySearchFunc(rs, a, func(r Range, a netip.Addr) int {
 		switch {
-		case u32(r.To) < v:
+		case r.To.Less(a):
 			return -1
-		case u32(r.From) > v:
+		case a.Less(r.From):
 			return 1
 		}
 		return 0
 	})
-	return i < len(rs) && u32(rs[i].From) <= v && v <= u32(rs[i].To)
+	return i < len(rs) && rs[i].From.Compare(a) <= 0 && a.Compare(rs[i].To) <= 0
 }

@@ -11,7 +11,7 @@ import (
 // n1 and n2.
 func clusterState(pols ...Policy) State {
 	pod := func(ns, name, node, ip string, labels map[string]string, ports ...NamedPort) Pod {
-		return Pod{Namespace: ns, Name: name, Node: node, IP: netip.MustParseAddr(ip), Labels: labels, Ports: ports}
+		return Pod{Namespace: ns, Name: name, Node: node, IPs: []netip.Addr{netip.MustParseAddr(ip)}, Labels: labels, Ports: ports}
 	}
 	return State{
 		Namespaces: []Namespace{
@@ -129,11 +129,11 @@ func TestCompile(t *testing.T) {
 				p.IngressRules = []Rule{{Peers: []Peer{{Block: &IPBlock{CIDR: netip.MustParsePrefix("0.0.0.0/0"), Except: []netip.Prefix{netip.MustParsePrefix("10.244.2.20/32")}}}}}}
 			}),
 			resolved{Selected: rs("10.244.1.10"), Ingress: true, In: []resolvedMatch{{Peer: rs("0.0.0.0-10.244.2.19", "10.244.2.21-255.255.255.255")}}}},
-		{"an IPv6 block matches nothing of an IPv4 cluster", "n1",
+		{"an IPv6 block is IPv6 addresses only", "n1",
 			webPolicy(func(p *Policy) {
 				p.IngressRules = []Rule{{Peers: []Peer{{Block: &IPBlock{CIDR: netip.MustParsePrefix("::/0")}}}}}
 			}),
-			resolved{Selected: rs("10.244.1.10"), Ingress: true}},
+			resolved{Selected: rs("10.244.1.10"), Ingress: true, In: []resolvedMatch{{Peer: rs("::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")}}}},
 		{"peers of a rule merge into one set", "n1",
 			webPolicy(func(p *Policy) {
 				p.IngressRules = []Rule{{Peers: []Peer{{Pods: selp("app", "db")}, {Block: &IPBlock{CIDR: netip.MustParsePrefix("10.244.1.8/30")}}}}}
@@ -200,6 +200,10 @@ func TestCompileBad(t *testing.T) {
 		{Namespace: "a", Name: "bad", Ingress: true, IngressRules: []Rule{{Peers: []Peer{{Pods: &Selector{Exprs: []Requirement{{Key: "k", Op: Exists, Values: []string{"v"}}}}}}}}},
 		{Namespace: "a", Name: "bad", Ingress: true, IngressRules: []Rule{{Peers: []Peer{{Block: &IPBlock{}}}}}},
 		{Namespace: "a", Name: "bad", Ingress: true, IngressRules: []Rule{{Ports: []Port{{Proto: TCP, Port: 90, EndPort: 80}}}}},
+		// An except of the other family (or none at all) cannot be
+		// left out: it would admit what it was meant to keep out.
+		{Namespace: "a", Name: "bad", Ingress: true, IngressRules: []Rule{{Peers: []Peer{{Block: &IPBlock{CIDR: netip.MustParsePrefix("::/0"), Except: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}}}}}},
+		{Namespace: "a", Name: "bad", Ingress: true, IngressRules: []Rule{{Peers: []Peer{{Block: &IPBlock{CIDR: netip.MustParsePrefix("10.0.0.0/8"), Except: []netip.Prefix{{}}}}}}}},
 	} {
 		set, errs := Compile("n1", clusterState(good, bad))
 		if len(errs) != 1 || !strings.Contains(errs[0].Error(), "a/bad") {
@@ -226,6 +230,116 @@ func TestRanges(t *testing.T) {
 	}
 	if got := prefixRange(netip.MustParsePrefix("0.0.0.0/0")); got != r("0.0.0.0-255.255.255.255") {
 		t.Errorf("prefixRange /0: %v", got)
+	}
+
+	// IPv6, and both families in one set: never joined across the
+	// boundary (255.255.255.255 and :: are not neighbours).
+	if got := prefixRange(netip.MustParsePrefix("fd00:10:244:1::/63")); got != r("fd00:10:244:1::-fd00:10:244:1:ffff:ffff:ffff:ffff") {
+		t.Errorf("prefixRange fd00:10:244:1::/63 (masked): %v", got)
+	}
+	if got := prefixRange(netip.MustParsePrefix("::/0")); got != r("::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff") {
+		t.Errorf("prefixRange ::/0: %v", got)
+	}
+	if got := merge(rs("fd00::3", "255.255.255.255", "::", "fd00::1-fd00::2", "10.0.0.1")); !reflect.DeepEqual(got, rs("10.0.0.1", "255.255.255.255", "::", "fd00::1-fd00::3")) {
+		t.Errorf("merge of both families: %v", got)
+	}
+	if got := merge(rs("fd00::1:0:0-fd00::1:0:1", "fd00::fff0:0-fd00::ffff:ffff")); !reflect.DeepEqual(got, rs("fd00::fff0:0-fd00::1:0:1")) {
+		t.Errorf("merge across a 32-bit boundary: %v", got)
+	}
+	if got := subtract(rs("10.0.0.0-10.0.0.255", "fd00::-fd00::ff"), r("fd00::10-fd00::1f")); !reflect.DeepEqual(got, rs("10.0.0.0-10.0.0.255", "fd00::-fd00::f", "fd00::20-fd00::ff")) {
+		t.Errorf("subtract IPv6: %v", got)
+	}
+	if got := subtract(rs("::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), r("ffff::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")); !reflect.DeepEqual(got, rs("::-fffe:ffff:ffff:ffff:ffff:ffff:ffff:ffff")) {
+		t.Errorf("subtract to the top of IPv6: %v", got)
+	}
+	set = merge(rs("10.0.0.1", "fd00::1-fd00::5"))
+	for ip, want := range map[string]bool{"10.0.0.1": true, "::a00:1": false, "fd00::": false, "fd00::3": true, "fd00::6": false} {
+		if contains(set, netip.MustParseAddr(ip)) != want {
+			t.Errorf("contains %s: want %v", ip, want)
+		}
+	}
+}
+
+// TestCompileDualStack: pods with an address of each family are selected
+// and named by both; ipBlocks are of their own family; Rules counts the
+// rules of each family the writer emits, and a match whose set has no
+// member of a family has no rule there.
+func TestCompileDualStack(t *testing.T) {
+	pod := func(name, node, ip4, ip6 string, labels map[string]string, ports ...NamedPort) Pod {
+		p := Pod{Namespace: "a", Name: name, Node: node, Labels: labels, Ports: ports}
+		for _, s := range []string{ip4, ip6} {
+			if s != "" {
+				p.IPs = append(p.IPs, netip.MustParseAddr(s))
+			}
+		}
+		return p
+	}
+	st := State{
+		Namespaces: []Namespace{{Name: "a", Labels: map[string]string{"kubernetes.io/metadata.name": "a"}}},
+		Pods: []Pod{
+			pod("web", "n1", "10.244.1.10", "fd00:10:244:1::10", map[string]string{"app": "web"}, NamedPort{"http", TCP, 8080}),
+			pod("client", "n2", "10.244.2.20", "fd00:10:244:2::20", map[string]string{"app": "client"}),
+			pod("v6only", "n2", "", "fd00:10:244:2::30", map[string]string{"app": "client"}),
+		},
+	}
+	deny := Policy{Namespace: "a", Name: "deny", Ingress: true, PodSelector: *selp("app", "web")}
+	allow := Policy{Namespace: "a", Name: "allow", Ingress: true, PodSelector: *selp("app", "web"), IngressRules: []Rule{
+		{Peers: []Peer{{Pods: selp("app", "client")}}, Ports: []Port{{Proto: TCP, Name: "http"}}},
+		{Peers: []Peer{{Block: &IPBlock{CIDR: netip.MustParsePrefix("2001:db8::/32"), Except: []netip.Prefix{netip.MustParsePrefix("2001:db8:1::/48")}}}}},
+	}}
+	egress := Policy{Namespace: "a", Name: "egress", Egress: true, PodSelector: *selp("app", "client"), EgressRules: []Rule{
+		{Peers: []Peer{{Block: &IPBlock{CIDR: netip.MustParsePrefix("10.244.1.0/24")}}}, Ports: []Port{{Proto: TCP, Name: "http"}}},
+	}}
+	st.Policies = []Policy{deny, allow, egress}
+	set, errs := Compile("n1", st)
+	if len(errs) > 0 || len(set.Policies) != 3 {
+		t.Fatalf("errs %v, %d policies", errs, len(set.Policies))
+	}
+	byKey := map[string]resolved{}
+	for _, p := range set.Policies {
+		byKey[p.Key] = resolve(set, p)
+	}
+	if got, want := byKey["a/deny"], (resolved{Selected: rs("10.244.1.10", "fd00:10:244:1::10"), Ingress: true}); !reflect.DeepEqual(got, want) {
+		t.Errorf("default deny: got %+v, want %+v", got, want)
+	}
+	want := resolved{Selected: rs("10.244.1.10", "fd00:10:244:1::10"), Ingress: true, In: []resolvedMatch{
+		{Peer: rs("10.244.2.20", "fd00:10:244:2::20-fd00:10:244:2::20", "fd00:10:244:2::30"), Local: rs("10.244.1.10", "fd00:10:244:1::10"), Proto: TCP, Port: 8080, EndPort: 8080},
+		{Peer: rs("2001:db8::-2001:db8:0:ffff:ffff:ffff:ffff:ffff", "2001:db8:2::-2001:db8:ffff:ffff:ffff:ffff:ffff:ffff")},
+	}}
+	want.In[0].Peer = merge(want.In[0].Peer)
+	if got := byKey["a/allow"]; !reflect.DeepEqual(got, want) {
+		t.Errorf("allow: got  %+v\nwant %+v", got, want)
+	}
+	// Per family: deny 2 + 2; allow: IPv4 2 + the named port (the IPv6
+	// block has no IPv4 member), IPv6 2 + both; egress selects nothing
+	// on n1.
+	if got := set.Rules(); got != 4+3+4 {
+		t.Errorf("Rules() = %d, want 11", got)
+	}
+	allowC := set.Policies[0] // a/allow sorts first
+	if allowC.Key != "a/allow" || set.Applies(allowC.IngressAllow[1], IPv4) || !set.Applies(allowC.IngressAllow[1], IPv6) {
+		t.Errorf("the IPv6 ipBlock match must apply to IPv6 only: %+v", allowC)
+	}
+
+	// On n2 the egress policy selects both clients; the IPv4 block
+	// admits the IPv4 address of web's named port, not its IPv6 one.
+	set, errs = Compile("n2", st)
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	for _, p := range set.Policies {
+		if p.Key != "a/egress" {
+			continue
+		}
+		got := resolve(set, p)
+		want := resolved{Selected: rs("10.244.2.20", "fd00:10:244:2::20", "fd00:10:244:2::30"), Egress: true, Out: []resolvedMatch{
+			{Peer: rs("10.244.1.10"), Proto: TCP, Port: 8080, EndPort: 8080}}}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("egress: got  %+v\nwant %+v", got, want)
+		}
+		if set.Applies(p.EgressAllow[0], IPv6) {
+			t.Error("the IPv4-only egress match must not apply to IPv6: IPv6 egress is denied")
+		}
 	}
 }
 

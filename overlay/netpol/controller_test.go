@@ -94,7 +94,7 @@ func TestControllerFailClosed(t *testing.T) {
 	<-tab.applies
 	<-tab.applies // the resync
 	st := c.Status()
-	if !st.Synced || st.Policies != 1 || st.Selecting != 1 || st.Rules != 2 || st.Pods != 5 {
+	if !st.Synced || st.Policies != 1 || st.Selecting != 1 || st.Rules != 3 || st.Pods != 5 { // rules: the dispatch, the group's jump and drop
 		t.Errorf("status %+v", st)
 	}
 	drops, err := c.Counters()

@@ -6,7 +6,7 @@
 // client-go. Compile (compile.go) turns a whole State into a Ruleset for
 // this node: named address sets and, per policy and direction, an ordered
 // list of allow matches. The Ruleset knows nothing of netlink; nft_linux.go
-// writes it into the nftables table ip weft-netpol in one atomic batch,
+// writes it into the nftables table inet weft-netpol in one atomic batch,
 // replacing what is there (declarative, idempotent, so the periodic
 // resync of Controller repairs drift). A policy is enforced on the node of
 // the pods it selects: ingress where the destination pod runs, egress
@@ -70,15 +70,17 @@ type State struct {
 	Policies   []Policy
 }
 
-// Pod is a pod as policies see it. Pods without an IPv4 address and
+// Pod is a pod as policies see it. Pods without an address yet and
 // hostNetwork pods (whose address is the node's) are left out by the
 // translator: policies neither select nor name them.
 type Pod struct {
 	Namespace, Name string
 	Labels          map[string]string
-	IP              netip.Addr
-	Node            string      // spec.nodeName
-	Ports           []NamedPort // containers' named ports
+	// IPs are the pod's addresses, one per family on a dual-stack
+	// cluster (status.podIPs); a policy selects or names all of them.
+	IPs   []netip.Addr
+	Node  string      // spec.nodeName
+	Ports []NamedPort // containers' named ports
 }
 
 // NamedPort is a container port with a name.

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/deploy/prereq/prereqtest"
@@ -37,7 +38,14 @@ func (l *nodeLab) ping(from, to string) bool {
 	return exec.Command("ip", "netns", "exec", l.ns(from), "ping", "-c2", "-i0.2", "-W1", "-q", to).Run() == nil
 }
 
-var labPods = map[string]string{"a": "10.244.9.2", "b": "10.244.9.3", "c": "10.244.9.4"}
+// labPods and labPods6 are the pods' addresses of each family. IPv6 is
+// wired as weft-cni does: the pod's /128, a default route via fe80::1,
+// the host's veth holding fe80::1 and a /128 route per pod; neighbour
+// discovery on both sides.
+var (
+	labPods  = map[string]string{"a": "10.244.9.2", "b": "10.244.9.3", "c": "10.244.9.4"}
+	labPods6 = map[string]string{"a": "fd00:10:244:9::2", "b": "fd00:10:244:9::3", "c": "fd00:10:244:9::4"}
+)
 
 func newNodeLab(t testing.TB) *nodeLab {
 	prereqtest.Netns(t, "ip", "ping")
@@ -51,7 +59,7 @@ func newNodeLab(t testing.TB) *nodeLab {
 		l.run("ip", "netns", "add", l.ns(n))
 	}
 	node := l.ns("node")
-	l.run("ip", "netns", "exec", node, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	l.run("ip", "netns", "exec", node, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 	l.run("ip", "-n", node, "addr", "add", "10.244.9.1/32", "dev", "lo")
 	l.run("ip", "-n", node, "link", "set", "lo", "up")
 	for name, ip := range labPods {
@@ -63,6 +71,11 @@ func newNodeLab(t testing.TB) *nodeLab {
 		l.run("ip", "-n", l.ns(name), "addr", "add", ip+"/32", "dev", "eth0")
 		l.run("ip", "-n", l.ns(name), "link", "set", "eth0", "up")
 		l.run("ip", "-n", l.ns(name), "route", "add", "10.244.9.0/24", "dev", "eth0")
+		ip6 := labPods6[name]
+		l.run("ip", "-n", node, "addr", "add", "fe80::1/64", "dev", host, "nodad")
+		l.run("ip", "-n", node, "route", "add", ip6+"/128", "dev", host)
+		l.run("ip", "-n", l.ns(name), "addr", "add", ip6+"/128", "dev", "eth0", "nodad")
+		l.run("ip", "-n", l.ns(name), "route", "add", "default", "via", "fe80::1", "dev", "eth0")
 	}
 	f, err := os.Open("/run/netns/" + node)
 	if err != nil {
@@ -76,7 +89,7 @@ func newNodeLab(t testing.TB) *nodeLab {
 func labState(pols ...Policy) State {
 	st := State{Namespaces: []Namespace{{Name: "x", Labels: map[string]string{"kubernetes.io/metadata.name": "x"}}}, Policies: pols}
 	for name, ip := range labPods {
-		st.Pods = append(st.Pods, Pod{Namespace: "x", Name: name, Labels: map[string]string{"app": name}, IP: netip.MustParseAddr(ip), Node: "node"})
+		st.Pods = append(st.Pods, Pod{Namespace: "x", Name: name, Labels: map[string]string{"app": name}, IPs: []netip.Addr{netip.MustParseAddr(ip), netip.MustParseAddr(labPods6[name])}, Node: "node"})
 	}
 	return st
 }
@@ -102,22 +115,25 @@ func TestTableTraffic(t *testing.T) {
 		}
 		return rs
 	}
+	// expect pings pod to from pod from over each family.
 	expect := func(what string, from, to string, want bool) {
 		t.Helper()
-		if got := l.ping(from, to); got != want {
-			t.Errorf("%s: ping %s → %s: %v, want %v", what, from, to, got, want)
+		for _, addr := range []string{labPods[to], labPods6[to]} {
+			if got := l.ping(from, addr); got != want {
+				t.Errorf("%s: ping %s → %s (%s): %v, want %v", what, from, to, addr, got, want)
+			}
 		}
 	}
 	apply(labState())
-	expect("no policy", "a", labPods["b"], true)
-	expect("no policy", "c", labPods["b"], true)
+	expect("no policy", "a", "b", true)
+	expect("no policy", "c", "b", true)
 
 	onlyA := Policy{Namespace: "x", Name: "only-a", PodSelector: sel("b"), Ingress: true,
 		IngressRules: []Rule{{Peers: []Peer{{Pods: &Selector{MatchLabels: map[string]string{"app": "a"}}}}}}}
 	rs := apply(labState(onlyA))
-	expect("b accepts only a", "a", labPods["b"], true)
-	expect("b accepts only a", "c", labPods["b"], false)
-	expect("b is not egress-isolated; replies pass", "b", labPods["c"], true)
+	expect("b accepts only a", "a", "b", true)
+	expect("b accepts only a", "c", "b", false)
+	expect("b is not egress-isolated; replies pass", "b", "c", true)
 	if out, err := exec.Command("ip", "netns", "exec", l.ns("node"), "ping", "-c2", "-i0.2", "-W1", "-q", labPods["b"]).CombinedOutput(); err != nil {
 		t.Errorf("the node itself must reach its pods: %v: %s", err, out)
 	}
@@ -134,9 +150,23 @@ func TestTableTraffic(t *testing.T) {
 	aOut := Policy{Namespace: "x", Name: "a-out", PodSelector: sel("a"), Egress: true,
 		EgressRules: []Rule{{Peers: []Peer{{Block: &IPBlock{CIDR: netip.MustParsePrefix(labPods["c"] + "/32")}}}, Ports: []Port{{Proto: TCP, Port: 80, EndPort: 80}}}}}
 	apply(labState(onlyA, aOut))
-	expect("a's egress", "a", labPods["b"], false)
-	expect("a's egress", "a", labPods["c"], false)
-	expect("replies to a", "b", labPods["a"], true)
+	expect("a's egress", "a", "b", false)
+	expect("a's egress", "a", "c", false)
+	// a is egress-isolated: its neighbour advertisements to the node
+	// (and solicitations of fe80::1) still pass, or IPv6 to a breaks.
+	l.run("ip", "-n", l.ns("a"), "neigh", "flush", "all")
+	l.run("ip", "-n", l.ns("node"), "neigh", "flush", "all")
+	expect("replies to a, neighbour discovery of an egress-isolated pod", "b", "a", true)
+
+	// An IPv6 ipBlock with except: b admits the /64 but c; IPv4 is
+	// denied for all (the block has no IPv4 member).
+	v6Block := Policy{Namespace: "x", Name: "v6-block", PodSelector: sel("b"), Ingress: true,
+		IngressRules: []Rule{{Peers: []Peer{{Block: &IPBlock{CIDR: netip.MustParsePrefix("fd00:10:244:9::/64"), Except: []netip.Prefix{netip.MustParsePrefix(labPods6["c"] + "/128")}}}}}}}
+	apply(labState(v6Block))
+	if !l.ping("a", labPods6["b"]) || l.ping("c", labPods6["b"]) || l.ping("a", labPods["b"]) {
+		t.Errorf("IPv6 ipBlock except c: a → b over IPv6 %v (want true), c → b over IPv6 %v, a → b over IPv4 %v (want false)",
+			l.ping("a", labPods6["b"]), l.ping("c", labPods6["b"]), l.ping("a", labPods["b"]))
+	}
 
 	// Many policies in one batch: more acknowledgements than a default
 	// netlink receive buffer holds (ENOBUFS before sockBuf).
@@ -148,7 +178,7 @@ func TestTableTraffic(t *testing.T) {
 	if rs := apply(labState(many...)); rs.Rules() < 300 {
 		t.Fatalf("%d rules", rs.Rules())
 	}
-	expect("c under 300 UDP-only policies", "b", labPods["c"], false)
+	expect("c under 300 UDP-only policies", "b", "c", false)
 	apply(labState(onlyA, aOut))
 
 	// Drift: a chain of someone else's in weft's table, and a missing
@@ -158,13 +188,14 @@ func TestTableTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.AddChain(&nftables.Chain{Name: "stray", Table: table})
-	c.FlushChain(&nftables.Chain{Name: chainIngress, Table: table})
+	c.FlushChain(&nftables.Chain{Name: chainIngress + "4", Table: table})
+	c.FlushChain(&nftables.Chain{Name: chainIngress + "6", Table: table})
 	if err := c.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	expect("drifted: ingress checks gone", "c", labPods["b"], true)
+	expect("drifted: ingress checks gone", "c", "b", true)
 	apply(labState(onlyA, aOut))
-	expect("repaired", "c", labPods["b"], false)
+	expect("repaired", "c", "b", false)
 	chains, _, _, err := existing(c)
 	if err != nil {
 		t.Fatal(err)
@@ -180,12 +211,12 @@ func TestTableTraffic(t *testing.T) {
 	if err := tab.Remove(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyIPv4); err == nil {
+	if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet); err == nil {
 		t.Error("table still there after Remove")
 	} else if !notExist(err) {
 		t.Fatal(err)
 	}
-	expect("removed", "c", labPods["b"], true)
+	expect("removed", "c", "b", true)
 	if err := tab.Remove(); err != nil {
 		t.Errorf("Remove of no table: %v", err)
 	}
@@ -200,4 +231,61 @@ func NewBenchLab(tb testing.TB) (ns func(string) string, tab *Table) {
 	tab = NewTable(l.nodeFd)
 	tb.Cleanup(func() { tab.Remove() })
 	return l.ns, tab
+}
+
+// TestTableUpgrade: the table ip weft-netpol of IPv4-only weft is there
+// (here one chain that drops everything to b); the first Apply writes the
+// inet table and deletes the old one in one transaction, after which
+// exactly the new policies are in force, over both families; Remove
+// deletes whichever tables there are.
+func TestTableUpgrade(t *testing.T) {
+	l := newNodeLab(t)
+	tab := NewTable(l.nodeFd)
+	t.Cleanup(func() { tab.Remove() })
+	c, err := nftables.New(nftables.WithNetNSFd(l.nodeFd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.AddTable(legacyTable)
+	accept := nftables.ChainPolicyAccept
+	ch := c.AddChain(&nftables.Chain{Name: chainIngressForward, Table: legacyTable, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityRef(10), Policy: &accept})
+	c.AddRule(&nftables.Rule{Table: legacyTable, Chain: ch, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}})
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if l.ping("a", labPods["b"]) {
+		t.Fatal("the old table's drop is not in force")
+	}
+	onlyA := Policy{Namespace: "x", Name: "only-a", PodSelector: sel("b"), Ingress: true,
+		IngressRules: []Rule{{Peers: []Peer{{Pods: &Selector{MatchLabels: map[string]string{"app": "a"}}}}}}}
+	rs, errs := Compile("node", labState(onlyA))
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	if err := tab.Apply(rs); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := tableExists(c, legacyTable); err != nil || ok {
+		t.Errorf("table ip %s after Apply: %v, %v; want gone", TableName, ok, err)
+	}
+	for _, addr := range []string{labPods["b"], labPods6["b"]} {
+		if !l.ping("a", addr) || l.ping("c", addr) {
+			t.Errorf("after the upgrade, to %s: a %v (want true), c %v (want false)", addr, l.ping("a", addr), l.ping("c", addr))
+		}
+	}
+	// Remove takes both, should an old weftd have written its table
+	// again meanwhile.
+	c.AddTable(legacyTable)
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tab.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []*nftables.Table{table, legacyTable} {
+		if ok, err := tableExists(c, tt); err != nil || ok {
+			t.Errorf("table %v %s after Remove: %v, %v", tt.Family, tt.Name, ok, err)
+		}
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -189,22 +190,27 @@ func trimPod(obj any) (any, error) {
 }
 
 // PodOf translates a Pod; ok is false for pods policies ignore: host
-// network, finished, or without an IPv4 address yet.
+// network, finished, or without an address yet.
 func PodOf(p *corev1.Pod) (netpol.Pod, bool) {
 	if p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 		return netpol.Pod{}, false
 	}
-	var ip netip.Addr
+	var ips []netip.Addr
 	for _, s := range append([]corev1.PodIP{{IP: p.Status.PodIP}}, p.Status.PodIPs...) {
-		if a, err := netip.ParseAddr(s.IP); err == nil && a.Is4() {
-			ip = a
-			break
+		a, err := netip.ParseAddr(s.IP)
+		if err != nil || a.Zone() != "" {
+			continue // the API server refuses these; a zone names no pod
+		}
+		// An IPv4-mapped IPv6 address is the IPv4 address (what a
+		// packet of the pod carries).
+		if a = a.Unmap(); !slices.Contains(ips, a) {
+			ips = append(ips, a)
 		}
 	}
-	if !ip.IsValid() {
+	if len(ips) == 0 {
 		return netpol.Pod{}, false
 	}
-	pod := netpol.Pod{Namespace: p.Namespace, Name: p.Name, Labels: p.Labels, IP: ip, Node: p.Spec.NodeName}
+	pod := netpol.Pod{Namespace: p.Namespace, Name: p.Name, Labels: p.Labels, IPs: ips, Node: p.Spec.NodeName}
 	for _, c := range append(p.Spec.InitContainers, p.Spec.Containers...) {
 		for _, cp := range c.Ports {
 			proto, err := netpol.ParseProto(string(cp.Protocol))

@@ -92,7 +92,7 @@ func TestPodOf(t *testing.T) {
 		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.244.1.5", PodIPs: []corev1.PodIP{{IP: "10.244.1.5"}, {IP: "fd00::5"}}},
 	}
 	got, ok := PodOf(p)
-	want := netpol.Pod{Namespace: "a", Name: "web", Labels: map[string]string{"app": "web"}, IP: netip.MustParseAddr("10.244.1.5"), Node: "n1",
+	want := netpol.Pod{Namespace: "a", Name: "web", Labels: map[string]string{"app": "web"}, IPs: []netip.Addr{netip.MustParseAddr("10.244.1.5"), netip.MustParseAddr("fd00::5")}, Node: "n1",
 		Ports: []netpol.NamedPort{{Name: "http", Proto: netpol.TCP, Port: 8080}, {Name: "dns", Proto: netpol.UDP, Port: 53}}}
 	if !ok || !reflect.DeepEqual(got, want) {
 		t.Errorf("got %+v %v", got, ok)
@@ -101,12 +101,25 @@ func TestPodOf(t *testing.T) {
 		func(p *corev1.Pod) { p.Spec.HostNetwork = true },
 		func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded },
 		func(p *corev1.Pod) { p.Status.PodIP, p.Status.PodIPs = "", nil },
+		func(p *corev1.Pod) {
+			p.Status.PodIP, p.Status.PodIPs = "fe80::5%eth0", []corev1.PodIP{{IP: "nonsense"}}
+		},
 	} {
 		q := p.DeepCopy()
 		mod(q)
 		if _, ok := PodOf(q); ok {
 			t.Errorf("%+v: translated, want left out", q.Spec)
 		}
+	}
+
+	// An IPv6-only pod; an IPv4-mapped address is its IPv4 address, a
+	// zoned or unparsable one is no address, duplicates count once.
+	q := p.DeepCopy()
+	q.Status.PodIP = "fd00::5"
+	q.Status.PodIPs = []corev1.PodIP{{IP: "fd00::5"}, {IP: "::ffff:10.244.1.5"}, {IP: "fe80::1%eth0"}, {IP: "10.244.1.5"}, {IP: "x"}}
+	got, ok = PodOf(q)
+	if wantIPs := []netip.Addr{netip.MustParseAddr("fd00::5"), netip.MustParseAddr("10.244.1.5")}; !ok || !reflect.DeepEqual(got.IPs, wantIPs) {
+		t.Errorf("IPs %v %v, want %v", got.IPs, ok, wantIPs)
 	}
 }
 
