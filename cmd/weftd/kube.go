@@ -49,12 +49,16 @@ type kubeFlags struct {
 	Kubeconfig string
 	HealthAddr string
 	SiteLabel  string // the Node label a site comes from, without --site
+	// KubeAltUnderlay takes the Node's IPv6 InternalIP beside its IPv4
+	// one as the second underlay address (AltUnderlayAddr).
+	KubeAltUnderlay bool
 }
 
 func (k *kubeFlags) registerFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&k.Kube, "kube", false, "Kubernetes mode: pod CIDR from this node's Node.spec.podCIDRs, gossip seeds from the other Nodes' InternalIPs, peers routed only while their Node exists; in-cluster credentials unless --kubeconfig. --name must be the Node name (default $NODE_NAME)")
 	fs.StringVar(&k.Kubeconfig, "kubeconfig", "", "kubeconfig file for Kubernetes mode (implies --kube)")
 	fs.StringVar(&k.SiteLabel, "site-label", "topology.kubernetes.io/zone", "Kubernetes mode without --site: the Node label whose value is this node's site (transport policy wireguard-across-sites); empty: no site")
+	fs.BoolVar(&k.KubeAltUnderlay, "kube-alt-underlay", false, "Kubernetes mode without --underlay-addr: a Node with an IPv4 and an IPv6 InternalIP (dual-stack kubelet --node-ip) gets both as underlay addresses, so IPv6-only nodes reach it (README: IPv6 underlay); turn on once every node runs a weftd that knows second addresses")
 	fs.StringVar(&k.HealthAddr, "health-addr", "", "serve /healthz (liveness) and /readyz (readiness) over HTTP on this address, e.g. 127.0.0.1:9993; empty: off")
 }
 
@@ -83,6 +87,9 @@ func defaultName() string {
 // checkKube validates the Kubernetes flags against the rest.
 func (c *config) checkKube() error {
 	if !c.kubeMode() {
+		if c.KubeAltUnderlay {
+			return errors.New("--kube-alt-underlay needs --kube")
+		}
 		return nil
 	}
 	if len(c.podCIDRFlags) > 0 || c.NodeCIDRBits != 0 {
@@ -157,6 +164,9 @@ func startKube(ctx context.Context, c *config, log *slog.Logger, healthLn net.Li
 	if !c.UnderlayAddr.IsValid() {
 		if internalIP.IsValid() {
 			c.UnderlayAddr = internalIP
+			if c.KubeAltUnderlay {
+				c.AltUnderlayAddr = self.AltInternalIP
+			}
 		} else if c.UnderlayAddr, err = selectUnderlay(); err != nil {
 			return fail(fmt.Errorf("--underlay-addr not given, Node %s has no InternalIP, and none found: %w", c.Name, err))
 		}
@@ -176,7 +186,7 @@ func startKube(ctx context.Context, c *config, log *slog.Logger, healthLn net.Li
 	if err != nil {
 		return fail(err)
 	}
-	seeds := k.nodes.Snapshot().Seeds(c.Name, c.GossipPort)
+	seeds := k.nodes.Snapshot().Seeds(c.Name, c.GossipPort, c.UnderlayAddr.Is6())
 	c.Seeds = append(c.Seeds, seeds...)
 	k.log.Info("Kubernetes mode", "node", c.Name, "podCIDRs", c.podCIDRs(), "underlay", c.UnderlayAddr, "public", c.PublicAddr, "site", c.Site, "seeds", seeds)
 	return ctx, k, nil

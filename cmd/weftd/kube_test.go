@@ -34,6 +34,12 @@ func TestParseFlagsKube(t *testing.T) {
 			t.Errorf("parseFlags(%q) = %v, want the --kube conflict", args, err)
 		}
 	}
+	if c, err := parseFlags([]string{"--kube", "--kube-alt-underlay", "--insecure-gossip"}); err != nil || !c.KubeAltUnderlay {
+		t.Fatalf("--kube --kube-alt-underlay: %v %v", err, c.KubeAltUnderlay)
+	}
+	if _, err := parseFlags([]string{"--name", "n1", "--underlay-addr", "192.0.2.11", "--pod-cidr", "10.244.1.0/24", "--kube-alt-underlay", "--insecure-gossip"}); err == nil || !strings.Contains(err.Error(), "--kube-alt-underlay needs --kube") {
+		t.Fatalf("--kube-alt-underlay without --kube: %v", err)
+	}
 }
 
 // readyz turns true only once the pod CIDR is known and node.json is

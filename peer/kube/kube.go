@@ -116,6 +116,25 @@ func MarkNetworkAvailable(ctx context.Context, c kubernetes.Interface, node stri
 // Node without one (an IPv6-only node) its first global IPv6 one.
 func InternalIP(n *corev1.Node) (netip.Addr, bool) { return firstAddr(n, corev1.NodeInternalIP) }
 
+// AltInternalIP returns, for a Node whose InternalIP is IPv4, its first
+// global IPv6 InternalIP: the second underlay address of a node with one
+// of each family (a dual-stack kubelet --node-ip).
+func AltInternalIP(n *corev1.Node) (netip.Addr, bool) {
+	first, ok := InternalIP(n)
+	if !ok || !first.Is4() {
+		return netip.Addr{}, false
+	}
+	for _, a := range n.Status.Addresses {
+		if a.Type != corev1.NodeInternalIP {
+			continue
+		}
+		if ip, err := netip.ParseAddr(a.Address); err == nil && !ip.Is4In6() && ip.Is6() && ip.IsGlobalUnicast() && ip.Zone() == "" {
+			return ip, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
 // firstAddr returns the Node's first IPv4 address of type t, else its
 // first global unicast IPv6 one (link-local addresses carry no zone in
 // a Node's status and cannot be reached from other links).
@@ -143,8 +162,9 @@ func firstAddr(n *corev1.Node, t corev1.NodeAddressType) (netip.Addr, bool) {
 type Node struct {
 	Name string
 	// InternalIP is the Node's IPv4 InternalIP, else its IPv6 one
-	// (InternalIP), invalid if none.
-	InternalIP netip.Addr
+	// (InternalIP), invalid if none; AltInternalIP the IPv6 one beside an
+	// IPv4 one (AltInternalIP).
+	InternalIP, AltInternalIP netip.Addr
 	// PodCIDRs is spec.podCIDRs; empty until the controller manager has
 	// assigned them (or if they do not parse).
 	PodCIDRs []netip.Prefix
@@ -157,6 +177,7 @@ type Node struct {
 func nodeOf(n *corev1.Node) Node {
 	out := Node{Name: n.Name}
 	out.InternalIP, _ = InternalIP(n)
+	out.AltInternalIP, _ = AltInternalIP(n)
 	out.Public, _ = ExternalIP(n)
 	switch v := n.Annotations[AnnotationPublicAddr]; v {
 	case "":
@@ -188,12 +209,14 @@ func (s Snapshot) Get(name string) (Node, bool) {
 	return n, ok
 }
 
-// Seeds returns host:port gossip seeds from every Node's InternalIP, and
+// Seeds returns host:port gossip seeds from every Node's InternalIP (with
+// alt, for a node whose underlay is IPv6 only, also the IPv6 InternalIP of
+// dual-stack Nodes, which it reaches where it cannot reach their IPv4), and
 // then every public address, except self's, sorted within each group:
 // nodes of this node's site answer on the first, nodes of other sites on
 // the second (one answer is enough to join). Every weftd listens on the
 // same gossip port.
-func (s Snapshot) Seeds(self string, port int) []string {
+func (s Snapshot) Seeds(self string, port int, alt bool) []string {
 	var internal, public []string
 	for name, n := range s.nodes {
 		if name == self {
@@ -201,6 +224,9 @@ func (s Snapshot) Seeds(self string, port int) []string {
 		}
 		if n.InternalIP.IsValid() {
 			internal = append(internal, net.JoinHostPort(n.InternalIP.String(), strconv.Itoa(port)))
+		}
+		if alt && n.AltInternalIP.IsValid() {
+			internal = append(internal, net.JoinHostPort(n.AltInternalIP.String(), strconv.Itoa(port)))
 		}
 		if n.Public.IsValid() && n.Public != n.InternalIP {
 			public = append(public, net.JoinHostPort(n.Public.String(), strconv.Itoa(port)))
@@ -368,7 +394,7 @@ func sameNodes(a, b map[string]Node) bool {
 	}
 	for k, x := range a {
 		y, ok := b[k]
-		if !ok || x.InternalIP != y.InternalIP || x.Public != y.Public || !slices.Equal(x.PodCIDRs, y.PodCIDRs) {
+		if !ok || x.InternalIP != y.InternalIP || x.AltInternalIP != y.AltInternalIP || x.Public != y.Public || !slices.Equal(x.PodCIDRs, y.PodCIDRs) {
 			return false
 		}
 	}
@@ -449,7 +475,10 @@ func Connect(kubeconfig string, log *slog.Logger) (*Cluster, error) {
 // public address), its pod CIDRs and its labels (the site).
 type Self struct {
 	InternalIP netip.Addr
-	ExternalIP netip.Addr
+	// AltInternalIP is the IPv6 InternalIP beside an IPv4 one
+	// (AltInternalIP), invalid if none.
+	AltInternalIP netip.Addr
+	ExternalIP    netip.Addr
 	// PublicOverride is the AnnotationPublicAddr value, "" if none.
 	PublicOverride string
 	PodCIDRs       []netip.Prefix
@@ -476,8 +505,9 @@ func (k *Cluster) WaitPodCIDRs(ctx context.Context, name string) (Self, error) {
 		return Self{}, err
 	}
 	ip, _ := InternalIP(n)
+	alt, _ := AltInternalIP(n)
 	ext, _ := ExternalIP(n)
-	return Self{InternalIP: ip, ExternalIP: ext, PublicOverride: n.Annotations[AnnotationPublicAddr], PodCIDRs: cidrs, Labels: maps.Clone(n.Labels)}, nil
+	return Self{InternalIP: ip, AltInternalIP: alt, ExternalIP: ext, PublicOverride: n.Annotations[AnnotationPublicAddr], PodCIDRs: cidrs, Labels: maps.Clone(n.Labels)}, nil
 }
 
 // Publish merges annotations into the Node called node (see Publish).

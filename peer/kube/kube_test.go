@@ -71,8 +71,36 @@ func TestInternalIP(t *testing.T) {
 	if ip, ok := ExternalIP(n); !ok || ip.String() != "2001:db8:ff::11" {
 		t.Fatalf("ExternalIP of an IPv6-only Node = %v %v", ip, ok)
 	}
-	if s := (Snapshot{nodes: map[string]Node{"a": nodeOf(n)}}).Seeds("b", 7946); len(s) != 2 || s[0] != "[2001:db8:1::11]:7946" || s[1] != "[2001:db8:ff::11]:7946" {
+	if s := (Snapshot{nodes: map[string]Node{"a": nodeOf(n)}}).Seeds("b", 7946, false); len(s) != 2 || s[0] != "[2001:db8:1::11]:7946" || s[1] != "[2001:db8:ff::11]:7946" {
 		t.Fatalf("seeds of an IPv6-only Node: %q", s)
+	}
+	if ip, ok := AltInternalIP(n); ok {
+		t.Fatalf("AltInternalIP of an IPv6-only Node = %v, want none (its one address is the InternalIP)", ip)
+	}
+	// A dual-stack Node (kubelet --node-ip with both): IPv4 first, and the
+	// global IPv6 one beside it.
+	dual := &corev1.Node{Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.0.2.11"}}}}
+	dual.Status.Addresses = append(dual.Status.Addresses,
+		corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: "fe80::11"},
+		corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: "::ffff:192.0.2.99"},
+		corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: "2001:db8:1::11"},
+		corev1.NodeAddress{Type: corev1.NodeExternalIP, Address: "2001:db8:ff::11"})
+	if ip, ok := InternalIP(dual); !ok || ip.String() != "192.0.2.11" {
+		t.Fatalf("InternalIP of a dual-stack Node = %v %v", ip, ok)
+	}
+	if ip, ok := AltInternalIP(dual); !ok || ip.String() != "2001:db8:1::11" {
+		t.Fatalf("AltInternalIP of a dual-stack Node = %v %v, want 2001:db8:1::11", ip, ok)
+	}
+	// Seeds: the IPv6 one only for a node whose underlay is IPv6 only.
+	ds := Snapshot{nodes: map[string]Node{"d": nodeOf(dual)}}
+	if got := ds.Seeds("x", 7946, false); !slices.Equal(got, []string{"192.0.2.11:7946", "[2001:db8:ff::11]:7946"}) {
+		t.Fatalf("seeds of a dual-stack Node: %q", got)
+	}
+	if got := ds.Seeds("x", 7946, true); !slices.Equal(got, []string{"192.0.2.11:7946", "[2001:db8:1::11]:7946", "[2001:db8:ff::11]:7946"}) {
+		t.Fatalf("seeds of a dual-stack Node for an IPv6-only one: %q", got)
+	}
+	if ip, ok := AltInternalIP(&corev1.Node{Status: corev1.NodeStatus{Addresses: dual.Status.Addresses[:1]}}); ok {
+		t.Fatalf("AltInternalIP of an IPv4-only Node = %v", ip)
 	}
 }
 
@@ -83,7 +111,7 @@ func TestSnapshotFilterAndSeeds(t *testing.T) {
 		"n3": nodeOf(kNode("n3", "", "10.244.3.0/24")),
 		"n4": nodeOf(kNode("n4", "192.0.2.14")), // no CIDR yet
 	}}
-	if got, want := s.Seeds("n1", 7946), []string{"192.0.2.14:7946", "198.51.100.12:7946"}; !slices.Equal(got, want) {
+	if got, want := s.Seeds("n1", 7946, false), []string{"192.0.2.14:7946", "198.51.100.12:7946"}; !slices.Equal(got, want) {
 		t.Errorf("Seeds = %v, want %v (self and address-less nodes skipped)", got, want)
 	}
 	// Public addresses follow the internal ones: the ExternalIP, or the
@@ -99,7 +127,7 @@ func TestSnapshotFilterAndSeeds(t *testing.T) {
 		"b": nodeOf(withExt("b", "192.0.2.11", "203.0.113.21", map[string]string{AnnotationPublicAddr: "203.0.113.99"})),
 		"c": nodeOf(withExt("c", "198.51.100.11", "203.0.113.31", map[string]string{AnnotationPublicAddr: "none"})),
 	}}
-	if got, want := pub.Seeds("x", 7946), []string{"192.0.2.11:7946", "192.0.2.11:7946", "198.51.100.11:7946", "203.0.113.11:7946", "203.0.113.99:7946"}; !slices.Equal(got, want) {
+	if got, want := pub.Seeds("x", 7946, false), []string{"192.0.2.11:7946", "192.0.2.11:7946", "198.51.100.11:7946", "203.0.113.11:7946", "203.0.113.99:7946"}; !slices.Equal(got, want) {
 		t.Errorf("Seeds with public addresses = %v, want %v", got, want)
 	}
 	snap := []peer.Peer{
@@ -250,7 +278,7 @@ func TestWatchFollowsNodes(t *testing.T) {
 	if kept, _ := w.Snapshot().Filter(gossip); !slices.Equal(names(kept), []string{"n3"}) {
 		t.Fatalf("kept %v after n2's Node was deleted, want n3", names(kept))
 	}
-	if got := w.Snapshot().Seeds("n1", 7946); !slices.Equal(got, []string{"192.0.2.13:7946"}) {
+	if got := w.Snapshot().Seeds("n1", 7946, false); !slices.Equal(got, []string{"192.0.2.13:7946"}) {
 		t.Errorf("Seeds = %v", got)
 	}
 	w.Close()
