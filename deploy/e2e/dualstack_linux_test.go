@@ -44,10 +44,10 @@ func (c *cluster) nodeCIDRs2(t *testing.T) map[string][2]netip.Prefix {
 	return out
 }
 
-// podIPs reads a pod's status.podIPs as one address per family.
-func (c *cluster) podIPs(t *testing.T, name string) (v4, v6 netip.Addr) {
+// podIPs reads the status.podIPs of pod ns/name as one address per family.
+func (c *cluster) podIPs(t *testing.T, ns, name string) (v4, v6 netip.Addr) {
 	t.Helper()
-	for _, s := range strings.Fields(c.mustKubectl("", "get", "pod", name, "-o", `jsonpath={.status.podIPs[*].ip}`)) {
+	for _, s := range strings.Fields(c.mustKubectl("", "-n", ns, "get", "pod", name, "-o", `jsonpath={.status.podIPs[*].ip}`)) {
 		a, err := netip.ParseAddr(s)
 		if err != nil {
 			t.Fatalf("pod %s podIP %q: %v", name, s, err)
@@ -81,7 +81,7 @@ func (c *cluster) checkDualStack(t *testing.T) {
 		}
 	}
 	c.startPod(t, testPod{name: "ds-web", node: "n2", labels: map[string]string{"app": "ds-web"}, args: netexec, cidr: cidrs["n2"][0]})
-	web4, web6 := c.podIPs(t, "ds-web")
+	web4, web6 := c.podIPs(t, "default", "ds-web")
 	if !cidrs["n2"][1].Contains(web6) {
 		t.Fatalf("ds-web's IPv6 address %s is not in n2's IPv6 pod CIDR %s", web6, cidrs["n2"][1])
 	}
@@ -120,7 +120,7 @@ func (c *cluster) checkDualStack(t *testing.T) {
 		fmt.Fprintf(&sh, "( %s ) || exit 1\n", retried(r.cmd)[2])
 	}
 	c.startPod(t, testPod{name: "ds-client", node: "n1", command: []string{"/bin/sh", "-c", sh.String()}, done: true, cidr: cidrs["n1"][0]})
-	_, client6 := c.podIPs(t, "ds-client")
+	_, client6 := c.podIPs(t, "default", "ds-client")
 	lines := strings.Fields(c.podLogs(t, "ds-client"))
 	if len(lines) != len(reqs) {
 		t.Fatalf("ds-client printed %q, want %d answers", lines, len(reqs))

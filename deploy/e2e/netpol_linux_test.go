@@ -10,7 +10,9 @@ package e2e
 // the clients reach (agnhost connect, over kubectl exec): default deny,
 // podSelector, namespaceSelector with podSelector, ipBlock with except, a
 // named port, an endPort range, UDP, egress, and that the node itself
-// still reaches its pods (kubelet probes). The drop counters show up in
+// still reaches its pods (kubelet probes). The cluster is dual-stack: the
+// server's IPv6 address is probed beside its IPv4 one where a policy
+// selects by pod (no policy, default deny, a pod selector, removal). The drop counters show up in
 // weftctl status and the metrics.
 
 import (
@@ -125,6 +127,10 @@ func (c *cluster) networkPolicy(t *testing.T) {
 	stranger := c.npPod(t, npPod{"np-a", "stranger", "n1", map[string]string{"role": "none"}})
 	c.npPod(t, npPod{"np-b", "b", "n1", map[string]string{"role": "client"}})
 	tcp, udp := srv+":8080", srv+":8081"
+	// The cluster is dual-stack: srv's IPv6 address is under the same
+	// policies (weft's inet table), never a way around them.
+	_, srv6 := c.podIPs(t, "np-a", "srv")
+	tcp6 := "[" + srv6.String() + "]:8080"
 	probes := func(want map[string]bool, proto, to string) []npProbe {
 		var ps []npProbe
 		for _, who := range []string{"same", "other", "stranger", "b"} {
@@ -138,7 +144,7 @@ func (c *cluster) networkPolicy(t *testing.T) {
 	}
 	all := map[string]bool{"same": true, "other": true, "stranger": true, "b": true}
 	none := map[string]bool{}
-	c.expect(t, "no policy: everyone reaches srv", probes(all, "tcp", tcp))
+	c.expect(t, "no policy: everyone reaches srv", append(probes(all, "tcp", tcp), probes(all, "tcp", tcp6)...))
 
 	t.Run("DefaultDenyIngress", func(t *testing.T) {
 		defer c.use(t)()
@@ -151,7 +157,7 @@ func (c *cluster) networkPolicy(t *testing.T) {
 			return nil
 		})
 		t.Logf("kubectl apply of default deny to first refused connection: %s (probe timeout 1 s included)", time.Since(applied).Round(10*time.Millisecond))
-		c.expect(t, "default deny", append(probes(none, "tcp", tcp), probes(none, "udp", udp)...))
+		c.expect(t, "default deny, over IPv4 and IPv6", append(append(probes(none, "tcp", tcp), probes(none, "udp", udp)...), probes(none, "tcp", tcp6)...))
 		// The node itself reaches its pods: kubelet probes.
 		c.eventually("n2's host reaches srv", 10*time.Second, func() error {
 			_, err := c.hostGet("n2", "http://"+tcp+"/hostname")
@@ -180,7 +186,8 @@ func (c *cluster) networkPolicy(t *testing.T) {
 		defer c.use(t)()
 		c.applyPolicies(t, `{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"clients","namespace":"np-a"},"spec":{"podSelector":{"matchLabels":{"app":"srv"}},
 			"ingress":[{"from":[{"podSelector":{"matchLabels":{"role":"client"}}}],"ports":[{"port":"http"}]}]}}`)
-		c.expect(t, "role=client of np-a on port http", append(probes(map[string]bool{"same": true, "other": true}, "tcp", tcp), probes(none, "udp", udp)...))
+		clients := map[string]bool{"same": true, "other": true}
+		c.expect(t, "role=client of np-a on port http, over IPv4 and IPv6", append(append(probes(clients, "tcp", tcp), probes(none, "udp", udp)...), probes(clients, "tcp", tcp6)...))
 	})
 
 	t.Run("NamespaceAndPodSelector", func(t *testing.T) {
@@ -212,7 +219,7 @@ func (c *cluster) networkPolicy(t *testing.T) {
 	t.Run("Removed", func(t *testing.T) {
 		defer c.use(t)()
 		c.applyPolicies(t, "")
-		c.expect(t, "no policy again", probes(all, "tcp", tcp))
+		c.expect(t, "no policy again", append(probes(all, "tcp", tcp), probes(all, "tcp", tcp6)...))
 	})
 	t.Logf("NetworkPolicy checks took %s", time.Since(start).Round(time.Second))
 }
