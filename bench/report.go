@@ -101,7 +101,7 @@ func (r *Report) Markdown() string {
 	fmt.Fprintf(&b, "Command: `%s`  \n", r.Command)
 	fmt.Fprintf(&b, "Run time: %s. Each figure is the median of %d repetition(s); within a repetition the datapaths run round robin, each repetition starting one datapath later.  \n",
 		r.Finished.Sub(r.Started).Round(time.Second), r.Reps)
-	fmt.Fprintf(&b, "Topology: per datapath, a lab of two nodes on different sites (192.0.2.11 on site1, 198.51.100.12 on site2, routed by the lab's router namespace), one pod each (10.244.1.0/24, 10.244.2.0/24).  \n")
+	fmt.Fprintf(&b, "Topology: per datapath, a lab of two nodes on different sites (192.0.2.11 on site1, 198.51.100.12 on site2, routed by the lab's router namespace), one pod each (10.244.1.0/24, 10.244.2.0/24; the -ipv6 rows' labs are dual-stack, fd00:10:244:1::/64 and fd00:10:244:2::/64 beside them, and measure between the pods' IPv6 addresses).  \n")
 	win := "iperf3's default socket buffers"
 	if r.UDPWindow != "" {
 		win = "-w " + r.UDPWindow

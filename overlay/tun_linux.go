@@ -15,6 +15,7 @@ package overlay
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"syscall"
 	"unsafe"
@@ -56,6 +57,10 @@ func (r *Router) startFast(port uint16) (outbound, inbound bool, err error) {
 	var rcv *vxlan.Receiver
 	if r.cfg.VXLANSocket != nil {
 		rcv, err = vxlan.FileReceiver(r.cfg.VXLANSocket, inBatch)
+		if err == nil && !rcv.Receives(netip.IPv6Unspecified()) {
+			// A hand-over from a weftd whose socket was IPv4 only.
+			r.log.Warn("the VXLAN socket handed over receives IPv4 only: VXLAN from peers on an IPv6 underlay is dropped until weftd next starts cold")
+		}
 	} else {
 		rcv, err = vxlan.ListenReceiver(port, inBatch)
 	}

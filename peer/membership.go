@@ -166,6 +166,7 @@ func Join(cfg Config, self Record) (*Membership, error) {
 	})
 	mc.Transport = m.tr
 	if m.keyring, err = newKeyring(cfg); err != nil {
+		m.tr.Shutdown()
 		return nil, fmt.Errorf("join: %w", err)
 	}
 	if m.keyring != nil {

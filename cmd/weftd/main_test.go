@@ -168,8 +168,24 @@ func TestParseFlagsDualStack(t *testing.T) {
 	if cfgs := c.claimConfigs(); !c.claimMode() || len(cfgs) != 2 || cfgs[0].Bits != 24 || cfgs[1].Bits != 64 || cfgs[1].Cluster != c.ClusterCIDR6 {
 		t.Fatalf("dual-stack claim policies %+v (claim mode %v)", cfgs, c.claimMode())
 	}
-	if c, err := parseFlags(append(base, "--pod-cidr", "10.244.1.0/24,fd00:10:244:1::/64", "--masquerade-except", "172.16.0.0/12,2001:db8:5::/48")); err != nil || len(c.MasqExcept) != 2 || c.MasqExcept[1] != netip.MustParsePrefix("2001:db8:5::/48") {
-		t.Fatalf("dual-stack --masquerade-except: %v %v", c.MasqExcept, err)
+	dual, err := parseFlags(append(base, "--pod-cidr", "10.244.1.0/24,fd00:10:244:1::/64", "--masquerade-except", "172.16.0.0/12,2001:db8:5::/48"))
+	if err != nil || len(dual.MasqExcept) != 2 || dual.MasqExcept[1] != netip.MustParsePrefix("2001:db8:5::/48") {
+		t.Fatalf("dual-stack --masquerade-except: %v %v", dual.MasqExcept, err)
+	}
+	quiet := slog.New(slog.DiscardHandler)
+	if m := masqueradeOf(dual, quiet); m.PodCIDR6 != dual.PodCIDR6 || m.ClusterCIDR6 != dual.ClusterCIDR6 || len(m.Except) != 2 {
+		t.Fatalf("dual-stack masquerade %+v", m)
+	}
+	// The same cluster-wide flags on a node without an IPv6 pod CIDR:
+	// the IPv6 exception is left out, not an error that stops weftd.
+	v4node := dual
+	v4node.PodCIDR6 = netip.Prefix{}
+	if m := masqueradeOf(v4node, quiet); m.PodCIDR6.IsValid() || len(m.Except) != 1 || m.Except[0] != netip.MustParsePrefix("172.16.0.0/12") {
+		t.Fatalf("masquerade of a node without IPv6 pods %+v", m)
+	}
+	v4node.Masquerade = false
+	if m := masqueradeOf(v4node, quiet); m != nil {
+		t.Fatalf("--masquerade=false: %+v", m)
 	}
 	for _, tc := range []struct {
 		args []string

@@ -49,18 +49,34 @@ func (c *config) checkMasq() error {
 	return nil
 }
 
+// masqueradeOf is the masquerade c asks for, nil for none. An IPv6
+// --masquerade-except entry (the flag is cluster-wide) is left out on a
+// node without IPv6 pods, such as a Node made before the cluster went
+// dual-stack, which kube-controller-manager gives no IPv6 block.
+func masqueradeOf(c config, log *slog.Logger) *overlay.Masquerade {
+	if !c.Masquerade {
+		return nil
+	}
+	m := &overlay.Masquerade{PodCIDR: c.PodCIDR, ClusterCIDR: c.ClusterCIDR}
+	if c.PodCIDR6.IsValid() {
+		m.PodCIDR6, m.ClusterCIDR6 = c.PodCIDR6, c.ClusterCIDR6
+	}
+	for _, e := range c.MasqExcept {
+		if e.Addr().Is6() && !c.PodCIDR6.IsValid() {
+			log.Info("no IPv6 pod CIDR on this node: its IPv6 --masquerade-except entry is not used", "cidr", e)
+			continue
+		}
+		m.Except = append(m.Except, e)
+	}
+	return m
+}
+
 // startMasquerade applies the masquerade (or removes it with
 // --masquerade=false) and keeps it applied; the returned function stops
 // the resync. The table stays when weftd exits: pods keep reaching the
 // outside across restarts.
 func startMasquerade(c config, log *slog.Logger) (stop func() error, err error) {
-	var want *overlay.Masquerade
-	if c.Masquerade {
-		want = &overlay.Masquerade{PodCIDR: c.PodCIDR, ClusterCIDR: c.ClusterCIDR, Except: c.MasqExcept}
-		if c.PodCIDR6.IsValid() {
-			want.PodCIDR6, want.ClusterCIDR6 = c.PodCIDR6, c.ClusterCIDR6
-		}
-	}
+	want := masqueradeOf(c, log)
 	if err := overlay.ApplyMasquerade(want); err != nil {
 		return nil, err
 	}

@@ -124,9 +124,12 @@ func reachOf(self, r peer.Record) reach {
 		return reach{addr: internal}
 	case public:
 		return reach{addr: r.Public, keepalive: self.Caps&peer.CapBehindNAT != 0}
-	case r.Caps&peer.CapBehindNAT == 0:
+	case r.Caps&peer.CapBehindNAT == 0 && !(r.Public.IsValid() && internal.Is4()):
+		// Routed: no NAT seen. A node with a public address never looks
+		// for NAT; its IPv4 address beside a public one (of a family this
+		// node lacks) is the private side of that NAT, not routed.
 		return reach{addr: internal}
-	case self.Public.IsValid():
+	case self.Public.IsValid() && familiesOf(r).has(self.Public):
 		return reach{passive: true}
 	}
 	return reach{noRelay: true}

@@ -73,6 +73,15 @@ func TestReachOfFamilies(t *testing.T) {
 			t.Errorf("%s: reachOf(%s, %s) = %+v, want %s", tt.name, tt.self.Name, tt.r.Name, got, tt.want)
 		}
 	}
+	// A node whose public address is of a family the other end lacks:
+	// neither end waits for the other, both go through a relay (or none).
+	pub6 := famRecord("y7", "site3", "192.0.2.17")
+	pub6.Public = netip.MustParseAddr("2001:db8:ff::17")
+	nat4 := famRecord("z8", "site4", "198.51.100.18")
+	nat4.Caps |= peer.CapBehindNAT
+	if ab, ba := reachOf(pub6, nat4), reachOf(nat4, pub6); !ab.noRelay || !ba.noRelay {
+		t.Errorf("IPv6-public node and IPv4 node behind NAT: %+v / %+v, want both to need a relay", ab, ba)
+	}
 	if why := reachOf(m4, m6).why; !strings.Contains(why, "IPv4 only") || !strings.Contains(why, "IPv6 only") {
 		t.Errorf("reason %q does not say which family each end has", why)
 	}

@@ -33,7 +33,7 @@ type underlayFlags struct {
 }
 
 func (u *underlayFlags) registerFlags(fs *flag.FlagSet) {
-	fs.StringVar(&u.underlay, "underlay-addr", "", "internal underlay address: bound, gossiped, and used by the nodes of this node's site IPv4 or IPv6 (default: the source address of the IPv4 default route, else of the IPv6 one, else the first global address, IPv4 first)")
+	fs.StringVar(&u.underlay, "underlay-addr", "", "internal underlay address, IPv4 or IPv6, or one of each comma-separated: bound, gossiped, and used by the nodes of this node's site (default: the source address of the IPv4 default route, else of the IPv6 one, else the first global address, IPv4 first)")
 	fs.StringVar(&u.underlay, "advertise-addr", "", "alias of --underlay-addr")
 	fs.StringVar(&u.public, "public-addr", "", "public address where nodes of other sites reach this one, on the same ports (a cloud's 1:1 NAT address: elastic IP, external IP); not bound. Default: none, unless the Node has the weft.dev/public-addr annotation or an ExternalIP (Kubernetes); a node without one is reached through the NAT mappings it keeps open, or a relay")
 }

@@ -492,8 +492,19 @@ type Self struct {
 // has no public address even if it has an ExternalIP.
 const AnnotationPublicAddr = "weft.dev/public-addr"
 
-// ExternalIP returns the Node's first IPv4 ExternalIP address.
-func ExternalIP(n *corev1.Node) (netip.Addr, bool) { return firstAddr(n, corev1.NodeExternalIP) }
+// ExternalIP returns the Node's first ExternalIP address of its
+// InternalIP's family (InternalIP), so that a Node reached over IPv4
+// inside its site is not given an IPv6 public address its IPv4 peers
+// cannot use (nor one that would stop weftd looking for NAT); a Node
+// without an InternalIP takes the first IPv4 one, else IPv6.
+func ExternalIP(n *corev1.Node) (netip.Addr, bool) {
+	in, ok := InternalIP(n)
+	ext, found := firstAddr(n, corev1.NodeExternalIP)
+	if !ok || !found || ext.Is4() == in.Is4() {
+		return ext, found
+	}
+	return netip.Addr{}, false
+}
 
 // WaitPodCIDRs waits until the Node called name exists and has pod CIDRs
 // (ipam/kube.Wait) and returns what weftd takes from it.

@@ -93,11 +93,16 @@ func TestInternalIP(t *testing.T) {
 	}
 	// Seeds: the IPv6 one only for a node whose underlay is IPv6 only.
 	ds := Snapshot{nodes: map[string]Node{"d": nodeOf(dual)}}
-	if got := ds.Seeds("x", 7946, false); !slices.Equal(got, []string{"192.0.2.11:7946", "[2001:db8:ff::11]:7946"}) {
+	if got := ds.Seeds("x", 7946, false); !slices.Equal(got, []string{"192.0.2.11:7946"}) {
 		t.Fatalf("seeds of a dual-stack Node: %q", got)
 	}
-	if got := ds.Seeds("x", 7946, true); !slices.Equal(got, []string{"192.0.2.11:7946", "[2001:db8:1::11]:7946", "[2001:db8:ff::11]:7946"}) {
+	if got := ds.Seeds("x", 7946, true); !slices.Equal(got, []string{"192.0.2.11:7946", "[2001:db8:1::11]:7946"}) {
 		t.Fatalf("seeds of a dual-stack Node for an IPv6-only one: %q", got)
+	}
+	// Its ExternalIP is IPv6 only: not a public address for a node whose
+	// underlay is IPv4.
+	if ip, ok := ExternalIP(dual); ok {
+		t.Fatalf("ExternalIP of a Node with an IPv4 InternalIP and an IPv6 ExternalIP = %v, want none", ip)
 	}
 	if ip, ok := AltInternalIP(&corev1.Node{Status: corev1.NodeStatus{Addresses: dual.Status.Addresses[:1]}}); ok {
 		t.Fatalf("AltInternalIP of an IPv4-only Node = %v", ip)

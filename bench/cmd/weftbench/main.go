@@ -173,7 +173,15 @@ func command(args []string) string {
 	}
 	sort.Strings(env)
 	parts := append(env, "weftbench")
-	parts = append(parts, args...)
+	// Paths inside the working directory (make's -bin-dir $(CURDIR)/bin)
+	// are written relative to it: the command reads the same in any clone.
+	wd, _ := os.Getwd()
+	for _, a := range args {
+		if rel, err := filepath.Rel(wd, a); err == nil && filepath.IsAbs(a) && wd != "" && !strings.HasPrefix(rel, "..") {
+			a = rel
+		}
+		parts = append(parts, a)
+	}
 	s := strings.Join(parts, " ")
 	if os.Getenv("MAKELEVEL") != "" {
 		s = "make bench → " + s
