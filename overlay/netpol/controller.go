@@ -33,6 +33,11 @@ type Enforcer interface {
 // Drops are the packets dropped for one policy, by direction.
 type Drops struct{ Ingress, Egress uint64 }
 
+// SpoofedCounter names the drops of packets from a pod with a source
+// address that is not its own (the table's spoofed-source rule), beside
+// the policies' in Counters, as egress.
+const SpoofedCounter = "spoofed-source"
+
 // Config is the controller's configuration.
 type Config struct {
 	Node string // this node's name (spec.nodeName of its pods)
@@ -177,6 +182,9 @@ func (c *Controller) Counters() (map[string]Drops, error) {
 	out := make(map[string]Drops, len(st.PolicyIDs))
 	for key, id := range st.PolicyIDs {
 		out[key] = byID[id]
+	}
+	if d, ok := byID[SpoofedCounter]; ok {
+		out[SpoofedCounter] = d
 	}
 	return out, nil
 }

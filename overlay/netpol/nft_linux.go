@@ -5,10 +5,12 @@ package netpol
 // or the new, never a mix, and never an open gap).
 //
 //	table inet weft-netpol
-//	  chain egress-forward  { hook forward priority 0;  ct state established,related accept; <nd> accept;
+//	  chain egress-forward  { hook forward priority 0;  <nd> accept;
+//	                          iifname "weft*" fib saddr . iif oif missing counter name spoofed-source drop;
+//	                          ct state established,related accept; <nd> accept;
 //	                          meta nfproto ipv4 jump egress4; meta nfproto ipv6 jump egress6 }
 //	  chain egress-input    { hook input   priority 0;  (the same) }
-//	  chain ingress-forward { hook forward priority 10; (the same, to ingress4 and ingress6) }
+//	  chain ingress-forward { hook forward priority 10; (the same without the spoofed-source rule, to ingress4 and ingress6) }
 //	  chain ingress4 { ip daddr vmap @ingress-v4 }          pod address → jump <group>-in4
 //	  chain egress6  { ip6 saddr vmap @egress-v6 }
 //	  chain <group>-in4 { jump <id>-in4; jump <id2>-in4; ...; counter name <id>-in-drop drop }
@@ -197,7 +199,8 @@ func (t *Table) Apply(rs *Ruleset) error {
 	for name := range oldChains {
 		c.FlushChain(&nftables.Chain{Name: name, Table: table})
 	}
-	wantObjs := map[string]bool{}
+	wantObjs := map[string]bool{SpoofedCounter: true}
+	c.AddObj(&nftables.CounterObj{Table: table, Name: SpoofedCounter})
 	for _, p := range rs.Policies {
 		for _, n := range []string{p.ID + "-in-drop", p.ID + "-eg-drop"} {
 			wantObjs[n] = true
@@ -274,6 +277,12 @@ func (t *Table) Apply(rs *Ruleset) error {
 		{chainIngressForward, chainIngress, nftables.ChainHookForward, 10},
 	} {
 		ch := base(b.name, b.hook, b.prio)
+		if b.to == chainEgress {
+			// Before conntrack: a spoofed packet may match another pod's
+			// established connection.
+			rule(ch, append(neighbourDiscovery(), accept())...)
+			rule(ch, spoofedSource()...)
+		}
 		rule(ch, append(established(), accept())...)
 		rule(ch, append(neighbourDiscovery(), accept())...)
 		for _, f := range Families {
@@ -447,6 +456,29 @@ func nfproto(f Family) []expr.Any {
 	}
 }
 
+// PodInterfaces is the interface name prefix of the host side of every
+// pod's veth (weft-cni's HostVethName) and of weft0: where packets with
+// pod sources come in.
+const PodInterfaces = "weft"
+
+// spoofedSource drops a packet that comes in on a pod interface from a
+// source address the node does not route back out of that interface
+// (strict reverse path: fib saddr . iif oif missing): a pod sending with
+// another pod's address, or any other address of the node's IPv6 /64,
+// which the egress dispatch by source address would otherwise let
+// through unselected. weft0's sources are remote pods, routed back
+// through weft0, and pass. Counted in SpoofedCounter.
+func spoofedSource() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(PodInterfaces)},
+		&expr.Fib{Register: 1, FlagSADDR: true, FlagIIF: true, ResultOIF: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0, 0, 0, 0}},
+		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: SpoofedCounter},
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	}
+}
+
 // neighbourDiscovery matches ICMPv6 router solicitation and advertisement,
 // neighbour solicitation and advertisement, and redirect (133 to 137)
 // with hop limit 255 (RFC 4861: only those are valid, and only on-link).
@@ -508,7 +540,9 @@ func (t *Table) Counters() (map[string]Drops, error) {
 		if !ok {
 			continue
 		}
-		if id, ok := strings.CutSuffix(co.Name, "-in-drop"); ok {
+		if co.Name == SpoofedCounter {
+			out[SpoofedCounter] = Drops{Egress: co.Packets}
+		} else if id, ok := strings.CutSuffix(co.Name, "-in-drop"); ok {
 			d := out[id]
 			d.Ingress = co.Packets
 			out[id] = d

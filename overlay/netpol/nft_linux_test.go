@@ -63,7 +63,7 @@ func newNodeLab(t testing.TB) *nodeLab {
 	l.run("ip", "-n", node, "addr", "add", "10.244.9.1/32", "dev", "lo")
 	l.run("ip", "-n", node, "link", "set", "lo", "up")
 	for name, ip := range labPods {
-		host := "veth" + name
+		host := PodInterfaces + name // as weft-cni names them: the spoofed-source rule's interfaces
 		l.run("ip", "-n", node, "link", "add", host, "type", "veth", "peer", "name", "eth0", "netns", l.ns(name))
 		l.run("ip", "netns", "exec", node, "sysctl", "-qw", "net.ipv4.conf."+host+".proxy_arp=1", "net.ipv4.neigh."+host+".proxy_delay=0")
 		l.run("ip", "-n", node, "link", "set", host, "up")
@@ -127,6 +127,38 @@ func TestTableTraffic(t *testing.T) {
 	apply(labState())
 	expect("no policy", "a", "b", true)
 	expect("no policy", "c", "b", true)
+
+	// c sends with a's address, then with an address of the /64 no pod
+	// has: both dropped where they come in (counted), none of the
+	// legitimate traffic above was.
+	spoofed := func() uint64 {
+		t.Helper()
+		d, err := tab.Counters()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, ok := d[SpoofedCounter]
+		if !ok {
+			t.Fatalf("no %s counter in %v", SpoofedCounter, d)
+		}
+		return s.Egress
+	}
+	if n := spoofed(); n != 0 {
+		t.Fatalf("%d legitimate packets counted as spoofed", n)
+	}
+	for i, src := range []string{labPods["a"], "fd00:10:244:9::99"} {
+		l.run("ip", "-n", l.ns("c"), "addr", "add", src, "dev", "eth0", "nodad")
+		dst := labPods["b"]
+		if i == 1 {
+			dst = labPods6["b"]
+		}
+		exec.Command("ip", "netns", "exec", l.ns("c"), "ping", "-c2", "-i0.2", "-W1", "-q", "-I", src, dst).Run()
+		if n := spoofed(); n < uint64(2*(i+1)) {
+			t.Fatalf("c's pings to %s from %s: %d packets counted as spoofed, want %d", dst, src, n, 2*(i+1))
+		}
+		l.run("ip", "-n", l.ns("c"), "addr", "del", src, "dev", "eth0")
+	}
+	expect("after the spoofing, c itself", "c", "b", true)
 
 	onlyA := Policy{Namespace: "x", Name: "only-a", PodSelector: sel("b"), Ingress: true,
 		IngressRules: []Rule{{Peers: []Peer{{Pods: &Selector{MatchLabels: map[string]string{"app": "a"}}}}}}}
