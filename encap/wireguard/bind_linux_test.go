@@ -121,16 +121,44 @@ func TestBindSendsBatchesWhole(t *testing.T) {
 // TestBindRepliesFromPktinfo: a reply to a received endpoint leaves from
 // the local address the datagram came to (sticky source).
 func TestBindRepliesFromPktinfo(t *testing.T) {
-	a, b, recvA, _, toA := openBindPair(t)
+	// b sends to a at 127.0.0.2, an address a's socket (bound to the
+	// wildcard) holds but would not choose as a source by itself toward
+	// 127.0.0.1: a's reply must leave from 127.0.0.2, the address the
+	// request came to (IP_PKTINFO), or b would see a stranger.
+	a, b := newBind(), newBind()
+	fa, pa, err := a.Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	fb, _, err := b.Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	toA, err := b.ParseEndpoint(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), pa).String())
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := b.Send([][]byte{message(1, 100)}, toA); err != nil {
 		t.Fatal(err)
 	}
 	bufs, got, eps := recvBatch(bindBatch)
-	if n, err := recvA(bufs, got, eps); err != nil || n != 1 {
-		t.Fatalf("receive: %d, %v", n, err)
+	if n, err := fa[0](bufs, got, eps); err != nil || n != 1 {
+		t.Fatalf("receive at a: %d, %v", n, err)
+	}
+	if src := eps[0].SrcIP(); src != netip.MustParseAddr("127.0.0.2") {
+		t.Fatalf("a received at %s, want 127.0.0.2 (the request's destination)", src)
 	}
 	if err := a.Send([][]byte{message(2, 100)}, eps[0]); err != nil {
 		t.Fatalf("reply with the received endpoint's source: %v", err)
+	}
+	bufs, got, eps = recvBatch(bindBatch)
+	if n, err := fb[0](bufs, got, eps); err != nil || n != 1 {
+		t.Fatalf("receive at b: %d, %v", n, err)
+	}
+	if from := eps[0].DstIP(); from != netip.MustParseAddr("127.0.0.2") {
+		t.Fatalf("a's reply came from %s, want 127.0.0.2", from)
 	}
 }
 
