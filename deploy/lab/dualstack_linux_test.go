@@ -29,34 +29,7 @@ func TestUpDualStack(t *testing.T) {
 	}{{"vxlan", "vxlan", false}, {"wireguard", "wireguard", false}, {"claims", "vxlan", true}} {
 		transport := tc.transport
 		t.Run(tc.name, func(t *testing.T) {
-			prefix := testPrefix()
-			dir := filepath.Join(t.TempDir(), "lab")
-			t.Cleanup(func() {
-				if err := Cleanup(prefix, dir); err != nil {
-					t.Errorf("cleanup: %v", err)
-				}
-				assertNoNetns(t, prefix)
-			})
-			var log bytes.Buffer
-			cfg := DefaultConfig()
-			cfg.Prefix, cfg.Dir, cfg.BinDir, cfg.Log = prefix, dir, bin, &log
-			cfg.Nodes, cfg.Sites, cfg.PodsPerNode = 3, 2, 1
-			cfg.Transport = transport
-			cfg.DualStack = true
-			cfg.ClaimCIDRs = tc.claims
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-			defer cancel()
-			l, err := Up(ctx, cfg)
-			if err != nil {
-				t.Fatalf("up: %v\n%s", err, log.String())
-			}
-			defer l.Down()
-			cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
-			err = l.WaitConverged(cctx)
-			ccancel()
-			if err != nil {
-				t.Fatal(err)
-			}
+			ctx, l, dir := upDualStack(t, bin, transport, func(c *Config) { c.ClaimCIDRs = tc.claims })
 			saved, err := Load(dir)
 			if err != nil || !saved.DualStack || saved.ClusterCIDR6 != ClusterCIDR6 || (!tc.claims && saved.Node("n2").PodCIDR6 != "fd00:10:244:2::/64") {
 				t.Fatalf("lab.json: %v %+v", err, saved)
@@ -104,34 +77,80 @@ func TestUpDualStack(t *testing.T) {
 					t.Fatalf("pod %s IPv6 address %q outside its node's %s", p.Name, p.Address6, cidrs[p.Node][1])
 				}
 			}
-			// One echo per pair first, unchecked: under WireGuard the first
-			// packet between two peers waits for their handshake, which
-			// can outlast a ping's 2 s (seen once in 12 pairs).
-			for _, from := range l.Pods {
-				for _, to := range l.Pods {
-					if from.Node != to.Node {
-						l.Ping(ctx, from.Netns, to.Address, 1)
-					}
-				}
-			}
-			for _, from := range l.Pods {
-				for _, to := range l.Pods {
-					if from.Node == to.Node {
-						continue
-					}
-					for _, addr := range []string{to.Address, to.Address6} {
-						if _, err := l.Ping(ctx, from.Netns, addr, 2); err != nil {
-							t.Errorf("%v", err)
-						}
-						r, err := l.TransferTo(ctx, from, to, addr, 2<<20)
-						if err != nil {
-							t.Errorf("%v", err)
-						} else {
-							t.Logf("%s→%s %s: %.1f MB/s", from.Name, to.Name, addr, r.MBps())
-						}
-					}
-				}
-			}
+			primePairs(ctx, t, l)
+			pairsBothFamilies(ctx, t, l, 2<<20)
 		})
+	}
+}
+
+// upDualStack brings up a lab (weft binaries in bin) of three nodes on two sites, one pod each
+// with an address of each family, over transport, with cfg changed by
+// mod; it waits until gossip has converged. The lab is torn down, and
+// checked gone, when the test ends; with a failure the nodes' logs are
+// printed first. The context bounds the test (3 minutes).
+func upDualStack(t *testing.T, bin, transport string, mod func(*Config)) (context.Context, *Lab, string) {
+	t.Helper()
+	prefix := testPrefix()
+	dir := filepath.Join(t.TempDir(), "lab")
+	t.Cleanup(func() {
+		if err := Cleanup(prefix, dir); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+		assertNoNetns(t, prefix)
+	})
+	var log bytes.Buffer
+	cfg := DefaultConfig()
+	cfg.Prefix, cfg.Dir, cfg.BinDir, cfg.Log = prefix, dir, bin, &log
+	cfg.Nodes, cfg.Sites, cfg.PodsPerNode = 3, 2, 1
+	cfg.Transport = transport
+	cfg.DualStack = true
+	if mod != nil {
+		mod(&cfg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	l, err := Up(ctx, cfg)
+	if err != nil {
+		t.Fatalf("up: %v\n%s", err, log.String())
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, n := range l.Nodes {
+				t.Logf("%s log:\n%s", n.Name, tail(n.LogFile, 30))
+			}
+		}
+		l.Down()
+	})
+	cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
+	err = l.WaitConverged(cctx)
+	ccancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctx, l, dir
+}
+
+// pairsBothFamilies: every ordered pair of pods on different nodes with
+// an underlay family in common exchanges ping and a checksummed TCP
+// stream of size bytes at each of the target's two addresses.
+func pairsBothFamilies(ctx context.Context, t *testing.T, l *Lab, size int64) {
+	t.Helper()
+	for _, from := range l.Pods {
+		for _, to := range l.Pods {
+			if from.Node == to.Node || !l.ShareFamily(from.Node, to.Node) {
+				continue
+			}
+			for _, addr := range []string{to.Address, to.Address6} {
+				if _, err := l.Ping(ctx, from.Netns, addr, 2); err != nil {
+					t.Errorf("%v", err)
+				}
+				r, err := l.TransferTo(ctx, from, to, addr, size)
+				if err != nil {
+					t.Errorf("%v", err)
+				} else {
+					t.Logf("%s→%s %s: %.1f MB/s", from.Name, to.Name, addr, r.MBps())
+				}
+			}
+		}
 	}
 }

@@ -2,7 +2,6 @@ package lab
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/binary"
 	"maps"
@@ -35,34 +34,7 @@ func TestUpIPv6Underlay(t *testing.T) {
 		mtu       int
 	}{{"vxlan", 4789, 1430}, {"wireguard", 51820, 1420}} {
 		t.Run(tc.transport, func(t *testing.T) {
-			prefix := testPrefix()
-			dir := filepath.Join(t.TempDir(), "lab")
-			t.Cleanup(func() {
-				if err := Cleanup(prefix, dir); err != nil {
-					t.Errorf("cleanup: %v", err)
-				}
-				assertNoNetns(t, prefix)
-			})
-			var log bytes.Buffer
-			cfg := DefaultConfig()
-			cfg.Prefix, cfg.Dir, cfg.BinDir, cfg.Log = prefix, dir, bin, &log
-			cfg.Nodes, cfg.Sites, cfg.PodsPerNode = 3, 2, 1
-			cfg.Transport = tc.transport
-			cfg.DualStack = true
-			cfg.Underlay = UnderlayIPv6
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-			defer cancel()
-			l, err := Up(ctx, cfg)
-			if err != nil {
-				t.Fatalf("up: %v\n%s", err, log.String())
-			}
-			defer l.Down()
-			cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
-			err = l.WaitConverged(cctx)
-			ccancel()
-			if err != nil {
-				t.Fatal(err)
-			}
+			ctx, l, dir := upDualStack(t, bin, tc.transport, func(c *Config) { c.Underlay = UnderlayIPv6 })
 			if saved, err := Load(dir); err != nil || saved.Underlay != UnderlayIPv6 || saved.Router.Sites[1].Subnet != "2001:db8:2::/64" {
 				t.Fatalf("lab.json: %v %+v", err, saved)
 			}
@@ -93,26 +65,7 @@ func TestUpIPv6Underlay(t *testing.T) {
 			for _, s := range l.Router.Sites {
 				bridges = append(bridges, bridgeName(s))
 			}
-			frames := captureUDP(t, l.Router.Netns, bridges, func() {
-				for _, from := range l.Pods {
-					for _, to := range l.Pods {
-						if from.Node == to.Node {
-							continue
-						}
-						for _, addr := range []string{to.Address, to.Address6} {
-							if _, err := l.Ping(ctx, from.Netns, addr, 2); err != nil {
-								t.Errorf("%v", err)
-							}
-							r, err := l.TransferTo(ctx, from, to, addr, 2<<20)
-							if err != nil {
-								t.Errorf("%v", err)
-							} else {
-								t.Logf("%s→%s %s: %.1f MB/s", from.Name, to.Name, addr, r.MBps())
-							}
-						}
-					}
-				}
-			})
+			frames := captureUDP(t, l.Router.Netns, bridges, func() { pairsBothFamilies(ctx, t, l, 2<<20) })
 			var v6, v4 int
 			for _, f := range slices.Concat(slices.Collect(maps.Values(frames))...) {
 				switch {
@@ -299,44 +252,10 @@ func TestUpMixedUnderlay(t *testing.T) {
 		port      uint16
 	}{{"vxlan", 4789}, {"wireguard", 51820}} {
 		t.Run(tc.transport, func(t *testing.T) {
-			prefix := testPrefix()
-			dir := filepath.Join(t.TempDir(), "lab")
-			t.Cleanup(func() {
-				if err := Cleanup(prefix, dir); err != nil {
-					t.Errorf("cleanup: %v", err)
-				}
-				assertNoNetns(t, prefix)
-			})
-			var log bytes.Buffer
-			cfg := DefaultConfig()
-			cfg.Prefix, cfg.Dir, cfg.BinDir, cfg.Log = prefix, dir, bin, &log
-			cfg.Nodes, cfg.Sites, cfg.PodsPerNode = 3, 2, 1
-			cfg.Transport = tc.transport
-			cfg.DualStack = true
-			cfg.Underlay = UnderlayMixed
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-			defer cancel()
-			l, err := Up(ctx, cfg)
-			if err != nil {
-				t.Fatalf("up: %v\n%s", err, log.String())
-			}
-			defer l.Down()
-			defer func() {
-				if t.Failed() {
-					for _, n := range l.Nodes {
-						t.Logf("%s log:\n%s", n.Name, tail(n.LogFile, 30))
-					}
-				}
-			}()
+			ctx, l, _ := upDualStack(t, bin, tc.transport, func(c *Config) { c.Underlay = UnderlayMixed })
 			if n1, n2, n3 := l.Node("n1"), l.Node("n2"), l.Node("n3"); n1.UnderlayAddr != "192.0.2.11" || n1.AltUnderlayAddr != "" ||
 				n2.UnderlayAddr != "2001:db8:2::12" || n2.AltUnderlayAddr != "" || n3.UnderlayAddr != "192.0.2.13" || n3.AltUnderlayAddr != "2001:db8:1::13" {
 				t.Fatalf("mixed plan: %+v %+v %+v", n1, n2, n3)
-			}
-			cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
-			err = l.WaitConverged(cctx)
-			ccancel()
-			if err != nil {
-				t.Fatal(err)
 			}
 			for from, to := range map[string]string{"n1": "n2", "n2": "n1"} {
 				st, err := l.Status(ctx, from)
@@ -353,23 +272,7 @@ func TestUpMixedUnderlay(t *testing.T) {
 				}
 			}
 			primePairs(ctx, t, l)
-			frames := captureUDP(t, l.Router.Netns, []string{"br-site1", "br-site2"}, func() {
-				for _, from := range l.Pods {
-					for _, to := range l.Pods {
-						if from.Node == to.Node || !l.ShareFamily(from.Node, to.Node) {
-							continue
-						}
-						for _, addr := range []string{to.Address, to.Address6} {
-							if _, err := l.Ping(ctx, from.Netns, addr, 2); err != nil {
-								t.Errorf("%v", err)
-							}
-							if _, err := l.TransferTo(ctx, from, to, addr, 1<<20); err != nil {
-								t.Errorf("%v", err)
-							}
-						}
-					}
-				}
-			})
+			frames := captureUDP(t, l.Router.Netns, []string{"br-site1", "br-site2"}, func() { pairsBothFamilies(ctx, t, l, 1<<20) })
 			count := func(iface string) (v4, v6 int) {
 				for _, f := range frames[iface] {
 					if f.dstPort != tc.port && f.srcPort != tc.port {
