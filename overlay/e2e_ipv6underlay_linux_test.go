@@ -258,17 +258,5 @@ func udp6Packets(t *testing.T, pcap string) []udp6 {
 // udp6ChecksumOK verifies a UDP checksum over the IPv6 pseudo-header
 // (RFC 8200 section 8.1).
 func udp6ChecksumOK(u udp6) bool {
-	sum := uint32(17) + uint32(len(u.udp))
-	for _, b := range [][]byte{u.src[:], u.dst[:], u.udp} {
-		for i := 0; i+1 < len(b); i += 2 {
-			sum += uint32(b[i])<<8 | uint32(b[i+1])
-		}
-		if len(b)%2 == 1 {
-			sum += uint32(b[len(b)-1]) << 8
-		}
-	}
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	return u.csum != 0 && sum == 0xffff
+	return u.csum != 0 && l4Sum(17, u.src[:], u.dst[:], len(u.udp), u.udp) == 0xffff
 }

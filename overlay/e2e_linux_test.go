@@ -253,8 +253,12 @@ func udpFrom(t *testing.T, pcap string, src [4]byte) [][]byte {
 // tcpSum is the folded, not complemented, ones' complement sum of an IPv4
 // TCP pseudo-header and seg: with seg nil, what a partial checksum field
 // holds; over a whole segment, 0xffff when its checksum is right.
-func tcpSum(src, dst []byte, l4Len int, seg []byte) uint16 {
-	sum := uint32(6) + uint32(l4Len)
+func tcpSum(src, dst []byte, l4Len int, seg []byte) uint16 { return l4Sum(6, src, dst, l4Len, seg) }
+
+// l4Sum is tcpSum for any protocol number and either family's addresses
+// (the pseudo-header sums the same way over 4 or 16 bytes each).
+func l4Sum(proto byte, src, dst []byte, l4Len int, seg []byte) uint16 {
+	sum := uint32(proto) + uint32(l4Len)
 	for _, b := range [][]byte{src, dst, seg} {
 		for i := 0; i+1 < len(b); i += 2 {
 			sum += uint32(b[i])<<8 | uint32(b[i+1])

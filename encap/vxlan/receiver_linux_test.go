@@ -145,21 +145,3 @@ func TestReceiverIPv6Datagrams(t *testing.T) {
 		t.Fatalf("sizes %v, want [3 1400]", got)
 	}
 }
-
-func TestGatherAllocsIPv6(t *testing.T) {
-	rcv, s, dst := loopbackAt(t, 1, netip.IPv6Loopback())
-	g := NewGather()
-	gatherFrames(g, 4, 1000, 1000, 4)
-	bufs := [][]byte{make([]byte, 65536)}
-	sizes, segs, from := make([]int, 1), make([]int, 1), make([]netip.Addr, 1)
-	if n := testing.AllocsPerRun(100, func() {
-		if err := s.SendGather(g, dst, 0); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := rcv.Read(bufs, sizes, segs, from); err != nil {
-			t.Fatal(err)
-		}
-	}); n != 0 {
-		t.Fatalf("%v allocs per send and receive", n)
-	}
-}

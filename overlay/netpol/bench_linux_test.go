@@ -261,24 +261,7 @@ func iperf(b *testing.B, l *nodeLabHandle) float64 {
 func BenchmarkThroughput(b *testing.B) {
 	l := newBenchLab(b)
 	none, _ := netpol.Compile("node", netpol.State{})
-	var pols []netpol.Policy
-	for i := 0; i < 100; i++ {
-		port := uint16(1000 + i)
-		if i == 99 {
-			port = 5201 // the allowing rule last: a new connection passes all 100
-		}
-		pols = append(pols, netpol.Policy{Namespace: "x", Name: fmt.Sprintf("p%03d", i), Ingress: true,
-			PodSelector:  netpol.Selector{MatchLabels: map[string]string{"app": "b"}},
-			IngressRules: []netpol.Rule{{Peers: []netpol.Peer{{Pods: &netpol.Selector{MatchLabels: map[string]string{"app": "a"}}}}, Ports: []netpol.Port{{Proto: netpol.TCP, Port: port}}}}})
-	}
-	st := netpol.State{Namespaces: []netpol.Namespace{{Name: "x"}}, Policies: pols, Pods: []netpol.Pod{
-		{Namespace: "x", Name: "a", Labels: map[string]string{"app": "a"}, IPs: []netip.Addr{netip.MustParseAddr("10.244.9.2")}, Node: "node"},
-		{Namespace: "x", Name: "b", Labels: map[string]string{"app": "b"}, IPs: []netip.Addr{netip.MustParseAddr("10.244.9.3")}, Node: "node"},
-	}}
-	hundred, errs := netpol.Compile("node", st)
-	if len(errs) > 0 {
-		b.Fatal(errs)
-	}
+	hundred := hundredPolicies(b)
 	var gNone, gHundred, cNone, cHundred float64
 	for i := 0; i < b.N; i++ {
 		for _, c := range []struct {
