@@ -46,6 +46,10 @@ type reader struct {
 	// lone writes a batch of one packet straight to the TUN (a ping, an
 	// ack: reader_linux.go); nil when the TUN cannot.
 	lone *loneWriter
+	// raw reads frames straight into the device's buffers and splits
+	// them there (reader_linux.go, split.go); nil when the TUN is not a
+	// kernel TUN with virtio headers: reads go through its Read then.
+	raw *rawReader
 
 	once    sync.Once
 	divert  Divert        // set once, before started is closed
@@ -100,7 +104,7 @@ func (r *reader) park() bool {
 }
 
 func newReader(dev tun.Device) *reader {
-	return &reader{Device: dev, ready: readyFunc(dev), lone: loneWriterFor(dev), started: make(chan struct{}), closed: make(chan struct{})}
+	return &reader{Device: dev, ready: readyFunc(dev), lone: loneWriterFor(dev), raw: rawReaderFor(dev), started: make(chan struct{}), closed: make(chan struct{})}
 }
 
 // moreRoom is the free room a batch must have for Read to read one more
@@ -130,21 +134,58 @@ func (r *reader) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		}
 	}
 	for {
-		n, err := r.Device.Read(bufs, sizes, offset)
+		n, err := r.readBatch(bufs, sizes, offset)
 		if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
 			if r.park() {
 				continue
 			}
 			return 0, os.ErrClosed
 		}
-		if err == nil && r.ready != nil {
-			n, err = r.readMore(bufs, sizes, offset, n)
-		}
 		if n > 0 {
 			r.divert(bufs[:n], sizes[:n], offset)
 		}
 		return n, err
 	}
+}
+
+// readBatch reads one frame, waiting for it, then readMore.
+func (r *reader) readBatch(bufs [][]byte, sizes []int, offset int) (int, error) {
+	if r.raw == nil {
+		n, err := r.Device.Read(bufs, sizes, offset)
+		if err == nil && r.ready != nil {
+			n, err = r.readMore(bufs, sizes, offset, n)
+		}
+		return n, err
+	}
+	for {
+		n, err := r.raw.readFrame(bufs, sizes, offset, true)
+		if err != nil {
+			return 0, err
+		}
+		if n > 0 {
+			return r.readMoreRaw(bufs, sizes, offset, n)
+		}
+		// A dropped frame: wait for the next.
+	}
+}
+
+// readMoreRaw is readMore for the raw reader: a read that finds nothing
+// waiting (EAGAIN) ends the batch, so no poll is needed before it.
+func (r *reader) readMoreRaw(bufs [][]byte, sizes []int, offset, n int) (int, error) {
+	for len(bufs)-n >= moreRoom {
+		m, err := r.raw.readFrame(bufs[n:], sizes[n:], offset, false)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+		if m < 0 {
+			break
+		}
+		n += m
+	}
+	return n, nil
 }
 
 // readMore adds to a batch of n packets the frames the TUN has waiting,

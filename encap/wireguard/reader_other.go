@@ -13,3 +13,10 @@ type loneWriter struct{}
 func loneWriterFor(tun.Device) *loneWriter { return nil }
 
 func (*loneWriter) writeOne([]byte, int) (int, error) { return 0, errShortHeadroom }
+
+// rawReader: none off Linux; reads go through the TUN's Read.
+type rawReader struct{}
+
+func rawReaderFor(tun.Device) *rawReader { return nil }
+
+func (*rawReader) readFrame([][]byte, []int, int, bool) (int, error) { return 0, errShortHeadroom }

@@ -3,8 +3,10 @@
 // underlay and exchanges plaintext pod packets with the node's TUN.
 //
 // The device reads the node's real TUN itself, as standalone wireguard-go
-// does, into its own buffers and batches: no copy, no hand-off between
-// goroutines. Before the device sees a batch, the router's Divert takes out
+// does, into its own buffers and batches: no hand-off between goroutines.
+// On Linux the reads are weft's own (reader_linux.go, split.go): raw
+// read(2) calls straight into the device's buffers, super-packets split
+// there with one copy of each segment. Before the device sees a batch, the router's Divert takes out
 // of it the packets that are not for WireGuard peers (VXLAN peers under
 // wireguard-across-sites, no route, too big); see reader.go. Inbound, the
 // device writes decrypted packets straight to the TUN, one write per
