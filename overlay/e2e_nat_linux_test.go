@@ -64,7 +64,9 @@ func TestNetnsAcrossNAT(t *testing.T) {
 	// The nodes behind NAT learn it from their public peers' answers and
 	// say so in their records; then the paths settle.
 	behind := map[string]bool{"n5": true, "n6": true, "n7": true}
-	waitAll(t, l, others(l, ""), "nodes behind NAT known as such everywhere", 15*time.Second, func(node string, st control.Status) bool {
+	// Up to two NAT keepalive rounds (10 s each): a first keepalive sent
+	// before the public peers joined goes unanswered.
+	waitAll(t, l, others(l, ""), "nodes behind NAT known as such everywhere", 25*time.Second, func(node string, st control.Status) bool {
 		for _, p := range st.Peers {
 			across := p.Site != st.Self.Site
 			if across && behind[p.Name] && !(p.Path == "learned" || strings.HasPrefix(p.Path, "relay ")) {
@@ -101,6 +103,13 @@ func TestNetnsAcrossNAT(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	pods := l.Pods
+	for _, a := range pods {
+		for _, b := range pods {
+			if a.Node != b.Node {
+				firstEcho(ctx, t, l, a.Netns, b.Address)
+			}
+		}
+	}
 	pcap := capture(t, l.Router.Netns, "br-inet", "ip", func() {
 		for _, a := range pods {
 			for _, b := range pods {
@@ -155,7 +164,7 @@ func TestNetnsAcrossNAT(t *testing.T) {
 	if err := l.StopWeftd("n7", syscall.SIGKILL, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	waitAll(t, l, others(l, "n7"), "n7 (no inbound path) SIGKILL withdrawn", 12*time.Second, func(_ string, st control.Status) bool {
+	waitAll(t, l, others(l, "n7"), "n7 (no inbound path) SIGKILL withdrawn", 20*time.Second, func(_ string, st control.Status) bool {
 		s, _ := peerState(st, "n7")
 		return s != "alive"
 	})
@@ -168,6 +177,7 @@ func TestNetnsAcrossNAT(t *testing.T) {
 	})
 	p7 := l.PodsOn("n7")[0]
 	for _, from := range []string{"n1", "n3", "n5"} {
+		firstEcho(ctx, t, l, l.PodsOn(from)[0].Netns, p7.Address)
 		ping(t, l, l.PodsOn(from)[0].Netns, p7.Address)
 	}
 
@@ -202,5 +212,24 @@ func TestNetnsAcrossNAT(t *testing.T) {
 		if time.Since(flushed) > 30*time.Second {
 			t.Fatalf("n1 → n6 not back 30 s after the flush: %v\n%s", err, r.Output)
 		}
+	}
+}
+
+// firstEcho waits, up to 15 s, until one echo from the pod namespace netns
+// to addr gets through, and logs it when that took over a second: the
+// first packets between two WireGuard peers wait for their handshake,
+// and when both ends' first initiations cross a peer not configured yet
+// the next one follows WireGuard's 5 s retry, longer than a checked ping
+// waits. A pair that never answers fails in the checks that follow.
+func firstEcho(ctx context.Context, t *testing.T, l *lab.Lab, netns, addr string) {
+	t.Helper()
+	start := time.Now()
+	for time.Since(start) < 15*time.Second && ctx.Err() == nil {
+		if _, err := l.Ping(ctx, netns, addr, 1); err == nil {
+			break
+		}
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Logf("first echo %s → %s after %.1fs", netns, addr, d.Seconds())
 	}
 }
