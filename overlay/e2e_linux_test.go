@@ -146,8 +146,8 @@ func TestNetnsPodToPodAcrossSites(t *testing.T) {
 	}
 	// weftd's default queue for the TUN (--tun-queue-len), not the
 	// kernel's 500.
-	if out, err := l.Exec(ctx, n1.Netns, "ip", "link", "show", "weft0"); err != nil || !strings.Contains(string(out), " qlen 2000") {
-		t.Errorf("weft0 on n1: %s (%v), want qlen 2000", out, err)
+	if out, err := l.Exec(ctx, n1.Netns, "ip", "link", "show", "weft0"); err != nil || !strings.Contains(string(out), " qlen 16000") {
+		t.Errorf("weft0 on n1: %s (%v), want qlen 16000", out, err)
 	}
 }
 

@@ -53,7 +53,7 @@ func (d *datapathFlags) registerFlags(fs *flag.FlagSet) {
 	fs.IntVar(&d.UnderlayMTU, "underlay-mtu", 1500, "MTU of the underlay path; the pod MTU is this minus the largest overhead of the transports in use over the underlay's family (VXLAN 50, WireGuard 60 over IPv4; 70 and 80 over IPv6)")
 	fs.StringVar(&d.TUN, "tun", "weft0", "name of the TUN device")
 	fs.BoolVar(&d.RemoteCsum, "remote-checksum", true, "announce and use VXLAN remote checksum offload between weft nodes: TCP segments travel with partial checksums that the receiver finishes (README: Wire format)")
-	fs.IntVar(&d.TUNQueueLen, "tun-queue-len", 2000, "packets the TUN device queues for weftd (txqueuelen; the kernel's default 500 drops UDP bursts, README: Benchmarks)")
+	fs.IntVar(&d.TUNQueueLen, "tun-queue-len", 16000, "packets the TUN device queues for weftd (txqueuelen): what arrives while weftd is off the CPU or restarting waits here instead of being dropped; a full queue of MTU-sized packets holds about 40 MB of kernel memory (README: Benchmarks)")
 	fs.StringVar(&d.mac, "vtep-mac", "", "VTEP MAC address (default: 0a:58 followed by the gateway IPv4 address)")
 	fs.StringVar(&d.policy, "transport-policy", string(overlay.PolicyVXLAN), "cluster-wide transport: vxlan, wireguard, or wireguard-across-sites (VXLAN inside a site, WireGuard between sites)")
 	fs.BoolVar(&d.noWireGuard, "no-wireguard", false, "run no WireGuard device even if the policy asks for one (peers then reach this node over VXLAN)")
