@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 
+	"github.com/weftnet/weft/encap/offload"
 	"github.com/weftnet/weft/encap/vxlan"
 )
 
@@ -117,25 +118,25 @@ func (c *coalescer) flush() { c.closeRun() }
 func (c *coalescer) super(frame []byte, ip ipHeader, mss int) bool {
 	c.closeRun()
 	inner := frame[vxlan.FrameHeaderLen:]
-	h := virtioHdr{
-		flags:      virtioNeedsCsum,
-		gsoType:    gsoTCPv4,
-		hdrLen:     uint16(ip.l3Len + ip.l4Len(inner)),
-		gsoSize:    uint16(mss),
-		csumStart:  uint16(ip.l3Len),
-		csumOffset: tcpCsum,
+	h := offload.Header{
+		Flags:      offload.NeedsCsum,
+		GSOType:    offload.GSOTCPv4,
+		HdrLen:     uint16(ip.l3Len + ip.l4Len(inner)),
+		GSOSize:    uint16(mss),
+		CsumStart:  uint16(ip.l3Len),
+		CsumOffset: tcpCsum,
 	}
 	if ip.v6 {
-		h.gsoType = gsoTCPv6
+		h.GSOType = offload.GSOTCPv6
 	}
 	if inner[ip.l3Len+tcpFlags]&tcpCWR != 0 {
-		h.gsoType |= gsoECN
+		h.GSOType |= offload.GSOECN
 	}
-	if _, err := parseSuperLen(&h, inner, len(inner)); err != nil {
+	if _, err := offload.ParseSuperLen(&h, inner, len(inner)); err != nil {
 		return false
 	}
-	head := frame[vxlan.FrameHeaderLen-virtioHdrLen:]
-	h.encode(head)
+	head := frame[vxlan.FrameHeaderLen-offload.HeaderLen:]
+	h.Encode(head)
 	c.writes = append(c.writes, tunWrite{head: head, lo: len(c.payloads), hi: len(c.payloads), segs: 1})
 	return true
 }
@@ -151,9 +152,9 @@ func (c *coalescer) single(frame []byte) {
 // offload one that asks the kernel to finish the checksum where the VXLAN
 // header says it starts (decapsulate checked that place).
 func singleHead(frame []byte) []byte {
-	head := frame[vxlan.FrameHeaderLen-virtioHdrLen:]
+	head := frame[vxlan.FrameHeaderLen-offload.HeaderLen:]
 	h, _ := rcoHeader(frame) // no RCO: the zero header
-	h.encode(head)
+	h.Encode(head)
 	return head
 }
 
@@ -264,38 +265,38 @@ func (c *coalescer) closeRun() {
 	c.open = false
 	r := &c.cur
 	f := r.first
-	base := r.frame[vxlan.FrameHeaderLen-virtioHdrLen:]
+	base := r.frame[vxlan.FrameHeaderLen-offload.HeaderLen:]
 	if r.segs == 1 {
 		c.writes = append(c.writes, tunWrite{head: singleHead(r.frame), segs: 1})
 		return
 	}
-	h := virtioHdr{
-		flags:      virtioNeedsCsum,
-		gsoType:    gsoTCPv4,
-		hdrLen:     uint16(r.hdrLen),
-		gsoSize:    uint16(r.mss),
-		csumStart:  uint16(r.l3Len),
-		csumOffset: tcpCsum,
+	h := offload.Header{
+		Flags:      offload.NeedsCsum,
+		GSOType:    offload.GSOTCPv4,
+		HdrLen:     uint16(r.hdrLen),
+		GSOSize:    uint16(r.mss),
+		CsumStart:  uint16(r.l3Len),
+		CsumOffset: tcpCsum,
 	}
 	if r.v6 {
-		h.gsoType = gsoTCPv6
+		h.GSOType = offload.GSOTCPv6
 		binary.BigEndian.PutUint16(f[ip6PayloadLen:], uint16(r.length-ipv6HeaderLen))
 	} else {
 		binary.BigEndian.PutUint16(f[ip4TotalLen:], uint16(r.length))
-		putIPv4Checksum(f[:r.l3Len])
+		offload.PutIPv4Checksum(f[:r.l3Len])
 	}
 	if r.psh {
 		f[r.l3Len+tcpFlags] |= tcpPSH
 	}
 	src, dst := addrs(f, r.v6)
-	binary.BigEndian.PutUint16(f[r.l3Len+tcpCsum:], pseudoSum(src, dst, protoTCP, r.length-r.l3Len))
+	binary.BigEndian.PutUint16(f[r.l3Len+tcpCsum:], offload.PseudoSum(src, dst, protoTCP, r.length-r.l3Len))
 	// The kernel trusts this header (and so the checksum it asks for):
 	// read it back the way the outbound path reads the kernel's, and drop
 	// the run if the two disagree.
-	if sp, err := parseSuperLen(&h, f, r.length); err != nil || sp.segs != r.segs || sp.hdrLen != r.hdrLen {
+	if sp, err := offload.ParseSuperLen(&h, f, r.length); err != nil || sp.Segs != r.segs || sp.HdrLen != r.hdrLen {
 		c.dropped += r.segs
 		return
 	}
-	h.encode(base)
+	h.Encode(base)
 	c.writes = append(c.writes, tunWrite{head: base, lo: r.lo, hi: len(c.payloads), segs: r.segs})
 }

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/weftnet/weft/encap/offload"
 	"github.com/weftnet/weft/encap/vxlan"
 )
 
@@ -20,12 +21,12 @@ func segmentsOf(t testing.TB, v6 bool, n, mss int, flags byte, seed uint64) [][]
 func segmentsOfRCO(t testing.TB, rco, v6 bool, n, mss int, flags byte, seed uint64) [][]byte {
 	t.Helper()
 	p := superTCP(v6, n, flags, seed)
-	typ := uint8(gsoTCPv4)
+	typ := uint8(offload.GSOTCPv4)
 	if v6 {
-		typ = gsoTCPv6
+		typ = offload.GSOTCPv6
 	}
-	h := virtioHdr{flags: virtioNeedsCsum, gsoType: typ, gsoSize: uint16(mss)}
-	sp, err := parseSuper(&h, p)
+	h := offload.Header{Flags: offload.NeedsCsum, GSOType: typ, GSOSize: uint16(mss)}
+	sp, err := offload.ParseSuper(&h, p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,12 +34,12 @@ func segmentsOfRCO(t testing.TB, rco, v6 bool, n, mss int, flags byte, seed uint
 	hdr := make([]byte, segHdrLen)
 	f := vxlan.Frame{VNI: 1, EtherType: vxlan.EtherTypeFor(p)}
 	if rco {
-		f.CsumStart = vxlan.EthernetLen + sp.l3Len
+		f.CsumStart = vxlan.EthernetLen + sp.L3Len
 	}
-	for i := 0; i < sp.segs; i++ {
-		h := hdr[:vxlan.FrameHeaderLen+sp.hdrLen]
+	for i := 0; i < sp.Segs; i++ {
+		h := hdr[:vxlan.FrameHeaderLen+sp.HdrLen]
 		f.Encode(h)
-		payload := sp.segment(i, h[vxlan.FrameHeaderLen:], rco)
+		payload := sp.Segment(i, h[vxlan.FrameHeaderLen:], rco)
 		frames = append(frames, append(append([]byte(nil), h...), payload...))
 	}
 	return frames
@@ -46,12 +47,12 @@ func segmentsOfRCO(t testing.TB, rco, v6 bool, n, mss int, flags byte, seed uint
 
 // unwrite turns a coalescer write back into what the kernel sees: the
 // virtio header and the whole packet.
-func unwrite(c *coalescer, w tunWrite) (virtioHdr, []byte) {
-	var h virtioHdr
-	if err := h.decode(w.head); err != nil {
+func unwrite(c *coalescer, w tunWrite) (offload.Header, []byte) {
+	var h offload.Header
+	if err := h.Decode(w.head); err != nil {
 		panic(err)
 	}
-	pkt := append([]byte(nil), w.head[virtioHdrLen:]...)
+	pkt := append([]byte(nil), w.head[offload.HeaderLen:]...)
 	for _, p := range c.payloads[w.lo:w.hi] {
 		pkt = append(pkt, p...)
 	}
@@ -62,10 +63,10 @@ func unwrite(c *coalescer, w tunWrite) (virtioHdr, []byte) {
 // and re-segments it: it verifies the virtio header against the packet,
 // finishes the checksum as a NIC would (NEEDS_CSUM) and returns the
 // segments the kernel's TSO would make, each with a valid checksum.
-func kernelAccepts(t *testing.T, h virtioHdr, pkt []byte) []byte {
+func kernelAccepts(t *testing.T, h offload.Header, pkt []byte) []byte {
 	t.Helper()
-	if h.gsoType == gsoNone {
-		if h != (virtioHdr{}) {
+	if h.GSOType == offload.GSONone {
+		if h != (offload.Header{}) {
 			t.Fatalf("plain write with header %+v", h)
 		}
 		if !l4ChecksumOK(pkt) {
@@ -73,44 +74,44 @@ func kernelAccepts(t *testing.T, h virtioHdr, pkt []byte) []byte {
 		}
 		return pkt
 	}
-	if h.flags != virtioNeedsCsum {
+	if h.Flags != offload.NeedsCsum {
 		t.Fatalf("GSO write without NEEDS_CSUM: %+v", h)
 	}
 	v6 := pkt[0]>>4 == 6
 	l3 := 20
 	if v6 {
 		l3 = 40
-		if h.gsoType != gsoTCPv6 || int(binary.BigEndian.Uint16(pkt[4:6]))+40 != len(pkt) {
+		if h.GSOType != offload.GSOTCPv6 || int(binary.BigEndian.Uint16(pkt[4:6]))+40 != len(pkt) {
 			t.Fatalf("v6 GSO header %+v, packet %d bytes", h, len(pkt))
 		}
 	} else {
 		checkIPv4(t, pkt)
-		if h.gsoType != gsoTCPv4 {
-			t.Fatalf("v4 GSO type %d", h.gsoType)
+		if h.GSOType != offload.GSOTCPv4 {
+			t.Fatalf("v4 GSO type %d", h.GSOType)
 		}
 	}
 	doff := int(pkt[l3+12]>>4) * 4
-	if int(h.csumStart) != l3 || h.csumOffset != 16 || int(h.hdrLen) != l3+doff {
+	if int(h.CsumStart) != l3 || h.CsumOffset != 16 || int(h.HdrLen) != l3+doff {
 		t.Fatalf("header %+v for l3 %d tcp %d", h, l3, doff)
 	}
 	// The field holds the pseudo-header sum: finishing it over the
 	// segment must give a valid checksum.
 	q := append([]byte(nil), pkt...)
-	if err := finishChecksum(&h, q); err != nil {
+	if err := offload.FinishChecksum(&h, q); err != nil {
 		t.Fatal(err)
 	}
 	if !l4ChecksumOK(q) {
 		t.Fatal("coalesced packet: checksum not accepted")
 	}
 	// And the kernel's TSO must be able to cut it again.
-	sp, err := parseSuper(&h, pkt)
+	sp, err := offload.ParseSuper(&h, pkt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	hdr := make([]byte, maxHdrLen)
-	for i := 0; i < sp.segs; i++ {
-		payload := sp.segment(i, hdr, false)
-		seg := append(append([]byte(nil), hdr[:sp.hdrLen]...), payload...)
+	hdr := make([]byte, offload.MaxHdrLen)
+	for i := 0; i < sp.Segs; i++ {
+		payload := sp.Segment(i, hdr, false)
+		seg := append(append([]byte(nil), hdr[:sp.HdrLen]...), payload...)
 		if !l4ChecksumOK(seg) {
 			t.Fatalf("re-segment %d: bad checksum", i)
 		}
@@ -134,8 +135,8 @@ func TestCoalesceRuns(t *testing.T) {
 		}
 		h, pkt := unwrite(&c, c.writes[0])
 		pkt = kernelAccepts(t, h, pkt)
-		if int(h.gsoSize) != 1388 {
-			t.Fatalf("gso_size %d", h.gsoSize)
+		if int(h.GSOSize) != 1388 {
+			t.Fatalf("gso_size %d", h.GSOSize)
 		}
 		l3 := 20
 		if v6 {
@@ -163,9 +164,9 @@ func TestCoalesceSplits(t *testing.T) {
 	refix := func(f []byte) {
 		p := inner(f)
 		p[10], p[11] = 0, 0
-		binary.BigEndian.PutUint16(p[10:12], ^csum(p[:20], 0))
+		binary.BigEndian.PutUint16(p[10:12], ^offload.Checksum(p[:20], 0))
 		p[36], p[37] = 0, 0
-		binary.BigEndian.PutUint16(p[36:38], ^csum(p[20:], pseudoSum(p[12:16], p[16:20], protoTCP, len(p)-20)))
+		binary.BigEndian.PutUint16(p[36:38], ^offload.Checksum(p[20:], offload.PseudoSum(p[12:16], p[16:20], protoTCP, len(p)-20)))
 	}
 	cases := []struct {
 		name string
@@ -225,7 +226,7 @@ func TestCoalesceSplits(t *testing.T) {
 				got = append(got, w.segs)
 				h, pkt := unwrite(&c, w)
 				if w.segs == 1 {
-					if h != (virtioHdr{}) || !bytes.Equal(pkt, orig[k]) {
+					if h != (offload.Header{}) || !bytes.Equal(pkt, orig[k]) {
 						t.Fatalf("single write %d changed: %+v", k, h)
 					}
 				} else {
@@ -277,23 +278,23 @@ func TestCoalesceRCO(t *testing.T) {
 		}
 		h, pkt := unwrite(&c, c.writes[0])
 		kernelAccepts(t, h, pkt)
-		sp, err := parseSuper(&h, pkt)
-		if err != nil || sp.segs != 5 {
+		sp, err := offload.ParseSuper(&h, pkt)
+		if err != nil || sp.Segs != 5 {
 			t.Fatalf("v6 %v: run does not parse as 5 segments: %v", v6, err)
 		}
-		hdr := make([]byte, maxHdrLen)
-		for i := 0; i < sp.segs; i++ {
-			payload := sp.segment(i, hdr, false)
-			seg := append(append([]byte(nil), hdr[:sp.hdrLen]...), payload...)
+		hdr := make([]byte, offload.MaxHdrLen)
+		for i := 0; i < sp.Segs; i++ {
+			payload := sp.Segment(i, hdr, false)
+			seg := append(append([]byte(nil), hdr[:sp.HdrLen]...), payload...)
 			if !bytes.Equal(seg, full[i][vxlan.FrameHeaderLen:]) {
 				t.Fatalf("v6 %v: run segment %d differs from the fully summed one", v6, i)
 			}
 		}
 		h, pkt = unwrite(&c, c.writes[1])
-		if h.flags != virtioNeedsCsum || h.gsoType != gsoNone || h.csumOffset != 16 {
+		if h.Flags != offload.NeedsCsum || h.GSOType != offload.GSONone || h.CsumOffset != 16 {
 			t.Fatalf("v6 %v: lone RCO write header %+v", v6, h)
 		}
-		if err := finishChecksum(&h, pkt); err != nil {
+		if err := offload.FinishChecksum(&h, pkt); err != nil {
 			t.Fatal(err)
 		}
 		if !bytes.Equal(pkt, full[5][vxlan.FrameHeaderLen:]) {
@@ -404,7 +405,7 @@ func TestCoalesceOthersUntouched(t *testing.T) {
 	}
 	for i, w := range c.writes {
 		h, pkt := unwrite(&c, w)
-		if h != (virtioHdr{}) || w.segs != 1 || w.hi != w.lo {
+		if h != (offload.Header{}) || w.segs != 1 || w.hi != w.lo {
 			t.Fatalf("write %d: %+v", i, w)
 		}
 		if want := [][]byte{udp, ack, ack, udp}[i]; !bytes.Equal(pkt, want) {
@@ -432,7 +433,7 @@ func TestInboundGROCountsBadFrames(t *testing.T) {
 	frames[4][vxlan.FrameHeaderLen+15] = 9  // source 10.244.1.9 is fine ...
 	frames[5][vxlan.FrameHeaderLen+12] = 11 // ... 11.244.1.2 is not
 	for _, f := range frames[4:6] {
-		putIPv4Checksum(f[vxlan.FrameHeaderLen : vxlan.FrameHeaderLen+20])
+		offload.PutIPv4Checksum(f[vxlan.FrameHeaderLen : vxlan.FrameHeaderLen+20])
 	}
 	// The coalescer writes its virtio headers into the buffer: each
 	// pass gets a fresh copy.
@@ -524,8 +525,8 @@ func FuzzCoalesce(f *testing.F) {
 				switch {
 				case w.segs > 1:
 					kernelAccepts(t, h, pkt)
-				case h == (virtioHdr{}):
-				case h.flags == virtioNeedsCsum && h.gsoType == gsoNone:
+				case h == (offload.Header{}):
+				case h.Flags == offload.NeedsCsum && h.GSOType == offload.GSONone:
 					// A lone RCO segment: the checksum must start at
 					// its L4 header, which must be whole.
 					v6 := pkt[0]>>4 == 6
@@ -533,7 +534,7 @@ func FuzzCoalesce(f *testing.F) {
 					if !v6 {
 						l3 = int(pkt[0]&0x0f) * 4
 					}
-					if int(h.csumStart) != l3 || int(h.csumStart+h.csumOffset)+2 > len(pkt) {
+					if int(h.CsumStart) != l3 || int(h.CsumStart+h.CsumOffset)+2 > len(pkt) {
 						t.Fatalf("lone RCO write header %+v for a %d-byte packet", h, len(pkt))
 					}
 				default:

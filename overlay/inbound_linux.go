@@ -7,18 +7,19 @@ package overlay
 // validates every datagram of a GRO buffer in place exactly as the portable
 // path does (decapsulateGRO, inbound.go), and hands the survivors to the
 // coalescer (inbound_coalesce.go), whose writes go to the TUN file
-// descriptor with writev (tun_linux.go): one GSO packet per run of one TCP
+// descriptor with writev (offload.Writer): one GSO packet per run of one TCP
 // flow, everything else one packet per write.
 
 import (
 	"net/netip"
 
+	"github.com/weftnet/weft/encap/offload"
 	"github.com/weftnet/weft/encap/vxlan"
 )
 
 // inboundFast is the fast inbound loop; it owns its buffers and runs until
 // the socket or the TUN is closed.
-func (r *Router) inboundFast(rcv *vxlan.Receiver, w *tunWriter) {
+func (r *Router) inboundFast(rcv *vxlan.Receiver, w *offload.Writer) {
 	defer r.wg.Done()
 	bufs := make([][]byte, inBatch)
 	for i := range bufs {

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/weftnet/weft/encap/offload"
 	"github.com/weftnet/weft/encap/vxlan"
 )
 
@@ -47,11 +48,11 @@ func tcp4(src, dst string, flags byte, payload string, partial bool) []byte {
 	tcp[12] = 5 << 4
 	tcp[13] = flags
 	binary.BigEndian.PutUint16(tcp[14:16], 64240)
-	ps := pseudoSum(p[12:16], p[16:20], protoTCP, len(tcp))
+	ps := offload.PseudoSum(p[12:16], p[16:20], protoTCP, len(tcp))
 	if partial {
 		binary.BigEndian.PutUint16(tcp[16:18], ps)
 	} else {
-		binary.BigEndian.PutUint16(tcp[16:18], ^csum(tcp, ps))
+		binary.BigEndian.PutUint16(tcp[16:18], ^offload.Checksum(tcp, ps))
 	}
 	return p
 }
@@ -70,7 +71,7 @@ func ipv6Packet(src, dst string, nh byte, payload []byte) []byte {
 
 // reChecksum recomputes an IPv4 header checksum after a test edited it.
 func reChecksum(p []byte) []byte {
-	putIPv4Checksum(p[:int(p[0]&0x0f)*4])
+	offload.PutIPv4Checksum(p[:int(p[0]&0x0f)*4])
 	return p
 }
 
@@ -175,7 +176,7 @@ func TestDecapsulateFinishesPartialChecksums(t *testing.T) {
 		{"tcp data", tcp4("10.244.1.2", "10.244.2.2", tcpACK|tcpPSH, "some bytes of a stream", true)},
 		{"udp", func() []byte {
 			p := udp4("10.244.1.2", "10.244.2.2", 1, 2, "datagram")
-			binary.BigEndian.PutUint16(p[26:28], pseudoSum(p[12:16], p[16:20], protoUDP, len(p)-20))
+			binary.BigEndian.PutUint16(p[26:28], offload.PseudoSum(p[12:16], p[16:20], protoUDP, len(p)-20))
 			return p
 		}()},
 	} {
@@ -318,12 +319,12 @@ func TestInboundTunnelSuperPacket(t *testing.T) {
 	if len(c.writes) != 1 || counts.packets != 1 {
 		t.Fatalf("writes %d, packets %d, drops %v", len(c.writes), counts.packets, counts.drops)
 	}
-	var h virtioHdr
-	if err := h.decode(c.writes[0].head); err != nil {
+	var h offload.Header
+	if err := h.Decode(c.writes[0].head); err != nil {
 		t.Fatal(err)
 	}
-	want := virtioHdr{flags: virtioNeedsCsum, gsoType: gsoTCPv4, hdrLen: 40, gsoSize: 1410, csumStart: 20, csumOffset: tcpCsum}
-	if h != want || len(c.writes[0].head) != virtioHdrLen+40+9000 {
+	want := offload.Header{Flags: offload.NeedsCsum, GSOType: offload.GSOTCPv4, HdrLen: 40, GSOSize: 1410, CsumStart: 20, CsumOffset: tcpCsum}
+	if h != want || len(c.writes[0].head) != offload.HeaderLen+40+9000 {
 		t.Errorf("virtio header %+v (write of %d bytes), want %+v", h, len(c.writes[0].head), want)
 	}
 
@@ -333,7 +334,7 @@ func TestInboundTunnelSuperPacket(t *testing.T) {
 	r.decapsulateGRO(tab, b, 1000, from, &c, &counts)
 	c.flush()
 	if len(c.writes) != 1 || c.writes[0].head[4] != 1000&0xff || c.writes[0].head[5] != 1000>>8 {
-		t.Errorf("gso_size with a reported segment of 1000: writes %d, header % x", len(c.writes), c.writes[0].head[:virtioHdrLen])
+		t.Errorf("gso_size with a reported segment of 1000: writes %d, header % x", len(c.writes), c.writes[0].head[:offload.HeaderLen])
 	}
 
 	for _, tc := range []struct {

@@ -47,7 +47,7 @@ type reader struct {
 	// ack: reader_linux.go); nil when the TUN cannot.
 	lone *loneWriter
 	// raw reads frames straight into the device's buffers and splits
-	// them there (reader_linux.go, split.go); nil when the TUN is not a
+	// them there (reader_linux.go, offload.SplitFrame); nil when the TUN is not a
 	// kernel TUN with virtio headers: reads go through its Read then.
 	raw *rawReader
 
@@ -104,7 +104,9 @@ func (r *reader) park() bool {
 }
 
 func newReader(dev tun.Device) *reader {
-	return &reader{Device: dev, ready: readyFunc(dev), lone: loneWriterFor(dev), raw: rawReaderFor(dev), started: make(chan struct{}), closed: make(chan struct{})}
+	r := &reader{Device: dev, started: make(chan struct{}), closed: make(chan struct{})}
+	attachTUN(r, dev)
+	return r
 }
 
 // moreRoom is the free room a batch must have for Read to read one more
