@@ -109,7 +109,7 @@ func (r *Router) decapsulateGRO(t *table, b []byte, seg int, from netip.Addr, c 
 		seg = len(b)
 	}
 	p := t.peerAt(from)
-	c.trusted = p != nil && p.OuterChecksum
+	c.Trusted = p != nil && p.OuterChecksum
 	if len(b) > seg || len(b)-vxlan.FrameHeaderLen > r.mtu {
 		if mss, ok := tunnelSuper(b, seg, r.mtu); ok {
 			r.decapsulateSuper(b, mss, p, c, counts)

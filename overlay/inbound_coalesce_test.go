@@ -47,13 +47,13 @@ func segmentsOfRCO(t testing.TB, rco, v6 bool, n, mss int, flags byte, seed uint
 
 // unwrite turns a coalescer write back into what the kernel sees: the
 // virtio header and the whole packet.
-func unwrite(c *coalescer, w tunWrite) (offload.Header, []byte) {
+func unwrite(c *coalescer, w offload.Write) (offload.Header, []byte) {
 	var h offload.Header
-	if err := h.Decode(w.head); err != nil {
+	if err := h.Decode(w.Head); err != nil {
 		panic(err)
 	}
-	pkt := append([]byte(nil), w.head[offload.HeaderLen:]...)
-	for _, p := range c.payloads[w.lo:w.hi] {
+	pkt := append([]byte(nil), w.Head[offload.HeaderLen:]...)
+	for _, p := range c.Payloads[w.Lo:w.Hi] {
 		pkt = append(pkt, p...)
 	}
 	return h, pkt
@@ -125,15 +125,15 @@ func TestCoalesceRuns(t *testing.T) {
 	for _, v6 := range []bool{false, true} {
 		frames := segmentsOf(t, v6, 1388*30+100, 1388, tcpACK|tcpPSH, 1)
 		var c coalescer
-		c.reset()
+		c.Reset()
 		for _, f := range frames {
 			c.add(f)
 		}
-		c.flush()
-		if len(c.writes) != 1 || c.writes[0].segs != 31 {
-			t.Fatalf("v6=%v: %d writes, first of %d segments; want 1 of 31", v6, len(c.writes), c.writes[0].segs)
+		c.Flush()
+		if len(c.Writes) != 1 || c.Writes[0].Segs != 31 {
+			t.Fatalf("v6=%v: %d writes, first of %d segments; want 1 of 31", v6, len(c.Writes), c.Writes[0].Segs)
 		}
-		h, pkt := unwrite(&c, c.writes[0])
+		h, pkt := unwrite(&c, c.Writes[0])
 		pkt = kernelAccepts(t, h, pkt)
 		if int(h.GSOSize) != 1388 {
 			t.Fatalf("gso_size %d", h.GSOSize)
@@ -215,31 +215,31 @@ func TestCoalesceSplits(t *testing.T) {
 				orig[i] = append([]byte(nil), inner(f)...)
 			}
 			var c coalescer
-			c.reset()
+			c.Reset()
 			for _, f := range frames {
 				c.add(f)
 			}
-			c.flush()
+			c.Flush()
 			var got []int
 			k := 0
-			for _, w := range c.writes {
-				got = append(got, w.segs)
+			for _, w := range c.Writes {
+				got = append(got, w.Segs)
 				h, pkt := unwrite(&c, w)
-				if w.segs == 1 {
+				if w.Segs == 1 {
 					if h != (offload.Header{}) || !bytes.Equal(pkt, orig[k]) {
 						t.Fatalf("single write %d changed: %+v", k, h)
 					}
 				} else {
 					kernelAccepts(t, h, pkt)
 					var want []byte
-					for _, o := range orig[k : k+w.segs] {
+					for _, o := range orig[k : k+w.Segs] {
 						want = append(want, o[52:]...)
 					}
 					if !bytes.Equal(pkt[52:], want) {
 						t.Fatalf("run at %d: payload differs", k)
 					}
 				}
-				k += w.segs
+				k += w.Segs
 			}
 			if k != len(frames) {
 				t.Fatalf("%d segments written, want %d", k, len(frames))
@@ -265,18 +265,18 @@ func TestCoalesceRCO(t *testing.T) {
 		}
 		// A run: frames 0..4, then 5 alone after a gap.
 		var c coalescer
-		c.reset()
-		c.trusted = true
+		c.Reset()
+		c.Trusted = true
 		for _, f := range frames[:5] {
 			c.add(f)
 		}
-		c.flush()
+		c.Flush()
 		c.add(frames[5])
-		c.flush()
-		if len(c.writes) != 2 || c.writes[0].segs != 5 || c.writes[1].segs != 1 {
-			t.Fatalf("v6 %v: writes %+v, want a run of 5 and one alone", v6, c.writes)
+		c.Flush()
+		if len(c.Writes) != 2 || c.Writes[0].Segs != 5 || c.Writes[1].Segs != 1 {
+			t.Fatalf("v6 %v: writes %+v, want a run of 5 and one alone", v6, c.Writes)
 		}
-		h, pkt := unwrite(&c, c.writes[0])
+		h, pkt := unwrite(&c, c.Writes[0])
 		kernelAccepts(t, h, pkt)
 		sp, err := offload.ParseSuper(&h, pkt)
 		if err != nil || sp.Segs != 5 {
@@ -290,7 +290,7 @@ func TestCoalesceRCO(t *testing.T) {
 				t.Fatalf("v6 %v: run segment %d differs from the fully summed one", v6, i)
 			}
 		}
-		h, pkt = unwrite(&c, c.writes[1])
+		h, pkt = unwrite(&c, c.Writes[1])
 		if h.Flags != offload.NeedsCsum || h.GSOType != offload.GSONone || h.CsumOffset != 16 {
 			t.Fatalf("v6 %v: lone RCO write header %+v", v6, h)
 		}
@@ -312,7 +312,7 @@ func TestCoalesceTrusted(t *testing.T) {
 	cases := []struct {
 		name    string
 		bad     int    // frame whose TCP checksum is broken
-		trusted []bool // per frame: c.trusted while it is added
+		trusted []bool // per frame: c.Trusted while it is added
 		want    []int
 	}{
 		{"all trusted", 3, []bool{true, true, true, true, true, true}, []int{6}},
@@ -325,16 +325,16 @@ func TestCoalesceTrusted(t *testing.T) {
 			frames := segmentsOf(t, false, 1000*6, 1000, tcpACK, 2)
 			inner(frames[tc.bad])[60] ^= 0xff
 			var c coalescer
-			c.reset()
+			c.Reset()
 			for i, f := range frames {
-				c.trusted = tc.trusted[i]
+				c.Trusted = tc.trusted[i]
 				c.add(f)
 			}
-			c.flush()
+			c.Flush()
 			var got []int
-			for _, w := range c.writes {
-				got = append(got, w.segs)
-				if w.segs > 1 {
+			for _, w := range c.Writes {
+				got = append(got, w.Segs)
+				if w.Segs > 1 {
 					h, pkt := unwrite(&c, w)
 					kernelAccepts(t, h, pkt)
 				}
@@ -358,33 +358,33 @@ func equalInts(a, b []int) bool {
 	return true
 }
 
-// TestCoalesceLimits: runs stop at maxRunSegs segments and 64 KiB.
+// TestCoalesceLimits: runs stop at offload.MaxRunSegs segments and 64 KiB.
 func TestCoalesceLimits(t *testing.T) {
-	frames := segmentsOf(t, false, 100*(maxRunSegs+10), 100, tcpACK, 3)
+	frames := segmentsOf(t, false, 100*(offload.MaxRunSegs+10), 100, tcpACK, 3)
 	var c coalescer
-	c.reset()
+	c.Reset()
 	for _, f := range frames {
 		c.add(f)
 	}
-	c.flush()
-	if len(c.writes) != 2 || c.writes[0].segs != maxRunSegs {
-		t.Fatalf("writes of %d and ...; want the first of %d", c.writes[0].segs, maxRunSegs)
+	c.Flush()
+	if len(c.Writes) != 2 || c.Writes[0].Segs != offload.MaxRunSegs {
+		t.Fatalf("writes of %d and ...; want the first of %d", c.Writes[0].Segs, offload.MaxRunSegs)
 	}
 	frames = segmentsOf(t, false, 1448*60, 1448, tcpACK, 4)
-	c.reset()
+	c.Reset()
 	for _, f := range frames {
 		c.add(f)
 	}
-	c.flush()
-	for _, w := range c.writes {
+	c.Flush()
+	for _, w := range c.Writes {
 		h, pkt := unwrite(&c, w)
-		if len(pkt) > maxRunLen {
+		if len(pkt) > 65535 {
 			t.Fatalf("run of %d bytes", len(pkt))
 		}
 		kernelAccepts(t, h, pkt)
 	}
-	if len(c.writes) != 2 {
-		t.Fatalf("%d writes, want 2", len(c.writes))
+	if len(c.Writes) != 2 {
+		t.Fatalf("%d writes, want 2", len(c.Writes))
 	}
 }
 
@@ -395,17 +395,17 @@ func TestCoalesceOthersUntouched(t *testing.T) {
 	ack := superTCP(false, 0, tcpACK, 5)
 	frame := func(p []byte) []byte { return append(make([]byte, vxlan.FrameHeaderLen), p...) }
 	var c coalescer
-	c.reset()
+	c.Reset()
 	for _, p := range [][]byte{udp, ack, ack, udp} {
 		c.add(frame(p))
 	}
-	c.flush()
-	if len(c.writes) != 4 {
-		t.Fatalf("%d writes, want 4", len(c.writes))
+	c.Flush()
+	if len(c.Writes) != 4 {
+		t.Fatalf("%d writes, want 4", len(c.Writes))
 	}
-	for i, w := range c.writes {
+	for i, w := range c.Writes {
 		h, pkt := unwrite(&c, w)
-		if h != (offload.Header{}) || w.segs != 1 || w.hi != w.lo {
+		if h != (offload.Header{}) || w.Segs != 1 || w.Hi != w.Lo {
 			t.Fatalf("write %d: %+v", i, w)
 		}
 		if want := [][]byte{udp, ack, ack, udp}[i]; !bytes.Equal(pkt, want) {
@@ -448,9 +448,9 @@ func TestInboundGROCountsBadFrames(t *testing.T) {
 	seg := len(frames[0])
 	var c coalescer
 	var counts batchCounts
-	c.reset()
+	c.Reset()
 	r.decapsulateGRO(r.table.Load(), buf, seg, netip.MustParseAddr("192.0.2.11"), &c, &counts)
-	c.flush()
+	c.Flush()
 	for v, want := range map[verdict]uint64{dropFlags: 1, dropVNI: 1, dropDstMAC: 1, dropSpoofedSource: 1} {
 		if counts.drops[v] != want {
 			t.Errorf("%s = %d, want %d", verdictNames[v], counts.drops[v], want)
@@ -461,7 +461,7 @@ func TestInboundGROCountsBadFrames(t *testing.T) {
 	}
 	// From an unknown sender, everything drops.
 	counts.reset()
-	c.reset()
+	c.Reset()
 	buf = fresh()
 	r.decapsulateGRO(r.table.Load(), buf[:seg*2], seg, netip.MustParseAddr("192.0.2.99"), &c, &counts)
 	if counts.drops[dropUnknownPeer] != 1 || counts.drops[dropFlags] != 1 || counts.packets != 0 {
@@ -469,7 +469,7 @@ func TestInboundGROCountsBadFrames(t *testing.T) {
 	}
 	// A buffer cut short: the tail is counted short.
 	counts.reset()
-	c.reset()
+	c.Reset()
 	buf = fresh()
 	r.decapsulateGRO(r.table.Load(), buf[6*seg:7*seg+10], seg, netip.MustParseAddr("192.0.2.11"), &c, &counts)
 	if counts.drops[dropShort] != 1 || counts.packets != 1 {
@@ -515,15 +515,15 @@ func FuzzCoalesce(f *testing.F) {
 			b := append([]byte(nil), b...) // the coalescer writes in place
 			var c coalescer
 			var counts batchCounts
-			c.reset()
+			c.Reset()
 			r.decapsulateGRO(r.table.Load(), b, int(seg), from, &c, &counts)
-			c.flush()
+			c.Flush()
 			var n uint64
-			for _, w := range c.writes {
-				n += uint64(w.segs)
+			for _, w := range c.Writes {
+				n += uint64(w.Segs)
 				h, pkt := unwrite(&c, w)
 				switch {
-				case w.segs > 1:
+				case w.Segs > 1:
 					kernelAccepts(t, h, pkt)
 				case h == (offload.Header{}):
 				case h.Flags == offload.NeedsCsum && h.GSOType == offload.GSONone:
@@ -541,7 +541,7 @@ func FuzzCoalesce(f *testing.F) {
 					t.Fatalf("single write with header %+v", h)
 				}
 			}
-			if n+uint64(c.dropped) != counts.packets {
+			if n+uint64(c.Dropped) != counts.packets {
 				t.Fatalf("%d segments written, %d passed", n, counts.packets)
 			}
 		}
@@ -551,17 +551,17 @@ func FuzzCoalesce(f *testing.F) {
 func TestCoalesceAllocs(t *testing.T) {
 	frames := segmentsOf(t, false, 1388*40, 1388, tcpACK, 8)
 	var c coalescer
-	c.reset()
+	c.Reset()
 	for _, f := range frames {
 		c.add(f)
 	}
-	c.flush() // grows the slices once
+	c.Flush() // grows the slices once
 	if n := testing.AllocsPerRun(100, func() {
-		c.reset()
+		c.Reset()
 		for _, f := range frames {
 			c.add(f)
 		}
-		c.flush()
+		c.Flush()
 	}); n != 0 {
 		t.Fatalf("%v allocs per batch", n)
 	}
@@ -584,10 +584,10 @@ func BenchmarkCoalesce(b *testing.B) {
 			copy(f, saved[i]) // closeRun rewrote the head's headers
 		}
 		b.StartTimer()
-		c.reset()
+		c.Reset()
 		for _, f := range frames {
 			c.add(f)
 		}
-		c.flush()
+		c.Flush()
 	}
 }

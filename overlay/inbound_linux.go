@@ -44,20 +44,20 @@ func (r *Router) inboundFast(rcv *vxlan.Receiver, w *offload.Writer) {
 		}
 		t := r.table.Load()
 		counts.reset()
-		c.reset()
+		c.Reset()
 		for i := 0; i < n; i++ {
 			r.decapsulateGRO(t, bufs[i][:sizes[i]], segs[i], from[i], &c, &counts)
 		}
-		c.flush()
-		counts.drops[dropBadOffload] += uint64(c.dropped)
-		counts.packets -= uint64(c.dropped)
-		for _, wr := range c.writes {
-			if err := w.Write(wr.head, c.payloads[wr.lo:wr.hi]); err != nil {
+		c.Flush()
+		counts.drops[dropBadOffload] += uint64(c.Dropped)
+		counts.packets -= uint64(c.Dropped)
+		for _, wr := range c.Writes {
+			if err := w.Write(wr.Head, c.Payloads[wr.Lo:wr.Hi]); err != nil {
 				if r.closing() || isClosed(err) {
 					return
 				}
-				counts.drops[dropTunWrite] += uint64(wr.segs)
-				counts.packets -= uint64(wr.segs)
+				counts.drops[dropTunWrite] += uint64(wr.Segs)
+				counts.packets -= uint64(wr.Segs)
 				r.log.Debug("tun write failed", "err", err)
 			}
 		}

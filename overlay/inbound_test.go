@@ -231,24 +231,6 @@ func TestInboundCountsMalformedInner(t *testing.T) {
 	}
 }
 
-// TestCoalescerDropsRunItsHeaderDoesNotDescribe: a run whose virtio header
-// would not read back as the packet (here: a run longer than its segments)
-// is dropped and counted, never written.
-func TestCoalescerDropsRunItsHeaderDoesNotDescribe(t *testing.T) {
-	frames := segmentsOf(t, false, 1000*4, 1000, tcpACK, 3)
-	var c coalescer
-	c.reset()
-	c.trusted = true
-	for _, f := range frames {
-		c.add(f)
-	}
-	c.cur.segs++ // what the header would claim no longer matches
-	c.flush()
-	if len(c.writes) != 0 || c.dropped != 5 {
-		t.Fatalf("%d writes, %d dropped; want 0 and 5", len(c.writes), c.dropped)
-	}
-}
-
 // FuzzDecapsulate feeds arbitrary inner packets from a peer to decapsulate:
 // nothing may panic, and whatever passes is a whole, well-formed packet
 // addressed to a local pod, by a check written independently of
@@ -315,26 +297,26 @@ func TestInboundTunnelSuperPacket(t *testing.T) {
 	var counts batchCounts
 	b := frameOf(tcp4("10.244.1.2", "10.244.2.2", tcpACK, payload, true))
 	r.decapsulateGRO(tab, b, len(b), from, &c, &counts)
-	c.flush()
-	if len(c.writes) != 1 || counts.packets != 1 {
-		t.Fatalf("writes %d, packets %d, drops %v", len(c.writes), counts.packets, counts.drops)
+	c.Flush()
+	if len(c.Writes) != 1 || counts.packets != 1 {
+		t.Fatalf("writes %d, packets %d, drops %v", len(c.Writes), counts.packets, counts.drops)
 	}
 	var h offload.Header
-	if err := h.Decode(c.writes[0].head); err != nil {
+	if err := h.Decode(c.Writes[0].Head); err != nil {
 		t.Fatal(err)
 	}
 	want := offload.Header{Flags: offload.NeedsCsum, GSOType: offload.GSOTCPv4, HdrLen: 40, GSOSize: 1410, CsumStart: 20, CsumOffset: tcpCsum}
-	if h != want || len(c.writes[0].head) != offload.HeaderLen+40+9000 {
-		t.Errorf("virtio header %+v (write of %d bytes), want %+v", h, len(c.writes[0].head), want)
+	if h != want || len(c.Writes[0].Head) != offload.HeaderLen+40+9000 {
+		t.Errorf("virtio header %+v (write of %d bytes), want %+v", h, len(c.Writes[0].Head), want)
 	}
 
 	// The GRO segment size the kernel reports wins when it is smaller.
-	c.reset()
+	c.Reset()
 	b = frameOf(tcp4("10.244.1.2", "10.244.2.2", tcpACK, payload, true))
 	r.decapsulateGRO(tab, b, 1000, from, &c, &counts)
-	c.flush()
-	if len(c.writes) != 1 || c.writes[0].head[4] != 1000&0xff || c.writes[0].head[5] != 1000>>8 {
-		t.Errorf("gso_size with a reported segment of 1000: writes %d, header % x", len(c.writes), c.writes[0].head[:offload.HeaderLen])
+	c.Flush()
+	if len(c.Writes) != 1 || c.Writes[0].Head[4] != 1000&0xff || c.Writes[0].Head[5] != 1000>>8 {
+		t.Errorf("gso_size with a reported segment of 1000: writes %d, header % x", len(c.Writes), c.Writes[0].Head[:offload.HeaderLen])
 	}
 
 	for _, tc := range []struct {
@@ -346,21 +328,21 @@ func TestInboundTunnelSuperPacket(t *testing.T) {
 		{"foreign source", frameOf(tcp4("10.244.9.2", "10.244.2.2", tcpACK, payload, true)), dropSpoofedSource},
 		{"not local", frameOf(tcp4("10.244.1.2", "192.0.2.12", tcpACK, payload, true)), dropNotLocal},
 	} {
-		c.reset()
+		c.Reset()
 		counts.reset()
 		r.decapsulateGRO(tab, tc.frame, len(tc.frame), from, &c, &counts)
-		c.flush()
-		if len(c.writes) != 0 || counts.drops[tc.want] != 1 {
-			t.Errorf("%s: writes %d, drops %v, want one %s", tc.name, len(c.writes), counts.drops, verdictNames[tc.want])
+		c.Flush()
+		if len(c.Writes) != 0 || counts.drops[tc.want] != 1 {
+			t.Errorf("%s: writes %d, drops %v, want one %s", tc.name, len(c.Writes), counts.drops, verdictNames[tc.want])
 		}
 	}
 
 	// A GRO run of two datagrams is two frames, not a super-packet.
-	c.reset()
+	c.Reset()
 	counts.reset()
 	one := frameOf(tcp4("10.244.1.2", "10.244.2.2", tcpACK, string(make([]byte, 1000)), false))
 	r.decapsulateGRO(tab, append(append([]byte{}, one...), one...), len(one), from, &c, &counts)
-	c.flush()
+	c.Flush()
 	if counts.packets != 2 {
 		t.Errorf("GRO run of two: packets %d, drops %v", counts.packets, counts.drops)
 	}

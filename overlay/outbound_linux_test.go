@@ -153,14 +153,14 @@ func TestFastPathAllocs(t *testing.T) {
 	var counts batchCounts
 	run := func() {
 		copy(buf, saved)
-		c.reset()
+		c.Reset()
 		counts.reset()
 		rin.decapsulateGRO(rin.table.Load(), buf, len(frames[0]), from, &c, &counts)
-		c.flush()
+		c.Flush()
 	}
 	run()
-	if len(c.writes) != 1 || c.writes[0].segs != 40 || counts.packets != 40 {
-		t.Fatalf("%d writes, %d packets; want 1 write of 40", len(c.writes), counts.packets)
+	if len(c.Writes) != 1 || c.Writes[0].Segs != 40 || counts.packets != 40 {
+		t.Fatalf("%d writes, %d packets; want 1 write of 40", len(c.Writes), counts.packets)
 	}
 	if n := testing.AllocsPerRun(100, run); n != 0 {
 		t.Fatalf("inbound: %v allocs per GRO buffer", n)

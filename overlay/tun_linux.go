@@ -72,7 +72,7 @@ func (r *Router) startFast(port uint16) (outbound, inbound bool, err error) {
 	r.receiver = rcv
 	r.wg.Add(1)
 	r.readLoops.Add(1)
-	go r.inboundFast(rcv, offload.NewWriter(rc, maxRunSegs+1))
+	go r.inboundFast(rcv, offload.NewWriter(rc, offload.MaxRunSegs+1))
 	if r.cfg.WireGuard == nil {
 		r.wg.Add(1)
 		r.readLoops.Add(1)

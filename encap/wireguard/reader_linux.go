@@ -16,8 +16,9 @@ import (
 )
 
 // attachTUN gives r the raw paths of a kernel TUN: the readiness poll,
-// the lone-packet writer and, with virtio headers in non-blocking mode,
-// the raw reader. A dev that is no kernel TUN (no file, or one whose mode
+// the writer (and whether the TUN takes UDP GSO: the probe makes the same
+// TUNSETOFFLOAD call as wireguard-go's NativeTun) and, with virtio headers
+// in non-blocking mode, the raw reader. A dev that is no kernel TUN (no file, or one whose mode
 // cannot be read) gets none: everything goes through its own Read and
 // Write then.
 func attachTUN(r *reader, dev tun.Device) {
@@ -30,11 +31,11 @@ func attachTUN(r *reader, dev tun.Device) {
 		return
 	}
 	r.ready = readyFunc(rc)
-	m, err := offload.ModeOf(rc, false)
+	m, err := offload.ModeOf(rc, true)
 	if err != nil || !m.TUN {
 		return
 	}
-	r.lone = &loneWriter{w: offload.NewWriter(rc, 1), vnet: m.VNetHdr}
+	r.tun = newTUNWriter(rc, m)
 	if m.VNetHdr && m.NonBlocking {
 		r.raw = &rawReader{rc: rc}
 		r.raw.do = r.raw.read
@@ -68,23 +69,44 @@ func (p *poller) pollFunc(fd uintptr) {
 	p.ready = err == nil && n == 1 && p.fds[0].Revents&unix.POLLIN != 0
 }
 
-// loneWriter writes one packet to a kernel TUN with a raw write called
-// straight from the file's raw connection (offload.Writer): for a lone
-// packet (a ping, a TCP ack), what the TUN's own Write would do, less its
-// coalescing tables and the runtime's blocking-syscall path (see
-// bind_linux.go: on an idle process that path first wakes the runtime's
-// monitor thread). With IFF_VNET_HDR the packet goes behind a zero virtio
-// header (no offload, checksums complete), which is what the TUN's Write
-// gives a packet it did not coalesce.
-type loneWriter struct {
-	mu   sync.Mutex // the bind's receive goroutines (one per family) write
-	w    *offload.Writer
+// tunWriter writes decrypted packets to a kernel TUN with raw system
+// calls made straight from the file's raw connection (offload.Writer):
+// what the TUN's own Write does, less the runtime's blocking-syscall path
+// (see bind_linux.go: on an idle process that path first wakes the
+// runtime's monitor thread) and, for a batch, less wireguard-go's GRO.
+//
+// A lone packet (a ping, a TCP ack) is written as it is, with IFF_VNET_HDR
+// behind a zero virtio header (no offload, checksums complete).
+//
+// A batch on a TUN with virtio headers goes through offload.Coalescer:
+// each run of consecutive segments of one TCP flow (of datagrams of one
+// UDP flow, when the TUN takes USO) becomes one GSO write, its headers
+// fixed in place in front of the first packet's payload and the later
+// payloads gathered from their element buffers by writev; everything else
+// is written on its own behind a zero virtio header. wireguard-go's GRO,
+// which the TUN's Write runs, verifies every TCP checksum and copies every
+// payload into the first packet's buffer; here nothing is copied and no
+// checksum is verified (Coalescer.Trusted): every packet was authenticated
+// by ChaCha20-Poly1305 and is byte for byte what the peer sealed, so its
+// checksums are what the peer's stack wrote. The kernel's own WireGuard
+// marks decrypted packets CHECKSUM_UNNECESSARY for the same reason.
+type tunWriter struct {
+	mu sync.Mutex // the bind's receive goroutines (one per family) write
+	w  *offload.Writer
+	// vnet: the TUN carries virtio headers, and a batch is coalesced.
 	vnet bool
+	c    offload.Coalescer // the batch being written, under mu
+}
+
+func newTUNWriter(rc syscall.RawConn, m offload.Mode) *tunWriter {
+	w := &tunWriter{w: offload.NewWriter(rc, offload.MaxRunSegs+1), vnet: m.VNetHdr}
+	w.c.Trusted, w.c.UDP = true, m.USO
+	return w
 }
 
 // writeOne writes the packet buf[offset:]; offset leaves room for the
 // virtio header (the device's headroom is 16 bytes).
-func (w *loneWriter) writeOne(buf []byte, offset int) (int, error) {
+func (w *tunWriter) writeOne(buf []byte, offset int) (int, error) {
 	frame := buf[offset:]
 	if w.vnet {
 		if offset < offload.HeaderLen {
@@ -99,7 +121,50 @@ func (w *loneWriter) writeOne(buf []byte, offset int) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return len(buf) - offset, nil
+	return 1, nil
+}
+
+// errBadRun: the coalescer refused a run it made itself (its virtio header
+// did not read back as its packet); the run's packets were not written.
+var errBadRun = errors.New("wireguard: a coalesced run did not match its virtio header")
+
+// writeBatch writes the packets bufs[i][offset:] (the device's element
+// buffers, offset its headroom of at least offload.HeaderLen bytes, which
+// the virtio headers overwrite; a run's first packet is rewritten in
+// place) coalesced, and returns how many packets it wrote. A failed write
+// does not stop the others, except a closed TUN (os.ErrClosed); the first
+// error is returned.
+func (w *tunWriter) writeBatch(bufs [][]byte, offset int) (int, error) {
+	if offset < offload.HeaderLen {
+		return 0, errShortHeadroom
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	c := &w.c
+	c.Reset()
+	for _, b := range bufs {
+		c.Add(b, offset, offload.Header{})
+	}
+	c.Flush()
+	var n int
+	var first error
+	if c.Dropped > 0 {
+		first = errBadRun
+	}
+	for _, wr := range c.Writes {
+		err := w.w.Write(wr.Head, c.Payloads[wr.Lo:wr.Hi])
+		if err == nil {
+			n += wr.Segs
+			continue
+		}
+		if errors.Is(err, os.ErrClosed) {
+			return n, err
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return n, first
 }
 
 // rawReader reads outbound frames from a kernel TUN opened with

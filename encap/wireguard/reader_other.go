@@ -8,10 +8,12 @@ import "golang.zx2c4.com/wireguard/tun"
 // TUN's own Read and Write, one frame per Read.
 func attachTUN(*reader, tun.Device) {}
 
-// loneWriter: none off Linux; every write goes through the TUN's Write.
-type loneWriter struct{}
+// tunWriter: none off Linux; every write goes through the TUN's Write.
+type tunWriter struct{ vnet bool }
 
-func (*loneWriter) writeOne([]byte, int) (int, error) { return 0, errShortHeadroom }
+func (*tunWriter) writeOne([]byte, int) (int, error) { return 0, errShortHeadroom }
+
+func (*tunWriter) writeBatch([][]byte, int) (int, error) { return 0, errShortHeadroom }
 
 // rawReader: none off Linux; reads go through the TUN's Read.
 type rawReader struct{}
