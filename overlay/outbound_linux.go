@@ -8,16 +8,16 @@ package overlay
 // packet per read(2), virtio header in front, and keeps reading without
 // waiting while packets are queued, at most readBatch per round. A TCP or
 // UDP super-packet (GSO) bound for a VXLAN peer is sent as VXLAN segments
-// without ever being cut apart in memory: offload.Super.segment
-// (outbound_gso.go) writes each segment's VXLAN, inner Ethernet, IP and L4
-// headers into a small header buffer, and one sendmmsg with UDP_SEGMENT
+// without ever being cut apart in memory: each segment's VXLAN and inner
+// Ethernet headers, and behind them its IP and L4 headers
+// (offload.Super.Segment), go into a small header buffer, and one sendmmsg with UDP_SEGMENT
 // takes iovecs that alternate those headers with payload slices of the
 // read buffer (vxlan.Gather). A packet without GSO has its checksum
 // finished if the kernel left it partial and takes the ordinary per-packet
 // path (sendBatch, outbound.go) together with the others read in the same
 // round, as does every segment of a super-packet that cannot be sent
 // gathered (the sender lost GSO, a segment too large for one datagram):
-// those are split into real packets by offload.Super.split, a copy, because
+// those are split into real packets by offload.Super.Split, a copy, because
 // the per-packet path needs whole packets with headroom.
 //
 // Spread reads: TUN super-packets read straight into their VXLAN layout.
