@@ -326,3 +326,58 @@ func BenchmarkCoalesceTrusted(b *testing.B) {
 		c.Flush()
 	}
 }
+
+// FuzzCoalesce feeds a batch of arbitrary packets (each a 2-byte length,
+// then its bytes) through a coalescer, trusted or not, with UDP runs or
+// not: nothing may panic, every write's header must read back as its
+// packet, and the packets the kernel makes of the writes are the packets
+// given, in order, but for the run heads' checksum fields.
+func FuzzCoalesce(f *testing.F) {
+	seed := func(trusted, udp bool, pkts ...[]byte) {
+		var b []byte
+		for _, p := range pkts {
+			b = binary.BigEndian.AppendUint16(b, uint16(len(p)-testOffset))
+			b = append(b, p[testOffset:]...)
+		}
+		f.Add(b, trusted, udp)
+	}
+	seed(true, true, packetsOf(f, false, ProtoTCP, 5*1000, 1000, 0x10, 1)...)
+	seed(false, false, packetsOf(f, true, ProtoTCP, 3*900-1, 900, 0x18, 2)...)
+	seed(true, true, packetsOf(f, true, ProtoUDP, 4*700-5, 700, 0, 3)...)
+	seed(true, false, append(packetsOf(f, false, ProtoUDP, 2*300, 300, 0, 4), packetsOf(f, false, ProtoTCP, 2*300, 300, 0x10, 5)...)...)
+	f.Fuzz(func(t *testing.T, b []byte, trusted, udp bool) {
+		var bufs [][]byte
+		for len(b) >= 2 && len(bufs) < 128 {
+			n := min(int(binary.BigEndian.Uint16(b)), len(b)-2)
+			buf := make([]byte, testOffset+n)
+			copy(buf[testOffset:], b[2:2+n])
+			bufs = append(bufs, buf)
+			b = b[2+n:]
+		}
+		want := originals(bufs)
+		c := coalesce(bufs, trusted, udp)
+		var got int
+		for _, w := range c.Writes {
+			var h Header
+			if err := h.Decode(w.Head); err != nil {
+				t.Fatal(err)
+			}
+			if h == (Header{}) {
+				if w.Segs != 1 || !bytes.Equal(w.Head[HeaderLen:], want[got]) {
+					t.Fatalf("packet %d written alone but changed", got)
+				}
+				got++
+				continue
+			}
+			for i, p := range received(t, c, w) {
+				if !bytes.Equal(p, want[got+i]) && !trusted {
+					t.Fatalf("packet %d of a run differs from what was given", got+i)
+				}
+			}
+			got += w.Segs
+		}
+		if got+c.Dropped != len(bufs) {
+			t.Fatalf("%d packets written, %d dropped, of %d", got, c.Dropped, len(bufs))
+		}
+	})
+}
