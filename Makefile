@@ -164,6 +164,8 @@ bench-nat: deps-bench build
 
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzFrameDecode -fuzztime 30s ./encap/vxlan
+	$(GO) test -run XXX -fuzz FuzzSplitFrame -fuzztime 30s ./encap/offload
+	$(GO) test -run XXX -fuzz FuzzCoalesce -fuzztime 30s ./encap/offload
 	$(GO) test -run XXX -fuzz FuzzRecordUnmarshal -fuzztime 30s ./peer
 	$(GO) test -run XXX -fuzz FuzzParseTag -fuzztime 30s ./peer
 	$(GO) test -run XXX -fuzz FuzzTransportHeader -fuzztime 30s ./encap/wireguard/internal/device

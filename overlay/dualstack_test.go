@@ -9,6 +9,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 
+	"github.com/weftnet/weft/encap/offload"
 	"github.com/weftnet/weft/encap/vxlan"
 )
 
@@ -55,7 +56,7 @@ func udp6(src, dst string, payload string) []byte {
 	copy(l4[8:], payload)
 	p := ipv6Packet(src, dst, protoUDP, l4)
 	s, d := addrs(p, true)
-	binary.BigEndian.PutUint16(p[40+6:], ^csum(p[40:], pseudoSum(s, d, protoUDP, len(l4))))
+	binary.BigEndian.PutUint16(p[40+6:], ^offload.Checksum(p[40:], offload.PseudoSum(s, d, protoUDP, len(l4))))
 	return p
 }
 
@@ -134,7 +135,7 @@ func TestPacketTooBig(t *testing.T) {
 			t.Fatalf("size %d: addresses % x", size, b[8:40])
 		}
 		s, d := addrs(b, true)
-		if csum(b[40:], pseudoSum(s, d, protoICMPv6, n-40)) != 0xffff {
+		if offload.Checksum(b[40:], offload.PseudoSum(s, d, protoICMPv6, n-40)) != 0xffff {
 			t.Fatalf("size %d: bad ICMPv6 checksum", size)
 		}
 		if b[40] != 2 || b[41] != 0 || binary.BigEndian.Uint32(b[44:48]) != 1370 {
@@ -223,7 +224,7 @@ func FuzzPacketTooBig(f *testing.F) {
 			t.Fatal("the router's own answer fails its inbound checks")
 		}
 		s, d := addrs(b, true)
-		if csum(b[40:], pseudoSum(s, d, protoICMPv6, n-40)) != 0xffff {
+		if offload.Checksum(b[40:], offload.PseudoSum(s, d, protoICMPv6, n-40)) != 0xffff {
 			t.Fatal("bad checksum")
 		}
 	})

@@ -17,6 +17,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/conn"
 
+	"github.com/weftnet/weft/encap/offload"
 	"github.com/weftnet/weft/encap/vxlan"
 )
 
@@ -108,7 +109,7 @@ func (r *Router) decapsulateGRO(t *table, b []byte, seg int, from netip.Addr, c 
 		seg = len(b)
 	}
 	p := t.peerAt(from)
-	c.trusted = p != nil && p.OuterChecksum
+	c.Trusted = p != nil && p.OuterChecksum
 	if len(b) > seg || len(b)-vxlan.FrameHeaderLen > r.mtu {
 		if mss, ok := tunnelSuper(b, seg, r.mtu); ok {
 			r.decapsulateSuper(b, mss, p, c, counts)
@@ -171,7 +172,7 @@ func (r *Router) decapsulateSuper(frame []byte, mss int, p *peerEntry, c *coales
 	}
 	if v == pass {
 		src, dst := addrs(inner, ip.v6)
-		if binary.BigEndian.Uint16(inner[ip.l3Len+tcpCsum:]) != pseudoSum(src, dst, protoTCP, ip.length-ip.l3Len) {
+		if binary.BigEndian.Uint16(inner[ip.l3Len+tcpCsum:]) != offload.PseudoSum(src, dst, protoTCP, ip.length-ip.l3Len) {
 			v = dropBadOffload
 		}
 	}
@@ -282,7 +283,7 @@ func checkInner(pkt []byte, ip *ipHeader) verdict {
 	}
 	pkt = pkt[:ip.length]
 	if !ip.v6 {
-		if !ipv4HeaderValid(pkt[:ip.l3Len]) {
+		if !offload.IPv4HeaderValid(pkt[:ip.l3Len]) {
 			return dropBadChecksum
 		}
 		if !ip.fragmentSane() {
@@ -327,10 +328,10 @@ func completeL4(pkt []byte, ip *ipHeader) {
 	}
 	l4 := pkt[ip.l3Len:ip.length]
 	src, dst := addrs(pkt, ip.v6)
-	if binary.BigEndian.Uint16(pkt[at:]) != pseudoSum(src, dst, ip.proto, len(l4)) {
+	if binary.BigEndian.Uint16(pkt[at:]) != offload.PseudoSum(src, dst, ip.proto, len(l4)) {
 		return
 	}
-	s := ^csum(l4, 0) // the field's pseudo-header sum included
+	s := ^offload.Checksum(l4, 0) // the field's pseudo-header sum included
 	if s == 0 && ip.proto == protoUDP {
 		s = 0xffff
 	}
@@ -364,6 +365,6 @@ func minL4Len(proto uint8) int {
 // for the paths that write whole packets to the TUN.
 func finishRCO(frame []byte) {
 	if h, ok := rcoHeader(frame); ok {
-		_ = finishChecksum(&h, frame[vxlan.FrameHeaderLen:])
+		_ = offload.FinishChecksum(&h, frame[vxlan.FrameHeaderLen:])
 	}
 }

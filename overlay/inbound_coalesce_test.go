@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/weftnet/weft/encap/offload"
 	"github.com/weftnet/weft/encap/vxlan"
 )
 
@@ -20,12 +21,12 @@ func segmentsOf(t testing.TB, v6 bool, n, mss int, flags byte, seed uint64) [][]
 func segmentsOfRCO(t testing.TB, rco, v6 bool, n, mss int, flags byte, seed uint64) [][]byte {
 	t.Helper()
 	p := superTCP(v6, n, flags, seed)
-	typ := uint8(gsoTCPv4)
+	typ := uint8(offload.GSOTCPv4)
 	if v6 {
-		typ = gsoTCPv6
+		typ = offload.GSOTCPv6
 	}
-	h := virtioHdr{flags: virtioNeedsCsum, gsoType: typ, gsoSize: uint16(mss)}
-	sp, err := parseSuper(&h, p)
+	h := offload.Header{Flags: offload.NeedsCsum, GSOType: typ, GSOSize: uint16(mss)}
+	sp, err := offload.ParseSuper(&h, p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,12 +34,12 @@ func segmentsOfRCO(t testing.TB, rco, v6 bool, n, mss int, flags byte, seed uint
 	hdr := make([]byte, segHdrLen)
 	f := vxlan.Frame{VNI: 1, EtherType: vxlan.EtherTypeFor(p)}
 	if rco {
-		f.CsumStart = vxlan.EthernetLen + sp.l3Len
+		f.CsumStart = vxlan.EthernetLen + sp.L3Len
 	}
-	for i := 0; i < sp.segs; i++ {
-		h := hdr[:vxlan.FrameHeaderLen+sp.hdrLen]
+	for i := 0; i < sp.Segs; i++ {
+		h := hdr[:vxlan.FrameHeaderLen+sp.HdrLen]
 		f.Encode(h)
-		payload := sp.segment(i, h[vxlan.FrameHeaderLen:], rco)
+		payload := sp.Segment(i, h[vxlan.FrameHeaderLen:], rco)
 		frames = append(frames, append(append([]byte(nil), h...), payload...))
 	}
 	return frames
@@ -46,13 +47,13 @@ func segmentsOfRCO(t testing.TB, rco, v6 bool, n, mss int, flags byte, seed uint
 
 // unwrite turns a coalescer write back into what the kernel sees: the
 // virtio header and the whole packet.
-func unwrite(c *coalescer, w tunWrite) (virtioHdr, []byte) {
-	var h virtioHdr
-	if err := h.decode(w.head); err != nil {
+func unwrite(c *coalescer, w offload.Write) (offload.Header, []byte) {
+	var h offload.Header
+	if err := h.Decode(w.Head); err != nil {
 		panic(err)
 	}
-	pkt := append([]byte(nil), w.head[virtioHdrLen:]...)
-	for _, p := range c.payloads[w.lo:w.hi] {
+	pkt := append([]byte(nil), w.Head[offload.HeaderLen:]...)
+	for _, p := range c.Payloads[w.Lo:w.Hi] {
 		pkt = append(pkt, p...)
 	}
 	return h, pkt
@@ -62,10 +63,10 @@ func unwrite(c *coalescer, w tunWrite) (virtioHdr, []byte) {
 // and re-segments it: it verifies the virtio header against the packet,
 // finishes the checksum as a NIC would (NEEDS_CSUM) and returns the
 // segments the kernel's TSO would make, each with a valid checksum.
-func kernelAccepts(t *testing.T, h virtioHdr, pkt []byte) []byte {
+func kernelAccepts(t *testing.T, h offload.Header, pkt []byte) []byte {
 	t.Helper()
-	if h.gsoType == gsoNone {
-		if h != (virtioHdr{}) {
+	if h.GSOType == offload.GSONone {
+		if h != (offload.Header{}) {
 			t.Fatalf("plain write with header %+v", h)
 		}
 		if !l4ChecksumOK(pkt) {
@@ -73,44 +74,44 @@ func kernelAccepts(t *testing.T, h virtioHdr, pkt []byte) []byte {
 		}
 		return pkt
 	}
-	if h.flags != virtioNeedsCsum {
+	if h.Flags != offload.NeedsCsum {
 		t.Fatalf("GSO write without NEEDS_CSUM: %+v", h)
 	}
 	v6 := pkt[0]>>4 == 6
 	l3 := 20
 	if v6 {
 		l3 = 40
-		if h.gsoType != gsoTCPv6 || int(binary.BigEndian.Uint16(pkt[4:6]))+40 != len(pkt) {
+		if h.GSOType != offload.GSOTCPv6 || int(binary.BigEndian.Uint16(pkt[4:6]))+40 != len(pkt) {
 			t.Fatalf("v6 GSO header %+v, packet %d bytes", h, len(pkt))
 		}
 	} else {
 		checkIPv4(t, pkt)
-		if h.gsoType != gsoTCPv4 {
-			t.Fatalf("v4 GSO type %d", h.gsoType)
+		if h.GSOType != offload.GSOTCPv4 {
+			t.Fatalf("v4 GSO type %d", h.GSOType)
 		}
 	}
 	doff := int(pkt[l3+12]>>4) * 4
-	if int(h.csumStart) != l3 || h.csumOffset != 16 || int(h.hdrLen) != l3+doff {
+	if int(h.CsumStart) != l3 || h.CsumOffset != 16 || int(h.HdrLen) != l3+doff {
 		t.Fatalf("header %+v for l3 %d tcp %d", h, l3, doff)
 	}
 	// The field holds the pseudo-header sum: finishing it over the
 	// segment must give a valid checksum.
 	q := append([]byte(nil), pkt...)
-	if err := finishChecksum(&h, q); err != nil {
+	if err := offload.FinishChecksum(&h, q); err != nil {
 		t.Fatal(err)
 	}
 	if !l4ChecksumOK(q) {
 		t.Fatal("coalesced packet: checksum not accepted")
 	}
 	// And the kernel's TSO must be able to cut it again.
-	sp, err := parseSuper(&h, pkt)
+	sp, err := offload.ParseSuper(&h, pkt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	hdr := make([]byte, maxHdrLen)
-	for i := 0; i < sp.segs; i++ {
-		payload := sp.segment(i, hdr, false)
-		seg := append(append([]byte(nil), hdr[:sp.hdrLen]...), payload...)
+	hdr := make([]byte, offload.MaxHdrLen)
+	for i := 0; i < sp.Segs; i++ {
+		payload := sp.Segment(i, hdr, false)
+		seg := append(append([]byte(nil), hdr[:sp.HdrLen]...), payload...)
 		if !l4ChecksumOK(seg) {
 			t.Fatalf("re-segment %d: bad checksum", i)
 		}
@@ -124,18 +125,18 @@ func TestCoalesceRuns(t *testing.T) {
 	for _, v6 := range []bool{false, true} {
 		frames := segmentsOf(t, v6, 1388*30+100, 1388, tcpACK|tcpPSH, 1)
 		var c coalescer
-		c.reset()
+		c.Reset()
 		for _, f := range frames {
 			c.add(f)
 		}
-		c.flush()
-		if len(c.writes) != 1 || c.writes[0].segs != 31 {
-			t.Fatalf("v6=%v: %d writes, first of %d segments; want 1 of 31", v6, len(c.writes), c.writes[0].segs)
+		c.Flush()
+		if len(c.Writes) != 1 || c.Writes[0].Segs != 31 {
+			t.Fatalf("v6=%v: %d writes, first of %d segments; want 1 of 31", v6, len(c.Writes), c.Writes[0].Segs)
 		}
-		h, pkt := unwrite(&c, c.writes[0])
+		h, pkt := unwrite(&c, c.Writes[0])
 		pkt = kernelAccepts(t, h, pkt)
-		if int(h.gsoSize) != 1388 {
-			t.Fatalf("gso_size %d", h.gsoSize)
+		if int(h.GSOSize) != 1388 {
+			t.Fatalf("gso_size %d", h.GSOSize)
 		}
 		l3 := 20
 		if v6 {
@@ -163,9 +164,9 @@ func TestCoalesceSplits(t *testing.T) {
 	refix := func(f []byte) {
 		p := inner(f)
 		p[10], p[11] = 0, 0
-		binary.BigEndian.PutUint16(p[10:12], ^csum(p[:20], 0))
+		binary.BigEndian.PutUint16(p[10:12], ^offload.Checksum(p[:20], 0))
 		p[36], p[37] = 0, 0
-		binary.BigEndian.PutUint16(p[36:38], ^csum(p[20:], pseudoSum(p[12:16], p[16:20], protoTCP, len(p)-20)))
+		binary.BigEndian.PutUint16(p[36:38], ^offload.Checksum(p[20:], offload.PseudoSum(p[12:16], p[16:20], protoTCP, len(p)-20)))
 	}
 	cases := []struct {
 		name string
@@ -214,31 +215,31 @@ func TestCoalesceSplits(t *testing.T) {
 				orig[i] = append([]byte(nil), inner(f)...)
 			}
 			var c coalescer
-			c.reset()
+			c.Reset()
 			for _, f := range frames {
 				c.add(f)
 			}
-			c.flush()
+			c.Flush()
 			var got []int
 			k := 0
-			for _, w := range c.writes {
-				got = append(got, w.segs)
+			for _, w := range c.Writes {
+				got = append(got, w.Segs)
 				h, pkt := unwrite(&c, w)
-				if w.segs == 1 {
-					if h != (virtioHdr{}) || !bytes.Equal(pkt, orig[k]) {
+				if w.Segs == 1 {
+					if h != (offload.Header{}) || !bytes.Equal(pkt, orig[k]) {
 						t.Fatalf("single write %d changed: %+v", k, h)
 					}
 				} else {
 					kernelAccepts(t, h, pkt)
 					var want []byte
-					for _, o := range orig[k : k+w.segs] {
+					for _, o := range orig[k : k+w.Segs] {
 						want = append(want, o[52:]...)
 					}
 					if !bytes.Equal(pkt[52:], want) {
 						t.Fatalf("run at %d: payload differs", k)
 					}
 				}
-				k += w.segs
+				k += w.Segs
 			}
 			if k != len(frames) {
 				t.Fatalf("%d segments written, want %d", k, len(frames))
@@ -264,36 +265,36 @@ func TestCoalesceRCO(t *testing.T) {
 		}
 		// A run: frames 0..4, then 5 alone after a gap.
 		var c coalescer
-		c.reset()
-		c.trusted = true
+		c.Reset()
+		c.Trusted = true
 		for _, f := range frames[:5] {
 			c.add(f)
 		}
-		c.flush()
+		c.Flush()
 		c.add(frames[5])
-		c.flush()
-		if len(c.writes) != 2 || c.writes[0].segs != 5 || c.writes[1].segs != 1 {
-			t.Fatalf("v6 %v: writes %+v, want a run of 5 and one alone", v6, c.writes)
+		c.Flush()
+		if len(c.Writes) != 2 || c.Writes[0].Segs != 5 || c.Writes[1].Segs != 1 {
+			t.Fatalf("v6 %v: writes %+v, want a run of 5 and one alone", v6, c.Writes)
 		}
-		h, pkt := unwrite(&c, c.writes[0])
+		h, pkt := unwrite(&c, c.Writes[0])
 		kernelAccepts(t, h, pkt)
-		sp, err := parseSuper(&h, pkt)
-		if err != nil || sp.segs != 5 {
+		sp, err := offload.ParseSuper(&h, pkt)
+		if err != nil || sp.Segs != 5 {
 			t.Fatalf("v6 %v: run does not parse as 5 segments: %v", v6, err)
 		}
-		hdr := make([]byte, maxHdrLen)
-		for i := 0; i < sp.segs; i++ {
-			payload := sp.segment(i, hdr, false)
-			seg := append(append([]byte(nil), hdr[:sp.hdrLen]...), payload...)
+		hdr := make([]byte, offload.MaxHdrLen)
+		for i := 0; i < sp.Segs; i++ {
+			payload := sp.Segment(i, hdr, false)
+			seg := append(append([]byte(nil), hdr[:sp.HdrLen]...), payload...)
 			if !bytes.Equal(seg, full[i][vxlan.FrameHeaderLen:]) {
 				t.Fatalf("v6 %v: run segment %d differs from the fully summed one", v6, i)
 			}
 		}
-		h, pkt = unwrite(&c, c.writes[1])
-		if h.flags != virtioNeedsCsum || h.gsoType != gsoNone || h.csumOffset != 16 {
+		h, pkt = unwrite(&c, c.Writes[1])
+		if h.Flags != offload.NeedsCsum || h.GSOType != offload.GSONone || h.CsumOffset != 16 {
 			t.Fatalf("v6 %v: lone RCO write header %+v", v6, h)
 		}
-		if err := finishChecksum(&h, pkt); err != nil {
+		if err := offload.FinishChecksum(&h, pkt); err != nil {
 			t.Fatal(err)
 		}
 		if !bytes.Equal(pkt, full[5][vxlan.FrameHeaderLen:]) {
@@ -311,7 +312,7 @@ func TestCoalesceTrusted(t *testing.T) {
 	cases := []struct {
 		name    string
 		bad     int    // frame whose TCP checksum is broken
-		trusted []bool // per frame: c.trusted while it is added
+		trusted []bool // per frame: c.Trusted while it is added
 		want    []int
 	}{
 		{"all trusted", 3, []bool{true, true, true, true, true, true}, []int{6}},
@@ -324,16 +325,16 @@ func TestCoalesceTrusted(t *testing.T) {
 			frames := segmentsOf(t, false, 1000*6, 1000, tcpACK, 2)
 			inner(frames[tc.bad])[60] ^= 0xff
 			var c coalescer
-			c.reset()
+			c.Reset()
 			for i, f := range frames {
-				c.trusted = tc.trusted[i]
+				c.Trusted = tc.trusted[i]
 				c.add(f)
 			}
-			c.flush()
+			c.Flush()
 			var got []int
-			for _, w := range c.writes {
-				got = append(got, w.segs)
-				if w.segs > 1 {
+			for _, w := range c.Writes {
+				got = append(got, w.Segs)
+				if w.Segs > 1 {
 					h, pkt := unwrite(&c, w)
 					kernelAccepts(t, h, pkt)
 				}
@@ -357,33 +358,33 @@ func equalInts(a, b []int) bool {
 	return true
 }
 
-// TestCoalesceLimits: runs stop at maxRunSegs segments and 64 KiB.
+// TestCoalesceLimits: runs stop at offload.MaxRunSegs segments and 64 KiB.
 func TestCoalesceLimits(t *testing.T) {
-	frames := segmentsOf(t, false, 100*(maxRunSegs+10), 100, tcpACK, 3)
+	frames := segmentsOf(t, false, 100*(offload.MaxRunSegs+10), 100, tcpACK, 3)
 	var c coalescer
-	c.reset()
+	c.Reset()
 	for _, f := range frames {
 		c.add(f)
 	}
-	c.flush()
-	if len(c.writes) != 2 || c.writes[0].segs != maxRunSegs {
-		t.Fatalf("writes of %d and ...; want the first of %d", c.writes[0].segs, maxRunSegs)
+	c.Flush()
+	if len(c.Writes) != 2 || c.Writes[0].Segs != offload.MaxRunSegs {
+		t.Fatalf("writes of %d and ...; want the first of %d", c.Writes[0].Segs, offload.MaxRunSegs)
 	}
 	frames = segmentsOf(t, false, 1448*60, 1448, tcpACK, 4)
-	c.reset()
+	c.Reset()
 	for _, f := range frames {
 		c.add(f)
 	}
-	c.flush()
-	for _, w := range c.writes {
+	c.Flush()
+	for _, w := range c.Writes {
 		h, pkt := unwrite(&c, w)
-		if len(pkt) > maxRunLen {
+		if len(pkt) > 65535 {
 			t.Fatalf("run of %d bytes", len(pkt))
 		}
 		kernelAccepts(t, h, pkt)
 	}
-	if len(c.writes) != 2 {
-		t.Fatalf("%d writes, want 2", len(c.writes))
+	if len(c.Writes) != 2 {
+		t.Fatalf("%d writes, want 2", len(c.Writes))
 	}
 }
 
@@ -394,17 +395,17 @@ func TestCoalesceOthersUntouched(t *testing.T) {
 	ack := superTCP(false, 0, tcpACK, 5)
 	frame := func(p []byte) []byte { return append(make([]byte, vxlan.FrameHeaderLen), p...) }
 	var c coalescer
-	c.reset()
+	c.Reset()
 	for _, p := range [][]byte{udp, ack, ack, udp} {
 		c.add(frame(p))
 	}
-	c.flush()
-	if len(c.writes) != 4 {
-		t.Fatalf("%d writes, want 4", len(c.writes))
+	c.Flush()
+	if len(c.Writes) != 4 {
+		t.Fatalf("%d writes, want 4", len(c.Writes))
 	}
-	for i, w := range c.writes {
+	for i, w := range c.Writes {
 		h, pkt := unwrite(&c, w)
-		if h != (virtioHdr{}) || w.segs != 1 || w.hi != w.lo {
+		if h != (offload.Header{}) || w.Segs != 1 || w.Hi != w.Lo {
 			t.Fatalf("write %d: %+v", i, w)
 		}
 		if want := [][]byte{udp, ack, ack, udp}[i]; !bytes.Equal(pkt, want) {
@@ -432,7 +433,7 @@ func TestInboundGROCountsBadFrames(t *testing.T) {
 	frames[4][vxlan.FrameHeaderLen+15] = 9  // source 10.244.1.9 is fine ...
 	frames[5][vxlan.FrameHeaderLen+12] = 11 // ... 11.244.1.2 is not
 	for _, f := range frames[4:6] {
-		putIPv4Checksum(f[vxlan.FrameHeaderLen : vxlan.FrameHeaderLen+20])
+		offload.PutIPv4Checksum(f[vxlan.FrameHeaderLen : vxlan.FrameHeaderLen+20])
 	}
 	// The coalescer writes its virtio headers into the buffer: each
 	// pass gets a fresh copy.
@@ -447,9 +448,9 @@ func TestInboundGROCountsBadFrames(t *testing.T) {
 	seg := len(frames[0])
 	var c coalescer
 	var counts batchCounts
-	c.reset()
+	c.Reset()
 	r.decapsulateGRO(r.table.Load(), buf, seg, netip.MustParseAddr("192.0.2.11"), &c, &counts)
-	c.flush()
+	c.Flush()
 	for v, want := range map[verdict]uint64{dropFlags: 1, dropVNI: 1, dropDstMAC: 1, dropSpoofedSource: 1} {
 		if counts.drops[v] != want {
 			t.Errorf("%s = %d, want %d", verdictNames[v], counts.drops[v], want)
@@ -460,7 +461,7 @@ func TestInboundGROCountsBadFrames(t *testing.T) {
 	}
 	// From an unknown sender, everything drops.
 	counts.reset()
-	c.reset()
+	c.Reset()
 	buf = fresh()
 	r.decapsulateGRO(r.table.Load(), buf[:seg*2], seg, netip.MustParseAddr("192.0.2.99"), &c, &counts)
 	if counts.drops[dropUnknownPeer] != 1 || counts.drops[dropFlags] != 1 || counts.packets != 0 {
@@ -468,7 +469,7 @@ func TestInboundGROCountsBadFrames(t *testing.T) {
 	}
 	// A buffer cut short: the tail is counted short.
 	counts.reset()
-	c.reset()
+	c.Reset()
 	buf = fresh()
 	r.decapsulateGRO(r.table.Load(), buf[6*seg:7*seg+10], seg, netip.MustParseAddr("192.0.2.11"), &c, &counts)
 	if counts.drops[dropShort] != 1 || counts.packets != 1 {
@@ -514,18 +515,18 @@ func FuzzCoalesce(f *testing.F) {
 			b := append([]byte(nil), b...) // the coalescer writes in place
 			var c coalescer
 			var counts batchCounts
-			c.reset()
+			c.Reset()
 			r.decapsulateGRO(r.table.Load(), b, int(seg), from, &c, &counts)
-			c.flush()
+			c.Flush()
 			var n uint64
-			for _, w := range c.writes {
-				n += uint64(w.segs)
+			for _, w := range c.Writes {
+				n += uint64(w.Segs)
 				h, pkt := unwrite(&c, w)
 				switch {
-				case w.segs > 1:
+				case w.Segs > 1:
 					kernelAccepts(t, h, pkt)
-				case h == (virtioHdr{}):
-				case h.flags == virtioNeedsCsum && h.gsoType == gsoNone:
+				case h == (offload.Header{}):
+				case h.Flags == offload.NeedsCsum && h.GSOType == offload.GSONone:
 					// A lone RCO segment: the checksum must start at
 					// its L4 header, which must be whole.
 					v6 := pkt[0]>>4 == 6
@@ -533,14 +534,14 @@ func FuzzCoalesce(f *testing.F) {
 					if !v6 {
 						l3 = int(pkt[0]&0x0f) * 4
 					}
-					if int(h.csumStart) != l3 || int(h.csumStart+h.csumOffset)+2 > len(pkt) {
+					if int(h.CsumStart) != l3 || int(h.CsumStart+h.CsumOffset)+2 > len(pkt) {
 						t.Fatalf("lone RCO write header %+v for a %d-byte packet", h, len(pkt))
 					}
 				default:
 					t.Fatalf("single write with header %+v", h)
 				}
 			}
-			if n+uint64(c.dropped) != counts.packets {
+			if n+uint64(c.Dropped) != counts.packets {
 				t.Fatalf("%d segments written, %d passed", n, counts.packets)
 			}
 		}
@@ -550,17 +551,17 @@ func FuzzCoalesce(f *testing.F) {
 func TestCoalesceAllocs(t *testing.T) {
 	frames := segmentsOf(t, false, 1388*40, 1388, tcpACK, 8)
 	var c coalescer
-	c.reset()
+	c.Reset()
 	for _, f := range frames {
 		c.add(f)
 	}
-	c.flush() // grows the slices once
+	c.Flush() // grows the slices once
 	if n := testing.AllocsPerRun(100, func() {
-		c.reset()
+		c.Reset()
 		for _, f := range frames {
 			c.add(f)
 		}
-		c.flush()
+		c.Flush()
 	}); n != 0 {
 		t.Fatalf("%v allocs per batch", n)
 	}
@@ -583,10 +584,10 @@ func BenchmarkCoalesce(b *testing.B) {
 			copy(f, saved[i]) // closeRun rewrote the head's headers
 		}
 		b.StartTimer()
-		c.reset()
+		c.Reset()
 		for _, f := range frames {
 			c.add(f)
 		}
-		c.flush()
+		c.Flush()
 	}
 }

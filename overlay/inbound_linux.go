@@ -7,18 +7,19 @@ package overlay
 // validates every datagram of a GRO buffer in place exactly as the portable
 // path does (decapsulateGRO, inbound.go), and hands the survivors to the
 // coalescer (inbound_coalesce.go), whose writes go to the TUN file
-// descriptor with writev (tun_linux.go): one GSO packet per run of one TCP
+// descriptor with writev (offload.Writer): one GSO packet per run of one TCP
 // flow, everything else one packet per write.
 
 import (
 	"net/netip"
 
+	"github.com/weftnet/weft/encap/offload"
 	"github.com/weftnet/weft/encap/vxlan"
 )
 
 // inboundFast is the fast inbound loop; it owns its buffers and runs until
 // the socket or the TUN is closed.
-func (r *Router) inboundFast(rcv *vxlan.Receiver, w *tunWriter) {
+func (r *Router) inboundFast(rcv *vxlan.Receiver, w *offload.Writer) {
 	defer r.wg.Done()
 	bufs := make([][]byte, inBatch)
 	for i := range bufs {
@@ -43,20 +44,20 @@ func (r *Router) inboundFast(rcv *vxlan.Receiver, w *tunWriter) {
 		}
 		t := r.table.Load()
 		counts.reset()
-		c.reset()
+		c.Reset()
 		for i := 0; i < n; i++ {
 			r.decapsulateGRO(t, bufs[i][:sizes[i]], segs[i], from[i], &c, &counts)
 		}
-		c.flush()
-		counts.drops[dropBadOffload] += uint64(c.dropped)
-		counts.packets -= uint64(c.dropped)
-		for _, wr := range c.writes {
-			if err := w.Write(wr.head, c.payloads[wr.lo:wr.hi]); err != nil {
+		c.Flush()
+		counts.drops[dropBadOffload] += uint64(c.Dropped)
+		counts.packets -= uint64(c.Dropped)
+		for _, wr := range c.Writes {
+			if err := w.Write(wr.Head, c.Payloads[wr.Lo:wr.Hi]); err != nil {
 				if r.closing() || isClosed(err) {
 					return
 				}
-				counts.drops[dropTunWrite] += uint64(wr.segs)
-				counts.packets -= uint64(wr.segs)
+				counts.drops[dropTunWrite] += uint64(wr.Segs)
+				counts.packets -= uint64(wr.Segs)
 				r.log.Debug("tun write failed", "err", err)
 			}
 		}

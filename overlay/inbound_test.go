@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/weftnet/weft/encap/offload"
 	"github.com/weftnet/weft/encap/vxlan"
 )
 
@@ -47,11 +48,11 @@ func tcp4(src, dst string, flags byte, payload string, partial bool) []byte {
 	tcp[12] = 5 << 4
 	tcp[13] = flags
 	binary.BigEndian.PutUint16(tcp[14:16], 64240)
-	ps := pseudoSum(p[12:16], p[16:20], protoTCP, len(tcp))
+	ps := offload.PseudoSum(p[12:16], p[16:20], protoTCP, len(tcp))
 	if partial {
 		binary.BigEndian.PutUint16(tcp[16:18], ps)
 	} else {
-		binary.BigEndian.PutUint16(tcp[16:18], ^csum(tcp, ps))
+		binary.BigEndian.PutUint16(tcp[16:18], ^offload.Checksum(tcp, ps))
 	}
 	return p
 }
@@ -70,7 +71,7 @@ func ipv6Packet(src, dst string, nh byte, payload []byte) []byte {
 
 // reChecksum recomputes an IPv4 header checksum after a test edited it.
 func reChecksum(p []byte) []byte {
-	putIPv4Checksum(p[:int(p[0]&0x0f)*4])
+	offload.PutIPv4Checksum(p[:int(p[0]&0x0f)*4])
 	return p
 }
 
@@ -175,7 +176,7 @@ func TestDecapsulateFinishesPartialChecksums(t *testing.T) {
 		{"tcp data", tcp4("10.244.1.2", "10.244.2.2", tcpACK|tcpPSH, "some bytes of a stream", true)},
 		{"udp", func() []byte {
 			p := udp4("10.244.1.2", "10.244.2.2", 1, 2, "datagram")
-			binary.BigEndian.PutUint16(p[26:28], pseudoSum(p[12:16], p[16:20], protoUDP, len(p)-20))
+			binary.BigEndian.PutUint16(p[26:28], offload.PseudoSum(p[12:16], p[16:20], protoUDP, len(p)-20))
 			return p
 		}()},
 	} {
@@ -227,24 +228,6 @@ func TestInboundCountsMalformedInner(t *testing.T) {
 	expectNothing(t, b)
 	if got := b.r.Stats().RxPackets.Load(); got != 0 {
 		t.Fatalf("rx_packets %d, want 0", got)
-	}
-}
-
-// TestCoalescerDropsRunItsHeaderDoesNotDescribe: a run whose virtio header
-// would not read back as the packet (here: a run longer than its segments)
-// is dropped and counted, never written.
-func TestCoalescerDropsRunItsHeaderDoesNotDescribe(t *testing.T) {
-	frames := segmentsOf(t, false, 1000*4, 1000, tcpACK, 3)
-	var c coalescer
-	c.reset()
-	c.trusted = true
-	for _, f := range frames {
-		c.add(f)
-	}
-	c.cur.segs++ // what the header would claim no longer matches
-	c.flush()
-	if len(c.writes) != 0 || c.dropped != 5 {
-		t.Fatalf("%d writes, %d dropped; want 0 and 5", len(c.writes), c.dropped)
 	}
 }
 
@@ -314,26 +297,26 @@ func TestInboundTunnelSuperPacket(t *testing.T) {
 	var counts batchCounts
 	b := frameOf(tcp4("10.244.1.2", "10.244.2.2", tcpACK, payload, true))
 	r.decapsulateGRO(tab, b, len(b), from, &c, &counts)
-	c.flush()
-	if len(c.writes) != 1 || counts.packets != 1 {
-		t.Fatalf("writes %d, packets %d, drops %v", len(c.writes), counts.packets, counts.drops)
+	c.Flush()
+	if len(c.Writes) != 1 || counts.packets != 1 {
+		t.Fatalf("writes %d, packets %d, drops %v", len(c.Writes), counts.packets, counts.drops)
 	}
-	var h virtioHdr
-	if err := h.decode(c.writes[0].head); err != nil {
+	var h offload.Header
+	if err := h.Decode(c.Writes[0].Head); err != nil {
 		t.Fatal(err)
 	}
-	want := virtioHdr{flags: virtioNeedsCsum, gsoType: gsoTCPv4, hdrLen: 40, gsoSize: 1410, csumStart: 20, csumOffset: tcpCsum}
-	if h != want || len(c.writes[0].head) != virtioHdrLen+40+9000 {
-		t.Errorf("virtio header %+v (write of %d bytes), want %+v", h, len(c.writes[0].head), want)
+	want := offload.Header{Flags: offload.NeedsCsum, GSOType: offload.GSOTCPv4, HdrLen: 40, GSOSize: 1410, CsumStart: 20, CsumOffset: tcpCsum}
+	if h != want || len(c.Writes[0].Head) != offload.HeaderLen+40+9000 {
+		t.Errorf("virtio header %+v (write of %d bytes), want %+v", h, len(c.Writes[0].Head), want)
 	}
 
 	// The GRO segment size the kernel reports wins when it is smaller.
-	c.reset()
+	c.Reset()
 	b = frameOf(tcp4("10.244.1.2", "10.244.2.2", tcpACK, payload, true))
 	r.decapsulateGRO(tab, b, 1000, from, &c, &counts)
-	c.flush()
-	if len(c.writes) != 1 || c.writes[0].head[4] != 1000&0xff || c.writes[0].head[5] != 1000>>8 {
-		t.Errorf("gso_size with a reported segment of 1000: writes %d, header % x", len(c.writes), c.writes[0].head[:virtioHdrLen])
+	c.Flush()
+	if len(c.Writes) != 1 || c.Writes[0].Head[4] != 1000&0xff || c.Writes[0].Head[5] != 1000>>8 {
+		t.Errorf("gso_size with a reported segment of 1000: writes %d, header % x", len(c.Writes), c.Writes[0].Head[:offload.HeaderLen])
 	}
 
 	for _, tc := range []struct {
@@ -345,21 +328,21 @@ func TestInboundTunnelSuperPacket(t *testing.T) {
 		{"foreign source", frameOf(tcp4("10.244.9.2", "10.244.2.2", tcpACK, payload, true)), dropSpoofedSource},
 		{"not local", frameOf(tcp4("10.244.1.2", "192.0.2.12", tcpACK, payload, true)), dropNotLocal},
 	} {
-		c.reset()
+		c.Reset()
 		counts.reset()
 		r.decapsulateGRO(tab, tc.frame, len(tc.frame), from, &c, &counts)
-		c.flush()
-		if len(c.writes) != 0 || counts.drops[tc.want] != 1 {
-			t.Errorf("%s: writes %d, drops %v, want one %s", tc.name, len(c.writes), counts.drops, verdictNames[tc.want])
+		c.Flush()
+		if len(c.Writes) != 0 || counts.drops[tc.want] != 1 {
+			t.Errorf("%s: writes %d, drops %v, want one %s", tc.name, len(c.Writes), counts.drops, verdictNames[tc.want])
 		}
 	}
 
 	// A GRO run of two datagrams is two frames, not a super-packet.
-	c.reset()
+	c.Reset()
 	counts.reset()
 	one := frameOf(tcp4("10.244.1.2", "10.244.2.2", tcpACK, string(make([]byte, 1000)), false))
 	r.decapsulateGRO(tab, append(append([]byte{}, one...), one...), len(one), from, &c, &counts)
-	c.flush()
+	c.Flush()
 	if counts.packets != 2 {
 		t.Errorf("GRO run of two: packets %d, drops %v", counts.packets, counts.drops)
 	}

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/weftnet/weft/encap/offload"
 	"github.com/weftnet/weft/encap/vxlan"
 )
 
@@ -50,12 +51,28 @@ func superTCP(v6 bool, n int, flags byte, seed uint64) []byte {
 	}
 	var acc uint16
 	if v6 {
-		acc = pseudoSum(p[8:24], p[24:40], protoTCP, len(p)-l3)
+		acc = offload.PseudoSum(p[8:24], p[24:40], protoTCP, len(p)-l3)
 	} else {
-		acc = pseudoSum(p[12:16], p[16:20], protoTCP, len(p)-l3)
+		acc = offload.PseudoSum(p[12:16], p[16:20], protoTCP, len(p)-l3)
 	}
 	binary.BigEndian.PutUint16(tcp[16:18], acc)
 	return p
+}
+
+// refChecksum is the plain RFC 1071 sum, byte pair by byte pair: the
+// yardstick for the router's checksums.
+func refChecksum(b []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	for s > 0xffff {
+		s = s>>16 + s&0xffff
+	}
+	return uint16(s)
 }
 
 // checkIPv4 verifies an IPv4 header's checksum and total length.
@@ -108,18 +125,18 @@ func TestSegmentTCP(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			orig := superTCP(tc.v6, tc.n, tc.flags, 1)
 			pkt := append([]byte(nil), orig...)
-			typ := uint8(gsoTCPv4)
+			typ := uint8(offload.GSOTCPv4)
 			if tc.v6 {
-				typ = gsoTCPv6
+				typ = offload.GSOTCPv6
 			}
-			h := virtioHdr{flags: virtioNeedsCsum, gsoType: typ, gsoSize: uint16(tc.mss)}
-			sp, err := parseSuper(&h, pkt)
+			h := offload.Header{Flags: offload.NeedsCsum, GSOType: typ, GSOSize: uint16(tc.mss)}
+			sp, err := offload.ParseSuper(&h, pkt)
 			if err != nil {
 				t.Fatal(err)
 			}
-			l3 := sp.l3Len
-			if want := (tc.n + tc.mss - 1) / tc.mss; sp.segs != want {
-				t.Fatalf("segs %d, want %d", sp.segs, want)
+			l3 := sp.L3Len
+			if want := (tc.n + tc.mss - 1) / tc.mss; sp.Segs != want {
+				t.Fatalf("segs %d, want %d", sp.Segs, want)
 			}
 			f := vxlan.Frame{VNI: 7, Dst: [6]byte{2, 0, 0, 0, 0, 2}, Src: [6]byte{2, 0, 0, 0, 0, 1}, EtherType: vxlan.EtherTypeIPv4}
 			if tc.v6 {
@@ -129,10 +146,10 @@ func TestSegmentTCP(t *testing.T) {
 			hdr := make([]byte, segHdrLen)
 			seq0 := binary.BigEndian.Uint32(orig[l3+4:])
 			id0 := binary.BigEndian.Uint16(orig[4:6])
-			for i := 0; i < sp.segs; i++ {
-				h := hdr[:vxlan.FrameHeaderLen+sp.hdrLen]
+			for i := 0; i < sp.Segs; i++ {
+				h := hdr[:vxlan.FrameHeaderLen+sp.HdrLen]
 				f.Encode(h)
-				payload := sp.segment(i, h[vxlan.FrameHeaderLen:], false)
+				payload := sp.Segment(i, h[vxlan.FrameHeaderLen:], false)
 				frame := append(append([]byte(nil), h...), payload...)
 				var got vxlan.Frame
 				if err := got.Decode(frame); err != nil || got != f {
@@ -155,7 +172,7 @@ func TestSegmentTCP(t *testing.T) {
 				if seq := binary.BigEndian.Uint32(seg[l3+4:]); seq != seq0+uint32(len(joined)) {
 					t.Fatalf("segment %d: seq %d, want %d", i, seq, seq0+uint32(len(joined)))
 				}
-				last := i == sp.segs-1
+				last := i == sp.Segs-1
 				fl := seg[l3+13]
 				want := tc.flags
 				if !last {
@@ -170,12 +187,12 @@ func TestSegmentTCP(t *testing.T) {
 				if !last && len(payload) != tc.mss {
 					t.Fatalf("segment %d: %d payload bytes, want %d", i, len(payload), tc.mss)
 				}
-				if !bytes.Equal(seg[l3+20:sp.hdrLen], orig[l3+20:sp.hdrLen]) {
+				if !bytes.Equal(seg[l3+20:sp.HdrLen], orig[l3+20:sp.HdrLen]) {
 					t.Fatalf("segment %d: TCP options changed", i)
 				}
 				joined = append(joined, payload...)
 			}
-			if !bytes.Equal(joined, orig[sp.hdrLen:]) {
+			if !bytes.Equal(joined, orig[sp.HdrLen:]) {
 				t.Fatal("payloads do not add up to the super-packet's")
 			}
 			if !bytes.Equal(pkt, orig) {
@@ -199,8 +216,8 @@ func TestSegmentUDP(t *testing.T) {
 	for i := 28; i < len(p); i++ {
 		p[i] = byte(i * 7)
 	}
-	h := virtioHdr{flags: virtioNeedsCsum, gsoType: gsoUDPL4, gsoSize: mss}
-	sp, err := parseSuper(&h, p)
+	h := offload.Header{Flags: offload.NeedsCsum, GSOType: offload.GSOUDPL4, GSOSize: mss}
+	sp, err := offload.ParseSuper(&h, p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,8 +227,8 @@ func TestSegmentUDP(t *testing.T) {
 	}
 	sizes := make([]int, 4)
 	var joined []byte
-	for first := 0; first < sp.segs; {
-		k := sp.split(first, bufs, sizes, tunOffset)
+	for first := 0; first < sp.Segs; {
+		k := sp.Split(first, bufs, sizes, tunOffset)
 		for j := 0; j < k; j++ {
 			seg := bufs[j][tunOffset : tunOffset+sizes[j]]
 			checkIPv4(t, seg)
@@ -234,71 +251,25 @@ func TestSegmentUDP(t *testing.T) {
 // the gather path's headers followed by their payloads.
 func TestSplitMatchesSegment(t *testing.T) {
 	p := superTCP(false, 10000, tcpACK|tcpPSH, 3)
-	h := virtioHdr{flags: virtioNeedsCsum, gsoType: gsoTCPv4, gsoSize: 1400}
-	sp, err := parseSuper(&h, p)
+	h := offload.Header{Flags: offload.NeedsCsum, GSOType: offload.GSOTCPv4, GSOSize: 1400}
+	sp, err := offload.ParseSuper(&h, p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	bufs := make([][]byte, sp.segs)
+	bufs := make([][]byte, sp.Segs)
 	for i := range bufs {
 		bufs[i] = make([]byte, tunOffset+2000)
 	}
-	sizes := make([]int, sp.segs)
-	if k := sp.split(0, bufs, sizes, tunOffset); k != sp.segs {
-		t.Fatalf("split %d of %d", k, sp.segs)
+	sizes := make([]int, sp.Segs)
+	if k := sp.Split(0, bufs, sizes, tunOffset); k != sp.Segs {
+		t.Fatalf("split %d of %d", k, sp.Segs)
 	}
-	hdr := make([]byte, maxHdrLen)
-	for i := 0; i < sp.segs; i++ {
-		payload := sp.segment(i, hdr, false)
-		want := append(append([]byte(nil), hdr[:sp.hdrLen]...), payload...)
+	hdr := make([]byte, offload.MaxHdrLen)
+	for i := 0; i < sp.Segs; i++ {
+		payload := sp.Segment(i, hdr, false)
+		want := append(append([]byte(nil), hdr[:sp.HdrLen]...), payload...)
 		if got := bufs[i][tunOffset : tunOffset+sizes[i]]; !bytes.Equal(got, want) {
 			t.Fatalf("segment %d differs", i)
-		}
-	}
-}
-
-func TestFinishChecksum(t *testing.T) {
-	p := superTCP(false, 700, tcpACK|tcpPSH, 4) // partial checksum, as the TUN gives it
-	h := virtioHdr{flags: virtioNeedsCsum, csumStart: 20, csumOffset: 16}
-	if err := finishChecksum(&h, p); err != nil {
-		t.Fatal(err)
-	}
-	if !l4ChecksumOK(p) {
-		t.Fatal("checksum not complete")
-	}
-	for _, bad := range []virtioHdr{
-		{flags: virtioNeedsCsum, csumStart: 2000, csumOffset: 16},
-		{flags: virtioNeedsCsum, csumStart: 20, csumOffset: 2000},
-		{flags: virtioNeedsCsum, csumStart: 20, csumOffset: 15},
-	} {
-		if finishChecksum(&bad, p) == nil {
-			t.Fatalf("%+v accepted", bad)
-		}
-	}
-}
-
-func TestParseSuperRejects(t *testing.T) {
-	good := superTCP(false, 3000, tcpACK, 5)
-	mut := func(f func(p []byte)) []byte { p := append([]byte(nil), good...); f(p); return p }
-	v4 := virtioHdr{gsoType: gsoTCPv4, gsoSize: 1000}
-	for name, tc := range map[string]struct {
-		h virtioHdr
-		p []byte
-	}{
-		"zero gso_size":   {virtioHdr{gsoType: gsoTCPv4}, good},
-		"unknown type":    {virtioHdr{gsoType: 3, gsoSize: 1000}, good},
-		"v6 type on v4":   {virtioHdr{gsoType: gsoTCPv6, gsoSize: 1000}, good},
-		"udp type on tcp": {virtioHdr{gsoType: gsoUDPL4, gsoSize: 1000}, good},
-		"short":           {v4, good[:30]},
-		"no payload":      {v4, good[:52]},
-		"ihl 4":           {v4, mut(func(p []byte) { p[0] = 0x44 })},
-		"fragment":        {v4, mut(func(p []byte) { p[6] |= 0x20 })},
-		"tcp offset 4":    {v4, mut(func(p []byte) { p[32] = 0x40 })},
-		"huge mss":        {virtioHdr{gsoType: gsoTCPv4, gsoSize: 65500}, good},
-		"empty":           {v4, nil},
-	} {
-		if _, err := parseSuper(&tc.h, tc.p); err == nil {
-			t.Errorf("%s: accepted", name)
 		}
 	}
 }
@@ -308,80 +279,47 @@ func TestParseSuperRejects(t *testing.T) {
 // nothing may panic, and every segment of an accepted super-packet must
 // fit its buffer and carry a valid L4 checksum.
 func FuzzTUNPacket(f *testing.F) {
-	add := func(h virtioHdr, p []byte) {
-		b := make([]byte, virtioHdrLen+len(p))
-		h.encode(b)
-		copy(b[virtioHdrLen:], p)
+	add := func(h offload.Header, p []byte) {
+		b := make([]byte, offload.HeaderLen+len(p))
+		h.Encode(b)
+		copy(b[offload.HeaderLen:], p)
 		f.Add(b)
 	}
-	add(virtioHdr{flags: virtioNeedsCsum, gsoType: gsoTCPv4, gsoSize: 500, csumStart: 20, csumOffset: 16}, superTCP(false, 1700, tcpACK, 1))
-	add(virtioHdr{flags: virtioNeedsCsum, gsoType: gsoTCPv6, gsoSize: 500, csumStart: 40, csumOffset: 16}, superTCP(true, 1100, tcpACK|tcpFIN, 2))
-	add(virtioHdr{flags: virtioNeedsCsum, csumStart: 20, csumOffset: 16}, superTCP(false, 100, tcpACK, 3))
-	add(virtioHdr{}, ipv4("10.244.1.2", "10.244.2.2", "plain"))
+	add(offload.Header{Flags: offload.NeedsCsum, GSOType: offload.GSOTCPv4, GSOSize: 500, CsumStart: 20, CsumOffset: 16}, superTCP(false, 1700, tcpACK, 1))
+	add(offload.Header{Flags: offload.NeedsCsum, GSOType: offload.GSOTCPv6, GSOSize: 500, CsumStart: 40, CsumOffset: 16}, superTCP(true, 1100, tcpACK|tcpFIN, 2))
+	add(offload.Header{Flags: offload.NeedsCsum, CsumStart: 20, CsumOffset: 16}, superTCP(false, 100, tcpACK, 3))
+	add(offload.Header{}, ipv4("10.244.1.2", "10.244.2.2", "plain"))
 	hdr := make([]byte, segHdrLen)
 	f.Fuzz(func(t *testing.T, b []byte) {
-		var h virtioHdr
-		if h.decode(b) != nil {
+		var h offload.Header
+		if h.Decode(b) != nil {
 			return
 		}
-		pkt := append([]byte(nil), b[virtioHdrLen:]...)
-		if h.gsoType == gsoNone {
-			if h.flags&virtioNeedsCsum != 0 {
-				_ = finishChecksum(&h, pkt)
+		pkt := append([]byte(nil), b[offload.HeaderLen:]...)
+		if h.GSOType == offload.GSONone {
+			if h.Flags&offload.NeedsCsum != 0 {
+				_ = offload.FinishChecksum(&h, pkt)
 			}
 			return
 		}
-		sp, err := parseSuper(&h, pkt)
+		sp, err := offload.ParseSuper(&h, pkt)
 		if err != nil {
 			return
 		}
-		if sp.segs > 200 {
-			sp.segs = 200 // keep each run short; the arithmetic is the same
+		if sp.Segs > 200 {
+			sp.Segs = 200 // keep each run short; the arithmetic is the same
 		}
 		var total int
-		for i := 0; i < sp.segs; i++ {
-			payload := sp.segment(i, hdr[vxlan.FrameHeaderLen:], false)
-			seg := append(append([]byte(nil), hdr[vxlan.FrameHeaderLen:vxlan.FrameHeaderLen+sp.hdrLen]...), payload...)
+		for i := 0; i < sp.Segs; i++ {
+			payload := sp.Segment(i, hdr[vxlan.FrameHeaderLen:], false)
+			seg := append(append([]byte(nil), hdr[vxlan.FrameHeaderLen:vxlan.FrameHeaderLen+sp.HdrLen]...), payload...)
 			if !l4ChecksumOK(seg) {
 				t.Fatalf("segment %d: bad checksum", i)
 			}
 			total += len(payload)
 		}
-		if sp.segs < 200 && total != len(pkt)-sp.hdrLen {
-			t.Fatalf("payloads %d bytes, want %d", total, len(pkt)-sp.hdrLen)
+		if sp.Segs < 200 && total != len(pkt)-sp.HdrLen {
+			t.Fatalf("payloads %d bytes, want %d", total, len(pkt)-sp.HdrLen)
 		}
 	})
-}
-
-func TestSegmentAllocs(t *testing.T) {
-	p := superTCP(false, 60000, tcpACK, 6)
-	h := virtioHdr{flags: virtioNeedsCsum, gsoType: gsoTCPv4, gsoSize: 1388}
-	hdr := make([]byte, segHdrLen)
-	if n := testing.AllocsPerRun(100, func() {
-		sp, err := parseSuper(&h, p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i := 0; i < sp.segs; i++ {
-			sp.segment(i, hdr, false)
-		}
-	}); n != 0 {
-		t.Fatalf("%v allocs per super-packet", n)
-	}
-}
-
-// BenchmarkSegment measures header building and checksumming of a 64 KiB
-// TCP super-packet (bytes are payload bytes).
-func BenchmarkSegment(b *testing.B) {
-	p := superTCP(false, 65535-52, tcpACK, 6)
-	h := virtioHdr{flags: virtioNeedsCsum, gsoType: gsoTCPv4, gsoSize: 1388}
-	hdr := make([]byte, segHdrLen)
-	b.SetBytes(int64(len(p)))
-	b.ReportAllocs()
-	for b.Loop() {
-		sp, _ := parseSuper(&h, p)
-		for i := 0; i < sp.segs; i++ {
-			sp.segment(i, hdr, false)
-		}
-	}
 }

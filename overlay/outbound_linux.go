@@ -8,16 +8,16 @@ package overlay
 // packet per read(2), virtio header in front, and keeps reading without
 // waiting while packets are queued, at most readBatch per round. A TCP or
 // UDP super-packet (GSO) bound for a VXLAN peer is sent as VXLAN segments
-// without ever being cut apart in memory: superPacket.segment
-// (outbound_gso.go) writes each segment's VXLAN, inner Ethernet, IP and L4
-// headers into a small header buffer, and one sendmmsg with UDP_SEGMENT
+// without ever being cut apart in memory: each segment's VXLAN and inner
+// Ethernet headers, and behind them its IP and L4 headers
+// (offload.Super.Segment), go into a small header buffer, and one sendmmsg with UDP_SEGMENT
 // takes iovecs that alternate those headers with payload slices of the
 // read buffer (vxlan.Gather). A packet without GSO has its checksum
 // finished if the kernel left it partial and takes the ordinary per-packet
 // path (sendBatch, outbound.go) together with the others read in the same
 // round, as does every segment of a super-packet that cannot be sent
 // gathered (the sender lost GSO, a segment too large for one datagram):
-// those are split into real packets by superPacket.split, a copy, because
+// those are split into real packets by offload.Super.Split, a copy, because
 // the per-packet path needs whole packets with headroom.
 //
 // Spread reads: TUN super-packets read straight into their VXLAN layout.
@@ -40,6 +40,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/weftnet/weft/encap/offload"
 	"github.com/weftnet/weft/encap/vxlan"
 )
 
@@ -93,7 +94,7 @@ func (r *Router) outboundFast(rd *tunReader, snd gatherSender) {
 	for {
 		// The virtio header lands right in front of tunOffset, inside the
 		// headroom the VXLAN header takes later.
-		n, err := rd.readSpread(&fo.lay, fo.rbufs[0][tunOffset-virtioHdrLen:], true)
+		n, err := rd.readSpread(&fo.lay, fo.rbufs[0][tunOffset-offload.HeaderLen:], true)
 		if err != nil {
 			if r.park(err) {
 				continue
@@ -126,7 +127,7 @@ func (r *Router) outboundRound(rd *tunReader, n int, fo *fastOut, st *outState) 
 		if reads == readBatch {
 			break
 		}
-		if n, _ = rd.readSpread(&fo.lay, fo.rbufs[fo.k][tunOffset-virtioHdrLen:], false); n == -1 {
+		if n, _ = rd.readSpread(&fo.lay, fo.rbufs[fo.k][tunOffset-offload.HeaderLen:], false); n == -1 {
 			break
 		}
 	}
@@ -142,16 +143,16 @@ func (r *Router) takeRead(t *table, n int, fo *fastOut, st *outState) bool {
 		return r.flushQueued(t, fo, st) && r.sendParsed(t, &fo.lay.sp, fo, st)
 	}
 	buf := fo.rbufs[fo.k]
-	var h virtioHdr
-	if n < virtioHdrLen || h.decode(buf[tunOffset-virtioHdrLen:]) != nil {
+	var h offload.Header
+	if n < offload.HeaderLen || h.Decode(buf[tunOffset-offload.HeaderLen:]) != nil {
 		st.counts.drops[dropBadOffload]++
 		return true
 	}
-	pkt := buf[tunOffset : tunOffset-virtioHdrLen+n]
-	if h.gsoType != gsoNone {
+	pkt := buf[tunOffset : tunOffset-offload.HeaderLen+n]
+	if h.GSOType != offload.GSONone {
 		return r.flushQueued(t, fo, st) && r.sendOffload(t, &h, pkt, fo, st)
 	}
-	if h.flags&virtioNeedsCsum != 0 && finishChecksum(&h, pkt) != nil {
+	if h.Flags&offload.NeedsCsum != 0 && offload.FinishChecksum(&h, pkt) != nil {
 		st.counts.drops[dropBadOffload]++
 		return true
 	}
@@ -172,20 +173,20 @@ func (r *Router) flushQueued(t *table, fo *fastOut, st *outState) bool {
 
 // sendOffload sends a GSO super-packet: gathered when it is bound for a
 // VXLAN peer, else split into packets.
-func (r *Router) sendOffload(t *table, h *virtioHdr, pkt []byte, fo *fastOut, st *outState) bool {
-	sp, err := parseSuper(h, pkt)
+func (r *Router) sendOffload(t *table, h *offload.Header, pkt []byte, fo *fastOut, st *outState) bool {
+	sp, err := offload.ParseSuper(h, pkt)
 	if err != nil {
 		st.counts.drops[dropBadOffload]++
 		return true
 	}
-	if sp.proto == protoTCP {
-		fo.lay.set(sp.hdrLen, sp.mss) // the next one likely looks the same
+	if sp.Proto == protoTCP {
+		fo.lay.set(sp.HdrLen, sp.MSS) // the next one likely looks the same
 	}
 	return r.sendParsed(t, &sp, fo, st)
 }
 
 // sendParsed sends a parsed super-packet: gathered, else split.
-func (r *Router) sendParsed(t *table, sp *superPacket, fo *fastOut, st *outState) bool {
+func (r *Router) sendParsed(t *table, sp *offload.Super, fo *fastOut, st *outState) bool {
 	done, alive := r.sendSuper(t, sp, fo, st)
 	if !done && alive {
 		alive = r.splitSuper(t, sp, fo, st)
@@ -196,26 +197,26 @@ func (r *Router) sendParsed(t *table, sp *superPacket, fo *fastOut, st *outState
 // sendSuper sends a super-packet bound for a VXLAN peer as gathered GSO
 // datagrams. It reports done=false for what it leaves to the split path,
 // and alive=false once the router is closing.
-func (r *Router) sendSuper(t *table, sp *superPacket, fo *fastOut, st *outState) (done, alive bool) {
-	dst, et, ok := innerDst(sp.pkt)
+func (r *Router) sendSuper(t *table, sp *offload.Super, fo *fastOut, st *outState) (done, alive bool) {
+	dst, et, ok := innerDst(sp.Pkt)
 	if !ok {
 		return false, true
 	}
 	p := t.lookup(dst)
 	if p == nil {
-		st.counts.drops[dropNoRoute] += uint64(sp.segs)
+		st.counts.drops[dropNoRoute] += uint64(sp.Segs)
 		return true, true
 	}
 	if p.Transport != TransportVXLAN || !fo.snd.GSO() {
 		return false, true
 	}
-	segLen := sp.hdrLen + sp.mss
+	segLen := sp.HdrLen + sp.MSS
 	if !p.fits(segLen, r.mtu) {
-		r.tooBig(p, sp.pkt, st)
-		st.counts.drops[dropTooBig] += uint64(sp.segs)
+		r.tooBig(p, sp.Pkt, st)
+		st.counts.drops[dropTooBig] += uint64(sp.Segs)
 		return true, true
 	}
-	gs := gathered{r: r, fo: fo, st: st, p: p, bucket: st.bucketOf(sp.pkt), frameLen: vxlan.FrameHeaderLen + segLen}
+	gs := gathered{r: r, fo: fo, st: st, p: p, bucket: st.bucketOf(sp.Pkt), frameLen: vxlan.FrameHeaderLen + segLen}
 	gs.perMsg = min(vxlan.MaxGatherSegments, vxlan.MaxGatherPayload/gs.frameLen)
 	if gs.perMsg == 0 {
 		return false, true
@@ -223,14 +224,14 @@ func (r *Router) sendSuper(t *table, sp *superPacket, fo *fastOut, st *outState)
 	gs.f = vxlan.Frame{VNI: r.cfg.VNI, Dst: p.VTEPMAC, Src: r.cfg.LocalMAC, EtherType: et}
 	// Remote checksum offload to peers that take it: TCP segments go with
 	// the pseudo-header sum only, and their payloads are never summed here.
-	gs.rco = p.RemoteChecksum && sp.proto == protoTCP && sp.l3Len%2 == 0 &&
-		vxlan.EthernetLen+sp.l3Len <= vxlan.MaxCsumStart
+	gs.rco = p.RemoteChecksum && sp.Proto == protoTCP && sp.L3Len%2 == 0 &&
+		vxlan.EthernetLen+sp.L3Len <= vxlan.MaxCsumStart
 	if gs.rco {
-		gs.f.CsumStart = vxlan.EthernetLen + sp.l3Len
+		gs.f.CsumStart = vxlan.EthernetLen + sp.L3Len
 	}
 	fo.g.Reset()
 	gs.hdrs = fo.hdrs[:0]
-	if sp.stride == gs.frameLen {
+	if sp.Stride == gs.frameLen {
 		return true, gs.spread(sp)
 	}
 	return true, gs.headers(sp)
@@ -255,22 +256,22 @@ type gathered struct {
 // spread sends a super-packet read into the spread layout: each segment's
 // headers go in place in front of its payload, the template (segment 0's)
 // last; then each datagram is one run of whole frames.
-func (gs *gathered) spread(sp *superPacket) bool {
+func (gs *gathered) spread(sp *offload.Super) bool {
 	g := gs.fo.g
-	for i := sp.segs - 1; i >= 0; i-- {
-		h := sp.base[i*sp.stride : i*sp.stride+vxlan.FrameHeaderLen+sp.hdrLen]
+	for i := sp.Segs - 1; i >= 0; i-- {
+		h := sp.Base[i*sp.Stride : i*sp.Stride+vxlan.FrameHeaderLen+sp.HdrLen]
 		gs.f.Encode(h)
-		sp.segment(i, h[vxlan.FrameHeaderLen:], gs.rco)
+		sp.Segment(i, h[vxlan.FrameHeaderLen:], gs.rco)
 	}
-	for first := 0; first < sp.segs; first += gs.perMsg {
-		last := min(first+gs.perMsg, sp.segs) - 1
+	for first := 0; first < sp.Segs; first += gs.perMsg {
+		last := min(first+gs.perMsg, sp.Segs) - 1
 		if g.Full() && !gs.send() {
 			return false
 		}
 		g.Begin(gs.frameLen)
-		g.Add(sp.base[first*sp.stride : last*sp.stride+vxlan.FrameHeaderLen+sp.hdrLen+sp.payloadLen(last)])
+		g.Add(sp.Base[first*sp.Stride : last*sp.Stride+vxlan.FrameHeaderLen+sp.HdrLen+sp.PayloadLen(last)])
 		gs.pending += last - first + 1
-		gs.pendingBytes += (last-first+1)*sp.hdrLen + (last-first)*sp.mss + sp.payloadLen(last)
+		gs.pendingBytes += (last-first+1)*sp.HdrLen + (last-first)*sp.MSS + sp.PayloadLen(last)
 	}
 	return gs.send()
 }
@@ -278,25 +279,25 @@ func (gs *gathered) spread(sp *superPacket) bool {
 // headers sends a super-packet from its read buffer: each segment's
 // headers are written into fo.hdrs, and the iovecs alternate them with the
 // payload slices.
-func (gs *gathered) headers(sp *superPacket) bool {
+func (gs *gathered) headers(sp *offload.Super) bool {
 	g := gs.fo.g
-	for i := 0; i < sp.segs; i++ {
+	for i := 0; i < sp.Segs; i++ {
 		if i%gs.perMsg == 0 {
-			if g.Full() || cap(gs.hdrs)-len(gs.hdrs) < gs.perMsg*(vxlan.FrameHeaderLen+sp.hdrLen) {
+			if g.Full() || cap(gs.hdrs)-len(gs.hdrs) < gs.perMsg*(vxlan.FrameHeaderLen+sp.HdrLen) {
 				if !gs.send() {
 					return false
 				}
 			}
 			g.Begin(gs.frameLen)
 		}
-		h := gs.hdrs[len(gs.hdrs) : len(gs.hdrs)+vxlan.FrameHeaderLen+sp.hdrLen]
+		h := gs.hdrs[len(gs.hdrs) : len(gs.hdrs)+vxlan.FrameHeaderLen+sp.HdrLen]
 		gs.hdrs = gs.hdrs[:len(gs.hdrs)+len(h)]
 		gs.f.Encode(h)
-		payload := sp.segment(i, h[vxlan.FrameHeaderLen:], gs.rco)
+		payload := sp.Segment(i, h[vxlan.FrameHeaderLen:], gs.rco)
 		g.Add(h)
 		g.Add(payload)
 		gs.pending++
-		gs.pendingBytes += sp.hdrLen + len(payload)
+		gs.pendingBytes += sp.HdrLen + len(payload)
 	}
 	return gs.send()
 }
@@ -326,7 +327,7 @@ func (gs *gathered) send() bool {
 
 // splitSuper cuts a super-packet into whole packets (a copy) and sends them
 // through the per-packet path.
-func (r *Router) splitSuper(t *table, sp *superPacket, fo *fastOut, st *outState) bool {
+func (r *Router) splitSuper(t *table, sp *offload.Super, fo *fastOut, st *outState) bool {
 	if fo.bufs == nil {
 		fo.bufs = make([][]byte, splitBatch)
 		for i := range fo.bufs {
@@ -334,8 +335,8 @@ func (r *Router) splitSuper(t *table, sp *superPacket, fo *fastOut, st *outState
 		}
 		fo.sizes = make([]int, splitBatch)
 	}
-	for first := 0; first < sp.segs; {
-		k := sp.split(first, fo.bufs, fo.sizes, tunOffset)
+	for first := 0; first < sp.Segs; {
+		k := sp.Split(first, fo.bufs, fo.sizes, tunOffset)
 		if !r.sendBatch(t, fo.bufs[:k], fo.sizes[:k], st) {
 			return false
 		}
@@ -387,7 +388,7 @@ const (
 	spreadMaxSegs = 128
 	// spreadMaxRead is the most a TUN read returns: virtio header and the
 	// largest IP packet.
-	spreadMaxRead = virtioHdrLen + 65535
+	spreadMaxRead = offload.HeaderLen + 65535
 )
 
 // spreadLayout is the guessed layout and its buffer. Slot k occupies
@@ -397,7 +398,7 @@ type spreadLayout struct {
 	stride      int
 	buf         []byte
 	iovs        []unix.Iovec
-	sp          superPacket // the packet of the last read that matched
+	sp          offload.Super // the packet of the last read that matched
 }
 
 // set makes hdrLen and mss the guess, or clears it when such a layout would
@@ -407,7 +408,7 @@ func (l *spreadLayout) set(hdrLen, mss int) {
 		return
 	}
 	l.hdrLen, l.mss = 0, 0
-	first := virtioHdrLen + hdrLen + mss
+	first := offload.HeaderLen + hdrLen + mss
 	if mss <= 0 || first >= spreadMaxRead {
 		return
 	}
@@ -424,14 +425,14 @@ func (l *spreadLayout) set(hdrLen, mss int) {
 	l.iovs = l.iovs[:0]
 	// Slot 0: the virtio header lands in the frame header's room, right
 	// before the IP header.
-	l.iovs = append(l.iovs, iovec(l.buf[vxlan.FrameHeaderLen-virtioHdrLen:l.stride]))
+	l.iovs = append(l.iovs, iovec(l.buf[vxlan.FrameHeaderLen-offload.HeaderLen:l.stride]))
 	for k := 1; k < slots; k++ {
 		l.iovs = append(l.iovs, iovec(l.buf[k*l.stride+vxlan.FrameHeaderLen+hdrLen:(k+1)*l.stride]))
 	}
 }
 
 // firstLen is how much of a read slot 0 holds.
-func (l *spreadLayout) firstLen() int { return virtioHdrLen + l.hdrLen + l.mss }
+func (l *spreadLayout) firstLen() int { return offload.HeaderLen + l.hdrLen + l.mss }
 
 // take looks at n bytes read with the layout. A packet that fits the guess
 // (a TCP super-packet with its header length and segment size, longer than
@@ -439,14 +440,14 @@ func (l *spreadLayout) firstLen() int { return virtioHdrLen + l.hdrLen + l.mss }
 // into dst as an ordinary read would have put it (virtio header first) and
 // take returns its length.
 func (l *spreadLayout) take(n int, dst []byte) int {
-	read := l.buf[vxlan.FrameHeaderLen-virtioHdrLen:]
+	read := l.buf[vxlan.FrameHeaderLen-offload.HeaderLen:]
 	if n > l.firstLen() {
-		var h virtioHdr
-		if h.decode(read) == nil && (h.gsoType&^gsoECN == gsoTCPv4 || h.gsoType&^gsoECN == gsoTCPv6) &&
-			int(h.gsoSize) == l.mss {
-			sp, err := parseSuperLen(&h, l.buf[vxlan.FrameHeaderLen:l.stride], n-virtioHdrLen)
-			if err == nil && sp.hdrLen == l.hdrLen {
-				sp.stride, sp.base = l.stride, l.buf
+		var h offload.Header
+		if h.Decode(read) == nil && (h.GSOType&^offload.GSOECN == offload.GSOTCPv4 || h.GSOType&^offload.GSOECN == offload.GSOTCPv6) &&
+			int(h.GSOSize) == l.mss {
+			sp, err := offload.ParseSuperLen(&h, l.buf[vxlan.FrameHeaderLen:l.stride], n-offload.HeaderLen)
+			if err == nil && sp.HdrLen == l.hdrLen {
+				sp.Stride, sp.Base, sp.Headroom = l.stride, l.buf, vxlan.FrameHeaderLen
 				l.sp = sp
 				return -1
 			}

@@ -3,11 +3,9 @@ package overlay
 import (
 	"bytes"
 	"net/netip"
-	"os"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/weftnet/weft/encap/offload"
 	"github.com/weftnet/weft/encap/vxlan"
 )
 
@@ -29,7 +27,7 @@ func (f *fakeGather) GSO() bool { return f.gso }
 
 // sendRecorded sends sp through r's gathered path into a recording sender
 // and returns the frames and the router's counts.
-func sendRecorded(t testing.TB, r *Router, sp *superPacket) ([][]byte, *outState) {
+func sendRecorded(t testing.TB, r *Router, sp *offload.Super) ([][]byte, *outState) {
 	t.Helper()
 	fg := &fakeGather{keep: true, gso: true}
 	fo := &fastOut{snd: fg, g: vxlan.NewGather(), hdrs: make([]byte, 0, 16*vxlan.MaxGatherSegments*segHdrLen)}
@@ -54,8 +52,8 @@ func TestSendSuperFrames(t *testing.T) {
 	r, _ := fastRouter(t)
 	orig := superTCP(false, 1388*100+11, tcpACK|tcpPSH, 1)
 	pkt := append([]byte(nil), orig...)
-	h := virtioHdr{flags: virtioNeedsCsum, gsoType: gsoTCPv4, gsoSize: 1388}
-	sp, err := parseSuper(&h, pkt)
+	h := offload.Header{Flags: offload.NeedsCsum, GSOType: offload.GSOTCPv4, GSOSize: 1388}
+	sp, err := offload.ParseSuper(&h, pkt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,8 +64,8 @@ func TestSendSuperFrames(t *testing.T) {
 	if !done || !alive {
 		t.Fatalf("done %v alive %v", done, alive)
 	}
-	if len(fg.frames) != sp.segs || st.counts.packets != uint64(sp.segs) {
-		t.Fatalf("%d frames, %d counted; want %d", len(fg.frames), st.counts.packets, sp.segs)
+	if len(fg.frames) != sp.Segs || st.counts.packets != uint64(sp.Segs) {
+		t.Fatalf("%d frames, %d counted; want %d", len(fg.frames), st.counts.packets, sp.Segs)
 	}
 	var joined []byte
 	for i, fr := range fg.frames {
@@ -85,7 +83,7 @@ func TestSendSuperFrames(t *testing.T) {
 	if !bytes.Equal(joined, orig[52:]) {
 		t.Fatal("payload differs")
 	}
-	if want := uint64(len(orig) + (sp.segs-1)*52); st.counts.bytes != want {
+	if want := uint64(len(orig) + (sp.Segs-1)*52); st.counts.bytes != want {
 		t.Fatalf("bytes %d, want %d", st.counts.bytes, want)
 	}
 
@@ -94,7 +92,7 @@ func TestSendSuperFrames(t *testing.T) {
 	r.table.Load().peers[0].pmtu.v.Store(1000)
 	st.counts.reset()
 	r.sendSuper(r.table.Load(), &sp, fo, st)
-	if len(fg.frames) != 0 || st.counts.drops[dropTooBig] != uint64(sp.segs) {
+	if len(fg.frames) != 0 || st.counts.drops[dropTooBig] != uint64(sp.Segs) {
 		t.Fatalf("too big: %d frames, %d drops", len(fg.frames), st.counts.drops[dropTooBig])
 	}
 	// Without GSO the split path takes over.
@@ -123,12 +121,12 @@ func gatherDatagrams(g *vxlan.Gather) [][]byte {
 func TestFastPathAllocs(t *testing.T) {
 	r, _ := fastRouter(t)
 	pkt := superTCP(false, 60000, tcpACK, 2)
-	h := virtioHdr{flags: virtioNeedsCsum, gsoType: gsoTCPv4, gsoSize: 1388}
+	h := offload.Header{Flags: offload.NeedsCsum, GSOType: offload.GSOTCPv4, GSOSize: 1388}
 	fo := &fastOut{snd: &fakeGather{gso: true}, g: vxlan.NewGather(), hdrs: make([]byte, 0, 16*vxlan.MaxGatherSegments*segHdrLen)}
 	st := r.newOutState()
 	tab := r.table.Load()
 	if n := testing.AllocsPerRun(100, func() {
-		sp, err := parseSuper(&h, pkt)
+		sp, err := offload.ParseSuper(&h, pkt)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -155,14 +153,14 @@ func TestFastPathAllocs(t *testing.T) {
 	var counts batchCounts
 	run := func() {
 		copy(buf, saved)
-		c.reset()
+		c.Reset()
 		counts.reset()
 		rin.decapsulateGRO(rin.table.Load(), buf, len(frames[0]), from, &c, &counts)
-		c.flush()
+		c.Flush()
 	}
 	run()
-	if len(c.writes) != 1 || c.writes[0].segs != 40 || counts.packets != 40 {
-		t.Fatalf("%d writes, %d packets; want 1 write of 40", len(c.writes), counts.packets)
+	if len(c.Writes) != 1 || c.Writes[0].Segs != 40 || counts.packets != 40 {
+		t.Fatalf("%d writes, %d packets; want 1 write of 40", len(c.Writes), counts.packets)
 	}
 	if n := testing.AllocsPerRun(100, run); n != 0 {
 		t.Fatalf("inbound: %v allocs per GRO buffer", n)
@@ -174,37 +172,15 @@ func TestFastPathAllocs(t *testing.T) {
 func BenchmarkSendSuper(b *testing.B) {
 	r, _ := fastRouter(b)
 	pkt := superTCP(false, 65535-52, tcpACK, 4)
-	h := virtioHdr{flags: virtioNeedsCsum, gsoType: gsoTCPv4, gsoSize: 1388}
+	h := offload.Header{Flags: offload.NeedsCsum, GSOType: offload.GSOTCPv4, GSOSize: 1388}
 	fo := &fastOut{snd: &fakeGather{gso: true}, g: vxlan.NewGather(), hdrs: make([]byte, 0, 16*vxlan.MaxGatherSegments*segHdrLen)}
 	st := r.newOutState()
 	tab := r.table.Load()
 	b.SetBytes(int64(len(pkt)))
 	b.ReportAllocs()
 	for b.Loop() {
-		sp, _ := parseSuper(&h, pkt)
+		sp, _ := offload.ParseSuper(&h, pkt)
 		r.sendSuper(tab, &sp, fo, st)
-	}
-}
-
-// The fast paths' raw system calls must never wait, so they run only on a
-// non-blocking descriptor.
-func TestNonBlocking(t *testing.T) {
-	r, w, err := os.Pipe() // the runtime puts pipes in non-blocking mode
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	defer w.Close()
-	rc, err := r.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !nonBlocking(rc) {
-		t.Fatal("pipe from os.Pipe reported blocking")
-	}
-	rc.Control(func(fd uintptr) { unix.SetNonblock(int(fd), false) })
-	if nonBlocking(rc) {
-		t.Fatal("blocking pipe reported non-blocking")
 	}
 }
 
@@ -218,8 +194,8 @@ func TestSendSuperRCO(t *testing.T) {
 		r, p := fastRouter(t)
 		p.RemoteChecksum = rco
 		pkt := superTCP(false, 1388*7+11, tcpACK, 4)
-		h := virtioHdr{flags: virtioNeedsCsum, gsoType: gsoTCPv4, gsoSize: 1388}
-		sp, err := parseSuper(&h, pkt)
+		h := offload.Header{Flags: offload.NeedsCsum, GSOType: offload.GSOTCPv4, GSOSize: 1388}
+		sp, err := offload.ParseSuper(&h, pkt)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/weftnet/weft/encap/offload"
 	"github.com/weftnet/weft/encap/vxlan"
 )
 
@@ -33,46 +34,46 @@ func TestSpreadSendsSameFrames(t *testing.T) {
 	for _, v6 := range []bool{false, true} {
 		for _, rco := range []bool{false, true} {
 			pkt := superTCP(v6, 1388*46+700, tcpACK|tcpPSH, 9)
-			typ := uint8(gsoTCPv4)
+			typ := uint8(offload.GSOTCPv4)
 			if v6 {
-				typ = gsoTCPv6
+				typ = offload.GSOTCPv6
 			}
-			h := virtioHdr{flags: virtioNeedsCsum, gsoType: typ, gsoSize: 1388}
-			read := make([]byte, virtioHdrLen+len(pkt))
-			h.encode(read)
-			copy(read[virtioHdrLen:], pkt)
-			flat, err := parseSuper(&h, append([]byte(nil), pkt...))
+			h := offload.Header{Flags: offload.NeedsCsum, GSOType: typ, GSOSize: 1388}
+			read := make([]byte, offload.HeaderLen+len(pkt))
+			h.Encode(read)
+			copy(read[offload.HeaderLen:], pkt)
+			flat, err := offload.ParseSuper(&h, append([]byte(nil), pkt...))
 			if err != nil {
 				t.Fatal(err)
 			}
 			var l spreadLayout
-			l.set(flat.hdrLen, flat.mss)
+			l.set(flat.HdrLen, flat.MSS)
 			if l.hdrLen == 0 {
 				t.Fatal("no layout for a 1388-byte segment size")
 			}
 			if got := l.take(readvInto(t, &l, read), nil); got != -1 {
 				t.Fatalf("v6 %v: take = %d, want the packet kept in the layout", v6, got)
 			}
-			if l.sp.segs != flat.segs || l.sp.length != len(pkt) || l.sp.hdrLen != flat.hdrLen {
-				t.Fatalf("v6 %v: spread parse %+v, want %d segments of %d bytes", v6, l.sp, flat.segs, len(pkt))
+			if l.sp.Segs != flat.Segs || l.sp.Length != len(pkt) || l.sp.HdrLen != flat.HdrLen {
+				t.Fatalf("v6 %v: spread parse %+v, want %d segments of %d bytes", v6, l.sp, flat.Segs, len(pkt))
 			}
-			for i := 0; i < flat.segs; i++ {
-				if !bytes.Equal(l.sp.payload(i), flat.payload(i)) {
+			for i := 0; i < flat.Segs; i++ {
+				if !bytes.Equal(l.sp.Payload(i), flat.Payload(i)) {
 					t.Fatalf("v6 %v: payload %d differs", v6, i)
 				}
 			}
 			if v6 {
 				continue // fastRouter's peer owns IPv4 pods only
 			}
-			send := func(sp *superPacket) [][]byte {
+			send := func(sp *offload.Super) [][]byte {
 				r, p := fastRouter(t)
 				p.RemoteChecksum = rco
 				frames, _ := sendRecorded(t, r, sp)
 				return frames
 			}
 			want, got := send(&flat), send(&l.sp)
-			if len(got) != len(want) || len(got) != flat.segs {
-				t.Fatalf("rco %v: %d frames spread, %d gathered, %d segments", rco, len(got), len(want), flat.segs)
+			if len(got) != len(want) || len(got) != flat.Segs {
+				t.Fatalf("rco %v: %d frames spread, %d gathered, %d segments", rco, len(got), len(want), flat.Segs)
 			}
 			for i := range want {
 				if !bytes.Equal(got[i], want[i]) {
@@ -89,20 +90,20 @@ func TestSpreadSendsSameFrames(t *testing.T) {
 func TestSpreadLinearizes(t *testing.T) {
 	var l spreadLayout
 	l.set(52, 1388)
-	mk := func(h virtioHdr, pkt []byte) []byte {
-		b := make([]byte, virtioHdrLen+len(pkt))
-		h.encode(b)
-		copy(b[virtioHdrLen:], pkt)
+	mk := func(h offload.Header, pkt []byte) []byte {
+		b := make([]byte, offload.HeaderLen+len(pkt))
+		h.Encode(b)
+		copy(b[offload.HeaderLen:], pkt)
 		return b
 	}
 	udp := superTCP(false, 1000*5, 0, 3)
 	udp[9] = protoUDP
 	for name, read := range map[string][]byte{
-		"ack":          mk(virtioHdr{}, superTCP(false, 0, tcpACK, 1)[:52]),
-		"other mss":    mk(virtioHdr{flags: virtioNeedsCsum, gsoType: gsoTCPv4, gsoSize: 1000}, superTCP(false, 1000*20+3, tcpACK, 2)),
-		"plain 9000":   mk(virtioHdr{}, superTCP(false, 9000, tcpACK, 4)),
-		"udp gso":      mk(virtioHdr{flags: virtioNeedsCsum, gsoType: gsoUDPL4, gsoSize: 1388}, udp),
-		"ipv6 headers": mk(virtioHdr{flags: virtioNeedsCsum, gsoType: gsoTCPv6, gsoSize: 1388}, superTCP(true, 1388*10, tcpACK, 5)),
+		"ack":          mk(offload.Header{}, superTCP(false, 0, tcpACK, 1)[:52]),
+		"other mss":    mk(offload.Header{Flags: offload.NeedsCsum, GSOType: offload.GSOTCPv4, GSOSize: 1000}, superTCP(false, 1000*20+3, tcpACK, 2)),
+		"plain 9000":   mk(offload.Header{}, superTCP(false, 9000, tcpACK, 4)),
+		"udp gso":      mk(offload.Header{Flags: offload.NeedsCsum, GSOType: offload.GSOUDPL4, GSOSize: 1388}, udp),
+		"ipv6 headers": mk(offload.Header{Flags: offload.NeedsCsum, GSOType: offload.GSOTCPv6, GSOSize: 1388}, superTCP(true, 1388*10, tcpACK, 5)),
 	} {
 		n := readvInto(t, &l, read)
 		dst := make([]byte, spreadMaxRead)
@@ -122,10 +123,10 @@ func TestSpreadLinearizes(t *testing.T) {
 // segment lies inside the layout and goes out without a panic.
 func FuzzSpreadTake(f *testing.F) {
 	pkt := superTCP(false, 1388*5+9, tcpACK, 1)
-	h := virtioHdr{flags: virtioNeedsCsum, gsoType: gsoTCPv4, gsoSize: 1388}
-	seed := make([]byte, virtioHdrLen+len(pkt))
-	h.encode(seed)
-	copy(seed[virtioHdrLen:], pkt)
+	h := offload.Header{Flags: offload.NeedsCsum, GSOType: offload.GSOTCPv4, GSOSize: 1388}
+	seed := make([]byte, offload.HeaderLen+len(pkt))
+	h.Encode(seed)
+	copy(seed[offload.HeaderLen:], pkt)
 	f.Add(seed, uint16(52), uint16(1388))
 	f.Add(seed[:80], uint16(52), uint16(1388))
 	f.Add(seed, uint16(52), uint16(1000))
@@ -146,11 +147,11 @@ func FuzzSpreadTake(f *testing.F) {
 			return
 		}
 		sp := &l.sp
-		if sp.hdrLen != l.hdrLen || sp.mss != l.mss || sp.length != len(read)-virtioHdrLen {
+		if sp.HdrLen != l.hdrLen || sp.MSS != l.mss || sp.Length != len(read)-offload.HeaderLen {
 			t.Fatalf("kept %+v for layout %d/%d and %d bytes", sp, l.hdrLen, l.mss, len(read))
 		}
-		for i := 0; i < sp.segs; i++ {
-			_ = sp.payload(i) // in bounds, or this panics
+		for i := 0; i < sp.Segs; i++ {
+			_ = sp.Payload(i) // in bounds, or this panics
 		}
 		r, _ := fastRouter(t)
 		fg := &fakeGather{gso: true}

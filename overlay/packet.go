@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 
+	"github.com/weftnet/weft/encap/offload"
 	"github.com/weftnet/weft/encap/vxlan"
 )
 
@@ -204,4 +205,12 @@ func innerSrc(pkt []byte) (netip.Addr, bool) {
 		return netip.AddrFrom16([16]byte(pkt[ip6Src:])), true
 	}
 	return netip.Addr{}, false
+}
+
+// l4ChecksumValid reports whether the TCP or UDP checksum of the whole
+// packet pkt, whose IP header h describes, is right.
+func l4ChecksumValid(pkt []byte, h *ipHeader) bool {
+	src, dst := addrs(pkt, h.v6)
+	l4 := pkt[h.l3Len:]
+	return offload.Checksum(l4, offload.PseudoSum(src, dst, h.proto, len(l4))) == 0xffff
 }

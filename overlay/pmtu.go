@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/weftnet/weft/encap/offload"
 	"github.com/weftnet/weft/encap/wireguard"
 )
 
@@ -177,13 +178,13 @@ func fragNeeded(b []byte, src netip.Addr, pkt []byte, mtu int) int {
 	s := src.As4()
 	copy(h[ip4Src:], s[:])
 	copy(h[ip4Dst:ip4Dst+4], pkt[ip4Src:ip4Src+4]) // back to the sender
-	putIPv4Checksum(h)
+	offload.PutIPv4Checksum(h)
 	icmp := b[ipv4MinHeaderLen:n]
 	clear(icmp[:8])
 	icmp[0], icmp[1] = 3, 4
 	binary.BigEndian.PutUint16(icmp[6:8], uint16(mtu))
 	copy(icmp[8:], pkt[:quote])
-	binary.BigEndian.PutUint16(icmp[2:4], ^csum(icmp, 0))
+	binary.BigEndian.PutUint16(icmp[2:4], ^offload.Checksum(icmp, 0))
 	return n
 }
 
@@ -236,6 +237,6 @@ func packetTooBig(b []byte, src netip.Addr, pkt []byte, mtu int) int {
 	binary.BigEndian.PutUint32(icmp[4:8], uint32(mtu))
 	copy(icmp[8:], pkt[:quote])
 	src6, dst6 := addrs(h, true)
-	binary.BigEndian.PutUint16(icmp[2:4], ^csum(icmp, pseudoSum(src6, dst6, protoICMPv6, len(icmp))))
+	binary.BigEndian.PutUint16(icmp[2:4], ^offload.Checksum(icmp, offload.PseudoSum(src6, dst6, protoICMPv6, len(icmp))))
 	return n
 }

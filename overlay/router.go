@@ -23,8 +23,9 @@
 //	inbound.go           wire → TUN: the portable loop and the checks (decapsulate)
 //	inbound_coalesce.go  runs of one TCP flow written as one GSO packet
 //	inbound_linux.go     the fast inbound loop: recvmmsg, UDP GRO, writev
-//	tun_linux.go         the TUN file descriptor: virtio-net headers, raw reads and writes
-//	packet.go, checksum.go, offload.go  inner headers, checksums, virtio and RCO headers
+//	tun_linux.go         the TUN file descriptor: raw reads (writes: offload.Writer)
+//	packet.go, offload.go  inner headers, RCO headers (the virtio-net header,
+//	                     super-packets and checksums are encap/offload's)
 //	table.go, stats.go, pmtu.go, policy.go, host_linux.go
 //
 // The portable loops run everywhere. On Linux, with weftd's real TUN device

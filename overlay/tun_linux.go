@@ -2,7 +2,8 @@
 
 package overlay
 
-// The TUN file descriptor, as the fast paths use it.
+// The TUN file descriptor, as the fast paths read it (they write it with
+// offload.Writer).
 //
 // They run when the router owns a real TUN device opened with virtio-net
 // headers (IFF_VNET_HDR, as weftd opens it) and in non-blocking mode, and
@@ -22,6 +23,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/weftnet/weft/encap/offload"
 	"github.com/weftnet/weft/encap/vxlan"
 )
 
@@ -51,7 +53,7 @@ func (r *Router) startFast(port uint16) (outbound, inbound bool, err error) {
 	if err != nil {
 		return false, false, nil
 	}
-	if !vnetHeaders(rc) || !nonBlocking(rc) {
+	if m, err := offload.ModeOf(rc, false); err != nil || !m.TUN || !m.VNetHdr || !m.NonBlocking {
 		return false, false, nil
 	}
 	var rcv *vxlan.Receiver
@@ -70,7 +72,7 @@ func (r *Router) startFast(port uint16) (outbound, inbound bool, err error) {
 	r.receiver = rcv
 	r.wg.Add(1)
 	r.readLoops.Add(1)
-	go r.inboundFast(rcv, newTUNWriter(rc))
+	go r.inboundFast(rcv, offload.NewWriter(rc, offload.MaxRunSegs+1))
 	if r.cfg.WireGuard == nil {
 		r.wg.Add(1)
 		r.readLoops.Add(1)
@@ -78,33 +80,6 @@ func (r *Router) startFast(port uint16) (outbound, inbound bool, err error) {
 		outbound = true
 	}
 	return outbound, true, nil
-}
-
-// vnetHeaders reports whether the TUN file carries virtio-net headers.
-func vnetHeaders(rc syscall.RawConn) bool {
-	var flags uint16
-	var ierr error
-	err := rc.Control(func(fd uintptr) {
-		var ifr *unix.Ifreq
-		if ifr, ierr = unix.NewIfreq("weft"); ierr != nil {
-			return
-		}
-		if ierr = unix.IoctlIfreq(int(fd), unix.TUNGETIFF, ifr); ierr == nil {
-			flags = ifr.Uint16()
-		}
-	})
-	return err == nil && ierr == nil && flags&unix.IFF_VNET_HDR != 0 && flags&unix.IFF_TUN != 0
-}
-
-// nonBlocking reports whether the file is in non-blocking mode, which the
-// fast paths' raw system calls (see rawRead) need.
-func nonBlocking(rc syscall.RawConn) bool {
-	var flags int
-	var ferr error
-	err := rc.Control(func(fd uintptr) {
-		flags, ferr = unix.FcntlInt(fd, unix.F_GETFL, 0)
-	})
-	return err == nil && ferr == nil && flags&unix.O_NONBLOCK != 0
 }
 
 // tunReader reads single packets from the TUN file descriptor through the
@@ -193,55 +168,6 @@ func pollerError(err error) error {
 		return err
 	}
 	return fmt.Errorf("%w: %v", os.ErrClosed, err)
-}
-
-// tunWriter writes packets to the TUN file descriptor, gathering a
-// coalesced packet from its pieces. Used by one goroutine at a time.
-type tunWriter struct {
-	rc    syscall.RawConn
-	iovs  []unix.Iovec
-	err   error
-	write func(fd uintptr) bool
-}
-
-func newTUNWriter(rc syscall.RawConn) *tunWriter {
-	t := &tunWriter{rc: rc, iovs: make([]unix.Iovec, 0, maxRunSegs+1)}
-	t.write = t.writeFunc
-	return t
-}
-
-func (t *tunWriter) writeFunc(fd uintptr) bool {
-	for {
-		_, _, e := unix.RawSyscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&t.iovs[0])), uintptr(len(t.iovs)))
-		switch e {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		case 0:
-			t.err = nil
-		default:
-			t.err = e
-		}
-		return true
-	}
-}
-
-// Write writes head (virtio header and packet, or the head of a coalesced
-// packet) followed by the payloads in more, as one packet.
-func (t *tunWriter) Write(head []byte, more [][]byte) error {
-	t.iovs = t.iovs[:0]
-	t.iovs = append(t.iovs, unix.Iovec{Base: &head[0]})
-	t.iovs[0].SetLen(len(head))
-	for _, b := range more {
-		t.iovs = append(t.iovs, unix.Iovec{Base: &b[0]})
-		t.iovs[len(t.iovs)-1].SetLen(len(b))
-	}
-	t.err = nil
-	if err := t.rc.Write(t.write); err != nil {
-		return fmt.Errorf("%w: %v", os.ErrClosed, err)
-	}
-	return t.err
 }
 
 // rawRead is read(2) as a raw system call: the goroutine keeps its P

@@ -43,11 +43,12 @@ type reader struct {
 	// ready reports whether a read would find a frame now; nil when the
 	// TUN cannot tell (not a kernel TUN): one frame per Read then.
 	ready func() bool
-	// lone writes a batch of one packet straight to the TUN (a ping, an
-	// ack: reader_linux.go); nil when the TUN cannot.
-	lone *loneWriter
+	// tun writes straight to the TUN: a batch of one packet (a ping, an
+	// ack) as it is, a longer one coalesced when the TUN has virtio
+	// headers (reader_linux.go); nil when the TUN is no kernel TUN.
+	tun *tunWriter
 	// raw reads frames straight into the device's buffers and splits
-	// them there (reader_linux.go, split.go); nil when the TUN is not a
+	// them there (reader_linux.go, offload.SplitFrame); nil when the TUN is not a
 	// kernel TUN with virtio headers: reads go through its Read then.
 	raw *rawReader
 
@@ -104,7 +105,9 @@ func (r *reader) park() bool {
 }
 
 func newReader(dev tun.Device) *reader {
-	return &reader{Device: dev, ready: readyFunc(dev), lone: loneWriterFor(dev), raw: rawReaderFor(dev), started: make(chan struct{}), closed: make(chan struct{})}
+	r := &reader{Device: dev, started: make(chan struct{}), closed: make(chan struct{})}
+	attachTUN(r, dev)
+	return r
 }
 
 // moreRoom is the free room a batch must have for Read to read one more
@@ -209,12 +212,21 @@ func (r *reader) readMore(bufs [][]byte, sizes []int, offset, n int) (int, error
 // in front of it.
 var errShortHeadroom = errors.New("wireguard: no headroom for the virtio header")
 
-// Write writes decrypted packets (bufs[i][offset:]) to the TUN: a lone
-// packet straight (loneWriter), a batch through the TUN's Write, which
-// coalesces TCP and UDP segments.
+// Write writes decrypted packets (bufs[i][offset:], the device's element
+// buffers, at most its batch size, offset its headroom of 16 bytes) to the
+// TUN and returns how many it wrote: a lone packet straight, a batch on a
+// kernel TUN with virtio headers coalesced (tunWriter, reader_linux.go),
+// and otherwise through the TUN's Write, which coalesces with
+// wireguard-go's GRO. It is called from the bind's receive goroutines, one
+// per address family, at once; tunWriter serialises them.
 func (r *reader) Write(bufs [][]byte, offset int) (int, error) {
-	if len(bufs) == 1 && r.lone != nil {
-		return r.lone.writeOne(bufs[0], offset)
+	if r.tun != nil {
+		if len(bufs) == 1 {
+			return r.tun.writeOne(bufs[0], offset)
+		}
+		if r.tun.vnet {
+			return r.tun.writeBatch(bufs, offset)
+		}
 	}
 	return r.Device.Write(bufs, offset)
 }

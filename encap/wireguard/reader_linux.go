@@ -6,25 +6,46 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/weftnet/weft/encap/offload"
 )
 
-// readyFunc returns a zero-timeout poll of the TUN file for reader.ready,
-// or nil if dev has no file. The poll runs through the file's raw
-// connection (its descriptor stays non-blocking) with a callback made
-// once, so it allocates nothing.
-func readyFunc(dev tun.Device) func() bool {
+// attachTUN gives r the raw paths of a kernel TUN: the readiness poll,
+// the writer (and whether the TUN takes UDP GSO: the probe makes the same
+// TUNSETOFFLOAD call as wireguard-go's NativeTun) and, with virtio headers
+// in non-blocking mode, the raw reader. A dev that is no kernel TUN (no file, or one whose mode
+// cannot be read) gets none: everything goes through its own Read and
+// Write then.
+func attachTUN(r *reader, dev tun.Device) {
 	f, ok := dev.(interface{ File() *os.File })
 	if !ok || f.File() == nil {
-		return nil
+		return
 	}
 	rc, err := f.File().SyscallConn()
 	if err != nil {
-		return nil
+		return
 	}
+	r.ready = readyFunc(rc)
+	m, err := offload.ModeOf(rc, true)
+	if err != nil || !m.TUN {
+		return
+	}
+	r.tun = newTUNWriter(rc, m)
+	if m.VNetHdr && m.NonBlocking {
+		r.raw = &rawReader{rc: rc}
+		r.raw.do = r.raw.read
+	}
+}
+
+// readyFunc returns a zero-timeout poll of the TUN file for reader.ready.
+// The poll runs through the file's raw connection (its descriptor stays
+// non-blocking) with a callback made once, so it allocates nothing.
+func readyFunc(rc syscall.RawConn) func() bool {
 	p := &poller{}
 	p.poll = p.pollFunc
 	return func() bool {
@@ -48,106 +69,121 @@ func (p *poller) pollFunc(fd uintptr) {
 	p.ready = err == nil && n == 1 && p.fds[0].Revents&unix.POLLIN != 0
 }
 
-// loneWriter writes one packet to a kernel TUN with write(2) called
-// straight from the file's raw connection: for a lone packet (a ping, a
-// TCP ack), what the TUN's own Write would do, less its coalescing tables
-// and the runtime's blocking-syscall path (see bind_linux.go: on an idle
-// process that path first wakes the runtime's monitor thread). With
-// IFF_VNET_HDR the packet goes behind a zero virtio header (no offload,
-// checksums complete), which is what the TUN's Write gives a packet it
-// did not coalesce.
-type loneWriter struct {
+// tunWriter writes decrypted packets to a kernel TUN with raw system
+// calls made straight from the file's raw connection (offload.Writer):
+// what the TUN's own Write does, less the runtime's blocking-syscall path
+// (see bind_linux.go: on an idle process that path first wakes the
+// runtime's monitor thread) and, for a batch, less wireguard-go's GRO.
+//
+// A lone packet (a ping, a TCP ack) is written as it is, with IFF_VNET_HDR
+// behind a zero virtio header (no offload, checksums complete).
+//
+// A batch on a TUN with virtio headers goes through offload.Coalescer:
+// each run of consecutive segments of one TCP flow (of datagrams of one
+// UDP flow, when the TUN takes USO) becomes one GSO write, its headers
+// fixed in place in front of the first packet's payload and the later
+// payloads gathered from their element buffers by writev; everything else
+// is written on its own behind a zero virtio header. wireguard-go's GRO,
+// which the TUN's Write runs, verifies every TCP checksum and copies every
+// payload into the first packet's buffer; here nothing is copied and no
+// checksum is verified (Coalescer.Trusted): every packet was authenticated
+// by ChaCha20-Poly1305 and is byte for byte what the peer sealed, so its
+// checksums are what the peer's stack wrote. The kernel's own WireGuard
+// marks decrypted packets CHECKSUM_UNNECESSARY for the same reason.
+type tunWriter struct {
 	mu sync.Mutex // the bind's receive goroutines (one per family) write
-	rc interface {
-		Write(func(fd uintptr) bool) error
-	}
-	vnet  bool
-	frame []byte // the frame being written
-	n     int
-	err   error
-	do    func(fd uintptr) bool
+	w  *offload.Writer
+	// vnet: the TUN carries virtio headers, and a batch is coalesced.
+	vnet bool
+	c    offload.Coalescer // the batch being written, under mu
 }
 
-// loneWriterFor returns the lone-packet writer of dev, or nil when dev is
-// not a kernel TUN.
-func loneWriterFor(dev tun.Device) *loneWriter {
-	f, ok := dev.(interface{ File() *os.File })
-	if !ok || f.File() == nil {
-		return nil
-	}
-	rc, err := f.File().SyscallConn()
-	if err != nil {
-		return nil
-	}
-	var flags uint16
-	var ierr error
-	if err := rc.Control(func(fd uintptr) {
-		var ifr [unix.IFNAMSIZ + 64]byte
-		_, _, e := unix.Syscall(unix.SYS_IOCTL, fd, unix.TUNGETIFF, uintptr(unsafe.Pointer(&ifr[0])))
-		if e != 0 {
-			ierr = e
-			return
-		}
-		flags = *(*uint16)(unsafe.Pointer(&ifr[unix.IFNAMSIZ]))
-	}); err != nil || ierr != nil {
-		return nil
-	}
-	w := &loneWriter{rc: rc, vnet: flags&unix.IFF_VNET_HDR != 0}
-	w.do = w.write
+func newTUNWriter(rc syscall.RawConn, m offload.Mode) *tunWriter {
+	w := &tunWriter{w: offload.NewWriter(rc, offload.MaxRunSegs+1), vnet: m.VNetHdr}
+	w.c.Trusted, w.c.UDP = true, m.USO
 	return w
 }
 
 // writeOne writes the packet buf[offset:]; offset leaves room for the
 // virtio header (the device's headroom is 16 bytes).
-func (w *loneWriter) writeOne(buf []byte, offset int) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
+func (w *tunWriter) writeOne(buf []byte, offset int) (int, error) {
+	frame := buf[offset:]
 	if w.vnet {
-		if offset < virtioHdrLen {
+		if offset < offload.HeaderLen {
 			return 0, errShortHeadroom
 		}
-		clear(buf[offset-virtioHdrLen : offset])
-		w.frame = buf[offset-virtioHdrLen:]
-	} else {
-		w.frame = buf[offset:]
+		frame = buf[offset-offload.HeaderLen:]
+		clear(frame[:offload.HeaderLen])
 	}
-	w.n, w.err = 0, nil
-	err := w.rc.Write(w.do)
-	w.frame = nil
-	if err == nil {
-		err = w.err
-	}
+	w.mu.Lock()
+	err := w.w.Write(frame, nil)
+	w.mu.Unlock()
 	if err != nil {
 		return 0, err
 	}
-	return len(buf) - offset, nil
+	return 1, nil
 }
 
-func (w *loneWriter) write(fd uintptr) bool {
-	for {
-		n, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(w.frame))), uintptr(len(w.frame)))
-		switch e {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		case 0:
-			w.n = int(n)
-		case unix.EBADFD:
-			w.err = os.ErrClosed
-		default:
-			w.err = e
-		}
-		return true
+// errBadRun: the coalescer refused a run it made itself (its virtio header
+// did not read back as its packet); the run's packets were not written.
+var errBadRun = errors.New("wireguard: a coalesced run did not match its virtio header")
+
+// writeBatch writes the packets bufs[i][offset:] (the device's element
+// buffers, offset its headroom of at least offload.HeaderLen bytes, which
+// the virtio headers overwrite; a run's first packet is rewritten in
+// place) coalesced, and returns how many packets it wrote. A failed write
+// does not stop the others, except a closed TUN (os.ErrClosed); the first
+// error is returned.
+func (w *tunWriter) writeBatch(bufs [][]byte, offset int) (int, error) {
+	if offset < offload.HeaderLen {
+		return 0, errShortHeadroom
 	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	c := &w.c
+	c.Reset()
+	for _, b := range bufs {
+		c.Add(b, offset, offload.Header{})
+	}
+	c.Flush()
+	var n int
+	var first error
+	if c.Dropped > 0 {
+		first = errBadRun
+	}
+	for _, wr := range c.Writes {
+		err := w.w.Write(wr.Head, c.Payloads[wr.Lo:wr.Hi])
+		if err == nil {
+			n += wr.Segs
+			continue
+		}
+		if errors.Is(err, os.ErrClosed) {
+			return n, err
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return n, first
 }
 
 // rawReader reads outbound frames from a kernel TUN opened with
 // IFF_VNET_HDR and non-blocking, as read(2) called straight from the
 // file's raw connection (no blocking-syscall path, no wake-up of the
 // runtime's monitor thread), into the device's own element buffers, and
-// splits them there (split.go). It replaces the TUN's own Read, which
-// reads into a buffer of its own and copies every segment out of it.
+// splits them there (offload.SplitFrame), so that the virtio header ends
+// where the device wants the packet to start:
+//
+//   - a lone packet stays where it was read; its L4 checksum is finished
+//     only if the header says it is partial (NEEDS_CSUM);
+//   - a super-packet's segments 1..n-1 are copied into the next element
+//     buffers, headers fixed and checksums computed while copying, and
+//     segment 0 is fixed last in place (its payload already is where it
+//     must be): one copy of the payload in all, where wireguard-go's TUN
+//     reads into its own buffer and copies every segment out of it.
+//
+// Every checksum of a segment is complete: the peer may be standard
+// WireGuard, whose receiving end hands the packet to its stack as it is.
 //
 // Used by the device's one TUN reader goroutine only.
 type rawReader struct {
@@ -170,40 +206,6 @@ type rawReader struct {
 	// drops counts frames that could not be split (malformed, or more
 	// segments than the batch had room for), each dropped whole.
 	drops atomic.Uint64
-}
-
-// rawReaderFor returns the raw reader of dev, or nil when dev is not a
-// kernel TUN with virtio headers in non-blocking mode.
-func rawReaderFor(dev tun.Device) *rawReader {
-	f, ok := dev.(interface{ File() *os.File })
-	if !ok || f.File() == nil {
-		return nil
-	}
-	rc, err := f.File().SyscallConn()
-	if err != nil {
-		return nil
-	}
-	var flags uint16
-	var fl int
-	var ierr error
-	if err := rc.Control(func(fd uintptr) {
-		var ifr [unix.IFNAMSIZ + 64]byte
-		_, _, e := unix.Syscall(unix.SYS_IOCTL, fd, unix.TUNGETIFF, uintptr(unsafe.Pointer(&ifr[0])))
-		if e != 0 {
-			ierr = e
-			return
-		}
-		flags = *(*uint16)(unsafe.Pointer(&ifr[unix.IFNAMSIZ]))
-		fl, ierr = unix.FcntlInt(fd, unix.F_GETFL, 0)
-	}); err != nil || ierr != nil {
-		return nil
-	}
-	if flags&unix.IFF_VNET_HDR == 0 || fl&unix.O_NONBLOCK == 0 {
-		return nil
-	}
-	r := &rawReader{rc: rc}
-	r.do = r.read
-	return r
 }
 
 func (r *rawReader) read(fd uintptr) bool {
@@ -235,10 +237,10 @@ func (r *rawReader) read(fd uintptr) bool {
 // read deadline (a hand-off) as os.ErrDeadlineExceeded, a closed file as
 // os.ErrClosed.
 func (r *rawReader) readFrame(bufs [][]byte, sizes []int, offset int, wait bool) (int, error) {
-	if offset < virtioHdrLen {
+	if offset < offload.HeaderLen {
 		return 0, errShortHeadroom
 	}
-	b := bufs[0][offset-virtioHdrLen:]
+	b := bufs[0][offset-offload.HeaderLen:]
 	r.iovs[0] = unix.Iovec{Base: &b[0]}
 	r.iovs[0].SetLen(len(b))
 	r.iovs[1] = unix.Iovec{Base: &r.spill[0]}
@@ -256,22 +258,22 @@ func (r *rawReader) readFrame(bufs [][]byte, sizes []int, offset int, wait bool)
 	if r.n < 0 {
 		return -1, nil
 	}
-	var h virtioHdr
-	if h.decode(b[:r.n]) != nil {
+	var h offload.Header
+	if h.Decode(b[:r.n]) != nil {
 		r.drops.Add(1)
 		return 0, nil
 	}
 	var k int
 	var err error
 	if r.n <= len(b) {
-		k, err = splitFrame(&h, b[virtioHdrLen:r.n], bufs, sizes, offset, true)
+		k, err = offload.SplitFrame(&h, b[offload.HeaderLen:r.n], bufs, sizes, offset, true)
 	} else {
 		if r.whole == nil {
 			r.whole = make([]byte, len(b)+len(r.spill))
 		}
-		w := r.whole[:copy(r.whole, b[virtioHdrLen:])]
+		w := r.whole[:copy(r.whole, b[offload.HeaderLen:])]
 		w = append(w, r.spill[:r.n-len(b)]...)
-		k, err = splitFrame(&h, w, bufs, sizes, offset, false)
+		k, err = offload.SplitFrame(&h, w, bufs, sizes, offset, false)
 	}
 	if err != nil {
 		r.drops.Add(1)

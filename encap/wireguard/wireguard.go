@@ -4,7 +4,7 @@
 //
 // The device reads the node's real TUN itself, as standalone wireguard-go
 // does, into its own buffers and batches: no hand-off between goroutines.
-// On Linux the reads are weft's own (reader_linux.go, split.go): raw
+// On Linux the reads are weft's own (reader_linux.go, encap/offload): raw
 // read(2) calls straight into the device's buffers, super-packets split
 // there with one copy of each segment. Before the device sees a batch, the router's Divert takes out
 // of it the packets that are not for WireGuard peers (VXLAN peers under

@@ -1,4 +1,4 @@
-package overlay
+package offload
 
 import (
 	"bytes"
@@ -8,20 +8,22 @@ import (
 	"testing"
 )
 
-// refChecksum is the plain RFC 1071 sum, byte pair by byte pair: the
-// yardstick for csum.
-func refChecksum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(b[i])<<8 | uint32(b[i+1])
-	}
+// refSum is the RFC 1071 sum the slow way: the big-endian 16-bit words
+// (an odd byte padded with zero) added as integers, reduced modulo 0xffff,
+// a non-zero multiple reading as 0xffff as the folded sum does. The
+// yardstick for Checksum.
+func refSum(b []byte) uint16 {
 	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
+		b = append(b[:len(b):len(b)], 0)
 	}
-	for s > 0xffff {
-		s = s>>16 + s&0xffff
+	var s uint64
+	for i := 0; i < len(b); i += 2 {
+		s += uint64(binary.BigEndian.Uint16(b[i:]))
 	}
-	return uint16(s)
+	if r := s % 0xffff; r != 0 || s == 0 {
+		return uint16(r)
+	}
+	return 0xffff
 }
 
 func TestCsumMatchesReference(t *testing.T) {
@@ -31,19 +33,19 @@ func TestCsumMatchesReference(t *testing.T) {
 		for i := range b {
 			b[i] = byte(rng.Uint32())
 		}
-		if got, want := csum(b, 0), refChecksum(b); got != want {
+		if got, want := Checksum(b, 0), refSum(b); got != want {
 			t.Fatalf("len %d: csum %04x, want %04x", n, got, want)
 		}
 		// Split at an even offset: the sums add up.
 		if n >= 2 {
 			k := n / 2 &^ 1
-			if got, want := csum(b[k:], csum(b[:k], 0)), refChecksum(b); got != want {
+			if got, want := Checksum(b[k:], Checksum(b[:k], 0)), refSum(b); got != want {
 				t.Fatalf("len %d split %d: csum %04x, want %04x", n, k, got, want)
 			}
 		}
 	}
 	all := bytes.Repeat([]byte{0xff}, 4096)
-	if got := csum(all, 0); got != 0xffff {
+	if got := Checksum(all, 0); got != 0xffff {
 		t.Fatalf("all ones: %04x", got)
 	}
 }
@@ -86,14 +88,14 @@ func BenchmarkChecksum(b *testing.B) {
 	for i := range p {
 		p[i] = byte(i * 7)
 	}
-	if uint64(csum(p, 0)) != csumAdd64(p, 0) {
+	if uint64(Checksum(p, 0)) != csumAdd64(p, 0) {
 		b.Fatal("the two sums disagree")
 	}
 	b.Run("gvisor", func(b *testing.B) {
 		b.SetBytes(int64(len(p)))
 		b.ReportAllocs()
 		for b.Loop() {
-			sinkSum += uint64(csum(p, 0))
+			sinkSum += uint64(Checksum(p, 0))
 		}
 	})
 	b.Run("weft64", func(b *testing.B) {
@@ -122,7 +124,7 @@ func TestShortSumMatchesReference(t *testing.T) {
 				}
 			}
 			init := uint32(rng.Uint32() & 0x3ffff)
-			want := refChecksum(append([]byte{byte(init >> 24), byte(init >> 16), byte(init >> 8), byte(init)}, b...))
+			want := refSum(append([]byte{byte(init >> 24), byte(init >> 16), byte(init >> 8), byte(init)}, b...))
 			if got := fold(shortSum(b, init)); got != want && !(got == 0xffff && want == 0) && !(got == 0 && want == 0xffff) {
 				t.Fatalf("len %d init %x: %04x, want %04x", n, init, got, want)
 			}
@@ -134,7 +136,7 @@ func TestShortSumMatchesReference(t *testing.T) {
 // keep their carries (all-ones words overflow 32 bits).
 func TestHeaderSumsCarry(t *testing.T) {
 	h := bytes.Repeat([]byte{0xff}, 20)
-	if got, want := ipv4HeaderValid(h), refChecksum(h) == 0xffff; got != want {
+	if got, want := IPv4HeaderValid(h), refSum(h) == 0xffff; got != want {
 		t.Errorf("all-ones header: valid %v, want %v", got, want)
 	}
 	rng := rand.New(rand.NewPCG(5, 6))
@@ -143,18 +145,18 @@ func TestHeaderSumsCarry(t *testing.T) {
 		for i := range h {
 			h[i] = byte(rng.Uint32()) | 0xf0
 		}
-		if got, want := ipv4HeaderValid(h), refChecksum(h) == 0xffff; got != want {
+		if got, want := IPv4HeaderValid(h), refSum(h) == 0xffff; got != want {
 			t.Fatalf("header % x: valid %v, want %v", h, got, want)
 		}
 		binary.BigEndian.PutUint16(h[10:], 0)
-		binary.BigEndian.PutUint16(h[10:], ^refChecksum(h))
-		if !ipv4HeaderValid(h) {
+		binary.BigEndian.PutUint16(h[10:], ^refSum(h))
+		if !IPv4HeaderValid(h) {
 			t.Fatalf("header % x with its checksum: not valid", h)
 		}
 		src, dst, n := h[0:4], h[4:8], int(rng.Uint32()&0xffff)
-		ref := refChecksum(append(append(append([]byte{}, src...), dst...), 0, protoTCP, byte(n>>8), byte(n)))
-		if got := pseudoSum(src, dst, protoTCP, n); got != ref && !(got == 0xffff && ref == 0) {
-			t.Fatalf("pseudoSum(% x, % x, %d) = %04x, want %04x", src, dst, n, got, ref)
+		ref := refSum(append(append(append([]byte{}, src...), dst...), 0, ProtoTCP, byte(n>>8), byte(n)))
+		if got := PseudoSum(src, dst, ProtoTCP, n); got != ref && !(got == 0xffff && ref == 0) {
+			t.Fatalf("PseudoSum(% x, % x, %d) = %04x, want %04x", src, dst, n, got, ref)
 		}
 	}
 }
