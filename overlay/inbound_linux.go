@@ -53,7 +53,11 @@ func (r *Router) inboundFast(rcv *vxlan.Receiver, w *offload.Writer) {
 		counts.packets -= uint64(c.Dropped)
 		for _, wr := range c.Writes {
 			if err := w.Write(wr.Head, c.Payloads[wr.Lo:wr.Hi]); err != nil {
-				if r.closing() || isClosed(err) {
+				if r.closing() {
+					return
+				}
+				if isClosed(err) {
+					r.log.Warn("the TUN device is gone: VXLAN receive stops", "err", err)
 					return
 				}
 				counts.drops[dropTunWrite] += uint64(wr.Segs)

@@ -110,6 +110,15 @@ func (c *Coalescer) Reset() {
 	c.Dropped = 0
 }
 
+// Release drops the coalescer's references into the batch's buffers once
+// its writes are done (Reset keeps them until the next batch).
+func (c *Coalescer) Release() {
+	clear(c.Writes)
+	clear(c.Payloads)
+	c.Reset()
+	c.cur = run{}
+}
+
 // Add takes one packet, buf[off:], with off ≥ HeaderLen; single is the
 // virtio header it is written with if it goes alone (the zero Header: no
 // offload, checksums complete). The HeaderLen bytes in front of the packet
@@ -170,6 +179,11 @@ func runnable(p []byte, udp bool) (proto uint8, v6 bool, l3Len, hdrLen int, ok b
 		return 0, false, 0, 0, false
 	}
 	if proto == ProtoUDP && int(binary.BigEndian.Uint16(p[l3Len+udpLen:])) != len(p)-l3Len {
+		return 0, false, 0, 0, false
+	}
+	if proto == ProtoUDP && v6 && binary.BigEndian.Uint16(p[l3Len+UDPCsum:]) == 0 {
+		// IPv6 UDP without a checksum: the kernel drops it; in a run
+		// it would get one. Alone, it meets the kernel's rule.
 		return 0, false, 0, 0, false
 	}
 	return proto, v6, l3Len, l3Len + l4Len, true

@@ -84,11 +84,11 @@ func (p *poller) pollFunc(fd uintptr) {
 // fixed in place in front of the first packet's payload and the later
 // payloads gathered from their element buffers by writev; everything else
 // is written on its own behind a zero virtio header. wireguard-go's GRO,
-// which the TUN's Write runs, verifies every TCP checksum and copies every
-// payload into the first packet's buffer; here nothing is copied and no
-// checksum is verified (Coalescer.Trusted): every packet was authenticated
-// by ChaCha20-Poly1305 and is byte for byte what the peer sealed, so its
-// checksums are what the peer's stack wrote. The kernel's own WireGuard
+// which the TUN's Write runs, verifies every TCP and UDP checksum and
+// copies every payload into the first packet's buffer; here nothing is
+// copied and no checksum is verified (Coalescer.Trusted): every packet was
+// authenticated by ChaCha20-Poly1305 and is byte for byte what the peer
+// sealed, so its checksums are what the peer's stack wrote. The kernel's own WireGuard
 // marks decrypted packets CHECKSUM_UNNECESSARY for the same reason.
 type tunWriter struct {
 	mu sync.Mutex // the bind's receive goroutines (one per family) write
@@ -142,6 +142,7 @@ func (w *tunWriter) writeBatch(bufs [][]byte, offset int) (int, error) {
 	defer w.mu.Unlock()
 	c := &w.c
 	c.Reset()
+	defer c.Release()
 	for _, b := range bufs {
 		c.Add(b, offset, offload.Header{})
 	}
