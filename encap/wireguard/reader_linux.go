@@ -96,6 +96,8 @@ type tunWriter struct {
 	// vnet: the TUN carries virtio headers, and a batch is coalesced.
 	vnet bool
 	c    offload.Coalescer // the batch being written, under mu
+	// writes is how many writes the last batch took (tests).
+	writes int
 }
 
 func newTUNWriter(rc syscall.RawConn, m offload.Mode) *tunWriter {
@@ -152,6 +154,7 @@ func (w *tunWriter) writeBatch(bufs [][]byte, offset int) (int, error) {
 	if c.Dropped > 0 {
 		first = errBadRun
 	}
+	w.writes = len(c.Writes)
 	for _, wr := range c.Writes {
 		err := w.w.Write(wr.Head, c.Payloads[wr.Lo:wr.Hi])
 		if err == nil {

@@ -250,8 +250,8 @@ func TestWriteBatchAllocs(t *testing.T) {
 		}
 	}
 	write()
-	if len(w.c.Writes) != 3 {
-		t.Fatalf("%d writes, want 3 (a TCP run, a UDP run, an ack)", len(w.c.Writes))
+	if w.writes != 3 {
+		t.Fatalf("%d writes, want 3 (a TCP run, a UDP run, an ack)", w.writes)
 	}
 	if n := testing.AllocsPerRun(100, write); n != 0 {
 		t.Fatalf("%v allocs per batch", n)
