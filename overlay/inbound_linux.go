@@ -54,10 +54,12 @@ func (r *Router) inboundFast(rcv *vxlan.Receiver, w *offload.Writer) {
 		for _, wr := range c.Writes {
 			if err := w.Write(wr.Head, c.Payloads[wr.Lo:wr.Hi]); err != nil {
 				if r.closing() {
+					r.flushIn(&counts)
 					return
 				}
 				if isClosed(err) {
 					r.log.Warn("the TUN device is gone: VXLAN receive stops", "err", err)
+					r.flushIn(&counts)
 					return
 				}
 				counts.drops[dropTunWrite] += uint64(wr.Segs)

@@ -340,7 +340,7 @@ func (r *Router) splitSuper(t *table, sp *offload.Super, fo *fastOut, st *outSta
 		if k == 0 {
 			// A segment longer than a buffer (a frame near 64 KiB
 			// from a local writer): the rest is dropped, counted.
-			st.counts.drops[dropBadOffload] += uint64(sp.Segs - first)
+			st.counts.drops[dropTooBig] += uint64(sp.Segs - first)
 			return true
 		}
 		if !r.sendBatch(t, fo.bufs[:k], fo.sizes[:k], st) {

@@ -44,7 +44,7 @@ var verdictNames = [numVerdicts]string{
 	dropSpoofedSource:  "drop_spoofed_source",   // inbound: inner source outside the sender's pod CIDRs
 	dropTunWrite:       "drop_tun_write",        // inbound: the TUN write failed
 	dropWrongTransport: "drop_wrong_transport",  // inbound: VXLAN from a peer we reach over WireGuard
-	dropTooBig:         "drop_too_big",          // outbound: does not fit the path MTU after encapsulation
+	dropTooBig:         "drop_too_big",          // outbound: does not fit the path MTU after encapsulation, or a segment longer than a packet buffer
 	dropBadOffload:     "drop_bad_offload",      // a TUN packet (outbound) or coalesced run (inbound) that does not match its virtio (offload) header
 	dropInnerLength:    "drop_bad_inner_length", // inbound: inner IP/UDP lengths disagree with the bytes present (truncated, padded, jumbo)
 	dropNotLocal:       "drop_not_local",        // inbound: inner destination outside this node's pod CIDRs

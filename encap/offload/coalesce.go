@@ -36,7 +36,10 @@ import (
 // A UDP datagram joins the open run (UDP set) when it has the same
 // addresses, ports and IP header fields and the run's length; a shorter
 // one is the last. Untrusted, its checksum is verified, and one without a
-// checksum (zero, IPv4) never joins.
+// checksum (zero, IPv4) never joins. An IPv6 datagram without a checksum
+// never joins, trusted or not: the kernel drops it alone, and in a run it
+// would get one. (A trusted IPv4 run of datagrams without checksums gets
+// one, which changes nothing for the receiver.)
 //
 // Anything else is written on its own, unchanged, behind the virtio header
 // its caller gave, and the kernel checks it as usual.
@@ -82,8 +85,9 @@ type run struct {
 }
 
 // Coalescer groups packets into TUN writes. It is reused across batches;
-// Reset before each. The slices it hands out point into the buffers given
-// to Add, which must stay untouched until the writes are done. It
+// Reset before each (and Release after, to let go of the batch's buffers).
+// The slices it hands out point into the buffers given to Add, which must
+// stay untouched until the writes are done. It
 // allocates only while its slices grow to the largest batch.
 type Coalescer struct {
 	Writes   []Write
@@ -113,8 +117,8 @@ func (c *Coalescer) Reset() {
 // Release drops the coalescer's references into the batch's buffers once
 // its writes are done (Reset keeps them until the next batch).
 func (c *Coalescer) Release() {
-	clear(c.Writes)
-	clear(c.Payloads)
+	clear(c.Writes[:cap(c.Writes)])
+	clear(c.Payloads[:cap(c.Payloads)])
 	c.Reset()
 	c.cur = run{}
 }

@@ -405,6 +405,14 @@ func FuzzCoalesce(f *testing.F) {
 				if !sameButSums(p, want[got+i]) {
 					t.Fatalf("packet %d of a run differs from what was given", got+i)
 				}
+				g := want[got+i]
+				v6, l3Len, proto, _ := parseIP(g)
+				if !trusted && !checksumOK(g, v6, l3Len, proto) {
+					t.Fatalf("packet %d joined an untrusted run with a bad checksum", got+i)
+				}
+				if v6 && proto == ProtoUDP && binary.BigEndian.Uint16(g[l3Len+UDPCsum:]) == 0 {
+					t.Fatalf("packet %d, IPv6 UDP without a checksum, joined a run", got+i)
+				}
 			}
 			got += w.Segs
 		}

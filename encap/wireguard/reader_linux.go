@@ -96,7 +96,7 @@ type tunWriter struct {
 	// vnet: the TUN carries virtio headers, and a batch is coalesced.
 	vnet bool
 	c    offload.Coalescer // the batch being written, under mu
-	// writes is how many writes the last batch took (tests).
+	// writes is how many writes the last batch was coalesced into (tests).
 	writes int
 }
 
