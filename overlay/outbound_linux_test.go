@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/weftnet/weft/encap/offload"
 	"github.com/weftnet/weft/encap/vxlan"
@@ -248,5 +249,37 @@ func TestSendSuperRCO(t *testing.T) {
 	fr[7] = byte((vxlan.EthernetLen+20)>>1) | 0x80 // UDP's, on a TCP packet
 	if v := rx.decapsulate(fr, rx.table.Load().peerAt(from)); v != dropInnerIP {
 		t.Fatalf("RCO of the wrong kind: %v, want %v", v, dropInnerIP)
+	}
+}
+
+// TestSplitSuperTooBig: a super-packet whose segments do not fit a split
+// buffer (IPv6 lets a local writer hand over a frame of about 64 KiB) is
+// dropped whole and counted as drop_too_big; the split must not spin on a
+// segment it can never place.
+func TestSplitSuperTooBig(t *testing.T) {
+	r, _ := fastRouter(t)
+	const mss = 65440
+	pkt := superTCP(true, mss+63, tcpACK, 1)
+	h := offload.Header{Flags: offload.NeedsCsum, GSOType: offload.GSOTCPv6, GSOSize: mss}
+	sp, err := offload.ParseSuper(&h, pkt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sp.Segs != 2 || sp.HdrLen+mss <= bufSize-tunOffset {
+		t.Fatalf("%d segments of %d bytes: the case needs 2 segments longer than a split buffer (%d)", sp.Segs, sp.HdrLen+mss, bufSize-tunOffset)
+	}
+	st := r.newOutState()
+	done := make(chan bool, 1)
+	go func() { done <- r.splitSuper(r.table.Load(), &sp, &fastOut{}, st) }()
+	select {
+	case alive := <-done:
+		if !alive {
+			t.Fatal("split reported the router closing")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("split did not return within 10 s (it loops)")
+	}
+	if st.counts.drops[dropTooBig] != uint64(sp.Segs) || st.counts.packets != 0 {
+		t.Fatalf("drop_too_big %d, packets %d; want %d and 0", st.counts.drops[dropTooBig], st.counts.packets, sp.Segs)
 	}
 }
