@@ -8,14 +8,15 @@ import (
 	"github.com/weftnet/weft/encap/vxlan"
 )
 
-// Inner packets: the one place the router reads IP, TCP and UDP headers.
+// Inner packets: where the router reads IP, TCP and UDP headers.
 //
-// Every path that looks inside a pod packet (routing, flow hashing, super-
-// packet segmentation, coalescing, remote checksum offload, ICMP errors)
-// reads it through parseIP and the offsets below, so a header field is
-// located once. Extension headers of IPv6 are not walked: the router treats
-// them as payload, as the kernel's GSO and GRO do for the packets weft
-// handles.
+// Every path of the router that looks inside a pod packet (routing, flow
+// hashing, remote checksum offload, ICMP errors) reads it through parseIP
+// and the offsets below, so a header field is located once here.
+// Super-packet segmentation and coalescing read the same headers in
+// encap/offload, which the WireGuard transport shares. Extension headers
+// of IPv6 are not walked: the router treats them as payload, as the
+// kernel's GSO and GRO do for the packets weft handles.
 //
 //	IPv4 (RFC 791)                       IPv6 (RFC 8200)
 //	 0 ver|IHL  1 TOS   2-3 total length  0-3 ver|class|flow label

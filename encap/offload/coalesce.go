@@ -47,8 +47,8 @@ import (
 const (
 	// MaxRunSegs bounds the packets of one coalesced write (and so the
 	// iovecs of one writev, MaxRunSegs+1 with the head); it is also the
-	// kernel's limit of segments of one UDP GSO packet
-	// (UDP_MAX_SEGMENTS).
+	// kernel's limit of segments of one UDP GSO packet (UDP_MAX_SEGMENTS:
+	// 64 on older kernels, 128 on newer), so a UDP run fits every kernel.
 	MaxRunSegs = 64
 	// maxRunLen is the largest coalesced IP packet.
 	maxRunLen = 65535
