@@ -15,10 +15,12 @@ import (
 //
 // Segment checksums are verified unless the frame came under an outer UDP
 // checksum the kernel verified (Peer.OuterChecksum, coalescer.Trusted):
-// VXLAN carries no integrity of its own. UDP datagrams are written one by
-// one, as before: their runs would be UDP GSO writes, which the TUN takes
-// only with USO and pods' UDP sockets then receive as GSO packets, a change
-// of what reaches them that this path has not been measured with.
+// VXLAN carries no integrity of its own. Runs of UDP datagrams of one flow
+// become UDP GSO writes where the TUN takes USO (coalescer.UDP, set by
+// inboundFast): the kernel cuts them into the same datagrams again for a
+// pod socket that did not ask for UDP_GRO, and hands one that did the run
+// whole, as a NIC's GRO would. Without USO every datagram is written on its
+// own.
 
 // coalescer is the VXLAN side of offload.Coalescer.
 type coalescer struct {

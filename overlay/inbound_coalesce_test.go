@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/weftnet/weft/encap/offload"
@@ -589,5 +590,73 @@ func BenchmarkCoalesce(b *testing.B) {
 			c.add(f)
 		}
 		c.Flush()
+	}
+}
+
+// TestCoalesceUDPRuns: with USO (coalescer.UDP), the datagrams of one UDP
+// flow in consecutive VXLAN frames become one UDP GSO write that the kernel
+// cuts back into the same datagrams; one with a bad checksum (VXLAN is not
+// trusted) breaks the run and goes alone, for the kernel to drop; without
+// USO every datagram goes alone.
+func TestCoalesceUDPRuns(t *testing.T) {
+	payload := func(i int) string { return strings.Repeat(string(rune('a'+i)), 1364) }
+	frames := func() [][]byte {
+		var fs [][]byte
+		for i := 0; i < 12; i++ {
+			fs = append(fs, frameOf(udp4("10.244.1.2", "10.244.2.2", 40000, 5201, payload(i))))
+		}
+		return fs
+	}
+	var c coalescer
+	c.UDP = true
+	c.Reset()
+	fs := frames()
+	for _, f := range fs {
+		c.add(f)
+	}
+	c.Flush()
+	if len(c.Writes) != 1 || c.Writes[0].Segs != 12 {
+		t.Fatalf("%d writes, first of %d datagrams; want 1 of 12", len(c.Writes), c.Writes[0].Segs)
+	}
+	h, pkt := unwrite(&c, c.Writes[0])
+	if h.GSOType != offload.GSOUDPL4 || h.GSOSize != 1364 || h.Flags&offload.NeedsCsum == 0 {
+		t.Fatalf("header %+v: want UDP GSO of 1364-byte payloads, checksum to finish", h)
+	}
+	// One IP and UDP header, then the payloads one after another.
+	if got, want := len(pkt), 28+12*1364; got != want {
+		t.Fatalf("run of %d bytes, want %d", got, want)
+	}
+	for i := 0; i < 12; i++ {
+		if got := string(pkt[28+i*1364 : 28+(i+1)*1364]); got != payload(i) {
+			t.Fatalf("datagram %d's payload differs", i)
+		}
+	}
+
+	// A corrupted datagram in the middle: three writes, the bad one alone
+	// and unchanged.
+	fs = frames()
+	fs[5][len(fs[5])-1] ^= 0xff
+	bad := append([]byte(nil), fs[5][vxlan.FrameHeaderLen:]...)
+	c.Reset()
+	for _, f := range fs {
+		c.add(f)
+	}
+	c.Flush()
+	if len(c.Writes) != 3 || c.Writes[0].Segs != 5 || c.Writes[1].Segs != 1 || c.Writes[2].Segs != 6 {
+		t.Fatalf("%d writes %+v; want runs of 5, 1 (the bad one) and 6", len(c.Writes), c.Writes)
+	}
+	if h, pkt := unwrite(&c, c.Writes[1]); h != (offload.Header{}) || !bytes.Equal(pkt, bad) {
+		t.Fatalf("the bad datagram was written as %+v, changed %v", h, !bytes.Equal(pkt, bad))
+	}
+
+	// Without USO: one write each.
+	c.UDP = false
+	c.Reset()
+	for _, f := range frames() {
+		c.add(f)
+	}
+	c.Flush()
+	if len(c.Writes) != 12 {
+		t.Fatalf("without USO: %d writes, want 12", len(c.Writes))
 	}
 }

@@ -18,8 +18,9 @@ import (
 )
 
 // inboundFast is the fast inbound loop; it owns its buffers and runs until
-// the socket or the TUN is closed.
-func (r *Router) inboundFast(rcv *vxlan.Receiver, w *offload.Writer) {
+// the socket or the TUN is closed. uso says the TUN takes UDP GSO packets:
+// runs of UDP datagrams are then coalesced too.
+func (r *Router) inboundFast(rcv *vxlan.Receiver, w *offload.Writer, uso bool) {
 	defer r.wg.Done()
 	bufs := make([][]byte, inBatch)
 	for i := range bufs {
@@ -29,6 +30,7 @@ func (r *Router) inboundFast(rcv *vxlan.Receiver, w *offload.Writer) {
 	segs := make([]int, inBatch)
 	from := make([]netip.Addr, inBatch)
 	var c coalescer
+	c.UDP = uso
 	var counts batchCounts
 	for {
 		n, err := rcv.Read(bufs, sizes, segs, from)

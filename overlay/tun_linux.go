@@ -53,7 +53,8 @@ func (r *Router) startFast(port uint16) (outbound, inbound bool, err error) {
 	if err != nil {
 		return false, false, nil
 	}
-	if m, err := offload.ModeOf(rc, false); err != nil || !m.TUN || !m.VNetHdr || !m.NonBlocking {
+	m, err := offload.ModeOf(rc, true)
+	if err != nil || !m.TUN || !m.VNetHdr || !m.NonBlocking {
 		return false, false, nil
 	}
 	var rcv *vxlan.Receiver
@@ -72,7 +73,7 @@ func (r *Router) startFast(port uint16) (outbound, inbound bool, err error) {
 	r.receiver = rcv
 	r.wg.Add(1)
 	r.readLoops.Add(1)
-	go r.inboundFast(rcv, offload.NewWriter(rc, offload.MaxRunSegs+1))
+	go r.inboundFast(rcv, offload.NewWriter(rc, offload.MaxRunSegs+1), m.USO)
 	if r.cfg.WireGuard == nil {
 		r.wg.Add(1)
 		r.readLoops.Add(1)
