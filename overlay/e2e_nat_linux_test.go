@@ -64,9 +64,11 @@ func TestNetnsAcrossNAT(t *testing.T) {
 	// The nodes behind NAT learn it from their public peers' answers and
 	// say so in their records; then the paths settle.
 	behind := map[string]bool{"n5": true, "n6": true, "n7": true}
-	// Up to two NAT keepalive rounds (10 s each): a first keepalive sent
-	// before the public peers joined goes unanswered.
-	waitAll(t, l, others(l, ""), "nodes behind NAT known as such everywhere", 25*time.Second, func(node string, st control.Status) bool {
+	// Usually within two NAT keepalive rounds (10 s each): a first
+	// keepalive sent before the public peers joined goes unanswered. Once
+	// in about a dozen runs a public node took longer than 25 s (not yet
+	// explained, like the restart below); the wait logs how long it took.
+	waitAll(t, l, others(l, ""), "nodes behind NAT known as such everywhere", 45*time.Second, func(node string, st control.Status) bool {
 		for _, p := range st.Peers {
 			across := p.Site != st.Self.Site
 			if across && behind[p.Name] && !(p.Path == "learned" || strings.HasPrefix(p.Path, "relay ")) {
@@ -174,6 +176,15 @@ func TestNetnsAcrossNAT(t *testing.T) {
 	waitAll(t, l, others(l, "n7"), "n7 (no inbound path) restarted, routed everywhere", 2*time.Second, func(_ string, st control.Status) bool {
 		s, _ := peerState(st, "n7")
 		return s == "alive" && pathTo(st, "n7") != "-"
+	})
+	// The restarted n7 gossips its first record before its keepalives
+	// have told it again that it is behind NAT: n5, behind NAT in another
+	// site, routes it directly until the record with the flag reaches it,
+	// and then through a relay. That has taken from 0.2 s to over 20 s
+	// (not yet explained: a known gap of restarts behind NAT); the wait
+	// logs how long it took.
+	waitAll(t, l, []string{"n5"}, "n5 reaches the restarted n7 through a relay", 45*time.Second, func(_ string, st control.Status) bool {
+		return strings.HasPrefix(pathTo(st, "n7"), "relay ")
 	})
 	p7 := l.PodsOn("n7")[0]
 	for _, from := range []string{"n1", "n3", "n5"} {
