@@ -7,7 +7,7 @@ package overlay
 // inbound_linux.go), validates every VXLAN frame in place (decapsulate),
 // and writes the inner packets that pass to the TUN in one call: the
 // portable loop whole packets, the fast loop through the coalescer
-// (inbound_coalesce.go), which merges runs of one TCP flow. Nothing that
+// (inbound_coalesce.go), which merges runs of one TCP or UDP flow. Nothing that
 // fails a check reaches the TUN; every drop is counted by reason.
 
 import (

@@ -6,9 +6,9 @@ import (
 )
 
 // Inbound coalescing (the fast path, inbound_linux.go): offload.Coalescer
-// turns each run of consecutive segments of one TCP flow into one GSO
-// packet written from the receive buffers themselves (its opening note
-// says when a segment joins a run). What is VXLAN's is here: the packet is
+// turns each run of consecutive segments of one TCP flow (or datagrams of
+// one UDP flow, below) into one GSO packet written from the receive
+// buffers themselves (its opening note says when a segment joins a run). What is VXLAN's is here: the packet is
 // a frame's inner packet, with the frame header as the headroom the virtio
 // header is written into, and a packet written alone carries the virtio
 // header of its frame's remote checksum offload, if any (rcoHeader).
@@ -19,8 +19,11 @@ import (
 // become UDP GSO writes where the TUN takes USO (coalescer.UDP, set by
 // inboundFast): the kernel cuts them into the same datagrams again for a
 // pod socket that did not ask for UDP_GRO, and hands one that did the run
-// whole, as a NIC's GRO would. Without USO every datagram is written on its
-// own.
+// whole. What a packet-level observer on the node sees changes: one large
+// packet, IPv4 IDs renumbered from the first datagram's. Without USO every
+// datagram is written on its own. A trusted run takes datagrams unchecked:
+// one whose inner checksum its sender got wrong reaches the pod with a
+// correct one, as TCP segments and WireGuard's packets do.
 
 // coalescer is the VXLAN side of offload.Coalescer.
 type coalescer struct {

@@ -8,7 +8,8 @@ package overlay
 // path does (decapsulateGRO, inbound.go), and hands the survivors to the
 // coalescer (inbound_coalesce.go), whose writes go to the TUN file
 // descriptor with writev (offload.Writer): one GSO packet per run of one TCP
-// flow, everything else one packet per write.
+// flow (and, with USO, of one UDP flow), everything else one packet per
+// write.
 
 import (
 	"net/netip"

@@ -21,7 +21,7 @@
 //	outbound_linux.go    the fast outbound loop: gathered GSO sends, spread reads
 //	divert.go            outbound on a node whose WireGuard device reads the TUN
 //	inbound.go           wire → TUN: the portable loop and the checks (decapsulate)
-//	inbound_coalesce.go  runs of one TCP flow written as one GSO packet
+//	inbound_coalesce.go  runs of one TCP or UDP flow written as one GSO packet
 //	inbound_linux.go     the fast inbound loop: recvmmsg, UDP GRO, writev
 //	tun_linux.go         the TUN file descriptor: raw reads (writes: offload.Writer)
 //	packet.go, offload.go  inner headers, RCO headers (the virtio-net header,
@@ -32,8 +32,8 @@
 // (virtio-net headers, TSO/USO) and its vxlan.Sender, the fast loops take
 // over: TCP and UDP super-packets are sent as VXLAN segments gathered from
 // the TUN read buffer without being cut apart, and received segments of one
-// TCP flow are written to the TUN as one super-packet without being copied
-// together.
+// TCP flow (datagrams of one UDP flow, with USO) are written to the TUN as
+// one super-packet without being copied together.
 package overlay
 
 import (
