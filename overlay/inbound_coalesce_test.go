@@ -616,7 +616,7 @@ func TestCoalesceUDPRuns(t *testing.T) {
 	}
 	c.Flush()
 	if len(c.Writes) != 1 || c.Writes[0].Segs != 12 {
-		t.Fatalf("%d writes, first of %d datagrams; want 1 of 12", len(c.Writes), c.Writes[0].Segs)
+		t.Fatalf("writes %+v; want 1 of 12 datagrams", c.Writes)
 	}
 	h, pkt := unwrite(&c, c.Writes[0])
 	if h.GSOType != offload.GSOUDPL4 || h.GSOSize != 1364 || h.Flags&offload.NeedsCsum == 0 {
